@@ -1,0 +1,57 @@
+//! OurChat's wire protocol without any I/O: the protobuf messages (generated
+//! from `proto/`), the length-prefixed frame codec, stable error codes,
+//! conversation ids and the snowflake id generator. Nothing here knows about
+//! sockets or runtimes, so it is testable and fuzzable alone.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod conversation;
+pub mod ids;
+
+/// Messages generated from the `.proto` files (package `ourchat`).
+#[allow(missing_docs, clippy::large_enum_variant, clippy::enum_variant_names)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/ourchat.rs"));
+}
+
+pub use codec::{FrameDecoder, FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};
+pub use conversation::ConversationId;
+pub use pb::envelope::Body;
+pub use pb::{Envelope, ErrorCode};
+
+impl pb::Error {
+    /// An error with a code and a human-readable message; retryable is
+    /// derived from the code so every producer agrees on it.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let retryable = matches!(
+            code,
+            ErrorCode::Busy
+                | ErrorCode::Internal
+                | ErrorCode::StoreUnavailable
+                | ErrorCode::RateLimited
+        );
+        pb::Error {
+            code: code as i32,
+            message: message.into(),
+            retryable,
+        }
+    }
+}
+
+impl Envelope {
+    /// A request or reply with the given body.
+    pub fn new(req_id: u32, body: Body) -> Self {
+        Envelope {
+            req_id,
+            body: Some(body),
+        }
+    }
+
+    /// An `Error` reply to `req_id` (0 for connection-level errors).
+    pub fn error(req_id: u32, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(req_id, Body::Error(pb::Error::new(code, message)))
+    }
+}

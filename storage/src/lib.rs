@@ -1,0 +1,179 @@
+//! The store behind OurChat: the operations the gateway needs (accounts and
+//! devices, messages by conversation and seq, dedupe by sender and
+//! client_message_id, per-device delivery cursors) as two blocking traits,
+//! and their backends. Stores are blocking on purpose: they only ever run on
+//! worker threads, never on a reactor.
+//!
+//! Writes are batches: [`WriteStore::apply_batch`] commits every op of a
+//! batch in one transaction and reports one [`WriteOutcome`] per op, so a
+//! client fault in one op (a taken username) never fails its neighbours.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+pub mod sqlite;
+
+pub use error::StoreError;
+pub use ourchat_protocol::pb::ChatMessage;
+
+/// A new account, its password already hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAccount {
+    /// Snowflake id minted by the gateway.
+    pub user_id: i64,
+    /// Unique login name.
+    pub username: String,
+    /// PHC string (argon2id).
+    pub password_hash: String,
+    /// Optional contact fields from the seed's RegisterRequest.
+    pub phone: String,
+    /// Optional.
+    pub email: String,
+    /// Display name; defaults to the username.
+    pub nickname: String,
+    /// Creation time.
+    pub created_at_ms: i64,
+}
+
+/// A stored account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Id.
+    pub user_id: i64,
+    /// Login name.
+    pub username: String,
+    /// PHC string (argon2id).
+    pub password_hash: String,
+    /// Display name.
+    pub nickname: String,
+}
+
+/// One write in a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Create an account; [`WriteOutcome::UsernameTaken`] if the name exists.
+    CreateAccount(NewAccount),
+    /// Record that a device logged in (created on first sight).
+    TouchDevice {
+        /// Owner.
+        user_id: i64,
+        /// Client-chosen device id.
+        device_id: String,
+        /// ios/android/web/...
+        device_type: String,
+        /// Login time.
+        seen_at_ms: i64,
+    },
+    /// Append a sequenced message; [`WriteOutcome::Duplicate`] if the
+    /// conversation already holds this seq or this sender's client id.
+    AppendMessage(ChatMessage),
+    /// Move a device's delivery cursor forward (never backwards).
+    AdvanceCursor {
+        /// Owner of the device.
+        user_id: i64,
+        /// Device.
+        device_id: String,
+        /// Conversation id, text form.
+        conversation_id: String,
+        /// Highest seq the device has.
+        seq: i64,
+    },
+}
+
+/// What became of one op of a committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Written.
+    Done,
+    /// `CreateAccount` refused: the username exists.
+    UsernameTaken,
+    /// `AppendMessage` refused: already stored (a replay); nothing written.
+    Duplicate,
+}
+
+/// The last seq of a conversation and its most recent sends, which the
+/// sequencer needs to continue the seq and to recognise resends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConversationHead {
+    /// Highest stored seq (0 when empty).
+    pub last_seq: i64,
+    /// Newest first, at most the requested window.
+    pub recent: Vec<RecentSend>,
+}
+
+/// Enough of a stored message to answer a resend of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecentSend {
+    /// Sender.
+    pub sender_id: i64,
+    /// Sender's dedupe key.
+    pub client_message_id: i64,
+    /// Assigned seq.
+    pub seq: i64,
+    /// Assigned id.
+    pub server_msg_id: i64,
+    /// Assigned time.
+    pub sent_at_ms: i64,
+}
+
+/// A conversation of a user with messages a device may not have yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationCursor {
+    /// Conversation id, text form.
+    pub conversation_id: String,
+    /// Highest stored seq.
+    pub last_seq: i64,
+    /// The device's delivery cursor (0 when never acked).
+    pub delivered_seq: i64,
+}
+
+/// Batched writes; one writer per backend connection, on a worker thread.
+pub trait WriteStore: Send {
+    /// Commits every op in one transaction and reports one outcome per op,
+    /// in order. On `Err` nothing of the batch is written.
+    fn apply_batch(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError>;
+}
+
+/// Reads; one reader per backend connection, on a worker thread.
+pub trait ReadStore: Send {
+    /// The account with this username.
+    fn account_by_username(&mut self, username: &str) -> Result<Option<Account>, StoreError>;
+    /// The account with this id.
+    fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError>;
+    /// Last seq and up to `window` most recent sends of a conversation.
+    fn conversation_head(
+        &mut self,
+        conversation_id: &str,
+        window: usize,
+    ) -> Result<ConversationHead, StoreError>;
+    /// Up to `limit` messages with seq < `before_seq` (all when 0), newest first.
+    fn history(
+        &mut self,
+        conversation_id: &str,
+        before_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// Up to `limit` messages with seq > `after_seq`, oldest first.
+    fn messages_after(
+        &mut self,
+        conversation_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// Every conversation of `user_id`, with the device's delivery cursor.
+    fn conversation_cursors(
+        &mut self,
+        user_id: i64,
+        device_id: &str,
+    ) -> Result<Vec<ConversationCursor>, StoreError>;
+}
+
+/// Opens connections to one store; each worker thread takes its own.
+pub trait Backend: Send + Sync {
+    /// A connection for the batched writer.
+    fn writer(&self) -> Result<Box<dyn WriteStore>, StoreError>;
+    /// A connection for a reader thread.
+    fn reader(&self) -> Result<Box<dyn ReadStore>, StoreError>;
+}

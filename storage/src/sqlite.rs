@@ -1,0 +1,555 @@
+//! The embedded backend: one SQLite file in WAL mode under the data
+//! directory. One writer connection commits batches; any number of reader
+//! connections read concurrently (WAL lets readers run beside the writer).
+//! The schema is created on first open and upgraded by numbered migrations
+//! tracked in `PRAGMA user_version`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::{
+    Account, Backend, ChatMessage, ConversationCursor, ConversationHead, ReadStore, RecentSend,
+    StoreError, WriteOp, WriteOutcome, WriteStore,
+};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "ourchat.db";
+
+/// Migrations in order; entry `i` upgrades the schema from version `i` to
+/// `i + 1`. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, devices, messages, conversations, cursors.
+    "
+    CREATE TABLE users (
+        user_id       INTEGER PRIMARY KEY,
+        username      TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        phone         TEXT NOT NULL DEFAULT '',
+        email         TEXT NOT NULL DEFAULT '',
+        nickname      TEXT NOT NULL DEFAULT '',
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE devices (
+        user_id      INTEGER NOT NULL,
+        device_id    TEXT NOT NULL,
+        device_type  TEXT NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        conversation_id   TEXT NOT NULL,
+        seq               INTEGER NOT NULL,
+        server_msg_id     INTEGER NOT NULL,
+        sender_id         INTEGER NOT NULL,
+        receiver_id       INTEGER NOT NULL,
+        message_type      INTEGER NOT NULL,
+        content           TEXT NOT NULL,
+        client_message_id INTEGER NOT NULL,
+        sent_at_ms        INTEGER NOT NULL,
+        sender_device     TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX messages_dedupe
+        ON messages (conversation_id, sender_id, client_message_id);
+    CREATE TABLE conversations (
+        conversation_id TEXT PRIMARY KEY,
+        last_seq        INTEGER NOT NULL,
+        last_at_ms      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE user_conversations (
+        user_id         INTEGER NOT NULL,
+        conversation_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, conversation_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE device_cursors (
+        user_id         INTEGER NOT NULL,
+        device_id       TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        delivered_seq   INTEGER NOT NULL,
+        PRIMARY KEY (user_id, device_id, conversation_id)
+    ) WITHOUT ROWID;
+    ",
+];
+
+/// How hard a commit is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync on every commit: an ack survives power loss (`synchronous=FULL`).
+    #[default]
+    Full,
+    /// fsync at checkpoints: an ack survives a process crash, not power
+    /// loss (`synchronous=NORMAL`).
+    Normal,
+}
+
+/// The embedded SQLite store in one directory.
+#[derive(Debug, Clone)]
+pub struct SqliteBackend {
+    path: PathBuf,
+    durability: Durability,
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the store in `data_dir` and brings its
+    /// schema up to date.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Unavailable {
+            message: format!("cannot create data dir {}: {e}", data_dir.display()),
+            retryable: false,
+        })?;
+        let backend = SqliteBackend {
+            path: data_dir.join(DB_FILE),
+            durability,
+        };
+        let mut conn = backend.connect(false)?;
+        migrate(&mut conn)?;
+        Ok(backend)
+    }
+
+    fn connect(&self, read_only: bool) -> Result<Connection, StoreError> {
+        let flags = if read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        };
+        let conn = Connection::open_with_flags(&self.path, flags)?;
+        // Readers may briefly meet a checkpoint; the writer never waits long
+        // because it is the only writer.
+        conn.busy_timeout(Duration::from_secs(5))?;
+        if !read_only {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            let sync = match self.durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            };
+            conn.pragma_update(None, "synchronous", sync)?;
+        }
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(conn)
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn writer(&self) -> Result<Box<dyn WriteStore>, StoreError> {
+        Ok(Box::new(SqliteWriter {
+            conn: self.connect(false)?,
+        }))
+    }
+
+    fn reader(&self) -> Result<Box<dyn ReadStore>, StoreError> {
+        Ok(Box::new(SqliteReader {
+            conn: self.connect(true)?,
+        }))
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this build knows ({known})"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "store schema migrated");
+    }
+    Ok(())
+}
+
+struct SqliteWriter {
+    conn: Connection,
+}
+
+impl WriteStore for SqliteWriter {
+    fn apply_batch(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            outcomes.push(apply_one(&tx, op)?);
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+}
+
+fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
+    match op {
+        WriteOp::CreateAccount(account) => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO users (user_id, username, password_hash, phone, email, nickname, created_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![
+                    account.user_id,
+                    account.username,
+                    account.password_hash,
+                    account.phone,
+                    account.email,
+                    account.nickname,
+                    account.created_at_ms
+                ])?;
+            Ok(if inserted == 1 {
+                WriteOutcome::Done
+            } else {
+                WriteOutcome::UsernameTaken
+            })
+        }
+        WriteOp::TouchDevice {
+            user_id,
+            device_id,
+            device_type,
+            seen_at_ms,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO devices (user_id, device_id, device_type, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET device_type = excluded.device_type,
+                     last_seen_ms = excluded.last_seen_ms",
+            )?
+            .execute(params![user_id, device_id, device_type, seen_at_ms])?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::AppendMessage(msg) => append_message(tx, msg),
+        WriteOp::AdvanceCursor {
+            user_id,
+            device_id,
+            conversation_id,
+            seq,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO device_cursors (user_id, device_id, conversation_id, delivered_seq)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, device_id, conversation_id) DO UPDATE
+                     SET delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
+            )?
+            .execute(params![user_id, device_id, conversation_id, seq])?;
+            Ok(WriteOutcome::Done)
+        }
+    }
+}
+
+fn append_message(
+    tx: &rusqlite::Transaction<'_>,
+    msg: &ChatMessage,
+) -> Result<WriteOutcome, StoreError> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO messages (conversation_id, seq, server_msg_id, sender_id, receiver_id,
+                 message_type, content, client_message_id, sent_at_ms, sender_device)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            msg.conversation_id,
+            msg.seq,
+            msg.server_msg_id,
+            msg.sender_id,
+            msg.receiver_id,
+            msg.message_type,
+            msg.content,
+            msg.client_message_id,
+            msg.sent_at_ms,
+            msg.sender_device
+        ])?;
+    if inserted == 0 {
+        return Ok(WriteOutcome::Duplicate);
+    }
+    tx.prepare_cached(
+        "INSERT INTO conversations (conversation_id, last_seq, last_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (conversation_id) DO UPDATE
+             SET last_seq = MAX(last_seq, excluded.last_seq), last_at_ms = excluded.last_at_ms",
+    )?
+    .execute(params![msg.conversation_id, msg.seq, msg.sent_at_ms])?;
+    // Linked on every append, not only seq 1: a conversation whose first
+    // message was lost to a failed batch must still be listed for sync.
+    let mut link = tx.prepare_cached(
+        "INSERT INTO user_conversations (user_id, conversation_id) VALUES (?1, ?2)
+         ON CONFLICT DO NOTHING",
+    )?;
+    link.execute(params![msg.sender_id, msg.conversation_id])?;
+    link.execute(params![msg.receiver_id, msg.conversation_id])?;
+    Ok(WriteOutcome::Done)
+}
+
+struct SqliteReader {
+    conn: Connection,
+}
+
+const MESSAGE_COLUMNS: &str = "conversation_id, seq, server_msg_id, sender_id, receiver_id,
+    message_type, content, client_message_id, sent_at_ms, sender_device";
+
+fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
+    Ok(ChatMessage {
+        conversation_id: row.get(0)?,
+        seq: row.get(1)?,
+        server_msg_id: row.get(2)?,
+        sender_id: row.get(3)?,
+        receiver_id: row.get(4)?,
+        message_type: row.get(5)?,
+        content: row.get(6)?,
+        client_message_id: row.get(7)?,
+        sent_at_ms: row.get(8)?,
+        sender_device: row.get(9)?,
+    })
+}
+
+fn account_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        user_id: row.get(0)?,
+        username: row.get(1)?,
+        password_hash: row.get(2)?,
+        nickname: row.get(3)?,
+    })
+}
+
+/// SQLite takes LIMIT as i64; callers' limits are small, so saturate.
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl ReadStore for SqliteReader {
+    fn account_by_username(&mut self, username: &str) -> Result<Option<Account>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT user_id, username, password_hash, nickname FROM users WHERE username = ?1",
+            )?
+            .query_row([username], account_from_row)
+            .optional()?)
+    }
+
+    fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT user_id, username, password_hash, nickname FROM users WHERE user_id = ?1",
+            )?
+            .query_row([user_id], account_from_row)
+            .optional()?)
+    }
+
+    fn conversation_head(
+        &mut self,
+        conversation_id: &str,
+        window: usize,
+    ) -> Result<ConversationHead, StoreError> {
+        let recent = self
+            .conn
+            .prepare_cached(
+                "SELECT sender_id, client_message_id, seq, server_msg_id, sent_at_ms FROM messages
+                 WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            )?
+            .query_map(params![conversation_id, sql_limit(window)], |row| {
+                Ok(RecentSend {
+                    sender_id: row.get(0)?,
+                    client_message_id: row.get(1)?,
+                    seq: row.get(2)?,
+                    server_msg_id: row.get(3)?,
+                    sent_at_ms: row.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        // The newest row is the head; with an empty window, ask for it alone.
+        let last_seq = match recent.first() {
+            Some(newest) => newest.seq,
+            None => self
+                .conn
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1")?
+                .query_row([conversation_id], |row| row.get(0))?,
+        };
+        Ok(ConversationHead { last_seq, recent })
+    }
+
+    fn history(
+        &mut self,
+        conversation_id: &str,
+        before_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let before = if before_seq <= 0 { i64::MAX } else { before_seq };
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq < ?2
+             ORDER BY seq DESC LIMIT ?3"
+        );
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(params![conversation_id, before, sql_limit(limit)], message_from_row)?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn messages_after(
+        &mut self,
+        conversation_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2
+             ORDER BY seq ASC LIMIT ?3"
+        );
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(params![conversation_id, after_seq, sql_limit(limit)], message_from_row)?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn conversation_cursors(
+        &mut self,
+        user_id: i64,
+        device_id: &str,
+    ) -> Result<Vec<ConversationCursor>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT uc.conversation_id, c.last_seq, COALESCE(dc.delivered_seq, 0)
+                 FROM user_conversations uc
+                 JOIN conversations c ON c.conversation_id = uc.conversation_id
+                 LEFT JOIN device_cursors dc ON dc.user_id = uc.user_id AND dc.device_id = ?2
+                      AND dc.conversation_id = uc.conversation_id
+                 WHERE uc.user_id = ?1
+                 ORDER BY uc.conversation_id",
+            )?
+            .query_map(params![user_id, device_id], |row| {
+                Ok(ConversationCursor {
+                    conversation_id: row.get(0)?,
+                    last_seq: row.get(1)?,
+                    delivered_seq: row.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(conv: &str, seq: i64, sender: i64, cmid: i64) -> ChatMessage {
+        ChatMessage {
+            conversation_id: conv.into(),
+            seq,
+            server_msg_id: 1000 + seq,
+            sender_id: sender,
+            receiver_id: if sender == 1 { 2 } else { 1 },
+            message_type: 0,
+            content: format!("m{seq}"),
+            client_message_id: cmid,
+            sent_at_ms: 10 * seq,
+            sender_device: "d".into(),
+        }
+    }
+
+    fn account(id: i64, name: &str) -> WriteOp {
+        WriteOp::CreateAccount(crate::NewAccount {
+            user_id: id,
+            username: name.into(),
+            password_hash: "h".into(),
+            phone: String::new(),
+            email: String::new(),
+            nickname: name.into(),
+            created_at_ms: 0,
+        })
+    }
+
+    #[test]
+    fn batch_reports_each_outcome_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(dir.path(), Durability::Normal).unwrap();
+        let mut writer = backend.writer().unwrap();
+        let outcomes = writer
+            .apply_batch(&[
+                account(1, "alice"),
+                account(2, "alice"),
+                WriteOp::AppendMessage(message("si_1_2", 1, 1, 7)),
+                WriteOp::AppendMessage(message("si_1_2", 2, 2, 7)),
+                WriteOp::AppendMessage(message("si_1_2", 3, 1, 7)),
+                WriteOp::AdvanceCursor {
+                    user_id: 2,
+                    device_id: "d".into(),
+                    conversation_id: "si_1_2".into(),
+                    seq: 2,
+                },
+                WriteOp::AdvanceCursor {
+                    user_id: 2,
+                    device_id: "d".into(),
+                    conversation_id: "si_1_2".into(),
+                    seq: 1,
+                },
+            ])
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            vec![
+                WriteOutcome::Done,
+                WriteOutcome::UsernameTaken,
+                WriteOutcome::Done,
+                WriteOutcome::Done,
+                WriteOutcome::Duplicate,
+                WriteOutcome::Done,
+                WriteOutcome::Done,
+            ]
+        );
+        let mut reader = backend.reader().unwrap();
+        assert_eq!(reader.account_by_username("alice").unwrap().unwrap().user_id, 1);
+        assert!(reader.account_by_id(2).unwrap().is_none());
+        let head = reader.conversation_head("si_1_2", 10).unwrap();
+        assert_eq!(head.last_seq, 2);
+        assert_eq!(head.recent.len(), 2);
+        assert_eq!(head.recent[0].seq, 2);
+        let history = reader.history("si_1_2", 0, 10).unwrap();
+        assert_eq!(history.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(reader.history("si_1_2", 2, 10).unwrap().len(), 1);
+        let after = reader.messages_after("si_1_2", 1, 10).unwrap();
+        assert_eq!(after, vec![message("si_1_2", 2, 2, 7)]);
+        let cursors = reader.conversation_cursors(2, "d").unwrap();
+        assert_eq!(
+            cursors,
+            vec![ConversationCursor {
+                conversation_id: "si_1_2".into(),
+                last_seq: 2,
+                delivered_seq: 2
+            }]
+        );
+        assert_eq!(reader.conversation_cursors(1, "other").unwrap()[0].delivered_seq, 0);
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let backend = SqliteBackend::open(dir.path(), Durability::Full).unwrap();
+            backend.writer().unwrap().apply_batch(&[account(9, "zed")]).unwrap();
+        }
+        let backend = SqliteBackend::open(dir.path(), Durability::Full).unwrap();
+        let mut reader = backend.reader().unwrap();
+        assert_eq!(reader.account_by_id(9).unwrap().unwrap().username, "zed");
+        let conn = backend.connect(true).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(dir.path(), Durability::Full).unwrap();
+        backend
+            .connect(false)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            SqliteBackend::open(dir.path(), Durability::Full),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}
