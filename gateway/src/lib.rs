@@ -1,1 +1,18 @@
-//! placeholder
+//! The OurChat gateway: one glommio reactor per core, each with its own
+//! listener, connections, and partitions of users and conversations, wired
+//! by a channel mesh; worker pools behind them for everything that blocks.
+//! The `ourchat` binary is a thin shell over [`server::serve`].
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod core;
+pub mod outbox;
+pub mod server;
+
+pub use config::Config;
+pub use server::{serve, Listening, ServeError};

@@ -1,1 +1,124 @@
-fn main(){}
+//! `ourchat`: parses flags, loads the config, runs the node until SIGINT or
+//! SIGTERM. All behaviour lives in the library.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ourchat_gateway::Config;
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(name = "ourchat", version, about = "OurChat instant-messaging server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print the effective configuration as TOML and exit.
+    PrintConfig(ServeArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// TOML config file; every key is optional.
+    #[arg(long, env = "OURCHAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Embedded store directory (storage.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Client TCP address (server.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Reactor cores, 0 = all (server.cores).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Any config key: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+impl ServeArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut overrides = Vec::new();
+        if let Some(dir) = &self.data_dir {
+            overrides.push(("storage.data_dir".into(), dir.display().to_string()));
+        }
+        if let Some(listen) = &self.listen {
+            overrides.push(("server.listen".into(), listen.clone()));
+        }
+        if let Some(cores) = self.cores {
+            overrides.push(("server.cores".into(), cores.to_string()));
+        }
+        for pair in &self.set {
+            let (key, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--set {pair}: expected KEY=VALUE"))?;
+            overrides.push((key.trim().to_string(), value.trim().to_string()));
+        }
+        Ok(Config::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &overrides,
+        )?)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::PrintConfig(args) => {
+            let config = args.load()?;
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+        Command::Serve(args) => {
+            init_logging(args.log_json);
+            let config = args.load()?;
+            let data_dir = config.storage.data_dir.clone();
+            let shutdown = Arc::new(AtomicBool::new(false));
+            let flag = shutdown.clone();
+            let mut signals = signal_hook::iterator::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?;
+            std::thread::spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    tracing::info!(signal, "shutting down: closing connections, flushing store");
+                    flag.store(true, Ordering::SeqCst);
+                }
+            });
+            ourchat_gateway::serve(config, shutdown, |listening| {
+                println!(
+                    "ourchat listening: client tcp {} on {} cores; data in {}",
+                    listening.client,
+                    listening.cores,
+                    data_dir.display()
+                );
+            })?;
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -54,3 +54,12 @@ impl From<rusqlite::Error> for StoreError {
         }
     }
 }
+
+impl From<std::io::Error> for StoreError {
+    fn from(err: std::io::Error) -> Self {
+        StoreError::Unavailable {
+            message: err.to_string(),
+            retryable: false,
+        }
+    }
+}

@@ -1,1 +1,44 @@
-//! placeholder
+//! Worker pools that keep blocking work off the reactors: the batched store
+//! writer, store readers, and password hashing. Every queue is a bounded
+//! crossbeam channel; a full queue hands the item back to the caller (who
+//! stops reading its connection) instead of dropping it. Completions travel
+//! back on `futures` oneshots, which wake the waiting task on its own core.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod jobs;
+pub mod password;
+pub mod writer;
+
+pub use jobs::{JobHandle, JobPool};
+pub use writer::{WriteCompletion, WriterConfig, WriterHandle, WriterPool, WriterStats};
+
+/// Why a pool could not do a job.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    /// The queue is full: back off and retry (the caller keeps its item).
+    #[error("worker queue full")]
+    Full,
+    /// The pool is shutting down or its thread died.
+    #[error("worker pool closed")]
+    Closed,
+    /// The store refused the batch; `retryable` says whether trying again may work.
+    #[error("store error: {message}")]
+    Store {
+        /// What the store said.
+        message: String,
+        /// Whether a retry may succeed.
+        retryable: bool,
+    },
+}
+
+impl From<ourchat_storage::StoreError> for PoolError {
+    fn from(err: ourchat_storage::StoreError) -> Self {
+        PoolError::Store {
+            retryable: err.is_retryable(),
+            message: err.to_string(),
+        }
+    }
+}

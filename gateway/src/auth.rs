@@ -1,0 +1,174 @@
+//! Session tokens: HS256 JWTs carrying user, device and expiry. The
+//! algorithm is pinned server-side (a token naming `none` or any other
+//! algorithm is refused), and expiry and not-before are checked with no
+//! leeway beyond a small clock skew.
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Seconds of clock skew tolerated on `exp` and `nbf`.
+const CLOCK_SKEW_SECS: u64 = 5;
+
+/// Claims of an OurChat token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// User id, as text (JWT convention).
+    pub sub: String,
+    /// Device the token was issued to.
+    pub dev: String,
+    /// Expiry, unix seconds.
+    pub exp: u64,
+    /// Issued at, unix seconds.
+    pub iat: u64,
+    /// Not before, unix seconds.
+    pub nbf: u64,
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// Past its expiry.
+    #[error("token expired")]
+    Expired,
+    /// Bad signature, algorithm, shape or claims.
+    #[error("invalid token")]
+    Invalid,
+}
+
+/// Signs and checks tokens with one key.
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl_secs: u64,
+}
+
+impl TokenKeys {
+    /// Keys from a secret.
+    pub fn new(secret: &[u8], ttl_secs: u64) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = CLOCK_SKEW_SECS;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "nbf", "sub"]);
+        TokenKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl_secs,
+        }
+    }
+
+    /// The configured secret, or the one kept in `data_dir` (created with
+    /// 32 random bytes on first start so restarts keep tokens valid).
+    pub fn load(configured: &str, data_dir: &Path, ttl_secs: u64) -> std::io::Result<Self> {
+        if !configured.is_empty() {
+            return Ok(Self::new(configured.as_bytes(), ttl_secs));
+        }
+        let path = data_dir.join("jwt.secret");
+        let secret = match std::fs::read(&path) {
+            Ok(secret) if secret.len() >= 32 => secret,
+            _ => {
+                let secret: [u8; 32] = rand::random();
+                let text = secret.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                std::fs::create_dir_all(data_dir)?;
+                write_private(&path, text.as_bytes())?;
+                text.into_bytes()
+            }
+        };
+        Ok(Self::new(&secret, ttl_secs))
+    }
+
+    /// A token for `user_id` on `device_id`, and its expiry.
+    pub fn issue(&self, user_id: i64, device_id: &str) -> Result<(String, u64), TokenError> {
+        let now = ourchat_protocol::ids::now_ms() / 1000;
+        let claims = Claims {
+            sub: user_id.to_string(),
+            dev: device_id.to_string(),
+            exp: now + self.ttl_secs,
+            iat: now,
+            nbf: now,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|_| TokenError::Invalid)?;
+        Ok((token, claims.exp))
+    }
+
+    /// The user, device and expiry of a valid token.
+    pub fn verify(&self, token: &str) -> Result<(i64, String, u64), TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        let user_id: i64 = data.claims.sub.parse().map_err(|_| TokenError::Invalid)?;
+        if user_id <= 0 || data.claims.dev.is_empty() {
+            return Err(TokenError::Invalid);
+        }
+        Ok((user_id, data.claims.dev, data.claims.exp))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_tokens_verify() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123", 60);
+        let (token, exp) = keys.issue(42, "phone").unwrap();
+        assert_eq!(keys.verify(&token).unwrap(), (42, "phone".to_string(), exp));
+    }
+
+    #[test]
+    fn forged_expired_and_none_tokens_are_refused() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123", 60);
+        let other = TokenKeys::new(b"another-secret-key-000", 60);
+        let (forged, _) = other.issue(42, "phone").unwrap();
+        assert_eq!(keys.verify(&forged), Err(TokenError::Invalid));
+
+        let now = ourchat_protocol::ids::now_ms() / 1000;
+        let old = Claims {
+            sub: "42".into(),
+            dev: "phone".into(),
+            exp: now - 3600,
+            iat: now - 7200,
+            nbf: now - 7200,
+        };
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &old,
+            &EncodingKey::from_secret(b"0123456789abcdef0123"),
+        )
+        .unwrap();
+        assert_eq!(keys.verify(&expired), Err(TokenError::Expired));
+
+        // alg "none": header {"alg":"none","typ":"JWT"}, unsigned.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI0MiIsImRldiI6InAiLCJleHAiOjk5OTk5OTk5OTksImlhdCI6MCwibmJmIjowfQ.";
+        assert_eq!(keys.verify(none), Err(TokenError::Invalid));
+        assert_eq!(keys.verify("garbage"), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn secret_is_kept_in_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = TokenKeys::load("", dir.path(), 60).unwrap();
+        let (token, _) = first.issue(7, "d").unwrap();
+        let second = TokenKeys::load("", dir.path(), 60).unwrap();
+        assert!(second.verify(&token).is_ok());
+    }
+}

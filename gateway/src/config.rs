@@ -1,0 +1,320 @@
+//! Typed configuration. Every key has a default, so `ourchat serve` with no
+//! file runs on the embedded store in `./data`. Sources, later winning:
+//! defaults, the TOML file (`--config`), `OURCHAT_<SECTION>__<KEY>`
+//! environment variables, then flags (named ones, or `--set section.key=value`
+//! for any key). `validate()` runs after all of them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides: `OURCHAT_SERVER__LISTEN=...` sets
+/// `server.listen`.
+pub const ENV_PREFIX: &str = "OURCHAT_";
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A source is not valid TOML or a value has the wrong type.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// Values are well-formed but unusable together.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Client listener and connection rules.
+    pub server: ServerConfig,
+    /// Where and how messages are stored.
+    pub storage: StorageConfig,
+    /// Passwords and tokens.
+    pub auth: AuthConfig,
+}
+
+/// Client listener and connection rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Client TCP address; every core binds it with SO_REUSEPORT (seed's port 50003).
+    pub listen: SocketAddr,
+    /// Reactor cores; 0 = one per CPU.
+    pub cores: usize,
+    /// Pin each reactor to its own CPU. Turn off when sharing a box with a loadgen.
+    pub pin_cores: bool,
+    /// This node's number (0..128), part of every id it mints.
+    pub node_id: u16,
+    /// Largest accepted frame body in bytes; larger is a protocol error.
+    pub max_frame_bytes: usize,
+    /// Largest message content in bytes.
+    pub max_content_bytes: usize,
+    /// Time a new connection has to log in, in milliseconds.
+    pub login_timeout_ms: u64,
+    /// Heartbeat interval told to clients, in seconds.
+    pub heartbeat_secs: u32,
+    /// A logged-in connection silent for this long is closed, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Frames queued for one connection before it is closed as a slow reader.
+    pub outbound_queue_frames: usize,
+    /// Sends one connection may have awaiting their ack; past it the
+    /// connection is not read until acks come back.
+    pub max_inflight_sends: usize,
+    /// Seconds to wait at shutdown for connections and writes to drain.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50003)),
+            cores: 0,
+            pin_cores: true,
+            node_id: 0,
+            max_frame_bytes: ourchat_protocol::DEFAULT_MAX_FRAME,
+            max_content_bytes: 16 * 1024,
+            login_timeout_ms: 10_000,
+            heartbeat_secs: 30,
+            idle_timeout_secs: 90,
+            outbound_queue_frames: 1024,
+            max_inflight_sends: 256,
+            shutdown_grace_secs: 5,
+        }
+    }
+}
+
+/// Where and how messages are stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory of the embedded store (created if missing).
+    pub data_dir: PathBuf,
+    /// `full`: an ack survives power loss (fsync per batch). `normal`: an
+    /// ack survives a process crash only.
+    pub durability: Durability,
+    /// Ops waiting for the writer before connections are pushed back.
+    pub writer_queue: usize,
+    /// Most ops committed in one transaction.
+    pub max_batch: usize,
+    /// Reader threads (history, sync, logins).
+    pub readers: usize,
+    /// Recent sends per conversation kept to answer resends without a read.
+    pub dedupe_window: usize,
+    /// Conversations whose sequencer state a core keeps in memory.
+    pub max_conversations_per_core: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./data"),
+            durability: Durability::Full,
+            writer_queue: 65_536,
+            max_batch: 4_096,
+            readers: 2,
+            dedupe_window: 128,
+            max_conversations_per_core: 200_000,
+        }
+    }
+}
+
+/// See [`StorageConfig::durability`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync every commit.
+    Full,
+    /// fsync at checkpoints.
+    Normal,
+}
+
+/// Passwords and tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC key for tokens (HS256). Empty: a random key is generated once
+    /// and kept in `<data_dir>/jwt.secret`.
+    pub jwt_secret: String,
+    /// Token lifetime in seconds.
+    pub token_ttl_secs: u64,
+    /// Password hashing threads; 0 = one per reactor core.
+    pub hash_threads: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: String::new(),
+            token_ttl_secs: 7 * 24 * 3600,
+            hash_threads: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration from an optional file, the environment
+    /// (`(name, value)` pairs, injectable in tests) and `key=value` overrides.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path = key.to_ascii_lowercase().replace("__", ".");
+            set_key(&mut table, &path, &value)?;
+        }
+        for (key, value) in overrides {
+            set_key(&mut table, key, value)?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let s = &self.server;
+        if s.max_frame_bytes < 256 || s.max_frame_bytes > 16 << 20 {
+            return invalid("server.max_frame_bytes must be within 256 B..16 MiB");
+        }
+        if s.max_content_bytes == 0 || s.max_content_bytes + 512 > s.max_frame_bytes {
+            return invalid("server.max_content_bytes must be > 0 and leave 512 B of the frame");
+        }
+        if s.node_id >= ourchat_protocol::ids::MAX_NODES {
+            return invalid("server.node_id must be below 128");
+        }
+        if s.cores > usize::from(ourchat_protocol::ids::MAX_CORES) {
+            return invalid("server.cores must be at most 64");
+        }
+        if s.login_timeout_ms == 0 || s.idle_timeout_secs == 0 || s.heartbeat_secs == 0 {
+            return invalid("timeouts and heartbeat must be positive");
+        }
+        if u64::from(s.heartbeat_secs) >= s.idle_timeout_secs {
+            return invalid("server.idle_timeout_secs must exceed server.heartbeat_secs");
+        }
+        if s.outbound_queue_frames == 0 || s.max_inflight_sends == 0 {
+            return invalid("queue bounds must be positive");
+        }
+        let st = &self.storage;
+        if st.writer_queue == 0 || st.max_batch == 0 || st.readers == 0 {
+            return invalid("storage.writer_queue, max_batch and readers must be positive");
+        }
+        if st.max_conversations_per_core < 16 {
+            return invalid("storage.max_conversations_per_core must be at least 16");
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 16 {
+            return invalid("auth.jwt_secret must be at least 16 bytes");
+        }
+        if self.auth.token_ttl_secs == 0 {
+            return invalid("auth.token_ttl_secs must be positive");
+        }
+        Ok(())
+    }
+
+    /// Reactor cores to run: the configured count, or one per CPU.
+    pub fn core_count(&self) -> usize {
+        match self.server.cores {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(usize::from(ourchat_protocol::ids::MAX_CORES)),
+            n => n,
+        }
+    }
+}
+
+/// Sets `a.b=value` in `table`. The value is read as TOML when it parses
+/// (numbers, booleans, arrays) and as a plain string otherwise.
+fn set_key(table: &mut toml::Table, path: &str, value: &str) -> Result<(), ConfigError> {
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop().filter(|k| !k.is_empty()) else {
+        return Err(ConfigError::Parse(format!("empty config key in {path:?}")));
+    };
+    let mut node = table;
+    for part in parts {
+        let entry = node
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Parse(format!("{path}: {part} is not a section")))?;
+    }
+    node.insert(last.to_string(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let config = Config::load(None, [], &[]).unwrap();
+        assert_eq!(config.server.listen.port(), 50003);
+        assert_eq!(config.storage.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\ncores = 3\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let env = [
+            ("OURCHAT_SERVER__CORES".to_string(), "2".to_string()),
+            ("OURCHAT_STORAGE__DATA_DIR".to_string(), "/tmp/x".to_string()),
+            ("UNRELATED".to_string(), "1".to_string()),
+        ];
+        let flags = [("server.cores".to_string(), "1".to_string())];
+        let config = Config::load(Some(&file), env, &flags).unwrap();
+        assert_eq!(config.server.cores, 1);
+        assert_eq!(config.server.listen.port(), 1);
+        assert_eq!(config.storage.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        let bad = [("server.cores".to_string(), "lots".to_string())];
+        assert!(Config::load(None, [], &bad).is_err());
+        let unknown = [("server.colour".to_string(), "1".to_string())];
+        let err = Config::load(None, [], &unknown).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+        let invalid = [("server.heartbeat_secs".to_string(), "500".to_string())];
+        assert!(matches!(
+            Config::load(None, [], &invalid),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,867 @@
+//! One client connection, from accept to close: read a frame, check the
+//! session state allows it, handle it, reply. The first frame must be
+//! Register or Login within the login deadline; after login the connection
+//! must stay chatty (any frame, usually Heartbeat) within the idle timeout.
+//! Replies and pushes go through the connection's [`Outbox`], written by a
+//! sibling task, so a slow peer never stalls the core.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::{select, Either};
+use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+use ourchat_protocol::codec::{self, FrameError, HEADER_LEN};
+use ourchat_protocol::ids::now_ms;
+use ourchat_protocol::pb::{self, ChatMessage, MessageType};
+use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
+use ourchat_storage::{NewAccount, WriteOp, WriteOutcome};
+use ourchat_workers::password;
+
+use crate::auth::TokenError;
+use crate::core::{encode_frame, pool_error, Core, CoreMsg, SendJob};
+use crate::outbox::Outbox;
+
+/// Largest page a History or Sync reply carries.
+const MAX_PAGE: usize = 500;
+/// Page size when the client does not ask for one.
+const DEFAULT_PAGE: usize = 100;
+/// Failed logins tolerated on one connection before it is closed.
+const MAX_LOGIN_FAILURES: u32 = 3;
+
+/// Who the connection belongs to, once logged in.
+#[derive(Debug, Clone)]
+struct Session {
+    user_id: i64,
+    device_id: String,
+}
+
+/// Why reading stopped.
+enum ReadEnd {
+    /// Peer closed, or the socket failed.
+    Closed,
+    /// The server closed it (kick, shutdown, slow reader).
+    Kicked,
+    /// No frame in time.
+    TimedOut,
+    /// A frame the protocol does not allow.
+    Bad(FrameError),
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let config = &core.shared.config.server;
+    let outbox = Rc::new(Outbox::new(config.outbound_queue_frames));
+    let conn_id = core.add_connection(outbox.clone());
+    let (reader, writer) = stream.split();
+    let writer_task = glommio::spawn_local(write_loop(writer, outbox.clone())).detach();
+    let mut conn = Connection {
+        core: core.clone(),
+        conn_id,
+        outbox: outbox.clone(),
+        session: None,
+        login_failures: 0,
+        inflight: Rc::new(Semaphore::new(config.max_inflight_sends as u64)),
+    };
+    conn.read_loop(reader).await;
+    if let Some(session) = conn.session.take() {
+        let owner = core.owner_of_user(session.user_id);
+        core.route(
+            owner,
+            CoreMsg::Offline {
+                user_id: session.user_id,
+                device_id: session.device_id,
+                conn_id,
+            },
+        )
+        .await;
+    }
+    outbox.close_with(None);
+    let _ = writer_task.await;
+    core.remove_connection(conn_id);
+}
+
+/// Writes whatever is queued, in batches, until the outbox closes.
+async fn write_loop(mut writer: WriteHalf<TcpStream>, outbox: Rc<Outbox>) {
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut buffer: Vec<u8> = Vec::new();
+    while outbox.take_batch(&mut batch).await {
+        let result = if batch.len() == 1 {
+            writer.write_all(&batch[0]).await
+        } else {
+            buffer.clear();
+            for frame in &batch {
+                buffer.extend_from_slice(frame);
+            }
+            writer.write_all(&buffer).await
+        };
+        batch.clear();
+        if buffer.capacity() > 64 * 1024 {
+            buffer = Vec::new();
+        }
+        if result.is_err() {
+            outbox.close_with(None);
+            break;
+        }
+    }
+    let _ = writer.close().await;
+}
+
+struct Connection {
+    core: Rc<Core>,
+    conn_id: u64,
+    outbox: Rc<Outbox>,
+    session: Option<Session>,
+    login_failures: u32,
+    inflight: Rc<Semaphore>,
+}
+
+impl Connection {
+    async fn read_loop(&mut self, mut reader: ReadHalf<TcpStream>) {
+        let config = &self.core.shared.config.server;
+        let max_frame = config.max_frame_bytes;
+        let login_deadline = Instant::now() + Duration::from_millis(config.login_timeout_ms);
+        let idle = Duration::from_secs(config.idle_timeout_secs);
+        loop {
+            let wait = match self.session {
+                Some(_) => idle,
+                None => login_deadline.saturating_duration_since(Instant::now()),
+            };
+            let outbox = self.outbox.clone();
+            let frame = read_frame(&mut reader, max_frame, wait);
+            let end = match select(Box::pin(frame), Box::pin(outbox.closed())).await {
+                Either::Left((Ok(envelope), _)) => {
+                    if !self.handle(envelope).await {
+                        return;
+                    }
+                    continue;
+                }
+                Either::Left((Err(end), _)) => end,
+                Either::Right(_) => ReadEnd::Kicked,
+            };
+            match end {
+                ReadEnd::Closed | ReadEnd::Kicked => {}
+                ReadEnd::TimedOut if self.session.is_none() => self.close_with_error(
+                    0,
+                    ErrorCode::LoginTimeout,
+                    "no login within the deadline",
+                ),
+                ReadEnd::TimedOut => self.outbox.close_with(Some(crate::core::kicked_frame(
+                    "idle timeout: no heartbeat",
+                ))),
+                ReadEnd::Bad(FrameError::TooLarge { len, max }) => self.close_with_error(
+                    0,
+                    ErrorCode::FrameTooLarge,
+                    &format!("frame of {len} bytes exceeds the maximum of {max}"),
+                ),
+                ReadEnd::Bad(err) => self.close_with_error(0, ErrorCode::Protocol, &err.to_string()),
+            }
+            return;
+        }
+    }
+
+    fn reply(&self, req_id: u32, body: Body) {
+        self.send_frame(encode_frame(&Envelope::new(req_id, body)));
+    }
+
+    fn reply_error(&self, req_id: u32, error: pb::Error) {
+        self.reply(req_id, Body::Error(error));
+    }
+
+    fn send_frame(&self, frame: Bytes) {
+        if self.outbox.push(frame).is_err() {
+            self.outbox.close_with(Some(crate::core::kicked_frame(
+                "outbound queue full: reconnect and sync",
+            )));
+        }
+    }
+
+    fn close_with_error(&self, req_id: u32, code: ErrorCode, message: &str) {
+        self.outbox
+            .close_with(Some(encode_frame(&Envelope::error(req_id, code, message))));
+    }
+
+    /// Handles one frame; `false` closes the connection.
+    async fn handle(&mut self, envelope: Envelope) -> bool {
+        let req_id = envelope.req_id;
+        let Some(body) = envelope.body else {
+            self.close_with_error(req_id, ErrorCode::Protocol, "frame has no body");
+            return false;
+        };
+        let Some(session) = self.session.clone() else {
+            return match body {
+                Body::Register(request) => {
+                    self.register(req_id, request).await;
+                    true
+                }
+                Body::Login(request) => self.login(req_id, request).await,
+                _ => {
+                    self.close_with_error(
+                        req_id,
+                        ErrorCode::Unauthenticated,
+                        "log in first: the first frame must be Login or Register",
+                    );
+                    false
+                }
+            };
+        };
+        match body {
+            Body::Heartbeat(_) => self.reply(
+                req_id,
+                Body::HeartbeatAck(pb::HeartbeatAck {
+                    server_time_ms: now_ms() as i64,
+                }),
+            ),
+            Body::Send(request) => self.send(req_id, &session, request).await,
+            Body::DeliveryAck(ack) => self.delivery_ack(req_id, &session, ack).await,
+            Body::Sync(request) => self.sync(req_id, &session, request).await,
+            Body::History(request) => self.history(req_id, &session, request).await,
+            Body::GetUser(request) => self.get_user(req_id, request).await,
+            Body::Logout(_) => {
+                self.outbox.close_with(None);
+                return false;
+            }
+            Body::Login(_) | Body::Register(_) => self.reply_error(
+                req_id,
+                pb::Error::new(ErrorCode::BadRequest, "already logged in on this connection"),
+            ),
+            _ => self.reply_error(
+                req_id,
+                pb::Error::new(ErrorCode::BadRequest, "not a client request"),
+            ),
+        }
+        true
+    }
+
+    async fn register(&self, req_id: u32, request: pb::RegisterRequest) {
+        let fail = |error: pb::Error| {
+            self.reply(
+                req_id,
+                Body::RegisterResp(pb::RegisterResponse {
+                    success: false,
+                    error: Some(error),
+                    user_id: 0,
+                }),
+            )
+        };
+        if let Err(error) = validate_registration(&request) {
+            return fail(error);
+        }
+        let pb::RegisterRequest {
+            username,
+            password,
+            phone,
+            email,
+            nickname,
+        } = request;
+        let hash = match self.core.hash(move || password::hash_password(&password)).await {
+            Ok(Ok(hash)) => hash,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "password hashing failed");
+                return fail(pb::Error::new(ErrorCode::Internal, "could not hash password"));
+            }
+            Err(error) => return fail(error),
+        };
+        let user_id = self.core.next_id();
+        let nickname = if nickname.is_empty() {
+            username.clone()
+        } else {
+            nickname
+        };
+        let op = WriteOp::CreateAccount(NewAccount {
+            user_id,
+            username,
+            password_hash: hash,
+            phone,
+            email,
+            nickname,
+            created_at_ms: now_ms() as i64,
+        });
+        let outcome = match self.core.write(op).await {
+            Ok(completion) => completion.await,
+            Err(error) => return fail(error),
+        };
+        match outcome {
+            Ok(Ok(WriteOutcome::Done)) => self.reply(
+                req_id,
+                Body::RegisterResp(pb::RegisterResponse {
+                    success: true,
+                    error: None,
+                    user_id,
+                }),
+            ),
+            Ok(Ok(_)) => fail(pb::Error::new(ErrorCode::Conflict, "username is taken")),
+            Ok(Err(err)) => fail(pool_error(err)),
+            Err(_) => fail(pool_error(ourchat_workers::PoolError::Closed)),
+        }
+    }
+
+    /// Logs in by token or password; `false` closes the connection.
+    async fn login(&mut self, req_id: u32, request: pb::LoginRequest) -> bool {
+        match self.authenticate(&request).await {
+            Ok((user_id, device_id, token, expire_at)) => {
+                self.begin_session(user_id, device_id.clone(), &request.device_type)
+                    .await;
+                self.reply(
+                    req_id,
+                    Body::LoginResp(pb::LoginResponse {
+                        success: true,
+                        user_id,
+                        token,
+                        expire_at: expire_at as i64,
+                        error: None,
+                        device_id,
+                        heartbeat_secs: self.core.shared.config.server.heartbeat_secs,
+                    }),
+                );
+                true
+            }
+            Err(error) => {
+                self.login_failures += 1;
+                let response = Body::LoginResp(pb::LoginResponse {
+                    success: false,
+                    error: Some(error),
+                    ..Default::default()
+                });
+                if self.login_failures >= MAX_LOGIN_FAILURES {
+                    self.outbox
+                        .close_with(Some(encode_frame(&Envelope::new(req_id, response))));
+                    return false;
+                }
+                self.reply(req_id, response);
+                true
+            }
+        }
+    }
+
+    /// Checks credentials; returns user, device, token and expiry.
+    async fn authenticate(
+        &self,
+        request: &pb::LoginRequest,
+    ) -> Result<(i64, String, String, u64), pb::Error> {
+        let tokens = &self.core.shared.tokens;
+        if !request.token.is_empty() {
+            let (user_id, device_id, expire_at) =
+                tokens.verify(&request.token).map_err(|e| match e {
+                    TokenError::Expired => {
+                        pb::Error::new(ErrorCode::TokenExpired, "token expired: log in again")
+                    }
+                    TokenError::Invalid => pb::Error::new(ErrorCode::Unauthenticated, "invalid token"),
+                })?;
+            if !request.device_id.is_empty() && request.device_id != device_id {
+                return Err(pb::Error::new(
+                    ErrorCode::Unauthenticated,
+                    "token was issued to another device",
+                ));
+            }
+            if !self.core.user_exists(user_id).await? {
+                return Err(pb::Error::new(ErrorCode::Unauthenticated, "invalid token"));
+            }
+            return Ok((user_id, device_id, request.token.clone(), expire_at));
+        }
+        let wrong = || pb::Error::new(ErrorCode::Unauthenticated, "wrong username or password");
+        if request.username.is_empty() || request.password.len() > MAX_PASSWORD_BYTES {
+            return Err(wrong());
+        }
+        validate_device(&request.device_id, &request.device_type)?;
+        let username = request.username.clone();
+        let account = self
+            .core
+            .read(move |store| store.account_by_username(&username))
+            .await?;
+        let password = request.password.clone();
+        let (user_id, ok) = match account {
+            Some(account) => {
+                let hash = account.password_hash;
+                let ok = self
+                    .core
+                    .hash(move || password::verify_password(&password, &hash))
+                    .await?;
+                (account.user_id, ok)
+            }
+            None => {
+                self.core
+                    .hash(move || password::verify_against_dummy(&password))
+                    .await?;
+                (0, false)
+            }
+        };
+        if !ok {
+            return Err(wrong());
+        }
+        let device_id = if request.device_id.is_empty() {
+            format!("dev-{}", self.core.next_id())
+        } else {
+            request.device_id.clone()
+        };
+        let (token, expire_at) = tokens
+            .issue(user_id, &device_id)
+            .map_err(|_| pb::Error::new(ErrorCode::Internal, "could not issue token"))?;
+        Ok((user_id, device_id, token, expire_at))
+    }
+
+    async fn begin_session(&mut self, user_id: i64, device_id: String, device_type: &str) {
+        let device_type = if device_type.is_empty() {
+            "unknown".to_string()
+        } else {
+            device_type.to_string()
+        };
+        // Device bookkeeping is best effort: a full queue must not fail a login.
+        let _ = self.core.shared.writer.try_submit(WriteOp::TouchDevice {
+            user_id,
+            device_id: device_id.clone(),
+            device_type,
+            seen_at_ms: now_ms() as i64,
+        });
+        let (done, registered) = oneshot::channel();
+        let owner = self.core.owner_of_user(user_id);
+        self.core
+            .route(
+                owner,
+                CoreMsg::Online {
+                    user_id,
+                    device_id: device_id.clone(),
+                    conn_id: self.conn_id,
+                    done,
+                },
+            )
+            .await;
+        let _ = registered.await;
+        self.session = Some(Session { user_id, device_id });
+    }
+
+    async fn send(&self, req_id: u32, session: &Session, request: pb::SendMessageRequest) {
+        let refuse = |error: pb::Error| {
+            self.reply(
+                req_id,
+                Body::SendResp(pb::SendMessageResponse {
+                    success: false,
+                    error: Some(error),
+                    ..Default::default()
+                }),
+            )
+        };
+        let max_content = self.core.shared.config.server.max_content_bytes;
+        let conv = match validate_send(&request, session.user_id, max_content) {
+            Ok(conv) => conv,
+            Err(error) => return refuse(error),
+        };
+        match self.core.user_exists(request.receiver_id).await {
+            Ok(true) => {}
+            Ok(false) => return refuse(pb::Error::new(ErrorCode::NotFound, "no such receiver")),
+            Err(error) => return refuse(error),
+        }
+        if let Err(error) = self.core.wait_for_writer_room().await {
+            return refuse(error);
+        }
+        // Bounds the acks one connection may await; past it, this read
+        // loop waits here and the socket is not read.
+        let Ok(permit) = self.inflight.clone().acquire_static_permit(1).await else {
+            return;
+        };
+        let message = ChatMessage {
+            conversation_id: conv.to_string(),
+            seq: 0,
+            server_msg_id: 0,
+            sender_id: session.user_id,
+            receiver_id: request.receiver_id,
+            message_type: request.message_type,
+            content: request.content,
+            client_message_id: request.client_message_id,
+            sent_at_ms: 0,
+            sender_device: session.device_id.clone(),
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = SendJob {
+            message,
+            origin_conn: self.conn_id,
+            reply,
+        };
+        let owner = self.core.owner_of_conversation(&conv);
+        self.core.route(owner, CoreMsg::Sequence(job)).await;
+        let outbox = self.outbox.clone();
+        let conversation_id = conv.to_string();
+        // The ack is awaited off the read loop so one connection can
+        // pipeline sends; order is kept because Sequence was routed above.
+        glommio::spawn_local(async move {
+            let response = match answer.await {
+                Ok(Ok(accepted)) => pb::SendMessageResponse {
+                    success: true,
+                    error: None,
+                    server_msg_id: accepted.server_msg_id,
+                    conversation_id,
+                    seq: accepted.seq,
+                    sent_at_ms: accepted.sent_at_ms,
+                },
+                Ok(Err(error)) => pb::SendMessageResponse {
+                    success: false,
+                    error: Some(error),
+                    ..Default::default()
+                },
+                Err(_) => pb::SendMessageResponse {
+                    success: false,
+                    error: Some(pool_error(ourchat_workers::PoolError::Closed)),
+                    ..Default::default()
+                },
+            };
+            drop(permit);
+            let frame = encode_frame(&Envelope::new(req_id, Body::SendResp(response)));
+            if outbox.push(frame).is_err() {
+                outbox.close_with(Some(crate::core::kicked_frame(
+                    "outbound queue full: reconnect and sync",
+                )));
+            }
+        })
+        .detach();
+    }
+
+    async fn delivery_ack(&self, req_id: u32, session: &Session, ack: pb::DeliveryAck) {
+        let conv = match member_conversation(&ack.conversation_id, session.user_id) {
+            Ok(conv) => conv,
+            Err(error) => return self.reply_error(req_id, error),
+        };
+        if ack.seq <= 0 {
+            return self.reply_error(
+                req_id,
+                pb::Error::new(ErrorCode::BadRequest, "seq must be positive"),
+            );
+        }
+        let op = WriteOp::AdvanceCursor {
+            user_id: session.user_id,
+            device_id: session.device_id.clone(),
+            conversation_id: conv.to_string(),
+            seq: ack.seq,
+        };
+        // Cursors only move forward and a lost one costs a re-sync, so the
+        // ack is not waited for.
+        if let Err(error) = self.core.write(op).await {
+            self.reply_error(req_id, error);
+        }
+    }
+
+    async fn sync(&self, req_id: u32, session: &Session, request: pb::SyncRequest) {
+        let mut since = std::collections::HashMap::new();
+        for cursor in request.since {
+            match member_conversation(&cursor.conversation_id, session.user_id) {
+                Ok(conv) => {
+                    since.insert(conv.to_string(), cursor.seq.max(0));
+                }
+                Err(error) => return self.reply_error(req_id, error),
+            }
+        }
+        let limit = page_size(request.limit);
+        let user_id = session.user_id;
+        let device_id = session.device_id.clone();
+        let result = self
+            .core
+            .read(move |store| {
+                let mut messages = Vec::new();
+                let mut has_more = false;
+                for cursor in store.conversation_cursors(user_id, &device_id)? {
+                    let from = since
+                        .get(&cursor.conversation_id)
+                        .copied()
+                        .unwrap_or(cursor.delivered_seq);
+                    if cursor.last_seq <= from {
+                        continue;
+                    }
+                    let room = limit - messages.len();
+                    if room == 0 {
+                        has_more = true;
+                        break;
+                    }
+                    let page = store.messages_after(&cursor.conversation_id, from, room)?;
+                    if page.last().is_some_and(|m| m.seq < cursor.last_seq) {
+                        has_more = true;
+                    }
+                    messages.extend(page);
+                }
+                Ok(pb::SyncResponse { messages, has_more })
+            })
+            .await;
+        match result {
+            Ok(response) => self.reply(req_id, Body::SyncResp(response)),
+            Err(error) => self.reply_error(req_id, error),
+        }
+    }
+
+    async fn history(&self, req_id: u32, session: &Session, request: pb::HistoryRequest) {
+        let conv = if request.conversation_id.is_empty() {
+            match ConversationId::direct(session.user_id, request.peer_id) {
+                Some(conv) if request.peer_id > 0 => Ok(conv),
+                _ => Err(pb::Error::new(
+                    ErrorCode::BadRequest,
+                    "name a conversation_id or another user's peer_id",
+                )),
+            }
+        } else {
+            member_conversation(&request.conversation_id, session.user_id)
+        };
+        let conv = match conv {
+            Ok(conv) => conv,
+            Err(error) => return self.reply_error(req_id, error),
+        };
+        let limit = page_size(request.limit);
+        let id = conv.to_string();
+        let before = request.before_seq;
+        let result = self
+            .core
+            .read(move |store| store.history(&id, before, limit + 1))
+            .await;
+        match result {
+            Ok(mut messages) => {
+                let has_more = messages.len() > limit;
+                messages.truncate(limit);
+                self.reply(
+                    req_id,
+                    Body::HistoryResp(pb::HistoryResponse {
+                        conversation_id: conv.to_string(),
+                        messages,
+                        has_more,
+                    }),
+                );
+            }
+            Err(error) => self.reply_error(req_id, error),
+        }
+    }
+
+    async fn get_user(&self, req_id: u32, request: pb::GetUserRequest) {
+        let username = request.username;
+        let user_id = request.user_id;
+        if username.is_empty() == (user_id == 0) {
+            return self.reply_error(
+                req_id,
+                pb::Error::new(ErrorCode::BadRequest, "give exactly one of user_id or username"),
+            );
+        }
+        let result = self
+            .core
+            .read(move |store| {
+                if username.is_empty() {
+                    store.account_by_id(user_id)
+                } else {
+                    store.account_by_username(&username)
+                }
+            })
+            .await;
+        match result {
+            Ok(Some(account)) => self.reply(
+                req_id,
+                Body::UserProfile(pb::UserProfile {
+                    user_id: account.user_id,
+                    username: account.username,
+                    nickname: account.nickname,
+                }),
+            ),
+            Ok(None) => self.reply_error(req_id, pb::Error::new(ErrorCode::NotFound, "no such user")),
+            Err(error) => self.reply_error(req_id, error),
+        }
+    }
+}
+
+/// Reads one frame within `wait`: a 4-byte header, then exactly the body.
+/// Nothing is buffered between frames, so an idle connection holds no
+/// read buffer.
+async fn read_frame(
+    reader: &mut ReadHalf<TcpStream>,
+    max_frame: usize,
+    wait: Duration,
+) -> Result<Envelope, ReadEnd> {
+    let read = async {
+        let mut header = [0u8; HEADER_LEN];
+        reader
+            .read_exact(&mut header)
+            .await
+            .map_err(|_| ReadEnd::Closed)?;
+        let len = codec::body_len(header, max_frame).map_err(ReadEnd::Bad)?;
+        let mut body = vec![0u8; len];
+        reader
+            .read_exact(&mut body)
+            .await
+            .map_err(|_| ReadEnd::Closed)?;
+        codec::decode_body(&body).map_err(ReadEnd::Bad)
+    };
+    let timer = glommio::timer::sleep(wait);
+    match select(Box::pin(read), Box::pin(timer)).await {
+        Either::Left((result, _)) => result,
+        Either::Right(_) => Err(ReadEnd::TimedOut),
+    }
+}
+
+const MAX_USERNAME_CHARS: usize = 32;
+const MIN_PASSWORD_BYTES: usize = 8;
+/// Argon2 accepts long inputs, but nobody types 1 KiB passwords.
+const MAX_PASSWORD_BYTES: usize = 1024;
+const MAX_PROFILE_FIELD_CHARS: usize = 64;
+const MAX_DEVICE_FIELD_CHARS: usize = 64;
+
+fn bad(message: &str) -> pb::Error {
+    pb::Error::new(ErrorCode::BadRequest, message)
+}
+
+fn validate_registration(request: &pb::RegisterRequest) -> Result<(), pb::Error> {
+    let name = &request.username;
+    let name_ok = (3..=MAX_USERNAME_CHARS).contains(&name.chars().count())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !name_ok {
+        return Err(bad(
+            "username must be 3-32 characters of letters, digits, '_', '.', '-'",
+        ));
+    }
+    if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&request.password.len()) {
+        return Err(bad("password must be 8-1024 bytes"));
+    }
+    for (field, value) in [
+        ("phone", &request.phone),
+        ("email", &request.email),
+        ("nickname", &request.nickname),
+    ] {
+        if value.chars().count() > MAX_PROFILE_FIELD_CHARS || value.chars().any(char::is_control) {
+            return Err(bad(&format!(
+                "{field} must be at most 64 characters, no control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn validate_device(device_id: &str, device_type: &str) -> Result<(), pb::Error> {
+    for value in [device_id, device_type] {
+        if value.chars().count() > MAX_DEVICE_FIELD_CHARS || value.chars().any(char::is_control) {
+            return Err(bad(
+                "device_id and device_type must be at most 64 characters, no control characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a send and returns its conversation. The sender is always the
+/// session's user; a `sender_id` field naming someone else is refused.
+fn validate_send(
+    request: &pb::SendMessageRequest,
+    sender: i64,
+    max_content: usize,
+) -> Result<ConversationId, pb::Error> {
+    if request.sender_id != 0 && request.sender_id != sender {
+        return Err(pb::Error::new(
+            ErrorCode::Forbidden,
+            "sender_id must be your own user id (or 0)",
+        ));
+    }
+    if request.receiver_id <= 0 {
+        return Err(bad("receiver_id is required"));
+    }
+    let conv = ConversationId::direct(sender, request.receiver_id)
+        .ok_or_else(|| bad("cannot send a message to yourself"))?;
+    if MessageType::try_from(request.message_type).is_err() {
+        return Err(bad("unknown message_type"));
+    }
+    if request.client_message_id == 0 {
+        return Err(bad("client_message_id is required (it makes resends safe)"));
+    }
+    if request.content.is_empty() {
+        return Err(bad("content is empty"));
+    }
+    if request.content.len() > max_content {
+        return Err(bad(&format!("content exceeds {max_content} bytes")));
+    }
+    Ok(conv)
+}
+
+/// Parses a conversation id the user belongs to; anything else is refused
+/// without saying whether it exists.
+fn member_conversation(id: &str, user_id: i64) -> Result<ConversationId, pb::Error> {
+    let conv: ConversationId = id
+        .parse()
+        .map_err(|_| bad("invalid conversation_id"))?;
+    if !conv.is_direct_member(user_id) {
+        return Err(pb::Error::new(
+            ErrorCode::Forbidden,
+            "not a member of this conversation",
+        ));
+    }
+    Ok(conv)
+}
+
+fn page_size(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(sender: i64, receiver: i64, content: &str, cmid: i64) -> pb::SendMessageRequest {
+        pb::SendMessageRequest {
+            sender_id: sender,
+            receiver_id: receiver,
+            message_type: 0,
+            content: content.into(),
+            client_message_id: cmid,
+        }
+    }
+
+    #[test]
+    fn sends_are_validated() {
+        assert!(validate_send(&send(0, 2, "hi", 1), 1, 10).is_ok());
+        assert!(validate_send(&send(1, 2, "hi", 1), 1, 10).is_ok());
+        let forged = validate_send(&send(3, 2, "hi", 1), 1, 10).unwrap_err();
+        assert_eq!(forged.code, ErrorCode::Forbidden as i32);
+        for bad in [
+            send(0, 1, "hi", 1),
+            send(0, 0, "hi", 1),
+            send(0, 2, "", 1),
+            send(0, 2, "hi", 0),
+            send(0, 2, "this is too long", 1),
+        ] {
+            assert_eq!(
+                validate_send(&bad, 1, 10).unwrap_err().code,
+                ErrorCode::BadRequest as i32
+            );
+        }
+        let mut unknown = send(0, 2, "hi", 1);
+        unknown.message_type = 99;
+        assert!(validate_send(&unknown, 1, 10).is_err());
+    }
+
+    #[test]
+    fn registrations_are_validated() {
+        let ok = pb::RegisterRequest {
+            username: "alice_1".into(),
+            password: "password1".into(),
+            ..Default::default()
+        };
+        assert!(validate_registration(&ok).is_ok());
+        for (name, pass) in [("al", "password1"), ("bad name", "password1"), ("alice", "short")] {
+            let request = pb::RegisterRequest {
+                username: name.into(),
+                password: pass.into(),
+                ..Default::default()
+            };
+            assert!(validate_registration(&request).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_members_name_a_conversation() {
+        assert!(member_conversation("si_1_2", 1).is_ok());
+        assert_eq!(
+            member_conversation("si_1_2", 3).unwrap_err().code,
+            ErrorCode::Forbidden as i32
+        );
+        assert_eq!(
+            member_conversation("nonsense", 1).unwrap_err().code,
+            ErrorCode::BadRequest as i32
+        );
+    }
+}

@@ -1,0 +1,750 @@
+//! One reactor core: its connections, its partition of users (which devices
+//! are online, on which core) and its partition of conversations (seq
+//! counter and recent sends). Cores share nothing; they talk through the
+//! glommio channel mesh with [`CoreMsg`]. Everything here runs on one
+//! thread, so state is in `Cell`/`RefCell` and no lock is taken.
+//!
+//! A 1:1 send travels: sender's core → conversation owner (assigns the
+//! seq, queues the write) → store writer → conversation owner's commit pump
+//! (acks the sender, then `Deliver` to the owners of both users) → each
+//! device's core (`Push` into its outbox).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use ourchat_protocol::ids::{now_ms, IdGenerator};
+use ourchat_protocol::pb::{self, ChatMessage};
+use ourchat_protocol::{codec, Body, ConversationId, Envelope, ErrorCode};
+use ourchat_storage::{ConversationHead, ReadStore, StoreError, WriteOp, WriteOutcome};
+use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
+
+use crate::auth::TokenKeys;
+use crate::config::Config;
+use crate::outbox::Outbox;
+
+/// Everything the cores share: read-only config and thread-safe handles.
+pub struct Shared {
+    /// Effective configuration.
+    pub config: Config,
+    /// Reactor cores running.
+    pub cores: usize,
+    /// The batched store writer.
+    pub writer: WriterHandle,
+    /// Store reader threads.
+    pub readers: JobHandle<Box<dyn ReadStore>>,
+    /// Password hashing threads.
+    pub hasher: JobHandle<()>,
+    /// Token signing keys.
+    pub tokens: TokenKeys,
+    /// Set once on SIGINT/SIGTERM.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// Messages between cores.
+pub enum CoreMsg {
+    /// To the conversation's owner: sequence and store this message.
+    Sequence(SendJob),
+    /// To the user's owner: push `frame` to each online device of `user_id`
+    /// except the connection `skip_conn` (the sending device).
+    Deliver {
+        /// Recipient.
+        user_id: i64,
+        /// Encoded push.
+        frame: Bytes,
+        /// Connection not to push to (0: none).
+        skip_conn: u64,
+    },
+    /// To a connection's core: queue `frame` on it.
+    Push {
+        /// Target connection.
+        conn_id: u64,
+        /// Encoded frame.
+        frame: Bytes,
+    },
+    /// To the user's owner: this device is online on `conn_id`. `done`
+    /// fires once registered, so a login reply means pushes will arrive.
+    Online {
+        /// User.
+        user_id: i64,
+        /// Device.
+        device_id: String,
+        /// Its connection.
+        conn_id: u64,
+        /// Registered.
+        done: oneshot::Sender<()>,
+    },
+    /// To the user's owner: this connection is gone.
+    Offline {
+        /// User.
+        user_id: i64,
+        /// Device.
+        device_id: String,
+        /// The connection that closed.
+        conn_id: u64,
+    },
+    /// To a connection's core: tell the client why, then close it.
+    Kick {
+        /// Target connection.
+        conn_id: u64,
+        /// Shown to the client.
+        reason: String,
+    },
+}
+
+/// A message to sequence, from the sender's connection.
+pub struct SendJob {
+    /// The message with everything but seq, id and time filled in.
+    pub message: ChatMessage,
+    /// The sending connection (its device does not get the push).
+    pub origin_conn: u64,
+    /// Answered once the message is durable (or refused).
+    pub reply: oneshot::Sender<SendResult>,
+}
+
+/// What a send becomes.
+pub type SendResult = Result<Accepted, pb::Error>;
+
+/// Where a durable message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Seq in its conversation.
+    pub seq: i64,
+    /// Server id.
+    pub server_msg_id: i64,
+    /// Server time.
+    pub sent_at_ms: i64,
+}
+
+/// Connection ids carry their core in the top 16 bits.
+const CONN_CORE_SHIFT: u32 = 48;
+
+/// The core a connection id lives on.
+pub fn core_of_conn(conn_id: u64) -> usize {
+    (conn_id >> CONN_CORE_SHIFT) as usize
+}
+
+/// Spreads ids over cores; snowflake low bits alone are too regular.
+fn mix(value: u64) -> u64 {
+    let mut z = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Users whose existence a core remembers before asking the store again.
+const KNOWN_USERS_CAP: usize = 100_000;
+
+/// How long a reactor waits for room in a full worker queue before
+/// answering BUSY. Waiting, not failing, is the normal backpressure.
+const QUEUE_WAIT_LIMIT: Duration = Duration::from_secs(5);
+
+/// One reactor core's state.
+pub struct Core {
+    /// This core's index.
+    pub id: usize,
+    /// Shared handles.
+    pub shared: Arc<Shared>,
+    mesh: Senders<CoreMsg>,
+    ids: RefCell<IdGenerator>,
+    next_conn: Cell<u64>,
+    conns: RefCell<HashMap<u64, Rc<Outbox>>>,
+    directory: RefCell<HashMap<i64, Vec<DeviceConn>>>,
+    sequencer: RefCell<Sequencer>,
+    commits: LocalSender<PendingCommit>,
+    known_users: RefCell<HashSet<i64>>,
+}
+
+struct DeviceConn {
+    device_id: Box<str>,
+    conn_id: u64,
+}
+
+impl Core {
+    /// A core with its mesh senders; returns the receiver its commit pump
+    /// must drain (see [`Core::run_commit_pump`]).
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        mesh: Senders<CoreMsg>,
+    ) -> (Rc<Core>, LocalReceiver<PendingCommit>) {
+        // Unbounded by type, bounded in fact: each entry is an op in the
+        // bounded writer queue or one just completed.
+        let (commits, pending) = local_channel::new_unbounded();
+        let node = shared.config.server.node_id;
+        let core = Core {
+            id,
+            mesh,
+            ids: RefCell::new(IdGenerator::new(node, id as u16)),
+            next_conn: Cell::new(1),
+            conns: RefCell::default(),
+            directory: RefCell::default(),
+            sequencer: RefCell::new(Sequencer {
+                convs: HashMap::new(),
+                max: shared.config.storage.max_conversations_per_core,
+            }),
+            commits,
+            known_users: RefCell::default(),
+            shared,
+        };
+        (Rc::new(core), pending)
+    }
+
+    /// A fresh snowflake id.
+    pub fn next_id(&self) -> i64 {
+        self.ids.borrow_mut().next_id()
+    }
+
+    /// The core owning `user_id`'s online devices.
+    pub fn owner_of_user(&self, user_id: i64) -> usize {
+        (mix(user_id as u64) % self.shared.cores as u64) as usize
+    }
+
+    /// The core owning a conversation's sequence.
+    pub fn owner_of_conversation(&self, conv: &ConversationId) -> usize {
+        (mix(conv.shard_hash()) % self.shared.cores as u64) as usize
+    }
+
+    /// Registers a new connection and returns its id.
+    pub fn add_connection(&self, outbox: Rc<Outbox>) -> u64 {
+        let n = self.next_conn.get();
+        self.next_conn.set(n + 1);
+        let conn_id = ((self.id as u64) << CONN_CORE_SHIFT) | n;
+        self.conns.borrow_mut().insert(conn_id, outbox);
+        conn_id
+    }
+
+    /// Forgets a closed connection.
+    pub fn remove_connection(&self, conn_id: u64) {
+        self.conns.borrow_mut().remove(&conn_id);
+    }
+
+    /// Connections open on this core.
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Closes every connection on this core with a reason (shutdown).
+    pub fn close_all(&self, reason: &str) {
+        let frame = kicked_frame(reason);
+        for outbox in self.conns.borrow().values() {
+            outbox.close_with(Some(frame.clone()));
+        }
+    }
+
+    /// Sends `msg` to `core`, handling it in place when that is us.
+    pub async fn route(self: &Rc<Self>, core: usize, msg: CoreMsg) {
+        if core == self.id {
+            // Boxed: handling may route again (Deliver → Push).
+            let local: Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(self.handle(msg));
+            local.await;
+        } else if self.mesh.send_to(core, msg).await.is_err() {
+            // The peer is shutting down; its connections are closing anyway.
+            tracing::debug!(peer = core, "mesh peer gone");
+        }
+    }
+
+    /// Handles one message from the mesh (or from ourselves).
+    pub async fn handle(self: &Rc<Self>, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Sequence(job) => self.sequence(job),
+            CoreMsg::Deliver {
+                user_id,
+                frame,
+                skip_conn,
+            } => {
+                let targets: Vec<u64> = self
+                    .directory
+                    .borrow()
+                    .get(&user_id)
+                    .map(|devices| {
+                        devices
+                            .iter()
+                            .map(|d| d.conn_id)
+                            .filter(|c| *c != skip_conn)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for conn_id in targets {
+                    let frame = frame.clone();
+                    self.route(core_of_conn(conn_id), CoreMsg::Push { conn_id, frame })
+                        .await;
+                }
+            }
+            CoreMsg::Push { conn_id, frame } => self.push_local(conn_id, frame),
+            CoreMsg::Online {
+                user_id,
+                device_id,
+                conn_id,
+                done,
+            } => {
+                let replaced = {
+                    let mut directory = self.directory.borrow_mut();
+                    let devices = directory.entry(user_id).or_default();
+                    match devices.iter_mut().find(|d| *d.device_id == *device_id) {
+                        Some(existing) => Some(std::mem::replace(&mut existing.conn_id, conn_id)),
+                        None => {
+                            devices.push(DeviceConn {
+                                device_id: device_id.into_boxed_str(),
+                                conn_id,
+                            });
+                            None
+                        }
+                    }
+                };
+                let _ = done.send(());
+                if let Some(old) = replaced.filter(|old| *old != conn_id) {
+                    let reason = "this device logged in again elsewhere".to_string();
+                    self.route(core_of_conn(old), CoreMsg::Kick { conn_id: old, reason })
+                        .await;
+                }
+            }
+            CoreMsg::Offline {
+                user_id,
+                device_id,
+                conn_id,
+            } => {
+                let mut directory = self.directory.borrow_mut();
+                if let Some(devices) = directory.get_mut(&user_id) {
+                    // Only the connection that registered may unregister:
+                    // a kicked connection's late Offline must not remove
+                    // the device's new connection.
+                    devices.retain(|d| !(*d.device_id == *device_id && d.conn_id == conn_id));
+                    if devices.is_empty() {
+                        directory.remove(&user_id);
+                    }
+                }
+            }
+            CoreMsg::Kick { conn_id, reason } => {
+                if let Some(outbox) = self.conns.borrow().get(&conn_id) {
+                    outbox.close_with(Some(kicked_frame(&reason)));
+                }
+            }
+        }
+    }
+
+    fn push_local(&self, conn_id: u64, frame: Bytes) {
+        let conns = self.conns.borrow();
+        let Some(outbox) = conns.get(&conn_id) else {
+            return;
+        };
+        if outbox.push(frame).is_err() {
+            tracing::debug!(conn_id, "slow reader: outbound queue full, closing");
+            outbox.close_with(Some(kicked_frame(
+                "outbound queue full: reconnect and sync",
+            )));
+        }
+    }
+
+    /// Whether a user id exists (cached per core).
+    pub async fn user_exists(&self, user_id: i64) -> Result<bool, pb::Error> {
+        if user_id <= 0 {
+            return Ok(false);
+        }
+        if self.known_users.borrow().contains(&user_id) {
+            return Ok(true);
+        }
+        let exists = self
+            .read(move |store| store.account_by_id(user_id).map(|a| a.is_some()))
+            .await?;
+        if exists {
+            let mut known = self.known_users.borrow_mut();
+            if known.len() >= KNOWN_USERS_CAP {
+                known.clear();
+            }
+            known.insert(user_id);
+        }
+        Ok(exists)
+    }
+
+    /// Runs a read on a reader thread, waiting for queue room if needed.
+    pub async fn read<T, F>(&self, job: F) -> Result<T, pb::Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Box<dyn ReadStore>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = &self.shared.readers;
+        wait_for_room(|| readers.is_full()).await?;
+        let result = readers.try_run(job).map_err(pool_error)?;
+        match result.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(pool_error(PoolError::from(err))),
+            Err(_) => Err(pool_error(PoolError::Closed)),
+        }
+    }
+
+    /// Runs a password hash or check on the hashing pool.
+    pub async fn hash<T, F>(&self, job: F) -> Result<T, pb::Error>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let hasher = &self.shared.hasher;
+        wait_for_room(|| hasher.is_full()).await?;
+        let result = hasher.try_run(move |_| job()).map_err(pool_error)?;
+        result.await.map_err(|_| pool_error(PoolError::Closed))
+    }
+
+    /// Queues a write, waiting for room; the completion says when it is durable.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteCompletion, pb::Error> {
+        self.wait_for_writer_room().await?;
+        self.shared
+            .writer
+            .try_submit(op)
+            .map_err(|(_, err)| pool_error(err))
+    }
+
+    /// Waits while the writer queue is nearly full: this is how a busy
+    /// store pushes back on connections (they stop being read).
+    pub async fn wait_for_writer_room(&self) -> Result<(), pb::Error> {
+        let writer = &self.shared.writer;
+        // Headroom for sends already forwarded to sequencing cores.
+        let high_water = writer.capacity().saturating_sub(writer.capacity() / 8);
+        wait_for_room(|| writer.depth() >= high_water).await
+    }
+
+    // ----- sequencing (this core owns the conversation) -----
+
+    fn sequence(self: &Rc<Self>, job: SendJob) {
+        let conv = match job.message.conversation_id.parse::<ConversationId>() {
+            Ok(conv) => conv,
+            Err(e) => {
+                let _ = job
+                    .reply
+                    .send(Err(pb::Error::new(ErrorCode::BadRequest, e.to_string())));
+                return;
+            }
+        };
+        let mut sequencer = self.sequencer.borrow_mut();
+        match sequencer.convs.get_mut(&conv) {
+            Some(Slot::Ready(state)) => self.assign(state, job),
+            Some(Slot::Loading(queue)) => queue.push(job),
+            None => {
+                sequencer.evict_idle();
+                sequencer.convs.insert(conv, Slot::Loading(vec![job]));
+                drop(sequencer);
+                let core = self.clone();
+                glommio::spawn_local(async move { core.load_conversation(conv).await }).detach();
+            }
+        }
+    }
+
+    async fn load_conversation(self: Rc<Self>, conv: ConversationId) {
+        let id = conv.to_string();
+        let window = self.shared.config.storage.dedupe_window;
+        let head = self
+            .read(move |store| store.conversation_head(&id, window))
+            .await;
+        let mut sequencer = self.sequencer.borrow_mut();
+        let queued = match sequencer.convs.remove(&conv) {
+            Some(Slot::Loading(queued)) => queued,
+            // Only the loader replaces a Loading slot.
+            Some(other) => {
+                sequencer.convs.insert(conv, other);
+                return;
+            }
+            None => return,
+        };
+        match head {
+            Ok(head) => {
+                let mut state = ConvState::from_head(head);
+                for job in queued {
+                    self.assign(&mut state, job);
+                }
+                sequencer.convs.insert(conv, Slot::Ready(state));
+            }
+            Err(err) => {
+                for job in queued {
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Gives `job` the conversation's next seq and queues its write, or
+    /// answers it from the recent-sends window when it is a resend.
+    fn assign(&self, state: &mut ConvState, job: SendJob) {
+        let SendJob {
+            mut message,
+            origin_conn,
+            reply,
+        } = job;
+        let resend = state.recent.iter().rev().find(|r| {
+            r.sender_id == message.sender_id && r.client_message_id == message.client_message_id
+        });
+        if let Some(previous) = resend {
+            match &previous.waiters {
+                None => {
+                    let _ = reply.send(Ok(previous.accepted));
+                }
+                Some(waiters) => waiters.borrow_mut().push(reply),
+            }
+            return;
+        }
+        let accepted = Accepted {
+            seq: state.last_seq + 1,
+            server_msg_id: self.next_id(),
+            sent_at_ms: now_ms() as i64,
+        };
+        message.seq = accepted.seq;
+        message.server_msg_id = accepted.server_msg_id;
+        message.sent_at_ms = accepted.sent_at_ms;
+        let completion = match self
+            .shared
+            .writer
+            .try_submit(WriteOp::AppendMessage(message.clone()))
+        {
+            Ok(completion) => completion,
+            Err((_, err)) => {
+                // The seq was not taken: the next send reuses it.
+                let _ = reply.send(Err(pool_error(err)));
+                return;
+            }
+        };
+        state.last_seq = accepted.seq;
+        let waiters = Rc::new(RefCell::new(vec![reply]));
+        state.recent.push_back(RecentSend {
+            sender_id: message.sender_id,
+            client_message_id: message.client_message_id,
+            accepted,
+            waiters: Some(waiters.clone()),
+        });
+        state.trim(self.sequencer_window());
+        let pending = PendingCommit {
+            message,
+            origin_conn,
+            completion,
+            waiters,
+        };
+        if self.commits.try_send(pending).is_err() {
+            tracing::error!("commit pump gone; send left unanswered");
+        }
+    }
+
+    fn sequencer_window(&self) -> usize {
+        self.shared.config.storage.dedupe_window
+    }
+
+    /// Drains commit completions in submission order: acks every waiting
+    /// sender, then delivers, so pushes leave in seq order.
+    pub async fn run_commit_pump(self: Rc<Self>, pending: LocalReceiver<PendingCommit>) {
+        while let Some(commit) = pending.recv().await {
+            let outcome = commit.completion.await;
+            self.finish_commit(commit.message, commit.origin_conn, commit.waiters, outcome)
+                .await;
+        }
+    }
+
+    async fn finish_commit(
+        self: &Rc<Self>,
+        message: ChatMessage,
+        origin_conn: u64,
+        waiters: Rc<RefCell<Vec<oneshot::Sender<SendResult>>>>,
+        outcome: Result<Result<WriteOutcome, PoolError>, oneshot::Canceled>,
+    ) {
+        let conv = message.conversation_id.parse::<ConversationId>().ok();
+        let result = match outcome {
+            Ok(Ok(WriteOutcome::Done)) => Ok(Accepted {
+                seq: message.seq,
+                server_msg_id: message.server_msg_id,
+                sent_at_ms: message.sent_at_ms,
+            }),
+            Ok(Ok(other)) => {
+                tracing::error!(?other, conv = %message.conversation_id, seq = message.seq,
+                    "store already held this seq: sequencer out of step, reloading");
+                Err(pb::Error::new(ErrorCode::Internal, "sequencing conflict, retry"))
+            }
+            Ok(Err(err)) => Err(pool_error(err)),
+            Err(_) => Err(pool_error(PoolError::Closed)),
+        };
+        {
+            let mut sequencer = self.sequencer.borrow_mut();
+            if let Some(conv) = conv {
+                match (&result, sequencer.convs.get_mut(&conv)) {
+                    (Ok(_), Some(Slot::Ready(state))) => state.mark_committed(message.seq),
+                    (Err(_), Some(Slot::Ready(_))) => {
+                        // The seq may be half-known to the store: start over
+                        // from what it holds on the next send.
+                        sequencer.convs.remove(&conv);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for waiter in waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+        if result.is_err() {
+            return;
+        }
+        let frame = encode_frame(&Envelope::new(0, Body::PushMessage(message.clone())));
+        let receiver = message.receiver_id;
+        let sender = message.sender_id;
+        self.route(
+            self.owner_of_user(receiver),
+            CoreMsg::Deliver {
+                user_id: receiver,
+                frame: frame.clone(),
+                skip_conn: 0,
+            },
+        )
+        .await;
+        self.route(
+            self.owner_of_user(sender),
+            CoreMsg::Deliver {
+                user_id: sender,
+                frame,
+                skip_conn: origin_conn,
+            },
+        )
+        .await;
+    }
+
+    /// Sends still waiting for their commit on this core.
+    pub fn commits_pending(&self) -> usize {
+        self.commits.len()
+    }
+}
+
+/// A queued write the commit pump waits on.
+pub struct PendingCommit {
+    message: ChatMessage,
+    origin_conn: u64,
+    completion: WriteCompletion,
+    waiters: Rc<RefCell<Vec<oneshot::Sender<SendResult>>>>,
+}
+
+struct Sequencer {
+    convs: HashMap<ConversationId, Slot>,
+    max: usize,
+}
+
+enum Slot {
+    /// Head being read from the store; sends wait here in order.
+    Loading(Vec<SendJob>),
+    Ready(ConvState),
+}
+
+struct ConvState {
+    last_seq: i64,
+    /// Oldest first.
+    recent: VecDeque<RecentSend>,
+}
+
+struct RecentSend {
+    sender_id: i64,
+    client_message_id: i64,
+    accepted: Accepted,
+    /// `Some` while the write is in flight: resends wait with the original.
+    waiters: Option<Rc<RefCell<Vec<oneshot::Sender<SendResult>>>>>,
+}
+
+impl ConvState {
+    fn from_head(head: ConversationHead) -> Self {
+        let recent = head
+            .recent
+            .iter()
+            .rev()
+            .map(|r| RecentSend {
+                sender_id: r.sender_id,
+                client_message_id: r.client_message_id,
+                accepted: Accepted {
+                    seq: r.seq,
+                    server_msg_id: r.server_msg_id,
+                    sent_at_ms: r.sent_at_ms,
+                },
+                waiters: None,
+            })
+            .collect();
+        ConvState {
+            last_seq: head.last_seq,
+            recent,
+        }
+    }
+
+    fn mark_committed(&mut self, seq: i64) {
+        if let Some(entry) = self.recent.iter_mut().rev().find(|r| r.accepted.seq == seq) {
+            entry.waiters = None;
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.recent.iter().any(|r| r.waiters.is_some())
+    }
+
+    /// Drops the oldest committed entries beyond the window; in-flight ones
+    /// stay so their resends still find them.
+    fn trim(&mut self, window: usize) {
+        while self.recent.len() > window
+            && self.recent.front().is_some_and(|r| r.waiters.is_none())
+        {
+            self.recent.pop_front();
+        }
+    }
+}
+
+impl Sequencer {
+    /// Keeps the number of conversations in memory bounded: past the cap,
+    /// drops idle ones (they reload from the store on their next send).
+    fn evict_idle(&mut self) {
+        if self.convs.len() < self.max {
+            return;
+        }
+        let target = self.max - self.max / 4;
+        let mut excess = self.convs.len() - target;
+        self.convs.retain(|_, slot| match slot {
+            Slot::Ready(state) if excess > 0 && !state.has_pending() => {
+                excess -= 1;
+                false
+            }
+            _ => true,
+        });
+    }
+}
+
+async fn wait_for_room(is_full: impl Fn() -> bool) -> Result<(), pb::Error> {
+    let started = std::time::Instant::now();
+    while is_full() {
+        if started.elapsed() > QUEUE_WAIT_LIMIT {
+            return Err(pool_error(PoolError::Full));
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// The client-facing error for a worker failure.
+pub fn pool_error(err: PoolError) -> pb::Error {
+    match err {
+        PoolError::Full => pb::Error::new(ErrorCode::Busy, "server busy, retry shortly"),
+        PoolError::Closed => pb::Error::new(ErrorCode::StoreUnavailable, "server shutting down"),
+        PoolError::Store { message, .. } => {
+            tracing::warn!(%message, "store error reached a client");
+            pb::Error::new(ErrorCode::StoreUnavailable, "store unavailable, retry later")
+        }
+    }
+}
+
+/// Encodes one framed envelope.
+pub fn encode_frame(envelope: &Envelope) -> Bytes {
+    Bytes::from(codec::encode_to_vec(envelope))
+}
+
+/// The frame sent before closing a connection on purpose.
+pub fn kicked_frame(reason: &str) -> Bytes {
+    encode_frame(&Envelope::new(
+        0,
+        Body::Kicked(pb::Kicked {
+            reason: reason.to_string(),
+        }),
+    ))
+}

@@ -1,0 +1,241 @@
+//! Start-up and shutdown of a node. Start: open the store, start the worker
+//! pools, start one glommio executor per core (pinned), join the channel
+//! mesh, bind one SO_REUSEPORT listener per core (the kernel hashes each
+//! connection to a core). Shutdown, on SIGINT/SIGTERM, in phases: stop
+//! accepting, tell every connection and close it, let in-flight commits
+//! finish (bounded by a grace period), then flush the writer queue and
+//! close the store.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use ourchat_storage::sqlite::{self, SqliteBackend};
+use ourchat_storage::{Backend, ReadStore, StoreError};
+use ourchat_workers::{JobPool, WriterConfig, WriterPool};
+
+use crate::auth::TokenKeys;
+use crate::config::{Config, Durability};
+use crate::core::{Core, CoreMsg, Shared};
+
+/// Messages in flight between two cores before the sender waits. Large
+/// enough to absorb a group fan-out burst, small enough to push back.
+const MESH_CAPACITY: usize = 4096;
+
+/// io_uring memory each executor registers. Sockets do not use it (only
+/// file I/O does), and the machine allows 8 MiB of locked memory per
+/// process, so glommio's 10 MiB default would not even fit one core.
+const IO_MEMORY: usize = 256 << 10;
+
+/// Jobs waiting for reader or hashing threads before reactors wait.
+const JOB_QUEUE: usize = 16_384;
+
+/// How often a core looks at the shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+/// Why the node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A thread or file could not be created.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// An executor could not start or bind.
+    #[error("core start-up failed: {0}")]
+    Core(String),
+}
+
+/// A running node's addresses, reported once every core listens.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// Client TCP address.
+    pub client: SocketAddr,
+    /// Reactor cores.
+    pub cores: usize,
+}
+
+/// Runs a node until `shutdown` is set, calling `on_ready` once every core
+/// listens. Returns after the phased shutdown.
+pub fn serve(
+    config: Config,
+    shutdown: Arc<AtomicBool>,
+    on_ready: impl FnOnce(&Listening),
+) -> Result<(), ServeError> {
+    let cores = config.core_count();
+    let storage = &config.storage;
+    let durability = match storage.durability {
+        Durability::Full => sqlite::Durability::Full,
+        Durability::Normal => sqlite::Durability::Normal,
+    };
+    let backend = SqliteBackend::open(&storage.data_dir, durability)?;
+    let writer = WriterPool::start(
+        backend.writer()?,
+        WriterConfig {
+            queue_capacity: storage.writer_queue,
+            max_batch: storage.max_batch,
+        },
+    )?;
+    let readers = JobPool::start("ourchat-reader", storage.readers, JOB_QUEUE, |_| {
+        backend.reader().map(|r| -> Box<dyn ReadStore> { r })
+    })?;
+    let hash_threads = match config.auth.hash_threads {
+        0 => cores,
+        n => n,
+    };
+    let hasher = JobPool::start("ourchat-hash", hash_threads, JOB_QUEUE, |_| {
+        Ok::<(), std::io::Error>(())
+    })?;
+    let tokens = TokenKeys::load(
+        &config.auth.jwt_secret,
+        &storage.data_dir,
+        config.auth.token_ttl_secs,
+    )?;
+    let shared = Arc::new(Shared {
+        cores,
+        writer: writer.handle(),
+        readers: readers.handle(),
+        hasher: hasher.handle(),
+        tokens,
+        shutdown: shutdown.clone(),
+        config,
+    });
+
+    let result = run_cores(shared.clone(), on_ready);
+    if result.is_err() {
+        shutdown.store(true, Ordering::SeqCst);
+    }
+    drop(shared);
+    // Every core has stopped, so these are the last handles: the writer
+    // commits what is queued before its thread ends.
+    writer.shutdown();
+    readers.shutdown();
+    hasher.shutdown();
+    tracing::info!("store flushed and closed");
+    result
+}
+
+fn run_cores(shared: Arc<Shared>, on_ready: impl FnOnce(&Listening)) -> Result<(), ServeError> {
+    let cores = shared.cores;
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Pinning more reactors than CPUs would stack two on one CPU.
+    let placement = if shared.config.server.pin_cores && cores <= available {
+        PoolPlacement::MaxSpread(cores, None)
+    } else {
+        PoolPlacement::Unbound(cores)
+    };
+    let mesh: MeshBuilder<CoreMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+    let executor_shared = shared.clone();
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("ourchat-core")
+        .io_memory(IO_MEMORY)
+        .on_all_shards(move || {
+            let shared = executor_shared.clone();
+            let mesh = mesh.clone();
+            let ready = ready_tx.clone();
+            async move { run_core(shared, mesh, ready).await }
+        })
+        .map_err(|e| ServeError::Core(e.to_string()))?;
+
+    let mut outcome = Ok(());
+    let mut client = None;
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(addr)) => client = Some(addr),
+            Ok(Err(e)) => {
+                outcome = Err(ServeError::Core(e));
+                break;
+            }
+            Err(_) => {
+                outcome = Err(ServeError::Core("a core exited during start-up".into()));
+                break;
+            }
+        }
+    }
+    match (&outcome, client) {
+        (Ok(()), Some(client)) => on_ready(&Listening { client, cores }),
+        _ => shared.shutdown.store(true, Ordering::SeqCst),
+    }
+    for result in handles.join_all() {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "core ended with an error");
+        }
+    }
+    outcome
+}
+
+async fn run_core(
+    shared: Arc<Shared>,
+    mesh: MeshBuilder<CoreMsg, Full>,
+    ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+) {
+    let (senders, mut receivers) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = ready.send(Err(format!("channel mesh join failed: {e}")));
+            return;
+        }
+    };
+    let id = senders.peer_id();
+    let (core, pending) = Core::new(id, shared.clone(), senders);
+    for (_, stream) in receivers.streams() {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = stream.recv().await {
+                core.handle(msg).await;
+            }
+        })
+        .detach();
+    }
+    glommio::spawn_local(core.clone().run_commit_pump(pending)).detach();
+
+    let listener = match TcpListener::bind(shared.config.server.listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "cannot listen on {}: {e}",
+                shared.config.server.listen
+            )));
+            return;
+        }
+    };
+    let local = listener
+        .local_addr()
+        .unwrap_or(shared.config.server.listen);
+    let _ = ready.send(Ok(local));
+    let acceptor = glommio::spawn_local(accept_loop(core.clone(), listener)).detach();
+
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        glommio::timer::sleep(SHUTDOWN_POLL).await;
+    }
+    acceptor.cancel();
+    core.close_all("server shutting down");
+    let deadline = Instant::now() + Duration::from_secs(shared.config.server.shutdown_grace_secs);
+    while (core.connection_count() > 0 || core.commits_pending() > 0) && Instant::now() < deadline
+    {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::debug!(core = id, "core stopped");
+}
+
+async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(crate::connection::serve(core.clone(), stream)).detach();
+            }
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, core = core.id, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

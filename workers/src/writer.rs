@@ -1,0 +1,322 @@
+//! The batched store writer. One thread per store owns the write
+//! connection; it takes everything waiting in its queue (up to `max_batch`),
+//! commits it as one transaction, completes every caller, and repeats. Under
+//! low load a batch is one op and latency is one commit; under high load
+//! batches grow and throughput follows. No timers.
+//!
+//! Exactly one writer per store is deliberate: ops are committed in the
+//! order they were queued, so a conversation's seqs reach the store in
+//! order and a crash can never leave seq n+1 without seq n.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use futures::channel::oneshot;
+use ourchat_storage::{StoreError, WriteOp, WriteOutcome, WriteStore};
+
+use crate::PoolError;
+
+/// Sizes of the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Ops that may wait for the writer. Sized to absorb a burst from every
+    /// core while one commit (an fsync, ~1-10 ms) is under way.
+    pub queue_capacity: usize,
+    /// Most ops in one transaction; bounds the latency one batch adds.
+    pub max_batch: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            queue_capacity: 65_536,
+            max_batch: 4_096,
+        }
+    }
+}
+
+/// A batch that failed with a retryable error is tried this many times in
+/// all before its callers are told; a passing lock or I/O hiccup should not
+/// fail acknowledged-looking work.
+const COMMIT_ATTEMPTS: u32 = 4;
+
+/// Result of one submitted op, delivered once its batch commits or fails.
+pub type WriteCompletion = oneshot::Receiver<Result<WriteOutcome, PoolError>>;
+
+struct WriteJob {
+    op: WriteOp,
+    done: oneshot::Sender<Result<WriteOutcome, PoolError>>,
+}
+
+/// Counters for logs and metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Committed (or failed) batches.
+    pub batches: AtomicU64,
+    /// Ops in those batches.
+    pub ops: AtomicU64,
+    /// Batches that failed after all attempts.
+    pub failed_batches: AtomicU64,
+    /// Largest batch so far.
+    pub max_batch_seen: AtomicU64,
+}
+
+/// The writer thread and the way to stop it.
+pub struct WriterPool {
+    handle: WriterHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Cheap to clone; each core keeps one to submit ops.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: Sender<WriteJob>,
+    stats: Arc<WriterStats>,
+}
+
+impl WriterPool {
+    /// Starts the writer thread on `store`.
+    pub fn start(store: Box<dyn WriteStore>, config: WriterConfig) -> std::io::Result<Self> {
+        let (tx, rx) = bounded(config.queue_capacity.max(1));
+        let stats = Arc::new(WriterStats::default());
+        let thread_stats = stats.clone();
+        let max_batch = config.max_batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name("ourchat-writer".into())
+            .spawn(move || run_writer(store, rx, max_batch, &thread_stats))?;
+        Ok(WriterPool {
+            handle: WriterHandle { tx, stats },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for submitting ops.
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
+    }
+
+    /// Waits until every handle is dropped and everything queued is
+    /// committed, then returns. Call after the cores have stopped.
+    pub fn shutdown(mut self) {
+        let WriterPool { handle, thread } = &mut self;
+        let stats = handle.stats.clone();
+        // Dropping our sender lets the thread see the end of the queue once
+        // the cores' senders are gone too.
+        *handle = WriterHandle {
+            tx: bounded(0).0,
+            stats,
+        };
+        if let Some(thread) = thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("store writer thread panicked");
+            }
+        }
+    }
+}
+
+impl WriterHandle {
+    /// Queues `op`; the returned completion resolves when its batch commits.
+    /// A full queue gives the op back.
+    pub fn try_submit(&self, op: WriteOp) -> Result<WriteCompletion, (WriteOp, PoolError)> {
+        let (done, completion) = oneshot::channel();
+        match self.tx.try_send(WriteJob { op, done }) {
+            Ok(()) => Ok(completion),
+            Err(TrySendError::Full(job)) => Err((job.op, PoolError::Full)),
+            Err(TrySendError::Disconnected(job)) => Err((job.op, PoolError::Closed)),
+        }
+    }
+
+    /// Ops waiting for the writer.
+    pub fn depth(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Most ops that may wait.
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity().unwrap_or(usize::MAX)
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+}
+
+fn run_writer(
+    mut store: Box<dyn WriteStore>,
+    rx: Receiver<WriteJob>,
+    max_batch: usize,
+    stats: &WriterStats,
+) {
+    let mut ops = Vec::with_capacity(max_batch);
+    let mut waiters = Vec::with_capacity(max_batch);
+    while let Ok(first) = rx.recv() {
+        ops.push(first.op);
+        waiters.push(first.done);
+        while ops.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => {
+                    ops.push(job.op);
+                    waiters.push(job.done);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = commit_with_retry(store.as_mut(), &ops);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        stats
+            .max_batch_seen
+            .fetch_max(ops.len() as u64, Ordering::Relaxed);
+        tracing::debug!(batch = ops.len(), queued = rx.len(), "store batch");
+        match result {
+            Ok(outcomes) => {
+                for (done, outcome) in waiters.drain(..).zip(outcomes) {
+                    // A caller that went away (closed connection) needs no answer.
+                    let _ = done.send(Ok(outcome));
+                }
+            }
+            Err(err) => {
+                stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %err, batch = ops.len(), "store batch failed");
+                let err = PoolError::from(err);
+                for done in waiters.drain(..) {
+                    let _ = done.send(Err(err.clone()));
+                }
+            }
+        }
+        ops.clear();
+        waiters.clear();
+    }
+    tracing::debug!("store writer drained and stopped");
+}
+
+fn commit_with_retry(
+    store: &mut dyn WriteStore,
+    ops: &[WriteOp],
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let mut attempt = 1;
+    loop {
+        match store.apply_batch(ops) {
+            Ok(outcomes) if outcomes.len() == ops.len() => return Ok(outcomes),
+            Ok(outcomes) => {
+                return Err(StoreError::Corrupt(format!(
+                    "store answered {} outcomes for {} ops",
+                    outcomes.len(),
+                    ops.len()
+                )))
+            }
+            Err(err) if err.is_retryable() && attempt < COMMIT_ATTEMPTS => {
+                tracing::warn!(error = %err, attempt, "store batch failed, retrying");
+                std::thread::sleep(Duration::from_millis(10 << (2 * attempt)));
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ourchat_storage::sqlite::{Durability, SqliteBackend};
+    use ourchat_storage::{Backend, NewAccount};
+
+    fn account(id: i64, name: &str) -> WriteOp {
+        WriteOp::CreateAccount(NewAccount {
+            user_id: id,
+            username: name.into(),
+            password_hash: "h".into(),
+            phone: String::new(),
+            email: String::new(),
+            nickname: String::new(),
+            created_at_ms: 0,
+        })
+    }
+
+    #[test]
+    fn every_caller_is_completed_and_batches_form_under_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(dir.path(), Durability::Normal).unwrap();
+        let pool = WriterPool::start(backend.writer().unwrap(), WriterConfig::default()).unwrap();
+        let handle = pool.handle();
+        let completions: Vec<_> = (1..=2_000)
+            .map(|i| handle.try_submit(account(i, &format!("u{i}"))).unwrap())
+            .collect();
+        let dup = handle.try_submit(account(9_999, "u1")).unwrap();
+        for completion in completions {
+            let outcome = futures::executor::block_on(completion).unwrap().unwrap();
+            assert_eq!(outcome, WriteOutcome::Done);
+        }
+        assert_eq!(
+            futures::executor::block_on(dup).unwrap().unwrap(),
+            WriteOutcome::UsernameTaken
+        );
+        let stats = handle.stats();
+        assert_eq!(stats.ops.load(Ordering::Relaxed), 2_001);
+        assert!(stats.batches.load(Ordering::Relaxed) < 2_001, "no batching happened");
+        drop(handle);
+        pool.shutdown();
+    }
+
+    #[test]
+    fn full_queue_hands_the_op_back() {
+        struct Stuck(std::sync::mpsc::Receiver<()>);
+        impl WriteStore for Stuck {
+            fn apply_batch(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+                let _ = self.0.recv();
+                Ok(vec![WriteOutcome::Done; ops.len()])
+            }
+        }
+        let (release, gate) = std::sync::mpsc::channel();
+        let pool = WriterPool::start(
+            Box::new(Stuck(gate)),
+            WriterConfig {
+                queue_capacity: 2,
+                max_batch: 1,
+            },
+        )
+        .unwrap();
+        let handle = pool.handle();
+        let mut accepted = Vec::new();
+        let refused = loop {
+            match handle.try_submit(account(1, "x")) {
+                Ok(c) => accepted.push(c),
+                Err(refused) => break refused,
+            }
+            assert!(accepted.len() < 10, "queue is not bounded");
+        };
+        assert_eq!(refused.1, PoolError::Full);
+        assert_eq!(refused.0, account(1, "x"));
+        for _ in 0..accepted.len() {
+            release.send(()).unwrap();
+        }
+        for c in accepted {
+            assert!(futures::executor::block_on(c).unwrap().is_ok());
+        }
+        drop(handle);
+        drop(release);
+        pool.shutdown();
+    }
+
+    #[test]
+    fn failed_batch_fails_every_caller() {
+        struct Broken;
+        impl WriteStore for Broken {
+            fn apply_batch(&mut self, _: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+                Err(StoreError::Unavailable {
+                    message: "disk full".into(),
+                    retryable: false,
+                })
+            }
+        }
+        let pool = WriterPool::start(Box::new(Broken), WriterConfig::default()).unwrap();
+        let completion = pool.handle().try_submit(account(1, "x")).unwrap();
+        let result = futures::executor::block_on(completion).unwrap();
+        assert!(matches!(result, Err(PoolError::Store { retryable: false, .. })));
+        pool.shutdown();
+    }
+}
