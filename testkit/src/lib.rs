@@ -1,1 +1,208 @@
-//! placeholder
+//! Shared helpers for OurChat's integration tests: start a real `ourchat`
+//! server process on a free loopback port with its own data directory,
+//! wait until it accepts, stop it gracefully or with `kill -9`, and restart
+//! it on the same data.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound then released; the kernel does not
+/// hand it out again right away).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// A running server process. Killed on drop.
+pub struct ServerProcess {
+    binary: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    child: Option<Child>,
+    /// Client address.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// How to start a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Reactor cores (`--cores`); 0 = the binary's default.
+    pub cores: usize,
+    /// Extra `--set key=value` overrides.
+    pub set: Vec<(String, String)>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Reuse this data directory instead of a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ServerProcess {
+    /// Starts `binary serve` with `options` and waits until it accepts.
+    pub fn start(binary: &Path, options: ServerOptions) -> ServerProcess {
+        let (temp, data_dir) = match options.data_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let temp = tempfile::tempdir().expect("temp dir");
+                let dir = temp.path().to_path_buf();
+                (Some(temp), dir)
+            }
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut args = vec![
+            "serve".to_string(),
+            "--listen".to_string(),
+            addr.to_string(),
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+            // Tests share the machine's cores with their clients.
+            "--set".to_string(),
+            "server.pin_cores=false".to_string(),
+        ];
+        if options.cores > 0 {
+            args.push("--cores".into());
+            args.push(options.cores.to_string());
+        }
+        for (key, value) in &options.set {
+            args.push("--set".into());
+            args.push(format!("{key}={value}"));
+        }
+        let mut server = ServerProcess {
+            binary: binary.to_path_buf(),
+            args,
+            envs: options.env,
+            child: None,
+            addr,
+            data_dir,
+            _temp: temp,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::env::var("OURCHAT_TEST_LOG").is_ok();
+        let mut command = Command::new(&self.binary);
+        command
+            .args(&self.args)
+            .envs(self.envs.iter().cloned())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+            .stderr(if log { Stdio::inherit() } else { Stdio::null() });
+        let child = command.spawn().expect("cannot start the ourchat binary");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("server exited during start-up: {status}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server did not listen on {} within 30 s", self.addr);
+    }
+
+    /// `kill -9`: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit and returns its status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Starts the server again with the same port, data and options.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Password every test user gets.
+pub const TEST_PASSWORD: &str = "test-password-1";
+
+/// Registers `username` (unless it exists) and logs in on `device`;
+/// returns the connected client and its session.
+pub async fn user_on(
+    addr: SocketAddr,
+    username: &str,
+    device: &str,
+) -> (ourchat_client::Client, ourchat_client::Session) {
+    let client = ourchat_client::Client::connect(addr)
+        .await
+        .expect("connect to test server");
+    match client.register(username, TEST_PASSWORD).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(ourchat_client::ErrorCode::Conflict) => {}
+        Err(e) => panic!("register {username}: {e}"),
+    }
+    let session = client
+        .login(username, TEST_PASSWORD, device)
+        .await
+        .unwrap_or_else(|e| panic!("login {username}: {e}"));
+    (client, session)
+}
+
+/// A second connection of an existing user, logged in on `device`.
+pub async fn device_of(
+    addr: SocketAddr,
+    username: &str,
+    device: &str,
+) -> ourchat_client::Client {
+    let client = ourchat_client::Client::connect(addr)
+        .await
+        .expect("connect to test server");
+    client
+        .login(username, TEST_PASSWORD, device)
+        .await
+        .unwrap_or_else(|e| panic!("login {username}/{device}: {e}"));
+    client
+}
