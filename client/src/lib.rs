@@ -273,8 +273,13 @@ impl Client {
 
     /// Sends a text message with a fresh client message id.
     pub async fn send_text(&self, receiver_id: i64, text: &str) -> Result<SendAck, ClientError> {
-        self.send_message(receiver_id, MessageType::Text, text, new_client_message_id())
-            .await
+        self.send_message(
+            receiver_id,
+            MessageType::Text,
+            text,
+            new_client_message_id(),
+        )
+        .await
     }
 
     /// Sends a message; resending with the same `client_message_id` returns
@@ -339,7 +344,10 @@ impl Client {
 
     /// Everything missed, page by page, deduped through `tracker`; acks
     /// the new high-water mark of each conversation.
-    pub async fn sync_all(&self, tracker: &mut SeqTracker) -> Result<Vec<ChatMessage>, ClientError> {
+    pub async fn sync_all(
+        &self,
+        tracker: &mut SeqTracker,
+    ) -> Result<Vec<ChatMessage>, ClientError> {
         let mut fresh = Vec::new();
         loop {
             let page = self.sync_page(&tracker.cursors(), 0).await?;
@@ -466,9 +474,9 @@ fn dispatch(envelope: Envelope, waiters: &Waiters, pushes: &mpsc::UnboundedSende
 }
 
 fn refused(error: Option<pb::Error>) -> ClientError {
-    ClientError::Server(error.unwrap_or_else(|| {
-        pb::Error::new(ErrorCode::Unspecified, "refused without a reason")
-    }))
+    ClientError::Server(
+        error.unwrap_or_else(|| pb::Error::new(ErrorCode::Unspecified, "refused without a reason")),
+    )
 }
 
 fn unexpected(body: Body) -> ClientError {
@@ -499,7 +507,10 @@ pub struct SeqTracker {
 impl SeqTracker {
     /// Records `message`; `true` if it is new.
     pub fn accept(&mut self, message: &ChatMessage) -> bool {
-        let mark = self.seen.entry(message.conversation_id.clone()).or_insert(0);
+        let mark = self
+            .seen
+            .entry(message.conversation_id.clone())
+            .or_insert(0);
         if message.seq > *mark {
             *mark = message.seq;
             true

@@ -19,7 +19,12 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(name = "ourchat-cli", version, about = "OurChat command-line client")]
 struct Cli {
     /// Server address (host:port).
-    #[arg(long, global = true, env = "OURCHAT_SERVER", default_value = "127.0.0.1:50003")]
+    #[arg(
+        long,
+        global = true,
+        env = "OURCHAT_SERVER",
+        default_value = "127.0.0.1:50003"
+    )]
     server: String,
     /// Where the session (token) is kept.
     #[arg(long, global = true, env = "OURCHAT_SESSION")]
@@ -81,7 +86,10 @@ struct SavedSession {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -261,7 +269,10 @@ impl Output {
                    "seq": message.seq, "from": from, "sender_id": message.sender_id,
                    "type": kind, "content": message.content,
                    "sent_at_ms": message.sent_at_ms}),
-            format!("[{}#{}] {from}: {}", message.conversation_id, message.seq, message.content),
+            format!(
+                "[{}#{}] {from}: {}",
+                message.conversation_id, message.seq, message.content
+            ),
         );
     }
 }
@@ -274,10 +285,14 @@ async fn connect(server: &str) -> anyhow::Result<Client> {
 
 /// Connects and logs in with the saved token.
 async fn resume(server: &str, path: &PathBuf) -> anyhow::Result<(Client, SavedSession)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("no session in {}: run `ourchat-cli login` first", path.display()))?;
-    let saved: SavedSession =
-        serde_json::from_str(&text).with_context(|| format!("corrupt session file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "no session in {}: run `ourchat-cli login` first",
+            path.display()
+        )
+    })?;
+    let saved: SavedSession = serde_json::from_str(&text)
+        .with_context(|| format!("corrupt session file {}", path.display()))?;
     let client = connect(server).await?;
     client
         .login_token(&saved.token)
@@ -304,6 +319,8 @@ fn save_session(path: &PathBuf, session: &SavedSession) -> anyhow::Result<()> {
 }
 
 fn default_session_path() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ".".into());
     home.join(".ourchat").join("session.json")
 }

@@ -71,7 +71,10 @@ impl TokenKeys {
             Ok(secret) if secret.len() >= 32 => secret,
             _ => {
                 let secret: [u8; 32] = rand::random();
-                let text = secret.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                let text = secret
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>();
                 std::fs::create_dir_all(data_dir)?;
                 write_private(&path, text.as_bytes())?;
                 text.into_bytes()

@@ -288,13 +288,27 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/ourchat.toml");
+        let example = Config::load(Some(std::path::Path::new(path)), [], &[]).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            toml::to_string(&example).unwrap(),
+            toml::to_string(&defaults).unwrap()
+        );
+    }
+
+    #[test]
     fn file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[server]\ncores = 3\nlisten = \"127.0.0.1:1\"\n").unwrap();
         let env = [
             ("OURCHAT_SERVER__CORES".to_string(), "2".to_string()),
-            ("OURCHAT_STORAGE__DATA_DIR".to_string(), "/tmp/x".to_string()),
+            (
+                "OURCHAT_STORAGE__DATA_DIR".to_string(),
+                "/tmp/x".to_string(),
+            ),
             ("UNRELATED".to_string(), "1".to_string()),
         ];
         let flags = [("server.cores".to_string(), "1".to_string())];

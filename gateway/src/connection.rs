@@ -158,7 +158,9 @@ impl Connection {
                     ErrorCode::FrameTooLarge,
                     &format!("frame of {len} bytes exceeds the maximum of {max}"),
                 ),
-                ReadEnd::Bad(err) => self.close_with_error(0, ErrorCode::Protocol, &err.to_string()),
+                ReadEnd::Bad(err) => {
+                    self.close_with_error(0, ErrorCode::Protocol, &err.to_string())
+                }
             }
             return;
         }
@@ -227,7 +229,10 @@ impl Connection {
             }
             Body::Login(_) | Body::Register(_) => self.reply_error(
                 req_id,
-                pb::Error::new(ErrorCode::BadRequest, "already logged in on this connection"),
+                pb::Error::new(
+                    ErrorCode::BadRequest,
+                    "already logged in on this connection",
+                ),
             ),
             _ => self.reply_error(
                 req_id,
@@ -258,11 +263,18 @@ impl Connection {
             email,
             nickname,
         } = request;
-        let hash = match self.core.hash(move || password::hash_password(&password)).await {
+        let hash = match self
+            .core
+            .hash(move || password::hash_password(&password))
+            .await
+        {
             Ok(Ok(hash)) => hash,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "password hashing failed");
-                return fail(pb::Error::new(ErrorCode::Internal, "could not hash password"));
+                return fail(pb::Error::new(
+                    ErrorCode::Internal,
+                    "could not hash password",
+                ));
             }
             Err(error) => return fail(error),
         };
@@ -350,7 +362,9 @@ impl Connection {
                     TokenError::Expired => {
                         pb::Error::new(ErrorCode::TokenExpired, "token expired: log in again")
                     }
-                    TokenError::Invalid => pb::Error::new(ErrorCode::Unauthenticated, "invalid token"),
+                    TokenError::Invalid => {
+                        pb::Error::new(ErrorCode::Unauthenticated, "invalid token")
+                    }
                 })?;
             if !request.device_id.is_empty() && request.device_id != device_id {
                 return Err(pb::Error::new(
@@ -635,7 +649,10 @@ impl Connection {
         if username.is_empty() == (user_id == 0) {
             return self.reply_error(
                 req_id,
-                pb::Error::new(ErrorCode::BadRequest, "give exactly one of user_id or username"),
+                pb::Error::new(
+                    ErrorCode::BadRequest,
+                    "give exactly one of user_id or username",
+                ),
             );
         }
         let result = self
@@ -657,7 +674,9 @@ impl Connection {
                     nickname: account.nickname,
                 }),
             ),
-            Ok(None) => self.reply_error(req_id, pb::Error::new(ErrorCode::NotFound, "no such user")),
+            Ok(None) => {
+                self.reply_error(req_id, pb::Error::new(ErrorCode::NotFound, "no such user"))
+            }
             Err(error) => self.reply_error(req_id, error),
         }
     }
@@ -778,9 +797,7 @@ fn validate_send(
 /// Parses a conversation id the user belongs to; anything else is refused
 /// without saying whether it exists.
 fn member_conversation(id: &str, user_id: i64) -> Result<ConversationId, pb::Error> {
-    let conv: ConversationId = id
-        .parse()
-        .map_err(|_| bad("invalid conversation_id"))?;
+    let conv: ConversationId = id.parse().map_err(|_| bad("invalid conversation_id"))?;
     if !conv.is_direct_member(user_id) {
         return Err(pb::Error::new(
             ErrorCode::Forbidden,
@@ -842,7 +859,11 @@ mod tests {
             ..Default::default()
         };
         assert!(validate_registration(&ok).is_ok());
-        for (name, pass) in [("al", "password1"), ("bad name", "password1"), ("alice", "short")] {
+        for (name, pass) in [
+            ("al", "password1"),
+            ("bad name", "password1"),
+            ("alice", "short"),
+        ] {
             let request = pb::RegisterRequest {
                 username: name.into(),
                 password: pass.into(),

@@ -304,8 +304,14 @@ impl Core {
                 let _ = done.send(());
                 if let Some(old) = replaced.filter(|old| *old != conn_id) {
                     let reason = "this device logged in again elsewhere".to_string();
-                    self.route(core_of_conn(old), CoreMsg::Kick { conn_id: old, reason })
-                        .await;
+                    self.route(
+                        core_of_conn(old),
+                        CoreMsg::Kick {
+                            conn_id: old,
+                            reason,
+                        },
+                    )
+                    .await;
                 }
             }
             CoreMsg::Offline {
@@ -400,7 +406,7 @@ impl Core {
         self.shared
             .writer
             .try_submit(op)
-            .map_err(|(_, err)| pool_error(err))
+            .map_err(|refused| pool_error(refused.error))
     }
 
     /// Waits while the writer queue is nearly full: this is how a busy
@@ -504,9 +510,9 @@ impl Core {
             .try_submit(WriteOp::AppendMessage(message.clone()))
         {
             Ok(completion) => completion,
-            Err((_, err)) => {
+            Err(refused) => {
                 // The seq was not taken: the next send reuses it.
-                let _ = reply.send(Err(pool_error(err)));
+                let _ = reply.send(Err(pool_error(refused.error)));
                 return;
             }
         };
@@ -561,7 +567,10 @@ impl Core {
             Ok(Ok(other)) => {
                 tracing::error!(?other, conv = %message.conversation_id, seq = message.seq,
                     "store already held this seq: sequencer out of step, reloading");
-                Err(pb::Error::new(ErrorCode::Internal, "sequencing conflict, retry"))
+                Err(pb::Error::new(
+                    ErrorCode::Internal,
+                    "sequencing conflict, retry",
+                ))
             }
             Ok(Err(err)) => Err(pool_error(err)),
             Err(_) => Err(pool_error(PoolError::Closed)),
@@ -684,8 +693,7 @@ impl ConvState {
     /// Drops the oldest committed entries beyond the window; in-flight ones
     /// stay so their resends still find them.
     fn trim(&mut self, window: usize) {
-        while self.recent.len() > window
-            && self.recent.front().is_some_and(|r| r.waiters.is_none())
+        while self.recent.len() > window && self.recent.front().is_some_and(|r| r.waiters.is_none())
         {
             self.recent.pop_front();
         }
@@ -729,7 +737,10 @@ pub fn pool_error(err: PoolError) -> pb::Error {
         PoolError::Closed => pb::Error::new(ErrorCode::StoreUnavailable, "server shutting down"),
         PoolError::Store { message, .. } => {
             tracing::warn!(%message, "store error reached a client");
-            pb::Error::new(ErrorCode::StoreUnavailable, "store unavailable, retry later")
+            pb::Error::new(
+                ErrorCode::StoreUnavailable,
+                "store unavailable, retry later",
+            )
         }
     }
 }

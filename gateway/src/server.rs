@@ -206,9 +206,7 @@ async fn run_core(
             return;
         }
     };
-    let local = listener
-        .local_addr()
-        .unwrap_or(shared.config.server.listen);
+    let local = listener.local_addr().unwrap_or(shared.config.server.listen);
     let _ = ready.send(Ok(local));
     let acceptor = glommio::spawn_local(accept_loop(core.clone(), listener)).detach();
 
@@ -218,8 +216,7 @@ async fn run_core(
     acceptor.cancel();
     core.close_all("server shutting down");
     let deadline = Instant::now() + Duration::from_secs(shared.config.server.shutdown_grace_secs);
-    while (core.connection_count() > 0 || core.commits_pending() > 0) && Instant::now() < deadline
-    {
+    while (core.connection_count() > 0 || core.commits_pending() > 0) && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     tracing::debug!(core = id, "core stopped");

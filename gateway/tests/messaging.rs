@@ -39,9 +39,15 @@ async fn pairs_spread_over_both_cores_chat_both_ways() {
         assert_eq!(there.conversation_id, back.conversation_id);
         assert_eq!((there.seq, back.seq), (1, 2));
         let got = b.next_message(WAIT).await.expect("push to b");
-        assert_eq!((got.content.as_str(), got.sender_id), (format!("ping {i}").as_str(), sa.user_id));
+        assert_eq!(
+            (got.content.as_str(), got.sender_id),
+            (format!("ping {i}").as_str(), sa.user_id)
+        );
         let got = a.next_message(WAIT).await.expect("push to a");
-        assert_eq!((got.content.as_str(), got.seq), (format!("pong {i}").as_str(), 2));
+        assert_eq!(
+            (got.content.as_str(), got.seq),
+            (format!("pong {i}").as_str(), 2)
+        );
     }
 }
 
@@ -74,7 +80,11 @@ async fn concurrent_senders_keep_one_gapless_order() {
         .map(|r| r.expect("send acked").seq)
         .collect();
     seqs.sort_unstable();
-    assert_eq!(seqs, (1..=2 * EACH as i64).collect::<Vec<_>>(), "seqs gapless and unique");
+    assert_eq!(
+        seqs,
+        (1..=2 * EACH as i64).collect::<Vec<_>>(),
+        "seqs gapless and unique"
+    );
 
     // Each side's pushes arrive in increasing seq order.
     for (client, count) in [(&alice, EACH), (&bob, EACH)] {
@@ -104,7 +114,11 @@ async fn concurrent_senders_keep_one_gapless_order() {
             .iter()
             .filter_map(|m| m.content.strip_prefix(tag).and_then(|n| n.parse().ok()))
             .collect();
-        assert_eq!(order, (0..EACH).collect::<Vec<_>>(), "sender {tag} reordered");
+        assert_eq!(
+            order,
+            (0..EACH).collect::<Vec<_>>(),
+            "sender {tag} reordered"
+        );
     }
 }
 
@@ -114,8 +128,14 @@ async fn resend_returns_the_same_seq_and_stores_once() {
     let (alice, _) = user_on(server.addr, "alice", "d").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
     let text = ourchat_protocol::pb::MessageType::Text;
-    let first = alice.send_message(sb.user_id, text, "once", 777).await.unwrap();
-    let again = alice.send_message(sb.user_id, text, "once", 777).await.unwrap();
+    let first = alice
+        .send_message(sb.user_id, text, "once", 777)
+        .await
+        .unwrap();
+    let again = alice
+        .send_message(sb.user_id, text, "once", 777)
+        .await
+        .unwrap();
     assert_eq!(first, again);
     // Concurrent resends of one new id: all answered alike, stored once.
     let (x, y, z) = tokio::join!(
@@ -160,10 +180,16 @@ async fn offline_recipient_syncs_everything_once_in_order() {
     }
     let mut by_conv: HashMap<String, Vec<i64>> = HashMap::new();
     for m in &got {
-        by_conv.entry(m.conversation_id.clone()).or_default().push(m.seq);
+        by_conv
+            .entry(m.conversation_id.clone())
+            .or_default()
+            .push(m.seq);
     }
     assert_eq!(by_conv.len(), 2);
-    let from_alice = by_conv.values().find(|v| v.len() == 120).expect("alice's 120");
+    let from_alice = by_conv
+        .values()
+        .find(|v| v.len() == 120)
+        .expect("alice's 120");
     assert_eq!(*from_alice, (1..=120).collect::<Vec<_>>());
     assert!(by_conv.values().any(|v| *v == (1..=40).collect::<Vec<_>>()));
     let first = got.iter().find(|m| m.sender_id == sa.user_id).unwrap();
@@ -192,14 +218,23 @@ async fn every_device_gets_it_including_the_senders_other_device() {
     let alice_laptop = device_of(server.addr, "alice", "laptop").await;
     let (bob_phone, sb) = user_on(server.addr, "bob", "phone").await;
     let bob_laptop = device_of(server.addr, "bob", "laptop").await;
-    let ack = alice_phone.send_text(sb.user_id, "to all of you").await.unwrap();
+    let ack = alice_phone
+        .send_text(sb.user_id, "to all of you")
+        .await
+        .unwrap();
     for device in [&bob_phone, &bob_laptop, &alice_laptop] {
-        let m = device.next_message(WAIT).await.expect("every device gets it");
+        let m = device
+            .next_message(WAIT)
+            .await
+            .expect("every device gets it");
         assert_eq!((m.seq, m.content.as_str()), (ack.seq, "to all of you"));
         assert_eq!(m.sender_device, "phone");
     }
     // Not echoed to the sending device itself.
-    assert!(alice_phone.next_message(Duration::from_millis(300)).await.is_none());
+    assert!(alice_phone
+        .next_message(Duration::from_millis(300))
+        .await
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +250,10 @@ async fn same_device_logging_in_again_kicks_the_old_connection() {
     // The new connection is the one that receives.
     let (bob, _) = user_on(server.addr, "bob", "d").await;
     bob.send_text(sa.user_id, "still there?").await.unwrap();
-    assert_eq!(new.next_message(WAIT).await.unwrap().content, "still there?");
+    assert_eq!(
+        new.next_message(WAIT).await.unwrap().content,
+        "still there?"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,6 +263,9 @@ async fn token_login_resumes_the_session() {
     drop(alice);
     let again = ourchat_client::Client::connect(server.addr).await.unwrap();
     let resumed = again.login_token(&session.token).await.unwrap();
-    assert_eq!((resumed.user_id, resumed.device_id.as_str()), (session.user_id, "phone"));
+    assert_eq!(
+        (resumed.user_id, resumed.device_id.as_str()),
+        (session.user_id, "phone")
+    );
     assert!(again.heartbeat().await.unwrap() > 0);
 }

@@ -142,7 +142,10 @@ mod tests {
     fn two_frames_in_one_read() {
         let mut buf = BytesMut::new();
         encode(&sample(), &mut buf);
-        encode(&Envelope::error(1, pb::ErrorCode::BadRequest, "x"), &mut buf);
+        encode(
+            &Envelope::error(1, pb::ErrorCode::BadRequest, "x"),
+            &mut buf,
+        );
         let decoder = FrameDecoder::default();
         assert_eq!(decoder.decode(&mut buf).unwrap(), Some(sample()));
         let second = decoder.decode(&mut buf).unwrap().unwrap();

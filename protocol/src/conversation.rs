@@ -124,7 +124,9 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused() {
-        for bad in ["", "si_", "si_5_3", "si_3_3", "si_a_b", "sg_-1", "xx_1", "si_1_2_3"] {
+        for bad in [
+            "", "si_", "si_5_3", "si_3_3", "si_a_b", "sg_-1", "xx_1", "si_1_2_3",
+        ] {
             assert!(bad.parse::<ConversationId>().is_err(), "{bad}");
         }
     }

@@ -28,8 +28,8 @@ pub struct IdGenerator {
 impl IdGenerator {
     /// A generator for `core` on `node`; both are reduced into their fields.
     pub fn new(node: u16, core: u16) -> Self {
-        let generator = u64::from(node % MAX_NODES) * u64::from(MAX_CORES)
-            + u64::from(core % MAX_CORES);
+        let generator =
+            u64::from(node % MAX_NODES) * u64::from(MAX_CORES) + u64::from(core % MAX_CORES);
         IdGenerator {
             generator,
             last_ms: 0,

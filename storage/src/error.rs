@@ -21,7 +21,13 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the same call may succeed if retried.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable { retryable: true, .. })
+        matches!(
+            self,
+            StoreError::Unavailable {
+                retryable: true,
+                ..
+            }
+        )
     }
 }
 

@@ -362,7 +362,9 @@ impl ReadStore for SqliteReader {
             Some(newest) => newest.seq,
             None => self
                 .conn
-                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1")?
+                .prepare_cached(
+                    "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1",
+                )?
                 .query_row([conversation_id], |row| row.get(0))?,
         };
         Ok(ConversationHead { last_seq, recent })
@@ -374,7 +376,11 @@ impl ReadStore for SqliteReader {
         before_seq: i64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        let before = if before_seq <= 0 { i64::MAX } else { before_seq };
+        let before = if before_seq <= 0 {
+            i64::MAX
+        } else {
+            before_seq
+        };
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq < ?2
              ORDER BY seq DESC LIMIT ?3"
@@ -382,7 +388,10 @@ impl ReadStore for SqliteReader {
         Ok(self
             .conn
             .prepare_cached(&sql)?
-            .query_map(params![conversation_id, before, sql_limit(limit)], message_from_row)?
+            .query_map(
+                params![conversation_id, before, sql_limit(limit)],
+                message_from_row,
+            )?
             .collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -399,7 +408,10 @@ impl ReadStore for SqliteReader {
         Ok(self
             .conn
             .prepare_cached(&sql)?
-            .query_map(params![conversation_id, after_seq, sql_limit(limit)], message_from_row)?
+            .query_map(
+                params![conversation_id, after_seq, sql_limit(limit)],
+                message_from_row,
+            )?
             .collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -500,14 +512,24 @@ mod tests {
             ]
         );
         let mut reader = backend.reader().unwrap();
-        assert_eq!(reader.account_by_username("alice").unwrap().unwrap().user_id, 1);
+        assert_eq!(
+            reader
+                .account_by_username("alice")
+                .unwrap()
+                .unwrap()
+                .user_id,
+            1
+        );
         assert!(reader.account_by_id(2).unwrap().is_none());
         let head = reader.conversation_head("si_1_2", 10).unwrap();
         assert_eq!(head.last_seq, 2);
         assert_eq!(head.recent.len(), 2);
         assert_eq!(head.recent[0].seq, 2);
         let history = reader.history("si_1_2", 0, 10).unwrap();
-        assert_eq!(history.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(
+            history.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
         assert_eq!(reader.history("si_1_2", 2, 10).unwrap().len(), 1);
         let after = reader.messages_after("si_1_2", 1, 10).unwrap();
         assert_eq!(after, vec![message("si_1_2", 2, 2, 7)]);
@@ -520,7 +542,10 @@ mod tests {
                 delivered_seq: 2
             }]
         );
-        assert_eq!(reader.conversation_cursors(1, "other").unwrap()[0].delivered_seq, 0);
+        assert_eq!(
+            reader.conversation_cursors(1, "other").unwrap()[0].delivered_seq,
+            0
+        );
     }
 
     #[test]
@@ -528,13 +553,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let backend = SqliteBackend::open(dir.path(), Durability::Full).unwrap();
-            backend.writer().unwrap().apply_batch(&[account(9, "zed")]).unwrap();
+            backend
+                .writer()
+                .unwrap()
+                .apply_batch(&[account(9, "zed")])
+                .unwrap();
         }
         let backend = SqliteBackend::open(dir.path(), Durability::Full).unwrap();
         let mut reader = backend.reader().unwrap();
         assert_eq!(reader.account_by_id(9).unwrap().unwrap().username, "zed");
         let conn = backend.connect(true).unwrap();
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
     }
 

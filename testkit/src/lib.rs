@@ -96,7 +96,10 @@ impl ServerProcess {
         command
             .args(&self.args)
             .envs(self.envs.iter().cloned())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
             .stderr(if log { Stdio::inherit() } else { Stdio::null() });
@@ -192,11 +195,7 @@ pub async fn user_on(
 }
 
 /// A second connection of an existing user, logged in on `device`.
-pub async fn device_of(
-    addr: SocketAddr,
-    username: &str,
-    device: &str,
-) -> ourchat_client::Client {
+pub async fn device_of(addr: SocketAddr, username: &str, device: &str) -> ourchat_client::Client {
     let client = ourchat_client::Client::connect(addr)
         .await
         .expect("connect to test server");

@@ -12,6 +12,10 @@ use crate::PoolError;
 
 type Job<C> = Box<dyn FnOnce(&mut C) + Send>;
 
+/// `None` tells one thread to stop once the jobs before it are done, so
+/// shutdown does not depend on every handle having been dropped.
+type Queued<C> = Option<Job<C>>;
+
 /// Threads that each own a `C` and run jobs on it.
 pub struct JobPool<C> {
     handle: JobHandle<C>,
@@ -20,7 +24,7 @@ pub struct JobPool<C> {
 
 /// Cheap to clone; submits jobs to the pool.
 pub struct JobHandle<C> {
-    tx: Sender<Job<C>>,
+    tx: Sender<Queued<C>>,
 }
 
 impl<C> Clone for JobHandle<C> {
@@ -44,7 +48,7 @@ impl<C: 'static> JobPool<C> {
         C: Send,
         E: From<std::io::Error>,
     {
-        let (tx, rx) = bounded::<Job<C>>(capacity.max(1));
+        let (tx, rx) = bounded::<Queued<C>>(capacity.max(1));
         let mut handles = Vec::with_capacity(threads);
         for index in 0..threads.max(1) {
             let mut context = make_context(index)?;
@@ -52,7 +56,7 @@ impl<C: 'static> JobPool<C> {
             let thread = std::thread::Builder::new()
                 .name(format!("{name}-{index}"))
                 .spawn(move || {
-                    while let Ok(job) = rx.recv() {
+                    while let Ok(Some(job)) = rx.recv() {
                         job(&mut context);
                     }
                 })?;
@@ -69,10 +73,12 @@ impl<C: 'static> JobPool<C> {
         self.handle.clone()
     }
 
-    /// Waits for queued jobs to finish once every handle is dropped.
+    /// Finishes the queued jobs, then stops every thread.
     pub fn shutdown(self) {
         let JobPool { handle, threads } = self;
-        drop(handle);
+        for _ in &threads {
+            let _ = handle.tx.send(None);
+        }
         for thread in threads {
             if thread.join().is_err() {
                 tracing::error!("worker thread panicked");
@@ -93,7 +99,7 @@ impl<C: 'static> JobHandle<C> {
         let job: Job<C> = Box::new(move |context: &mut C| {
             let _ = done.send(job(context));
         });
-        match self.tx.try_send(job) {
+        match self.tx.try_send(Some(job)) {
             Ok(()) => Ok(result),
             Err(TrySendError::Full(_)) => Err(PoolError::Full),
             Err(TrySendError::Disconnected(_)) => Err(PoolError::Closed),

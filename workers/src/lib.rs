@@ -13,7 +13,7 @@ pub mod password;
 pub mod writer;
 
 pub use jobs::{JobHandle, JobPool};
-pub use writer::{WriteCompletion, WriterConfig, WriterHandle, WriterPool, WriterStats};
+pub use writer::{Refused, WriteCompletion, WriterConfig, WriterHandle, WriterPool, WriterStats};
 
 /// Why a pool could not do a job.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -51,6 +51,23 @@ struct WriteJob {
     done: oneshot::Sender<Result<WriteOutcome, PoolError>>,
 }
 
+/// What travels on the writer queue. `Stop` is queued by shutdown behind
+/// everything already submitted, so the writer commits all of it first;
+/// shutdown never depends on every handle having been dropped.
+enum Queued {
+    Job(WriteJob),
+    Stop,
+}
+
+/// An op the writer would not take, handed back with the reason.
+#[derive(Debug)]
+pub struct Refused {
+    /// The op, untouched.
+    pub op: WriteOp,
+    /// Why: [`PoolError::Full`] (back off and retry) or [`PoolError::Closed`].
+    pub error: PoolError,
+}
+
 /// Counters for logs and metrics.
 #[derive(Debug, Default)]
 pub struct WriterStats {
@@ -73,7 +90,7 @@ pub struct WriterPool {
 /// Cheap to clone; each core keeps one to submit ops.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: Sender<WriteJob>,
+    tx: Sender<Queued>,
     stats: Arc<WriterStats>,
 }
 
@@ -98,18 +115,12 @@ impl WriterPool {
         self.handle.clone()
     }
 
-    /// Waits until every handle is dropped and everything queued is
-    /// committed, then returns. Call after the cores have stopped.
+    /// Commits everything submitted so far, then stops the writer; later
+    /// submits fail with [`PoolError::Closed`]. Call after the cores stop.
     pub fn shutdown(mut self) {
-        let WriterPool { handle, thread } = &mut self;
-        let stats = handle.stats.clone();
-        // Dropping our sender lets the thread see the end of the queue once
-        // the cores' senders are gone too.
-        *handle = WriterHandle {
-            tx: bounded(0).0,
-            stats,
-        };
-        if let Some(thread) = thread.take() {
+        // A blocking send: waits for room behind the queued ops.
+        let _ = self.handle.tx.send(Queued::Stop);
+        if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 tracing::error!("store writer thread panicked");
             }
@@ -119,13 +130,21 @@ impl WriterPool {
 
 impl WriterHandle {
     /// Queues `op`; the returned completion resolves when its batch commits.
-    /// A full queue gives the op back.
-    pub fn try_submit(&self, op: WriteOp) -> Result<WriteCompletion, (WriteOp, PoolError)> {
+    /// A full queue gives the op back (boxed: refusal is the rare path).
+    pub fn try_submit(&self, op: WriteOp) -> Result<WriteCompletion, Box<Refused>> {
         let (done, completion) = oneshot::channel();
-        match self.tx.try_send(WriteJob { op, done }) {
-            Ok(()) => Ok(completion),
-            Err(TrySendError::Full(job)) => Err((job.op, PoolError::Full)),
-            Err(TrySendError::Disconnected(job)) => Err((job.op, PoolError::Closed)),
+        let error = match self.tx.try_send(Queued::Job(WriteJob { op, done })) {
+            Ok(()) => return Ok(completion),
+            Err(TrySendError::Full(queued)) => (queued, PoolError::Full),
+            Err(TrySendError::Disconnected(queued)) => (queued, PoolError::Closed),
+        };
+        match error {
+            (Queued::Job(job), error) => Err(Box::new(Refused { op: job.op, error })),
+            // Only shutdown queues Stop, never through a handle.
+            (Queued::Stop, error) => Err(Box::new(Refused {
+                op: WriteOp::AppendMessage(Default::default()),
+                error,
+            })),
         }
     }
 
@@ -147,20 +166,30 @@ impl WriterHandle {
 
 fn run_writer(
     mut store: Box<dyn WriteStore>,
-    rx: Receiver<WriteJob>,
+    rx: Receiver<Queued>,
     max_batch: usize,
     stats: &WriterStats,
 ) {
     let mut ops = Vec::with_capacity(max_batch);
     let mut waiters = Vec::with_capacity(max_batch);
-    while let Ok(first) = rx.recv() {
-        ops.push(first.op);
-        waiters.push(first.done);
+    let mut stopping = false;
+    while !stopping {
+        match rx.recv() {
+            Ok(Queued::Job(first)) => {
+                ops.push(first.op);
+                waiters.push(first.done);
+            }
+            Ok(Queued::Stop) | Err(_) => break,
+        }
         while ops.len() < max_batch {
             match rx.try_recv() {
-                Ok(job) => {
+                Ok(Queued::Job(job)) => {
                     ops.push(job.op);
                     waiters.push(job.done);
+                }
+                Ok(Queued::Stop) => {
+                    stopping = true;
+                    break;
                 }
                 Err(_) => break,
             }
@@ -257,7 +286,10 @@ mod tests {
         );
         let stats = handle.stats();
         assert_eq!(stats.ops.load(Ordering::Relaxed), 2_001);
-        assert!(stats.batches.load(Ordering::Relaxed) < 2_001, "no batching happened");
+        assert!(
+            stats.batches.load(Ordering::Relaxed) < 2_001,
+            "no batching happened"
+        );
         drop(handle);
         pool.shutdown();
     }
@@ -289,8 +321,8 @@ mod tests {
             }
             assert!(accepted.len() < 10, "queue is not bounded");
         };
-        assert_eq!(refused.1, PoolError::Full);
-        assert_eq!(refused.0, account(1, "x"));
+        assert_eq!(refused.error, PoolError::Full);
+        assert_eq!(refused.op, account(1, "x"));
         for _ in 0..accepted.len() {
             release.send(()).unwrap();
         }
@@ -316,7 +348,13 @@ mod tests {
         let pool = WriterPool::start(Box::new(Broken), WriterConfig::default()).unwrap();
         let completion = pool.handle().try_submit(account(1, "x")).unwrap();
         let result = futures::executor::block_on(completion).unwrap();
-        assert!(matches!(result, Err(PoolError::Store { retryable: false, .. })));
+        assert!(matches!(
+            result,
+            Err(PoolError::Store {
+                retryable: false,
+                ..
+            })
+        ));
         pool.shutdown();
     }
 }

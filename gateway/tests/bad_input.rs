@@ -1,0 +1,272 @@
+//! Hostile and broken input: each case gets a clear error or a clean close,
+//! and the server keeps serving everyone else.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ourchat_client::{Client, ErrorCode, Push};
+use ourchat_gateway::auth::Claims;
+use ourchat_protocol::codec;
+use ourchat_protocol::pb;
+use ourchat_protocol::{Body, Envelope};
+use ourchat_testkit::{user_on, ServerOptions, ServerProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SECRET: &str = "test-secret-0123456789";
+const WAIT: Duration = Duration::from_secs(5);
+
+fn server() -> ServerProcess {
+    ServerProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_ourchat")),
+        ServerOptions {
+            cores: 2,
+            set: vec![
+                ("server.max_frame_bytes".into(), "4096".into()),
+                ("server.max_content_bytes".into(), "1024".into()),
+                ("server.login_timeout_ms".into(), "500".into()),
+                ("server.heartbeat_secs".into(), "1".into()),
+                ("server.idle_timeout_secs".into(), "2".into()),
+            ],
+            env: vec![("OURCHAT_AUTH__JWT_SECRET".into(), SECRET.into())],
+            ..Default::default()
+        },
+    )
+}
+
+/// Reads frames until the server closes; returns them.
+async fn frames_until_close(stream: &mut TcpStream) -> Vec<Envelope> {
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut bytes)).await;
+    let decoder = codec::FrameDecoder::new(1 << 20);
+    let mut buf = bytes::BytesMut::from(&bytes[..]);
+    let mut out = Vec::new();
+    while let Ok(Some(envelope)) = decoder.decode(&mut buf) {
+        out.push(envelope);
+    }
+    out
+}
+
+fn error_code(envelope: &Envelope) -> Option<ErrorCode> {
+    match &envelope.body {
+        Some(Body::Error(e)) => ErrorCode::try_from(e.code).ok(),
+        _ => None,
+    }
+}
+
+/// A healthy pair that must keep working through every abuse.
+async fn assert_still_serving(addr: std::net::SocketAddr, tag: &str) {
+    let (a, _) = user_on(addr, &format!("ok_a_{tag}"), "d").await;
+    let (b, sb) = user_on(addr, &format!("ok_b_{tag}"), "d").await;
+    a.send_text(sb.user_id, "still fine").await.unwrap();
+    assert_eq!(b.next_message(WAIT).await.unwrap().content, "still fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_an_error_and_a_close() {
+    let server = server();
+    let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
+        (
+            "garbage",
+            b"\x00\x00\x00\x08\xff\xff\xff\xff\xff\xff\xff\xff".to_vec(),
+            ErrorCode::Protocol,
+        ),
+        (
+            "oversized",
+            1_000_000u32.to_be_bytes().to_vec(),
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            "empty frame",
+            0u32.to_be_bytes().to_vec(),
+            ErrorCode::Protocol,
+        ),
+        (
+            "frame before login",
+            codec::encode_to_vec(&Envelope::new(1, Body::Heartbeat(pb::Heartbeat {}))),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "no body",
+            codec::encode_to_vec(&Envelope {
+                req_id: 5,
+                body: None,
+            }),
+            ErrorCode::Protocol,
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        let frames = frames_until_close(&mut stream).await;
+        assert_eq!(frames.len(), 1, "{name}: {frames:?}");
+        assert_eq!(error_code(&frames[0]), Some(expected), "{name}");
+    }
+    assert_still_serving(server.addr, "frames").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_frame_then_close_and_silence_are_survived() {
+    let server = server();
+    // Half a header, half a body, then hang up.
+    for bytes in [&b"\x00\x00"[..], &b"\x00\x00\x00\x10\x08\x01"[..]] {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        drop(stream);
+    }
+    // Slowloris: connect, say nothing; closed at the login deadline.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let frames = frames_until_close(&mut silent).await;
+    assert_eq!(frames.len(), 1);
+    assert_eq!(error_code(&frames[0]), Some(ErrorCode::LoginTimeout));
+    assert_still_serving(server.addr, "trunc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_are_refused_clearly() {
+    let server = server();
+    let (alice, session) = user_on(server.addr, "alice", "phone").await;
+    drop(alice);
+
+    let client = Client::connect(server.addr).await.unwrap();
+    let wrong = client
+        .login("alice", "not-the-password", "")
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Some(ErrorCode::Unauthenticated));
+    let nobody = client
+        .login("nobody", "whatever-pass", "")
+        .await
+        .unwrap_err();
+    assert_eq!(nobody.code(), Some(ErrorCode::Unauthenticated));
+    // Same message for both: a login does not reveal which usernames exist.
+    assert_eq!(wrong.to_string(), nobody.to_string());
+
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims(session.user_id, 3600),
+        &jsonwebtoken::EncodingKey::from_secret(b"someone-elses-secret"),
+    )
+    .unwrap();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims(session.user_id, -3600),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let client = Client::connect(server.addr).await.unwrap();
+    let err = client.login_token(&forged).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
+    let err = client.login_token(&expired).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TokenExpired));
+    // Third failure on one connection: refused and closed.
+    let err = client.login_token("not.a.token").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
+    assert!(matches!(client.next_push(WAIT).await, Some(Push::Closed)));
+
+    // The real token still works.
+    let client = Client::connect(server.addr).await.unwrap();
+    assert_eq!(
+        client.login_token(&session.token).await.unwrap().user_id,
+        session.user_id
+    );
+    assert_still_serving(server.addr, "creds").await;
+}
+
+fn claims(user_id: i64, expires_in: i64) -> Claims {
+    let now = (ourchat_protocol::ids::now_ms() / 1000) as i64;
+    Claims {
+        sub: user_id.to_string(),
+        dev: "phone".into(),
+        exp: (now + expires_in) as u64,
+        iat: (now - 7200) as u64,
+        nbf: (now - 7200) as u64,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_are_refused_and_the_connection_stays() {
+    let server = server();
+    let (alice, sa) = user_on(server.addr, "alice", "d").await;
+    let (_bob, sb) = user_on(server.addr, "bob", "d").await;
+    let text = pb::MessageType::Text;
+    let cases = [
+        (sb.user_id, "x".repeat(2000), 1, ErrorCode::BadRequest),
+        (sb.user_id, String::new(), 2, ErrorCode::BadRequest),
+        (sb.user_id, "no id".into(), 0, ErrorCode::BadRequest),
+        (sa.user_id, "to myself".into(), 3, ErrorCode::BadRequest),
+        (987_654_321, "nobody".into(), 4, ErrorCode::NotFound),
+    ];
+    for (to, content, cmid, code) in cases {
+        let err = alice
+            .send_message(to, text, &content, cmid)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(code), "{content:.20}");
+    }
+    // Forged sender, unknown type, other people's conversations.
+    let forged = alice
+        .request(Body::Send(pb::SendMessageRequest {
+            sender_id: sb.user_id,
+            receiver_id: sb.user_id,
+            message_type: 0,
+            content: "as bob".into(),
+            client_message_id: 9,
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(forged, Body::SendResp(ref r) if !r.success
+        && r.error.as_ref().is_some_and(|e| e.code == ErrorCode::Forbidden as i32)));
+    let err = alice
+        .send_message(sb.user_id, text, "x", 5)
+        .await
+        .map(|_| ())
+        .and(
+            alice
+                .request(Body::Send(pb::SendMessageRequest {
+                    receiver_id: sb.user_id,
+                    message_type: 42,
+                    content: "?".into(),
+                    client_message_id: 6,
+                    ..Default::default()
+                }))
+                .await
+                .map(|_| ()),
+        );
+    assert!(err.is_ok(), "connection must survive refused requests");
+    let foreign = alice
+        .history_of(pb::HistoryRequest {
+            conversation_id: "si_1_2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Some(ErrorCode::Forbidden));
+    let bogus = alice
+        .sync_page(&[("garbage".to_string(), 1)], 10)
+        .await
+        .unwrap_err();
+    assert_eq!(bogus.code(), Some(ErrorCode::BadRequest));
+    assert!(alice.heartbeat().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_heartbeating_ones_kept() {
+    let server = server();
+    let (quiet, _) = user_on(server.addr, "quiet", "d").await;
+    let (chatty, _) = user_on(server.addr, "chatty", "d").await;
+    let beat = tokio::spawn(async move {
+        for _ in 0..8 {
+            chatty
+                .heartbeat()
+                .await
+                .expect("heartbeating connection stays open");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    match quiet.next_push(Duration::from_secs(6)).await {
+        Some(Push::Kicked(reason)) => assert!(reason.contains("idle"), "{reason}"),
+        other => panic!("expected an idle kick, got {other:?}"),
+    }
+    beat.await.unwrap();
+}

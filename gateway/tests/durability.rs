@@ -1,0 +1,104 @@
+//! An ack means durable: kill -9 right after acks arrive, restart on the
+//! same data directory, and every acked message is in history and syncs.
+//! And a graceful SIGTERM flushes and exits cleanly.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ourchat_client::SeqTracker;
+use ourchat_testkit::{device_of, user_on, ServerOptions, ServerProcess};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ourchat"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_messages_survive_kill_9() {
+    let mut server = ServerProcess::start(
+        binary(),
+        ServerOptions {
+            cores: 2,
+            ..Default::default()
+        },
+    );
+    let (_bob, sb) = user_on(server.addr, "bob", "phone").await;
+    drop(_bob);
+    let (alice, _) = user_on(server.addr, "alice", "d").await;
+    let alice = std::sync::Arc::new(alice);
+    // Keep sending until killed; remember every ack that arrived.
+    let sender = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..100_000 {
+                match alice.send_text(sb.user_id, &format!("m{i}")).await {
+                    Ok(ack) => acked.push((ack.seq, format!("m{i}"))),
+                    Err(_) => break,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill9();
+    let acked = sender.await.unwrap();
+    assert!(
+        acked.len() > 10,
+        "too few sends before the kill: {}",
+        acked.len()
+    );
+
+    server.restart();
+    let bob = device_of(server.addr, "bob", "phone").await;
+    let mut tracker = SeqTracker::default();
+    let synced = bob.sync_all(&mut tracker).await.unwrap();
+    for (seq, text) in &acked {
+        let found = synced.iter().find(|m| m.seq == *seq);
+        assert_eq!(
+            found.map(|m| &m.content),
+            Some(text),
+            "acked seq {seq} lost"
+        );
+    }
+    // Gapless from 1, nothing twice.
+    let seqs: Vec<i64> = synced.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+
+    // Sequencing continues after the last stored seq, never reusing one.
+    let alice = device_of(server.addr, "alice", "d").await;
+    let next = alice.send_text(sb.user_id, "after restart").await.unwrap();
+    assert_eq!(next.seq, seqs.len() as i64 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let mut server = ServerProcess::start(
+        binary(),
+        ServerOptions {
+            cores: 2,
+            ..Default::default()
+        },
+    );
+    let (alice, _) = user_on(server.addr, "alice", "d").await;
+    let (bob, sb) = user_on(server.addr, "bob", "d").await;
+    for i in 0..50 {
+        alice.send_text(sb.user_id, &format!("m{i}")).await.unwrap();
+    }
+    let status = server.terminate().expect("server was running");
+    assert!(status.success(), "exit status {status}");
+    // Connected clients were told and closed.
+    let mut kicked = false;
+    while let Some(push) = bob.next_push(Duration::from_secs(5)).await {
+        match push {
+            ourchat_client::Push::Kicked(reason) => kicked = reason.contains("shutting down"),
+            ourchat_client::Push::Closed => break,
+            _ => {}
+        }
+    }
+    assert!(kicked, "clients were not told about the shutdown");
+
+    server.restart();
+    let bob = device_of(server.addr, "bob", "d").await;
+    let history = bob.history(alice.user_id(), 0, 100).await.unwrap();
+    assert_eq!(history.messages.len(), 50);
+}
