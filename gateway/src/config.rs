@@ -50,6 +50,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// Client TCP address; every core binds it with SO_REUSEPORT (seed's port 50003).
     pub listen: SocketAddr,
+    /// Admin HTTP address for /metrics, /healthz, /readyz; empty = off.
+    /// Loopback by default: metrics are for operators, not the internet.
+    pub admin_listen: String,
     /// Reactor cores; 0 = one per CPU.
     pub cores: usize,
     /// Pin each reactor to its own CPU. Turn off when sharing a box with a loadgen.
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 50003)),
+            admin_listen: "127.0.0.1:50090".into(),
             cores: 0,
             pin_cores: true,
             node_id: 0,
@@ -202,6 +206,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         let s = &self.server;
+        if !s.admin_listen.is_empty() && s.admin_listen.parse::<SocketAddr>().is_err() {
+            return invalid("server.admin_listen must be host:port (or empty for off)");
+        }
         if s.max_frame_bytes < 256 || s.max_frame_bytes > 16 << 20 {
             return invalid("server.max_frame_bytes must be within 256 B..16 MiB");
         }

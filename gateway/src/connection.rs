@@ -23,6 +23,7 @@ use ourchat_workers::password;
 
 use crate::auth::TokenError;
 use crate::core::{encode_frame, pool_error, Core, CoreMsg, SendJob};
+use crate::metrics::CoreMetrics;
 use crate::outbox::Outbox;
 
 /// Largest page a History or Sync reply carries.
@@ -58,7 +59,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     let outbox = Rc::new(Outbox::new(config.outbound_queue_frames));
     let conn_id = core.add_connection(outbox.clone());
     let (reader, writer) = stream.split();
-    let writer_task = glommio::spawn_local(write_loop(writer, outbox.clone())).detach();
+    let writer_task =
+        glommio::spawn_local(write_loop(writer, outbox.clone(), core.clone())).detach();
     let mut conn = Connection {
         core: core.clone(),
         conn_id,
@@ -86,10 +88,13 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
 }
 
 /// Writes whatever is queued, in batches, until the outbox closes.
-async fn write_loop(mut writer: WriteHalf<TcpStream>, outbox: Rc<Outbox>) {
+async fn write_loop(mut writer: WriteHalf<TcpStream>, outbox: Rc<Outbox>, core: Rc<Core>) {
     let mut batch: Vec<Bytes> = Vec::new();
     let mut buffer: Vec<u8> = Vec::new();
     while outbox.take_batch(&mut batch).await {
+        core.metrics()
+            .frames_out
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let result = if batch.len() == 1 {
             writer.write_all(&batch[0]).await
         } else {
@@ -167,6 +172,9 @@ impl Connection {
     }
 
     fn reply(&self, req_id: u32, body: Body) {
+        if let Some(error) = error_in(&body) {
+            self.core.metrics().error(error.code);
+        }
         self.send_frame(encode_frame(&Envelope::new(req_id, body)));
     }
 
@@ -183,12 +191,14 @@ impl Connection {
     }
 
     fn close_with_error(&self, req_id: u32, code: ErrorCode, message: &str) {
+        self.core.metrics().error(code as i32);
         self.outbox
             .close_with(Some(encode_frame(&Envelope::error(req_id, code, message))));
     }
 
     /// Handles one frame; `false` closes the connection.
     async fn handle(&mut self, envelope: Envelope) -> bool {
+        CoreMetrics::inc(&self.core.metrics().frames_in);
         let req_id = envelope.req_id;
         let Some(body) = envelope.body else {
             self.close_with_error(req_id, ErrorCode::Protocol, "frame has no body");
@@ -298,14 +308,17 @@ impl Connection {
             Err(error) => return fail(error),
         };
         match outcome {
-            Ok(Ok(WriteOutcome::Done)) => self.reply(
-                req_id,
-                Body::RegisterResp(pb::RegisterResponse {
-                    success: true,
-                    error: None,
-                    user_id,
-                }),
-            ),
+            Ok(Ok(WriteOutcome::Done)) => {
+                CoreMetrics::inc(&self.core.metrics().registrations);
+                self.reply(
+                    req_id,
+                    Body::RegisterResp(pb::RegisterResponse {
+                        success: true,
+                        error: None,
+                        user_id,
+                    }),
+                )
+            }
             Ok(Ok(_)) => fail(pb::Error::new(ErrorCode::Conflict, "username is taken")),
             Ok(Err(err)) => fail(pool_error(err)),
             Err(_) => fail(pool_error(ourchat_workers::PoolError::Closed)),
@@ -316,6 +329,7 @@ impl Connection {
     async fn login(&mut self, req_id: u32, request: pb::LoginRequest) -> bool {
         match self.authenticate(&request).await {
             Ok((user_id, device_id, token, expire_at)) => {
+                CoreMetrics::inc(&self.core.metrics().logins_ok);
                 self.begin_session(user_id, device_id.clone(), &request.device_type)
                     .await;
                 self.reply(
@@ -333,6 +347,7 @@ impl Connection {
                 true
             }
             Err(error) => {
+                CoreMetrics::inc(&self.core.metrics().logins_failed);
                 self.login_failures += 1;
                 let response = Body::LoginResp(pb::LoginResponse {
                     success: false,
@@ -449,6 +464,7 @@ impl Connection {
     }
 
     async fn send(&self, req_id: u32, session: &Session, request: pb::SendMessageRequest) {
+        let received_at = std::time::Instant::now();
         let refuse = |error: pb::Error| {
             self.reply(
                 req_id,
@@ -498,6 +514,7 @@ impl Connection {
         let owner = self.core.owner_of_conversation(&conv);
         self.core.route(owner, CoreMsg::Sequence(job)).await;
         let outbox = self.outbox.clone();
+        let core = self.core.clone();
         let conversation_id = conv.to_string();
         // The ack is awaited off the read loop so one connection can
         // pipeline sends; order is kept because Sequence was routed above.
@@ -523,6 +540,13 @@ impl Connection {
                 },
             };
             drop(permit);
+            let metrics = core.metrics();
+            match &response.error {
+                Some(error) => metrics.error(error.code),
+                None => metrics
+                    .send_ack_us
+                    .record(received_at.elapsed().as_micros() as u64),
+            }
             let frame = encode_frame(&Envelope::new(req_id, Body::SendResp(response)));
             if outbox.push(frame).is_err() {
                 outbox.close_with(Some(crate::core::kicked_frame(
@@ -679,6 +703,17 @@ impl Connection {
             }
             Err(error) => self.reply_error(req_id, error),
         }
+    }
+}
+
+/// The error a reply carries, if it is a refusal.
+fn error_in(body: &Body) -> Option<&pb::Error> {
+    match body {
+        Body::Error(error) => Some(error),
+        Body::SendResp(r) => r.error.as_ref(),
+        Body::LoginResp(r) => r.error.as_ref(),
+        Body::RegisterResp(r) => r.error.as_ref(),
+        _ => None,
     }
 }
 

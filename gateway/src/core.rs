@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -30,6 +30,7 @@ use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
 
 use crate::auth::TokenKeys;
 use crate::config::Config;
+use crate::metrics::{CoreMetrics, Metrics};
 use crate::outbox::Outbox;
 
 /// Everything the cores share: read-only config and thread-safe handles.
@@ -48,6 +49,10 @@ pub struct Shared {
     pub tokens: TokenKeys,
     /// Set once on SIGINT/SIGTERM.
     pub shutdown: Arc<AtomicBool>,
+    /// Set once every core listens; `/readyz` answers from it.
+    pub ready: AtomicBool,
+    /// Per-core counters.
+    pub metrics: Metrics,
 }
 
 /// Messages between cores.
@@ -63,6 +68,8 @@ pub enum CoreMsg {
         frame: Bytes,
         /// Connection not to push to (0: none).
         skip_conn: u64,
+        /// When the message became durable (for the delivery latency metric).
+        committed_at: Instant,
     },
     /// To a connection's core: queue `frame` on it.
     Push {
@@ -70,6 +77,8 @@ pub enum CoreMsg {
         conn_id: u64,
         /// Encoded frame.
         frame: Bytes,
+        /// When the message became durable.
+        committed_at: Instant,
     },
     /// To the user's owner: this device is online on `conn_id`. `done`
     /// fires once registered, so a login reply means pushes will arrive.
@@ -214,8 +223,15 @@ impl Core {
         (mix(conv.shard_hash()) % self.shared.cores as u64) as usize
     }
 
+    /// This core's counters.
+    pub fn metrics(&self) -> &CoreMetrics {
+        self.shared.metrics.core(self.id)
+    }
+
     /// Registers a new connection and returns its id.
     pub fn add_connection(&self, outbox: Rc<Outbox>) -> u64 {
+        CoreMetrics::inc(&self.metrics().accepted);
+        CoreMetrics::inc(&self.metrics().connections);
         let n = self.next_conn.get();
         self.next_conn.set(n + 1);
         let conn_id = ((self.id as u64) << CONN_CORE_SHIFT) | n;
@@ -225,7 +241,11 @@ impl Core {
 
     /// Forgets a closed connection.
     pub fn remove_connection(&self, conn_id: u64) {
-        self.conns.borrow_mut().remove(&conn_id);
+        if self.conns.borrow_mut().remove(&conn_id).is_some() {
+            self.metrics()
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Connections open on this core.
@@ -261,6 +281,7 @@ impl Core {
                 user_id,
                 frame,
                 skip_conn,
+                committed_at,
             } => {
                 let targets: Vec<u64> = self
                     .directory
@@ -276,11 +297,19 @@ impl Core {
                     .unwrap_or_default();
                 for conn_id in targets {
                     let frame = frame.clone();
-                    self.route(core_of_conn(conn_id), CoreMsg::Push { conn_id, frame })
-                        .await;
+                    let push = CoreMsg::Push {
+                        conn_id,
+                        frame,
+                        committed_at,
+                    };
+                    self.route(core_of_conn(conn_id), push).await;
                 }
             }
-            CoreMsg::Push { conn_id, frame } => self.push_local(conn_id, frame),
+            CoreMsg::Push {
+                conn_id,
+                frame,
+                committed_at,
+            } => self.push_local(conn_id, frame, committed_at),
             CoreMsg::Online {
                 user_id,
                 device_id,
@@ -338,12 +367,19 @@ impl Core {
         }
     }
 
-    fn push_local(&self, conn_id: u64, frame: Bytes) {
+    fn push_local(&self, conn_id: u64, frame: Bytes, committed_at: Instant) {
         let conns = self.conns.borrow();
         let Some(outbox) = conns.get(&conn_id) else {
             return;
         };
-        if outbox.push(frame).is_err() {
+        let metrics = self.metrics();
+        if outbox.push(frame).is_ok() {
+            CoreMetrics::inc(&metrics.pushes);
+            metrics
+                .deliver_us
+                .record(committed_at.elapsed().as_micros() as u64);
+        } else {
+            CoreMetrics::inc(&metrics.slow_reader_closes);
             tracing::debug!(conn_id, "slow reader: outbound queue full, closing");
             outbox.close_with(Some(kicked_frame(
                 "outbound queue full: reconnect and sync",
@@ -595,6 +631,8 @@ impl Core {
         if result.is_err() {
             return;
         }
+        CoreMetrics::inc(&self.metrics().messages_accepted);
+        let committed_at = Instant::now();
         let frame = encode_frame(&Envelope::new(0, Body::PushMessage(message.clone())));
         let receiver = message.receiver_id;
         let sender = message.sender_id;
@@ -604,6 +642,7 @@ impl Core {
                 user_id: receiver,
                 frame: frame.clone(),
                 skip_conn: 0,
+                committed_at,
             },
         )
         .await;
@@ -613,6 +652,7 @@ impl Core {
                 user_id: sender,
                 frame,
                 skip_conn: origin_conn,
+                committed_at,
             },
         )
         .await;

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod core;
+pub mod metrics;
 pub mod outbox;
 pub mod server;
 

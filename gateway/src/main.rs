@@ -100,8 +100,11 @@ fn main() -> anyhow::Result<()> {
                 }
             });
             ourchat_gateway::serve(config, shutdown, |listening| {
+                let admin = listening
+                    .admin
+                    .map_or("off".to_string(), |a| format!("http://{a}/metrics"));
                 println!(
-                    "ourchat listening: client tcp {} on {} cores; data in {}",
+                    "ourchat listening: client tcp {} on {} cores; admin {admin}; data in {}",
                     listening.client,
                     listening.cores,
                     data_dir.display()

@@ -22,6 +22,7 @@ use ourchat_workers::{JobPool, WriterConfig, WriterPool};
 use crate::auth::TokenKeys;
 use crate::config::{Config, Durability};
 use crate::core::{Core, CoreMsg, Shared};
+use crate::metrics::Metrics;
 
 /// Messages in flight between two cores before the sender waits. Large
 /// enough to absorb a group fan-out burst, small enough to push back.
@@ -57,6 +58,8 @@ pub enum ServeError {
 pub struct Listening {
     /// Client TCP address.
     pub client: SocketAddr,
+    /// Admin HTTP address, if enabled.
+    pub admin: Option<SocketAddr>,
     /// Reactor cores.
     pub cores: usize,
 }
@@ -104,10 +107,16 @@ pub fn serve(
         hasher: hasher.handle(),
         tokens,
         shutdown: shutdown.clone(),
+        ready: AtomicBool::new(false),
+        metrics: Metrics::new(cores),
         config,
     });
+    let admin = match shared.config.server.admin_listen.parse::<SocketAddr>() {
+        Ok(addr) => Some(crate::metrics::spawn_admin(addr, shared.clone())?),
+        Err(_) => None,
+    };
 
-    let result = run_cores(shared.clone(), on_ready);
+    let result = run_cores(shared.clone(), admin, on_ready);
     if result.is_err() {
         shutdown.store(true, Ordering::SeqCst);
     }
@@ -121,7 +130,11 @@ pub fn serve(
     result
 }
 
-fn run_cores(shared: Arc<Shared>, on_ready: impl FnOnce(&Listening)) -> Result<(), ServeError> {
+fn run_cores(
+    shared: Arc<Shared>,
+    admin: Option<SocketAddr>,
+    on_ready: impl FnOnce(&Listening),
+) -> Result<(), ServeError> {
     let cores = shared.cores;
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Pinning more reactors than CPUs would stack two on one CPU.
@@ -160,7 +173,14 @@ fn run_cores(shared: Arc<Shared>, on_ready: impl FnOnce(&Listening)) -> Result<(
         }
     }
     match (&outcome, client) {
-        (Ok(()), Some(client)) => on_ready(&Listening { client, cores }),
+        (Ok(()), Some(client)) => {
+            shared.ready.store(true, Ordering::SeqCst);
+            on_ready(&Listening {
+                client,
+                admin,
+                cores,
+            })
+        }
         _ => shared.shutdown.store(true, Ordering::SeqCst),
     }
     for result in handles.join_all() {

@@ -29,6 +29,8 @@ pub struct ServerProcess {
     child: Option<Child>,
     /// Client address.
     pub addr: SocketAddr,
+    /// Admin HTTP address (/metrics, /healthz, /readyz).
+    pub admin: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -59,8 +61,11 @@ impl ServerProcess {
             }
         };
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut args = vec![
             "serve".to_string(),
+            "--set".to_string(),
+            format!("server.admin_listen={admin}"),
             "--listen".to_string(),
             addr.to_string(),
             "--data-dir".to_string(),
@@ -83,6 +88,7 @@ impl ServerProcess {
             envs: options.env,
             child: None,
             addr,
+            admin,
             data_dir,
             _temp: temp,
         };
@@ -153,6 +159,38 @@ impl ServerProcess {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// GETs an admin path; returns the status code and body.
+    pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect_timeout(&self.admin, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// The value of one un-labelled (or summed) metric from /metrics.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").unwrap_or_default();
+        body.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Whether the process is still running.

@@ -10,6 +10,7 @@
 
 pub mod jobs;
 pub mod password;
+pub mod stats;
 pub mod writer;
 
 pub use jobs::{JobHandle, JobPool};

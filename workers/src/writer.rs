@@ -17,6 +17,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
 use ourchat_storage::{StoreError, WriteOp, WriteOutcome, WriteStore};
 
+use crate::stats::{AtomicHistogram, BATCH_BUCKETS, LATENCY_US_BUCKETS};
 use crate::PoolError;
 
 /// Sizes of the writer.
@@ -69,7 +70,7 @@ pub struct Refused {
 }
 
 /// Counters for logs and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterStats {
     /// Committed (or failed) batches.
     pub batches: AtomicU64,
@@ -79,6 +80,23 @@ pub struct WriterStats {
     pub failed_batches: AtomicU64,
     /// Largest batch so far.
     pub max_batch_seen: AtomicU64,
+    /// Ops per batch.
+    pub batch_sizes: AtomicHistogram,
+    /// Time to commit one batch, in microseconds (fsync included).
+    pub commit_us: AtomicHistogram,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        WriterStats {
+            batches: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            failed_batches: AtomicU64::new(0),
+            max_batch_seen: AtomicU64::new(0),
+            batch_sizes: AtomicHistogram::new(BATCH_BUCKETS),
+            commit_us: AtomicHistogram::new(LATENCY_US_BUCKETS),
+        }
+    }
 }
 
 /// The writer thread and the way to stop it.
@@ -194,7 +212,10 @@ fn run_writer(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = commit_with_retry(store.as_mut(), &ops);
+        stats.commit_us.record(started.elapsed().as_micros() as u64);
+        stats.batch_sizes.record(ops.len() as u64);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
         stats

@@ -1,0 +1,385 @@
+//! Metrics and the admin HTTP endpoint. Each core records into its own
+//! [`CoreMetrics`] with relaxed atomics (only that core writes them, so no
+//! cache line is shared on the hot path); a scrape sums them. The admin
+//! server is a few lines of blocking HTTP/1.0 on its own thread: it must
+//! answer even when the reactors are saturated, and it never touches them.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ourchat_protocol::ErrorCode;
+use ourchat_workers::stats::{AtomicHistogram, LATENCY_US_BUCKETS};
+
+use crate::core::Shared;
+
+/// Error codes counted (every `ErrorCode` value is below this).
+const ERROR_SLOTS: usize = 16;
+
+/// Counters of one core.
+#[derive(Debug)]
+pub struct CoreMetrics {
+    /// Open connections (gauge).
+    pub connections: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Successful logins.
+    pub logins_ok: AtomicU64,
+    /// Refused logins.
+    pub logins_failed: AtomicU64,
+    /// Accounts created.
+    pub registrations: AtomicU64,
+    /// Frames read from clients.
+    pub frames_in: AtomicU64,
+    /// Frames written to clients.
+    pub frames_out: AtomicU64,
+    /// Messages made durable by this core's sequencer.
+    pub messages_accepted: AtomicU64,
+    /// Pushes queued to this core's connections.
+    pub pushes: AtomicU64,
+    /// Connections closed because they did not read their pushes.
+    pub slow_reader_closes: AtomicU64,
+    /// Errors sent to clients, by `ErrorCode`.
+    pub errors: [AtomicU64; ERROR_SLOTS],
+    /// Send received → ack queued, microseconds.
+    pub send_ack_us: AtomicHistogram,
+    /// Commit done → push queued on the device's connection, microseconds.
+    pub deliver_us: AtomicHistogram,
+}
+
+impl Default for CoreMetrics {
+    fn default() -> Self {
+        CoreMetrics {
+            connections: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            logins_ok: AtomicU64::new(0),
+            logins_failed: AtomicU64::new(0),
+            registrations: AtomicU64::new(0),
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            messages_accepted: AtomicU64::new(0),
+            pushes: AtomicU64::new(0),
+            slow_reader_closes: AtomicU64::new(0),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            send_ack_us: AtomicHistogram::new(LATENCY_US_BUCKETS),
+            deliver_us: AtomicHistogram::new(LATENCY_US_BUCKETS),
+        }
+    }
+}
+
+impl CoreMetrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an error sent to a client.
+    pub fn error(&self, code: i32) {
+        if let Some(slot) = usize::try_from(code).ok().and_then(|i| self.errors.get(i)) {
+            Self::inc(slot);
+        }
+    }
+}
+
+/// Every core's counters.
+#[derive(Debug)]
+pub struct Metrics {
+    cores: Vec<CoreMetrics>,
+    fallback: CoreMetrics,
+}
+
+impl Metrics {
+    /// Counters for `cores` cores.
+    pub fn new(cores: usize) -> Self {
+        Metrics {
+            cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            fallback: CoreMetrics::default(),
+        }
+    }
+
+    /// One core's counters.
+    pub fn core(&self, id: usize) -> &CoreMetrics {
+        self.cores.get(id).unwrap_or(&self.fallback)
+    }
+}
+
+/// Renders every metric in Prometheus text format.
+pub fn render(shared: &Shared) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let cores = &shared.metrics.cores;
+    let per_core = |out: &mut String,
+                    name: &str,
+                    kind: &str,
+                    help: &str,
+                    get: &dyn Fn(&CoreMetrics) -> &AtomicU64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (id, core) in cores.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{core=\"{id}\"}} {}",
+                get(core).load(Ordering::Relaxed)
+            );
+        }
+    };
+    per_core(
+        &mut out,
+        "ourchat_connections",
+        "gauge",
+        "Open client connections.",
+        &|c| &c.connections,
+    );
+    per_core(
+        &mut out,
+        "ourchat_connections_accepted_total",
+        "counter",
+        "Client connections accepted.",
+        &|c| &c.accepted,
+    );
+    per_core(
+        &mut out,
+        "ourchat_logins_total",
+        "counter",
+        "Successful logins.",
+        &|c| &c.logins_ok,
+    );
+    per_core(
+        &mut out,
+        "ourchat_logins_failed_total",
+        "counter",
+        "Refused logins.",
+        &|c| &c.logins_failed,
+    );
+    per_core(
+        &mut out,
+        "ourchat_registrations_total",
+        "counter",
+        "Accounts created.",
+        &|c| &c.registrations,
+    );
+    per_core(
+        &mut out,
+        "ourchat_frames_in_total",
+        "counter",
+        "Frames read from clients.",
+        &|c| &c.frames_in,
+    );
+    per_core(
+        &mut out,
+        "ourchat_frames_out_total",
+        "counter",
+        "Frames written to clients.",
+        &|c| &c.frames_out,
+    );
+    per_core(
+        &mut out,
+        "ourchat_messages_accepted_total",
+        "counter",
+        "Messages sequenced and durable.",
+        &|c| &c.messages_accepted,
+    );
+    per_core(
+        &mut out,
+        "ourchat_messages_delivered_total",
+        "counter",
+        "Pushes queued to connections.",
+        &|c| &c.pushes,
+    );
+    per_core(
+        &mut out,
+        "ourchat_slow_reader_closes_total",
+        "counter",
+        "Connections closed for not reading.",
+        &|c| &c.slow_reader_closes,
+    );
+
+    let _ = writeln!(out, "# HELP ourchat_errors_total Errors sent to clients, by code.\n# TYPE ourchat_errors_total counter");
+    for code in 1..ERROR_SLOTS {
+        let total: u64 = cores
+            .iter()
+            .map(|c| c.errors.get(code).map_or(0, |e| e.load(Ordering::Relaxed)))
+            .sum();
+        if let Ok(name) = ErrorCode::try_from(code as i32) {
+            let _ = writeln!(
+                out,
+                "ourchat_errors_total{{code=\"{}\"}} {total}",
+                name.as_str_name()
+            );
+        }
+    }
+
+    histogram(
+        &mut out,
+        "ourchat_send_ack_latency_us",
+        "Send received to durable ack queued (µs).",
+        cores.iter().map(|c| &c.send_ack_us),
+    );
+    histogram(
+        &mut out,
+        "ourchat_deliver_latency_us",
+        "Commit to push queued on the recipient's connection (µs).",
+        cores.iter().map(|c| &c.deliver_us),
+    );
+
+    let writer = shared.writer.stats();
+    histogram(
+        &mut out,
+        "ourchat_store_commit_latency_us",
+        "Store batch commit time, fsync included (µs).",
+        [&writer.commit_us],
+    );
+    histogram(
+        &mut out,
+        "ourchat_store_batch_size",
+        "Ops per store batch.",
+        [&writer.batch_sizes],
+    );
+    for (name, help, value) in [
+        (
+            "ourchat_store_batches_total",
+            "Store batches committed or failed.",
+            &writer.batches,
+        ),
+        (
+            "ourchat_store_ops_total",
+            "Ops in those batches.",
+            &writer.ops,
+        ),
+        (
+            "ourchat_store_failed_batches_total",
+            "Batches that failed after retries.",
+            &writer.failed_batches,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP ourchat_queue_depth Items waiting in a worker queue.\n# TYPE ourchat_queue_depth gauge");
+    for (queue, depth) in [
+        ("writer", shared.writer.depth()),
+        ("readers", shared.readers.depth()),
+        ("hasher", shared.hasher.depth()),
+    ] {
+        let _ = writeln!(out, "ourchat_queue_depth{{queue=\"{queue}\"}} {depth}");
+    }
+    let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", resident_bytes());
+    let _ = writeln!(out, "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}", open_fds());
+    out
+}
+
+fn histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    parts: impl IntoIterator<Item = &'a AtomicHistogram> + Clone,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    AtomicHistogram::render_sum(name, "", parts, out);
+}
+
+/// Resident set size of this process, from `/proc/self/status`.
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+/// How long the admin server waits on one slow scraper.
+const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Binds the admin endpoint and serves it on a thread until shutdown.
+pub fn spawn_admin(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    // Non-blocking accept so the thread notices shutdown.
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("ourchat-admin".into())
+        .spawn(move || {
+            while !shared.shutdown.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if let Err(e) = answer(stream, &shared) {
+                            tracing::debug!(error = %e, "admin request failed");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        })?;
+    Ok(local)
+}
+
+fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    let mut request = [0u8; 2048];
+    let mut len = 0;
+    while len < request.len() {
+        let n = stream.read(&mut request[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&request[..len]);
+    let path = head
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("GET "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("");
+    let ready = shared.ready.load(Ordering::Relaxed) && !shared.shutdown.load(Ordering::Relaxed);
+    let (status, content_type, body) = match path {
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(shared)),
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/readyz" if ready => ("200 OK", "text/plain", "ready\n".to_string()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not ready\n".to_string(),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /healthz or /readyz\n".to_string(),
+        ),
+    };
+    write!(
+        stream,
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
