@@ -218,8 +218,9 @@ impl Config {
         if s.node_id >= ourchat_protocol::ids::MAX_NODES {
             return invalid("server.node_id must be below 128");
         }
-        if s.cores > usize::from(ourchat_protocol::ids::MAX_CORES) {
-            return invalid("server.cores must be at most 64");
+        // The last id-generator slot is kept for admin tools.
+        if s.cores >= usize::from(ourchat_protocol::ids::MAX_CORES) {
+            return invalid("server.cores must be at most 63");
         }
         if s.login_timeout_ms == 0 || s.idle_timeout_secs == 0 || s.heartbeat_secs == 0 {
             return invalid("timeouts and heartbeat must be positive");
@@ -252,7 +253,7 @@ impl Config {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
-                .min(usize::from(ourchat_protocol::ids::MAX_CORES)),
+                .min(usize::from(ourchat_protocol::ids::MAX_CORES) - 1),
             n => n,
         }
     }

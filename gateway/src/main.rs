@@ -25,6 +25,31 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration as TOML and exit.
     PrintConfig(ServeArgs),
+    /// Operator tools working directly on the store.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create users <prefix>0..<prefix>N-1 with one shared password hash
+    /// and write "user_id token" lines (for the loadgen). Rerunnable.
+    Provision {
+        /// Users to create.
+        #[arg(long)]
+        count: usize,
+        /// Username prefix.
+        #[arg(long, default_value = "lg")]
+        prefix: String,
+        /// Password of every provisioned user.
+        #[arg(long, default_value = "loadgen-password")]
+        password: String,
+        /// Token file to write ("-" = stdout).
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+        #[command(flatten)]
+        config: ServeArgs,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -81,6 +106,33 @@ fn main() -> anyhow::Result<()> {
         Command::PrintConfig(args) => {
             let config = args.load()?;
             print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Provision {
+            count,
+            prefix,
+            password,
+            out,
+            config,
+        }) => {
+            init_logging(false);
+            let config = config.load()?;
+            let started = std::time::Instant::now();
+            let mut sink: Box<dyn std::io::Write> = if out.as_os_str() == "-" {
+                Box::new(std::io::stdout().lock())
+            } else {
+                let file = std::fs::File::create(&out)
+                    .with_context(|| format!("cannot create {}", out.display()))?;
+                Box::new(std::io::BufWriter::new(file))
+            };
+            let report =
+                ourchat_gateway::admin::provision(&config, &prefix, count, &password, &mut sink)?;
+            eprintln!(
+                "provisioned {count} users ({} new, {} existing) in {:.1} s",
+                report.created,
+                report.existing,
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::Serve(args) => {

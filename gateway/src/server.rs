@@ -73,11 +73,7 @@ pub fn serve(
 ) -> Result<(), ServeError> {
     let cores = config.core_count();
     let storage = &config.storage;
-    let durability = match storage.durability {
-        Durability::Full => sqlite::Durability::Full,
-        Durability::Normal => sqlite::Durability::Normal,
-    };
-    let backend = SqliteBackend::open(&storage.data_dir, durability)?;
+    let backend = SqliteBackend::open(&storage.data_dir, durability_of(storage.durability))?;
     let writer = WriterPool::start(
         backend.writer()?,
         WriterConfig {
@@ -128,6 +124,14 @@ pub fn serve(
     hasher.shutdown();
     tracing::info!("store flushed and closed");
     result
+}
+
+/// The store's durability for a configured one.
+pub fn durability_of(durability: Durability) -> sqlite::Durability {
+    match durability {
+        Durability::Full => sqlite::Durability::Full,
+        Durability::Normal => sqlite::Durability::Normal,
+    }
 }
 
 fn run_cores(

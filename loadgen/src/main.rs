@@ -1,0 +1,563 @@
+//! `ourchat-loadgen`: drives OurChat nodes with many connections over the
+//! real client protocol and reports what it measured.
+//!
+//! One process may hold only ~19,900 sockets on these machines (hard
+//! open-files limit 20000), so the parent spawns `--procs` child processes
+//! (itself, with `--child N`), gives each a share of the users, starts the
+//! measured phase in all of them at once (they print `Ready`, the parent
+//! writes `go`), prints a merged progress line every second, and merges
+//! their histograms into one report. Runs are bounded in time and stop by
+//! themselves; only the `--targets` given are ever contacted.
+
+mod report;
+mod run;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use report::{new_histogram, ChildLine, CounterSnapshot, Percentiles, ProcResult, Recorded};
+use run::{Assigned, Phase, ProcPlan, Scenario, Shared};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Sockets one process may open: the hard open-files limit is 20000 here,
+/// minus room for the runtime, pipes and the token file.
+const MAX_CONNS_PER_PROC: usize = 19_800;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ourchat-loadgen", version, about = "OurChat load generator")]
+struct Args {
+    /// idle | p2p | storm
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Gateway client addresses, comma-separated; users are spread over them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:50003")]
+    targets: Vec<SocketAddr>,
+    /// Token file from `ourchat admin provision` ("user_id token" lines).
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Use only the first N users of the file (default: all).
+    #[arg(long)]
+    users: Option<usize>,
+    /// Processes (each holds at most 19,800 connections).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Runtime threads per process.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Local addresses to connect from, comma-separated. Default for
+    /// loopback targets: 127.0.0.1-127.0.0.250, to get past the ephemeral
+    /// port range of one address.
+    #[arg(long, value_delimiter = ',')]
+    source_ips: Vec<IpAddr>,
+    /// New connections per second, all processes together.
+    #[arg(long, default_value_t = 5_000.0)]
+    ramp: f64,
+    /// Seconds of the measured phase (idle hold, p2p sending; storm: cap).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// p2p: messages per second, all processes together.
+    #[arg(long, default_value_t = 1_000.0)]
+    rate: f64,
+    /// Seconds after the phase to wait for late acks and deliveries.
+    #[arg(long, default_value_t = 3.0)]
+    drain: f64,
+    /// Heartbeat interval in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    heartbeat: f64,
+    /// Admin addresses (host:port) of the targets, to read server memory.
+    #[arg(long, value_delimiter = ',')]
+    admin: Vec<SocketAddr>,
+    /// Write every figure as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Internal: run as child number N.
+    #[arg(long, hide = true)]
+    child: Option<usize>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let result = match args.child {
+        Some(index) => child_main(&args, index),
+        None => parent_main(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ourchat-loadgen: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+struct TokenFile {
+    ids: Vec<i64>,
+    tokens: Vec<String>,
+}
+
+/// Reads ids of every user, and tokens of the users `keep` selects.
+fn read_tokens(args: &Args, keep: impl Fn(usize) -> bool) -> anyhow::Result<TokenFile> {
+    let file = std::fs::File::open(&args.tokens)
+        .with_context(|| format!("cannot open token file {}", args.tokens.display()))?;
+    let limit = args.users.unwrap_or(usize::MAX);
+    let mut ids = Vec::new();
+    let mut tokens = Vec::new();
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        if index >= limit {
+            break;
+        }
+        let line = line?;
+        let (id, token) = line.split_once(' ').with_context(|| {
+            format!("token file line {}: expected \"user_id token\"", index + 1)
+        })?;
+        ids.push(
+            id.parse()
+                .with_context(|| format!("token file line {}: bad user id", index + 1))?,
+        );
+        tokens.push(if keep(index) {
+            token.to_string()
+        } else {
+            String::new()
+        });
+    }
+    if ids.is_empty() {
+        bail!("token file {} has no users", args.tokens.display());
+    }
+    Ok(TokenFile { ids, tokens })
+}
+
+fn source_ips(args: &Args) -> Vec<Option<IpAddr>> {
+    if !args.source_ips.is_empty() {
+        return args.source_ips.iter().copied().map(Some).collect();
+    }
+    if args
+        .targets
+        .iter()
+        .all(|t| t.ip().is_loopback() && t.is_ipv4())
+    {
+        return (1..=250u8)
+            .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))))
+            .collect();
+    }
+    vec![None]
+}
+
+fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCode> {
+    let procs = args.procs.max(1);
+    let file = read_tokens(args, |i| i % procs == index)?;
+    let total = file.ids.len();
+    let sources = source_ips(args);
+    let mine: Vec<Assigned> = (index..total)
+        .step_by(procs)
+        .map(|i| Assigned {
+            index: i,
+            target: args.targets[i % args.targets.len()],
+            source: sources[i % sources.len()],
+            token: file.tokens[i].clone(),
+        })
+        .collect();
+    let threads = args.threads.max(1);
+    let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Connect);
+    let shared = Arc::new(Shared {
+        counters: Default::default(),
+        attempted: Default::default(),
+        phase: phase_rx,
+    });
+    let plan = Arc::new(ProcPlan {
+        scenario: args.scenario,
+        all_user_ids: Arc::new(file.ids),
+        ramp_per_sec: args.ramp / procs as f64,
+        send_period: Duration::from_secs_f64(total as f64 / args.rate.max(0.001)),
+        heartbeat: Duration::from_secs_f64(args.heartbeat.max(1.0)),
+    });
+    let my_count = mine.len();
+    let mut per_thread: Vec<Vec<Assigned>> = vec![Vec::new(); threads];
+    for (i, user) in mine.into_iter().enumerate() {
+        per_thread[i % threads].push(user);
+    }
+    let mut handles = Vec::new();
+    let mut hists = Vec::new();
+    for users in per_thread {
+        let h = run::thread_histograms();
+        hists.push(h.clone());
+        let (plan, shared) = (plan.clone(), shared.clone());
+        let ramp = plan.ramp_per_sec / threads as f64;
+        handles.push(std::thread::spawn(move || {
+            run::run_thread(plan, shared, users, h, ramp)
+        }));
+    }
+
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_ok() && line.trim() == "go" {
+            let _ = go_tx.send(());
+        }
+    });
+    let emit = |line: &ChildLine| -> anyhow::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", serde_json::to_string(line)?)?;
+        stdout.flush()?;
+        Ok(())
+    };
+    let progress = |hists: &[Arc<Mutex<run::Histograms>>]| {
+        let mut deliver = new_histogram();
+        for h in hists {
+            if let Ok(h) = h.lock() {
+                let _ = deliver.add(&h.deliver);
+            }
+        }
+        ChildLine::Progress {
+            counters: shared.counters.snapshot(),
+            deliver_p99_us: deliver.value_at_quantile(0.99),
+        }
+    };
+    // Connect phase: until every user has had its login attempt.
+    while shared.attempted.load(std::sync::atomic::Ordering::Relaxed) < my_count {
+        emit(&progress(&hists))?;
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    emit(&ChildLine::Ready)?;
+    // The parent says go once every process is ready (bounded wait).
+    let _ = go_rx.recv_timeout(Duration::from_secs(600));
+    let go = tokio::time::Instant::now();
+    let _ = phase_tx.send(Phase::Go(go));
+    let phase_end = Instant::now() + Duration::from_secs_f64(args.duration.max(0.0));
+    while Instant::now() < phase_end {
+        emit(&progress(&hists))?;
+        if args.scenario == Scenario::Storm {
+            let c = shared.counters.snapshot();
+            if c.logins >= 2 * my_count as u64 || c.logins + c.connect_errors >= 2 * my_count as u64
+            {
+                break;
+            }
+        }
+        std::thread::sleep(
+            Duration::from_millis(250).min(phase_end.saturating_duration_since(Instant::now())),
+        );
+    }
+    let phase_secs = go.elapsed().as_secs_f64();
+    let _ = phase_tx.send(Phase::Drain);
+    std::thread::sleep(Duration::from_secs_f64(args.drain.max(0.0)));
+    let counters = shared.counters.snapshot();
+    let _ = phase_tx.send(Phase::Exit);
+    for handle in handles {
+        let _ = handle.join();
+    }
+    let mut result = ProcResult {
+        counters,
+        phase_secs,
+        ..Default::default()
+    };
+    let mut ack = new_histogram();
+    let mut deliver = new_histogram();
+    let mut login = new_histogram();
+    for h in &hists {
+        if let Ok(h) = h.lock() {
+            let _ = ack.add(&h.ack);
+            let _ = deliver.add(&h.deliver);
+            let _ = login.add(&h.login);
+        }
+    }
+    result.ack_us = Recorded::of(&ack);
+    result.deliver_us = Recorded::of(&deliver);
+    result.login_us = Recorded::of(&login);
+    emit(&ChildLine::Done(Box::new(result)))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+enum FromChild {
+    Line(usize, ChildLine),
+    Gone,
+}
+
+fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
+    let procs = args.procs.max(1);
+    let users = read_tokens(args, |_| false)?.ids.len();
+    let per_proc = users.div_ceil(procs);
+    if per_proc > MAX_CONNS_PER_PROC {
+        bail!(
+            "{users} users over {procs} processes is {per_proc} sockets each; one process may hold \
+             at most {MAX_CONNS_PER_PROC} here: use --procs {}",
+            users.div_ceil(MAX_CONNS_PER_PROC)
+        );
+    }
+    if args.targets.is_empty() {
+        bail!("no --targets");
+    }
+    let rss_before = scrape_rss(&args.admin);
+    let exe = std::env::current_exe()?;
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let (tx, rx) = mpsc::channel();
+    let mut children = Vec::new();
+    for index in 0..procs {
+        let mut child = Command::new(&exe)
+            .args(&raw)
+            .arg("--child")
+            .arg(index.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start a loadgen child process")?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(parsed) = serde_json::from_str::<ChildLine>(&line) {
+                    let _ = tx.send(FromChild::Line(index, parsed));
+                }
+            }
+            let _ = tx.send(FromChild::Gone);
+        });
+        children.push(child);
+    }
+    drop(tx);
+
+    let started = Instant::now();
+    let mut latest = vec![CounterSnapshot::default(); procs];
+    let mut p99 = vec![0u64; procs];
+    let mut ready = 0;
+    let mut results: Vec<ProcResult> = Vec::new();
+    let mut gone = 0;
+    let mut connect_secs = 0.0;
+    let mut rss_connected = None;
+    let mut last_print = Instant::now();
+    let mut last_sum = CounterSnapshot::default();
+    println!(
+        "{} scenario: {users} users over {procs} processes -> {:?}",
+        scenario_name(args.scenario),
+        args.targets
+    );
+    while gone < procs {
+        let message = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        match message {
+            Some(FromChild::Line(
+                i,
+                ChildLine::Progress {
+                    counters,
+                    deliver_p99_us,
+                },
+            )) => {
+                latest[i] = counters;
+                p99[i] = deliver_p99_us;
+            }
+            Some(FromChild::Line(_, ChildLine::Ready)) => {
+                ready += 1;
+                if ready == procs {
+                    connect_secs = started.elapsed().as_secs_f64();
+                    // Let the last logins settle on the server before measuring memory.
+                    std::thread::sleep(Duration::from_millis(500));
+                    rss_connected = scrape_rss(&args.admin);
+                    for child in &mut children {
+                        if let Some(stdin) = child.stdin.as_mut() {
+                            let _ = writeln!(stdin, "go");
+                            let _ = stdin.flush();
+                        }
+                    }
+                }
+            }
+            Some(FromChild::Line(_, ChildLine::Done(result))) => results.push(*result),
+            Some(FromChild::Gone) => gone += 1,
+            None => {}
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            let mut sum = CounterSnapshot::default();
+            latest.iter().for_each(|c| sum.add(c));
+            let dt = last_print.elapsed().as_secs_f64();
+            println!(
+                "[{:>5.1}s] online {:>7}  logins/s {:>7.0}  sends/s {:>8.0}  acks/s {:>8.0}  deliveries/s {:>8.0}  p99 deliver {:>7} µs  errors {}",
+                started.elapsed().as_secs_f64(),
+                sum.online,
+                (sum.logins - last_sum.logins.min(sum.logins)) as f64 / dt,
+                (sum.sent - last_sum.sent.min(sum.sent)) as f64 / dt,
+                (sum.acked - last_sum.acked.min(sum.acked)) as f64 / dt,
+                (sum.delivered - last_sum.delivered.min(sum.delivered)) as f64 / dt,
+                p99.iter().max().copied().unwrap_or(0),
+                sum.connect_errors + sum.send_errors + sum.kicked,
+            );
+            last_sum = sum;
+            last_print = Instant::now();
+        }
+    }
+    for mut child in children {
+        let _ = child.wait();
+    }
+    if results.len() < procs {
+        bail!(
+            "{} of {procs} loadgen processes did not report",
+            procs - results.len()
+        );
+    }
+    summarize(
+        args,
+        users,
+        connect_secs,
+        rss_before,
+        rss_connected,
+        &results,
+    )
+}
+
+fn scenario_name(s: Scenario) -> &'static str {
+    match s {
+        Scenario::Idle => "idle",
+        Scenario::P2p => "p2p",
+        Scenario::Storm => "storm",
+    }
+}
+
+fn summarize(
+    args: &Args,
+    users: usize,
+    connect_secs: f64,
+    rss_before: Option<u64>,
+    rss_connected: Option<u64>,
+    results: &[ProcResult],
+) -> anyhow::Result<std::process::ExitCode> {
+    let mut counters = CounterSnapshot::default();
+    let mut ack = new_histogram();
+    let mut deliver = new_histogram();
+    let mut login = new_histogram();
+    let mut phase_secs: f64 = 0.0;
+    for r in results {
+        counters.add(&r.counters);
+        r.ack_us.merge_into(&mut ack);
+        r.deliver_us.merge_into(&mut deliver);
+        r.login_us.merge_into(&mut login);
+        phase_secs = phase_secs.max(r.phase_secs);
+    }
+    let lost = counters.acked.saturating_sub(counters.delivered);
+    let per_sec = |n: u64| {
+        if phase_secs > 0.0 {
+            n as f64 / phase_secs
+        } else {
+            0.0
+        }
+    };
+    let bytes_per_conn = match (rss_before, rss_connected) {
+        (Some(before), Some(after)) if users > 0 => {
+            Some((after.saturating_sub(before)) as f64 / users as f64)
+        }
+        _ => None,
+    };
+    println!("\n== {} summary ==", scenario_name(args.scenario));
+    println!(
+        "users {users}, processes {}, connected+logged in {} ({} failed) in {connect_secs:.1} s",
+        args.procs,
+        counters.logins.min(users as u64),
+        counters.connect_errors
+    );
+    if let (Some(before), Some(after)) = (rss_before, rss_connected) {
+        println!(
+            "server RSS {:.1} MiB before, {:.1} MiB connected: {:.0} bytes per connection",
+            mib(before),
+            mib(after),
+            bytes_per_conn.unwrap_or(0.0)
+        );
+    }
+    print_latency("login (connect+token login)", &login);
+    match args.scenario {
+        Scenario::P2p => {
+            println!("phase {phase_secs:.1} s: sent {} ({:.0}/s), acked {} ({:.0}/s), delivered {} ({:.0}/s)", counters.sent, per_sec(counters.sent), counters.acked, per_sec(counters.acked), counters.delivered, per_sec(counters.delivered));
+            print_latency("send -> ack", &ack);
+            print_latency("send -> deliver", &deliver);
+            println!("correctness: lost {lost}, duplicated {}, out of order {}, send errors {}, kicked {}", counters.duplicates, counters.out_of_order, counters.send_errors, counters.kicked);
+        }
+        Scenario::Storm => {
+            let reconnected = counters.logins.saturating_sub(users as u64);
+            println!(
+                "storm: {reconnected} of {users} reconnected in {phase_secs:.2} s = {:.0} logins/s",
+                per_sec(reconnected)
+            );
+        }
+        Scenario::Idle => println!(
+            "held {} connections for {phase_secs:.1} s, {} dropped",
+            counters.online.max(counters.logins.min(users as u64)),
+            counters.kicked
+        ),
+    }
+    let report = json!({
+        "scenario": scenario_name(args.scenario),
+        "users": users, "procs": args.procs, "threads": args.threads, "targets": args.targets,
+        "rate": args.rate, "duration": args.duration, "phase_secs": phase_secs,
+        "connect_secs": connect_secs, "counters": counters,
+        "lost": lost, "server_rss_before": rss_before, "server_rss_connected": rss_connected,
+        "server_bytes_per_connection": bytes_per_conn,
+        "send_to_ack_us": Percentiles::of(&ack), "send_to_deliver_us": Percentiles::of(&deliver),
+        "login_us": Percentiles::of(&login),
+        "acks_per_sec": per_sec(counters.acked), "deliveries_per_sec": per_sec(counters.delivered),
+    });
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let clean = lost == 0
+        && counters.duplicates == 0
+        && counters.out_of_order == 0
+        && counters.connect_errors == 0;
+    Ok(if clean {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
+}
+
+fn print_latency(name: &str, h: &Histogram<u64>) {
+    if h.is_empty() {
+        return;
+    }
+    let p = Percentiles::of(h);
+    println!(
+        "{name:<28} n={:<9} p50 {:>8} µs  p90 {:>8} µs  p99 {:>8} µs  p99.9 {:>8} µs  max {:>8} µs",
+        p.count, p.p50, p.p90, p.p99, p.p999, p.max
+    );
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Sum of `process_resident_memory_bytes` over the given admin endpoints.
+fn scrape_rss(admins: &[SocketAddr]) -> Option<u64> {
+    if admins.is_empty() {
+        return None;
+    }
+    let mut total = 0;
+    for admin in admins {
+        total += scrape_metric(*admin, "process_resident_memory_bytes")?;
+    }
+    Some(total)
+}
+
+fn scrape_metric(admin: SocketAddr, name: &str) -> Option<u64> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -1,0 +1,431 @@
+//! One loadgen process: its share of the users on `threads` threads, each
+//! a current-thread tokio runtime (thread-per-core, like the gateway). A
+//! connection is one task with a few words of state; it logs in by token,
+//! then, by phase: heartbeats (idle), sends on its own open-loop schedule
+//! (p2p), or drops and reconnects at the signal (storm).
+//!
+//! Phases are broadcast on a watch channel: `Connect` → (parent says go)
+//! `Go` → `Drain` (no new sends, keep reading) → `Exit`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use hdrhistogram::Histogram;
+use ourchat_protocol::codec::{encode, FrameDecoder};
+use ourchat_protocol::pb;
+use ourchat_protocol::{Body, Envelope};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::report::{new_histogram, Counters};
+
+/// What the connections do once everyone is logged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Scenario {
+    /// Stay logged in, heartbeating.
+    Idle,
+    /// Open-loop 1:1 sends at a fixed total rate to random online peers.
+    P2p,
+    /// Every connection drops and reconnects at once.
+    Storm,
+}
+
+/// Where the run is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Phase {
+    /// Connecting and logging in.
+    Connect,
+    /// The measured phase, started at this instant.
+    Go(Instant),
+    /// No new sends; still reading.
+    Drain,
+    /// Close everything.
+    Exit,
+}
+
+/// One user this process drives.
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    /// Index in the token file (seeds its random peer choice).
+    pub index: usize,
+    /// Where it connects.
+    pub target: SocketAddr,
+    /// Local address to bind, if any.
+    pub source: Option<IpAddr>,
+    /// Token for login.
+    pub token: String,
+}
+
+/// Everything a process needs to run.
+pub struct ProcPlan {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Every user id of the run (peers for p2p).
+    pub all_user_ids: Arc<Vec<i64>>,
+    /// Connections opened per second by this process.
+    pub ramp_per_sec: f64,
+    /// Seconds between one connection's sends (p2p).
+    pub send_period: Duration,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+/// Per-thread latency histograms; the main thread reads them for progress.
+pub struct Histograms {
+    /// Send → ack.
+    pub ack: Histogram<u64>,
+    /// Send → deliver.
+    pub deliver: Histogram<u64>,
+    /// Connect + login.
+    pub login: Histogram<u64>,
+}
+
+impl Histograms {
+    fn new() -> Self {
+        Histograms {
+            ack: new_histogram(),
+            deliver: new_histogram(),
+            login: new_histogram(),
+        }
+    }
+}
+
+/// Shared by every thread of the process.
+pub struct Shared {
+    /// Live counters.
+    pub counters: Counters,
+    /// Connections that finished their first login attempt (ok or not).
+    pub attempted: AtomicUsize,
+    /// Phase broadcast.
+    pub phase: watch::Receiver<Phase>,
+}
+
+/// Nanoseconds since the Unix epoch: comparable across processes on one
+/// machine, which the send → deliver latency needs.
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Runs one thread's connections until the phase is `Exit`.
+pub fn run_thread(
+    plan: Arc<ProcPlan>,
+    shared: Arc<Shared>,
+    users: Vec<Assigned>,
+    histograms: Arc<Mutex<Histograms>>,
+    ramp_per_sec: f64,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let mut tasks = Vec::with_capacity(users.len());
+        let gap = Duration::from_secs_f64(1.0 / ramp_per_sec.max(1.0));
+        let mut next = Instant::now();
+        for user in users {
+            tokio::time::sleep_until(next).await;
+            next += gap;
+            let conn = Conn {
+                plan: plan.clone(),
+                shared: shared.clone(),
+                histograms: histograms.clone(),
+                user,
+            };
+            tasks.push(tokio::task::spawn_local(conn.run()));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+    Ok(())
+}
+
+struct Conn {
+    plan: Arc<ProcPlan>,
+    shared: Arc<Shared>,
+    histograms: Arc<Mutex<Histograms>>,
+    user: Assigned,
+}
+
+/// Reads and writes of one logged-in socket.
+struct Session {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Conn {
+    async fn run(self) {
+        let counters = &self.shared.counters;
+        let started = Instant::now();
+        let mut session = match self.connect_and_login().await {
+            Some(session) => session,
+            None => {
+                counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                self.shared.attempted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        self.record_login(started);
+        self.shared.attempted.fetch_add(1, Ordering::Relaxed);
+        counters.online.fetch_add(1, Ordering::Relaxed);
+        loop {
+            match self.drive(&mut session).await {
+                Next::Exit => break,
+                Next::Closed => {
+                    counters.kicked.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Next::Reconnect(go) => {
+                    drop(session);
+                    counters.online.fetch_sub(1, Ordering::Relaxed);
+                    match self.connect_and_login().await {
+                        Some(again) => {
+                            session = again;
+                            self.record_login(go);
+                            counters.online.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => {
+                            counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        counters.online.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn record_login(&self, since: Instant) {
+        self.shared.counters.logins.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = self.histograms.lock() {
+            let _ = h.login.record(since.elapsed().as_micros().max(1) as u64);
+        }
+    }
+
+    async fn connect_and_login(&self) -> Option<Session> {
+        let socket = match self.user.target {
+            SocketAddr::V4(_) => TcpSocket::new_v4().ok()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6().ok()?,
+        };
+        if let Some(source) = self.user.source {
+            socket.bind(SocketAddr::new(source, 0)).ok()?;
+        }
+        let connect = socket.connect(self.user.target);
+        let stream = tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .ok()?
+            .ok()?;
+        let _ = stream.set_nodelay(true);
+        let mut session = Session {
+            stream,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(1 << 20),
+        };
+        let login = Envelope::new(
+            1,
+            Body::Login(pb::LoginRequest {
+                token: self.user.token.clone(),
+                device_type: "loadgen".into(),
+                ..Default::default()
+            }),
+        );
+        let mut out = BytesMut::new();
+        encode(&login, &mut out);
+        session.stream.write_all(&out).await.ok()?;
+        let reply = tokio::time::timeout(Duration::from_secs(30), session.next_frame())
+            .await
+            .ok()??;
+        match reply.body {
+            Some(Body::LoginResp(r)) if r.success => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Runs the logged-in connection until the phase ends it.
+    async fn drive(&self, session: &mut Session) -> Next {
+        let plan = &self.plan;
+        let counters = &self.shared.counters;
+        let mut phase_rx = self.shared.phase.clone();
+        let mut phase = *phase_rx.borrow_and_update();
+        let mut rng = XorShift::new(self.user.index as u64 + 1);
+        let mut next_heartbeat = Instant::now() + plan.heartbeat;
+        // Open loop: each connection's sends are on a fixed schedule with a
+        // random phase, independent of replies.
+        let period = plan.send_period;
+        let mut next_send = Instant::now() + period.mul_f64(rng.unit());
+        let mut req_id: u32 = 1;
+        let mut awaiting_ack: HashMap<u32, u64> = HashMap::new();
+        let mut seen: HashMap<String, i64> = HashMap::new();
+        let mut out = BytesMut::new();
+        loop {
+            let sending = plan.scenario == Scenario::P2p && matches!(phase, Phase::Go(_));
+            tokio::select! {
+                frame = session.next_frame() => {
+                    let Some(frame) = frame else { return Next::Closed };
+                    match frame.body {
+                        Some(Body::SendResp(r)) => {
+                            if let Some(scheduled) = awaiting_ack.remove(&frame.req_id) {
+                                if r.success {
+                                    counters.acked.fetch_add(1, Ordering::Relaxed);
+                                    self.record(|h| &mut h.ack, scheduled);
+                                } else {
+                                    counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        Some(Body::PushMessage(m)) => {
+                            let mark = seen.entry(m.conversation_id).or_insert(0);
+                            if m.seq > *mark {
+                                *mark = m.seq;
+                                counters.delivered.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(scheduled) = m.content.parse::<u64>() {
+                                    self.record(|h| &mut h.deliver, scheduled);
+                                }
+                            } else if m.seq == *mark {
+                                counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Some(Body::Kicked(_)) => return Next::Closed,
+                        _ => {}
+                    }
+                }
+                _ = tokio::time::sleep_until(next_send), if sending => {
+                    let now = Instant::now();
+                    out.clear();
+                    while next_send <= now {
+                        // The scheduled time, not the write time, starts the clock.
+                        let behind = now.saturating_duration_since(next_send);
+                        let scheduled = unix_ns().saturating_sub(behind.as_nanos() as u64);
+                        let peer = self.pick_peer(&mut rng);
+                        req_id = req_id.wrapping_add(1).max(2);
+                        awaiting_ack.insert(req_id, scheduled);
+                        let send = Envelope::new(req_id, Body::Send(pb::SendMessageRequest {
+                            sender_id: 0,
+                            receiver_id: peer,
+                            message_type: pb::MessageType::Text as i32,
+                            content: scheduled.to_string(),
+                            client_message_id: rng.next_positive(),
+                        }));
+                        encode(&send, &mut out);
+                        counters.sent.fetch_add(1, Ordering::Relaxed);
+                        next_send += period;
+                    }
+                    if session.stream.write_all(&out).await.is_err() {
+                        return Next::Closed;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_heartbeat) => {
+                    next_heartbeat += plan.heartbeat;
+                    out.clear();
+                    encode(&Envelope::new(0, Body::Heartbeat(pb::Heartbeat {})), &mut out);
+                    if session.stream.write_all(&out).await.is_err() {
+                        return Next::Closed;
+                    }
+                }
+                changed = phase_rx.changed() => {
+                    if changed.is_err() {
+                        return Next::Exit;
+                    }
+                    let new = *phase_rx.borrow_and_update();
+                    match (plan.scenario, phase, new) {
+                        (_, _, Phase::Exit) => return Next::Exit,
+                        (Scenario::Storm, Phase::Connect, Phase::Go(go)) => return Next::Reconnect(go),
+                        (_, _, Phase::Go(_)) => next_send = Instant::now() + period.mul_f64(rng.unit()),
+                        _ => {}
+                    }
+                    phase = new;
+                }
+            }
+        }
+    }
+
+    fn pick_peer(&self, rng: &mut XorShift) -> i64 {
+        let ids = &self.plan.all_user_ids;
+        let me = ids.get(self.user.index).copied().unwrap_or(0);
+        loop {
+            let peer = ids
+                .get((rng.next() % ids.len().max(1) as u64) as usize)
+                .copied()
+                .unwrap_or(0);
+            if peer != me || ids.len() < 2 {
+                return peer;
+            }
+        }
+    }
+
+    fn record(&self, which: impl Fn(&mut Histograms) -> &mut Histogram<u64>, scheduled_ns: u64) {
+        let micros = unix_ns().saturating_sub(scheduled_ns) / 1_000;
+        if let Ok(mut h) = self.histograms.lock() {
+            let _ = which(&mut h).record(micros.max(1));
+        }
+    }
+}
+
+enum Next {
+    Exit,
+    Closed,
+    Reconnect(Instant),
+}
+
+impl Session {
+    /// The next whole frame, or `None` when the connection is gone.
+    async fn next_frame(&mut self) -> Option<Envelope> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(envelope)) => return Some(envelope),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// A tiny deterministic generator: peers and phases only need spread,
+/// not cryptographic quality.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn next_positive(&mut self) -> i64 {
+        (self.next() >> 1) as i64 | 1
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A fresh per-thread histogram set.
+pub fn thread_histograms() -> Arc<Mutex<Histograms>> {
+    Arc::new(Mutex::new(Histograms::new()))
+}
