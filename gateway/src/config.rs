@@ -186,7 +186,9 @@ impl Config {
             None => toml::Table::new(),
         };
         for (name, value) in env {
-            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+            // Only OURCHAT_<SECTION>__<KEY>: other OURCHAT_* variables
+            // (OURCHAT_CONFIG, the CLI's OURCHAT_SERVER) are not config keys.
+            let Some(key) = name.strip_prefix(ENV_PREFIX).filter(|k| k.contains("__")) else {
                 continue;
             };
             let path = key.to_ascii_lowercase().replace("__", ".");
@@ -318,6 +320,8 @@ mod tests {
                 "/tmp/x".to_string(),
             ),
             ("UNRELATED".to_string(), "1".to_string()),
+            ("OURCHAT_CONFIG".to_string(), "/elsewhere.toml".to_string()),
+            ("OURCHAT_TEST_LOG".to_string(), "1".to_string()),
         ];
         let flags = [("server.cores".to_string(), "1".to_string())];
         let config = Config::load(Some(&file), env, &flags).unwrap();

@@ -114,10 +114,12 @@ impl ServerProcess {
         self.wait_ready();
     }
 
+    /// Ready means `/readyz` says every core listens: a port that accepts
+    /// is not enough (see [`ServerProcess::kill9`]).
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if matches!(self.admin_get("/readyz"), Ok((200, _))) {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -130,11 +132,24 @@ impl ServerProcess {
         panic!("server did not listen on {} within 30 s", self.addr);
     }
 
-    /// `kill -9`: no shutdown code runs.
+    /// `kill -9`: no shutdown code runs. Returns once the client port
+    /// refuses connections: the kernel tears a dead process's io_uring down
+    /// asynchronously, and until then its listening socket stays in the
+    /// SO_REUSEPORT group, accepting connections it will reset.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.wait_port_closed();
+        }
+    }
+
+    fn wait_port_closed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -145,14 +160,20 @@ impl ServerProcess {
             .args(["-TERM", &child.id().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut status = None;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
+            if let Ok(Some(exited)) = child.try_wait() {
+                status = Some(exited);
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = child.kill();
-        child.wait().ok()
+        if status.is_none() {
+            let _ = child.kill();
+            status = child.wait().ok();
+        }
+        self.wait_port_closed();
+        status
     }
 
     /// Starts the server again with the same port, data and options.
