@@ -9,6 +9,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// CPU numbers at or above this are refused (Linux's cpu_set_t size).
+const MAX_CPU: usize = 1024;
+
 /// Prefix of environment overrides: `OURCHAT_SERVER__LISTEN=...` sets
 /// `server.listen`.
 pub const ENV_PREFIX: &str = "OURCHAT_";
@@ -57,6 +60,9 @@ pub struct ServerConfig {
     pub cores: usize,
     /// Pin each reactor to its own CPU. Turn off when sharing a box with a loadgen.
     pub pin_cores: bool,
+    /// Exact CPUs for the reactors, one each (empty: spread automatically).
+    /// Sets the core count when `cores` is 0.
+    pub reactor_cpus: Vec<usize>,
     /// This node's number (0..128), part of every id it mints.
     pub node_id: u16,
     /// Largest accepted frame body in bytes; larger is a protocol error.
@@ -85,6 +91,7 @@ impl Default for ServerConfig {
             admin_listen: "127.0.0.1:50090".into(),
             cores: 0,
             pin_cores: true,
+            reactor_cpus: Vec::new(),
             node_id: 0,
             max_frame_bytes: ourchat_protocol::DEFAULT_MAX_FRAME,
             max_content_bytes: 16 * 1024,
@@ -117,6 +124,8 @@ pub struct StorageConfig {
     pub dedupe_window: usize,
     /// Conversations whose sequencer state a core keeps in memory.
     pub max_conversations_per_core: usize,
+    /// CPUs the writer, reader and hashing threads may run on (empty: any).
+    pub worker_cpus: Vec<usize>,
 }
 
 impl Default for StorageConfig {
@@ -129,6 +138,7 @@ impl Default for StorageConfig {
             readers: 2,
             dedupe_window: 128,
             max_conversations_per_core: 200_000,
+            worker_cpus: Vec::new(),
         }
     }
 }
@@ -237,6 +247,21 @@ impl Config {
         if st.writer_queue == 0 || st.max_batch == 0 || st.readers == 0 {
             return invalid("storage.writer_queue, max_batch and readers must be positive");
         }
+        // Whether each CPU is online is checked at start, on the machine
+        // that runs; here only what no machine has.
+        if let Some(cpu) = s
+            .reactor_cpus
+            .iter()
+            .chain(&st.worker_cpus)
+            .find(|cpu| **cpu >= MAX_CPU)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cpu {cpu} is beyond {MAX_CPU}"
+            )));
+        }
+        if !s.reactor_cpus.is_empty() && s.cores != 0 && s.cores != s.reactor_cpus.len() {
+            return invalid("server.reactor_cpus must list exactly server.cores CPUs");
+        }
         if st.max_conversations_per_core < 16 {
             return invalid("storage.max_conversations_per_core must be at least 16");
         }
@@ -251,6 +276,9 @@ impl Config {
 
     /// Reactor cores to run: the configured count, or one per CPU.
     pub fn core_count(&self) -> usize {
+        if !self.server.reactor_cpus.is_empty() {
+            return self.server.reactor_cpus.len();
+        }
         match self.server.cores {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use ourchat_storage::sqlite::{self, SqliteBackend};
 use ourchat_storage::{Backend, ReadStore, StoreError};
 use ourchat_workers::{JobPool, WriterConfig, WriterPool};
@@ -79,16 +79,22 @@ pub fn serve(
         WriterConfig {
             queue_capacity: storage.writer_queue,
             max_batch: storage.max_batch,
+            cpus: storage.worker_cpus.clone(),
         },
     )?;
-    let readers = JobPool::start("ourchat-reader", storage.readers, JOB_QUEUE, |_| {
-        backend.reader().map(|r| -> Box<dyn ReadStore> { r })
-    })?;
+    let workers_on = &storage.worker_cpus;
+    let readers = JobPool::start(
+        "ourchat-reader",
+        storage.readers,
+        JOB_QUEUE,
+        workers_on,
+        |_| backend.reader().map(|r| -> Box<dyn ReadStore> { r }),
+    )?;
     let hash_threads = match config.auth.hash_threads {
         0 => cores,
         n => n,
     };
-    let hasher = JobPool::start("ourchat-hash", hash_threads, JOB_QUEUE, |_| {
+    let hasher = JobPool::start("ourchat-hash", hash_threads, JOB_QUEUE, workers_on, |_| {
         Ok::<(), std::io::Error>(())
     })?;
     let tokens = TokenKeys::load(
@@ -126,6 +132,36 @@ pub fn serve(
     result
 }
 
+/// Where the reactors run: the operator's CPU list, one reactor per CPU
+/// spread over the machine, or unpinned (sharing a box with a loadgen).
+/// Pinning needs no io_uring locked memory beyond `IO_MEMORY` per core.
+fn placement(config: &Config, cores: usize) -> Result<PoolPlacement, ServeError> {
+    let server = &config.server;
+    if !server.reactor_cpus.is_empty() {
+        let online = CpuSet::online().map_err(|e| ServeError::Core(e.to_string()))?;
+        let sets = server
+            .reactor_cpus
+            .iter()
+            .map(|cpu| {
+                let set = online.clone().filter(|l| l.cpu == *cpu);
+                if set.is_empty() {
+                    Err(ServeError::Core(format!("cpu {cpu} is not online")))
+                } else {
+                    Ok(set)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(PoolPlacement::Custom(sets));
+    }
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Pinning more reactors than CPUs would stack two on one CPU.
+    Ok(if server.pin_cores && cores <= available {
+        PoolPlacement::MaxSpread(cores, None)
+    } else {
+        PoolPlacement::Unbound(cores)
+    })
+}
+
 /// The store's durability for a configured one.
 pub fn durability_of(durability: Durability) -> sqlite::Durability {
     match durability {
@@ -140,13 +176,7 @@ fn run_cores(
     on_ready: impl FnOnce(&Listening),
 ) -> Result<(), ServeError> {
     let cores = shared.cores;
-    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Pinning more reactors than CPUs would stack two on one CPU.
-    let placement = if shared.config.server.pin_cores && cores <= available {
-        PoolPlacement::MaxSpread(cores, None)
-    } else {
-        PoolPlacement::Unbound(cores)
-    };
+    let placement = placement(&shared.config, cores)?;
     let mesh: MeshBuilder<CoreMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let executor_shared = shared.clone();

@@ -37,11 +37,13 @@ impl<C> Clone for JobHandle<C> {
 
 impl<C: 'static> JobPool<C> {
     /// Starts `threads` threads named `name-N`, each with a context made by
-    /// `make_context(N)`, sharing a queue of `capacity` jobs.
+    /// `make_context(N)`, sharing a queue of `capacity` jobs, each allowed
+    /// on `cpus` (empty: any).
     pub fn start<E>(
         name: &str,
         threads: usize,
         capacity: usize,
+        cpus: &[usize],
         make_context: impl Fn(usize) -> Result<C, E>,
     ) -> Result<Self, E>
     where
@@ -53,9 +55,13 @@ impl<C: 'static> JobPool<C> {
         for index in 0..threads.max(1) {
             let mut context = make_context(index)?;
             let rx = rx.clone();
+            let cpus = cpus.to_vec();
             let thread = std::thread::Builder::new()
                 .name(format!("{name}-{index}"))
                 .spawn(move || {
+                    if let Err(e) = crate::pin_current_thread(&cpus) {
+                        tracing::warn!(error = %e, ?cpus, "could not pin a worker thread");
+                    }
                     while let Ok(Some(job)) = rx.recv() {
                         job(&mut context);
                     }
@@ -123,7 +129,7 @@ mod tests {
 
     #[test]
     fn jobs_run_on_their_thread_context() {
-        let pool = JobPool::start("t", 2, 8, |i| Ok::<_, std::io::Error>(i * 10)).unwrap();
+        let pool = JobPool::start("t", 2, 8, &[0], |i| Ok::<_, std::io::Error>(i * 10)).unwrap();
         let handle = pool.handle();
         let results: Vec<_> = (0..8)
             .map(|n| handle.try_run(move |ctx: &mut usize| *ctx + n).unwrap())
@@ -138,7 +144,7 @@ mod tests {
 
     #[test]
     fn full_queue_is_refused() {
-        let pool = JobPool::start("t", 1, 1, |_| Ok::<_, std::io::Error>(())).unwrap();
+        let pool = JobPool::start("t", 1, 1, &[], |_| Ok::<_, std::io::Error>(())).unwrap();
         let handle = pool.handle();
         let (release, gate) = crossbeam_channel::bounded::<()>(0);
         let busy = handle

@@ -35,6 +35,20 @@ pub enum PoolError {
     },
 }
 
+/// Pins the calling thread to `cpus` (no-op when empty). Workers share
+/// CPUs with nothing else when the operator sets it, keeping reactors'
+/// caches and run queues to themselves.
+pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in cpus {
+        set.set(*cpu).map_err(std::io::Error::from)?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(std::io::Error::from)
+}
+
 impl From<ourchat_storage::StoreError> for PoolError {
     fn from(err: ourchat_storage::StoreError) -> Self {
         PoolError::Store {

@@ -21,13 +21,15 @@ use crate::stats::{AtomicHistogram, BATCH_BUCKETS, LATENCY_US_BUCKETS};
 use crate::PoolError;
 
 /// Sizes of the writer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// Ops that may wait for the writer. Sized to absorb a burst from every
     /// core while one commit (an fsync, ~1-10 ms) is under way.
     pub queue_capacity: usize,
     /// Most ops in one transaction; bounds the latency one batch adds.
     pub max_batch: usize,
+    /// CPUs the writer thread may run on (empty: any).
+    pub cpus: Vec<usize>,
 }
 
 impl Default for WriterConfig {
@@ -35,6 +37,7 @@ impl Default for WriterConfig {
         WriterConfig {
             queue_capacity: 65_536,
             max_batch: 4_096,
+            cpus: Vec::new(),
         }
     }
 }
@@ -119,9 +122,15 @@ impl WriterPool {
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
         let max_batch = config.max_batch.max(1);
+        let cpus = config.cpus;
         let thread = std::thread::Builder::new()
             .name("ourchat-writer".into())
-            .spawn(move || run_writer(store, rx, max_batch, &thread_stats))?;
+            .spawn(move || {
+                if let Err(e) = crate::pin_current_thread(&cpus) {
+                    tracing::warn!(error = %e, ?cpus, "could not pin the store writer");
+                }
+                run_writer(store, rx, max_batch, &thread_stats)
+            })?;
         Ok(WriterPool {
             handle: WriterHandle { tx, stats },
             thread: Some(thread),
@@ -330,6 +339,7 @@ mod tests {
             WriterConfig {
                 queue_capacity: 2,
                 max_batch: 1,
+                cpus: Vec::new(),
             },
         )
         .unwrap();
