@@ -51,6 +51,21 @@ async fn metrics_count_the_traffic() {
     );
     assert!(body.contains("# TYPE ourchat_store_batch_size histogram"));
 
+    // Every metric the Grafana dashboard queries is exported.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/ourchat.json"
+    ))
+    .unwrap();
+    let mut checked = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("ourchat_") || word.starts_with("process_") {
+            assert!(body.contains(word), "dashboard queries {word}, which /metrics lacks");
+            checked += 1;
+        }
+    }
+    assert!(checked > 10);
+
     drop(alice);
     drop(bob);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
