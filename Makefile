@@ -2,7 +2,12 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run test fmt-check lint unit build release clean
+.PHONY: bench run test fmt-check lint unit build release clean
+
+## Short benchmark of every loadgen scenario (a few minutes); prints a table.
+## `scripts/bench.sh full` produces the BENCHMARKS.md figures.
+bench:
+	scripts/bench.sh
 
 ## Run a node on the embedded store in ./data, client TCP on :50003.
 run:

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# OurChat benchmarks: each figure on a fresh node (release build, embedded
+# store in a temporary directory, on this machine's loopback), driven by
+# ourchat-loadgen. Prints a table at the end; every run's JSON is kept in
+# $OUT (default target/bench). Usage:
+#   scripts/bench.sh           # short: a few minutes, what `make bench` runs
+#   scripts/bench.sh full      # the BENCHMARKS.md figures
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-short}
+OUT=${OUT:-target/bench}
+BIN=target/release
+mkdir -p "$OUT"
+cargo build --release --bin ourchat --bin ourchat-loadgen >&2
+
+NODE_PID=""
+stop_node() {
+  if [[ -n $NODE_PID ]]; then
+    kill -TERM "$NODE_PID" 2>/dev/null || true
+    wait "$NODE_PID" 2>/dev/null || true
+    NODE_PID=""
+  fi
+}
+trap stop_node EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_node USERS [extra serve flags...]: fresh data dir, USERS provisioned.
+start_node() {
+  local users=$1; shift
+  stop_node
+  DATA=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-bench.XXXXXX")
+  PORT=$(free_port); ADMIN=$(free_port)
+  "$BIN/ourchat" admin provision --count "$users" --data-dir "$DATA" --out "$DATA/tokens" 2>/dev/null
+  "$BIN/ourchat" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" \
+    --set "server.admin_listen=127.0.0.1:$ADMIN" --set server.pin_cores=false "$@" \
+    >"$DATA/server.log" 2>&1 &
+  NODE_PID=$!
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && return 0
+    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$ADMIN/readyz', timeout=1)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "node did not become ready" >&2; cat "$DATA/server.log" >&2; exit 1
+}
+
+# run NAME SCENARIO [loadgen flags...]: one loadgen run against the node.
+run() {
+  local name=$1; shift
+  echo "== $name" >&2
+  "$BIN/ourchat-loadgen" "$@" --targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
+    --tokens "$DATA/tokens" --json "$OUT/$name.json" >&2 || echo "($name reported errors)" >&2
+}
+
+procs_for() { echo $(( ($1 + 9999) / 10000 )); }
+
+if [[ $MODE == full ]]; then
+  IDLE_SIZES="1000 5000 19000"; P2P_USERS=10000; P2P_RATES="10000 20000 30000 40000 50000"
+  P2P_SECS=20; STORM_USERS=19000
+else
+  IDLE_SIZES="1000 5000"; P2P_USERS=2000; P2P_RATES="5000"; P2P_SECS=5; STORM_USERS=5000
+fi
+
+for n in $IDLE_SIZES; do
+  start_node "$n" --cores 2
+  run "idle-$n" idle --users "$n" --procs "$(procs_for "$n")" --threads 1 --ramp 20000 --duration 3 --drain 0
+done
+for rate in $P2P_RATES; do
+  start_node "$P2P_USERS" --cores 2
+  run "p2p-$rate" p2p --users "$P2P_USERS" --procs 2 --rate "$rate" --duration "$P2P_SECS" --drain 3 --ramp 20000 --heartbeat 30
+done
+start_node "$STORM_USERS" --cores 2
+run "storm-$STORM_USERS" storm --users "$STORM_USERS" --procs "$(procs_for "$STORM_USERS")" --ramp 20000 --duration 60 --drain 0
+stop_node
+
+python3 - "$OUT" <<'PY'
+import json, glob, os, sys
+out = sys.argv[1]
+print(f"\n{'run':<14} {'users':>6} {'bytes/conn':>10} {'acked/s':>9} {'ack p50/p99 ms':>15} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'logins/s':>9}")
+def key(p):
+    name = os.path.basename(p)[:-5]; kind, _, n = name.partition("-")
+    return (kind, int(n) if n.isdigit() else 0)
+for path in sorted(glob.glob(os.path.join(out, "*.json")), key=key):
+    r = json.load(open(path)); c = r["counters"]; name = os.path.basename(path)[:-5]
+    ms = lambda v: f"{v/1000:.1f}"
+    ack, dl = r["send_to_ack_us"], r["send_to_deliver_us"]
+    bpc = r.get("server_bytes_per_connection")
+    logins = (c["logins"] - r["users"]) / r["phase_secs"] if r["scenario"] == "storm" and r["phase_secs"] else 0
+    print(f"{name:<14} {r['users']:>6} {bpc and f'{bpc:.0f}' or '-':>10} "
+          f"{r['acks_per_sec']:>9.0f} {(ms(ack['p50'])+'/'+ms(ack['p99'])) if ack['count'] else '-':>15} "
+          f"{(ms(dl['p50'])+'/'+ms(dl['p99'])+'/'+ms(dl['p999'])) if dl['count'] else '-':>24} "
+          f"{str(r['lost'])+'/'+str(c['duplicates'])+'/'+str(c['out_of_order']):>12} {logins or '-':>9}")
+PY
