@@ -2,15 +2,16 @@
 //! session state allows it, handle it, reply. The first frame must be
 //! Register or Login within the login deadline; after login the connection
 //! must stay chatty (any frame, usually Heartbeat) within the idle timeout.
-//! Replies and pushes go through the connection's [`Outbox`], written by a
-//! sibling task, so a slow peer never stalls the core.
+//! Both deadlines are enforced by the core's sweeper, not by a timer per
+//! read. Replies and pushes go through the connection's [`Outbox`],
+//! written by a sibling task, so a slow peer never stalls the core; that
+//! task also ends the connection by shutting the socket down.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use futures::future::{select, Either};
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
@@ -42,12 +43,9 @@ struct Session {
 
 /// Why reading stopped.
 enum ReadEnd {
-    /// Peer closed, or the socket failed.
+    /// Peer closed, the socket failed, or we shut it down (kick, timeout,
+    /// shutdown, slow reader: the reason was already queued).
     Closed,
-    /// The server closed it (kick, shutdown, slow reader).
-    Kicked,
-    /// No frame in time.
-    TimedOut,
     /// A frame the protocol does not allow.
     Bad(FrameError),
 }
@@ -58,37 +56,45 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     let config = &core.shared.config.server;
     let outbox = Rc::new(Outbox::new(config.outbound_queue_frames));
     let conn_id = core.add_connection(outbox.clone());
+    let fd = stream.as_raw_fd();
     let (reader, writer) = stream.split();
     let writer_task =
-        glommio::spawn_local(write_loop(writer, outbox.clone(), core.clone())).detach();
+        glommio::spawn_local(write_loop(writer, fd, outbox.clone(), core.clone())).detach();
     let mut conn = Connection {
         core: core.clone(),
         conn_id,
         outbox: outbox.clone(),
         session: None,
         login_failures: 0,
-        inflight: Rc::new(Semaphore::new(config.max_inflight_sends as u64)),
+        inflight: None,
     };
     conn.read_loop(reader).await;
     if let Some(session) = conn.session.take() {
         let owner = core.owner_of_user(session.user_id);
-        core.route(
-            owner,
-            CoreMsg::Offline {
-                user_id: session.user_id,
-                device_id: session.device_id,
-                conn_id,
-            },
-        )
-        .await;
+        let offline = CoreMsg::Offline {
+            user_id: session.user_id,
+            device_id: session.device_id,
+            conn_id,
+        };
+        // Boxed for the same reason as the handlers: only a closing
+        // connection pays for the routing future.
+        Box::pin(core.route(owner, offline)).await;
     }
     outbox.close_with(None);
     let _ = writer_task.await;
     core.remove_connection(conn_id);
 }
 
-/// Writes whatever is queued, in batches, until the outbox closes.
-async fn write_loop(mut writer: WriteHalf<TcpStream>, outbox: Rc<Outbox>, core: Rc<Core>) {
+/// Writes whatever is queued, in batches, until the outbox closes; then
+/// shuts the socket down in both directions, which ends the reader's
+/// pending read. `fd` is the connection's socket, open for as long as this
+/// task holds its write half.
+async fn write_loop(
+    mut writer: WriteHalf<TcpStream>,
+    fd: RawFd,
+    outbox: Rc<Outbox>,
+    core: Rc<Core>,
+) {
     let mut batch: Vec<Bytes> = Vec::new();
     let mut buffer: Vec<u8> = Vec::new();
     while outbox.take_batch(&mut batch).await {
@@ -113,6 +119,8 @@ async fn write_loop(mut writer: WriteHalf<TcpStream>, outbox: Rc<Outbox>, core: 
             break;
         }
     }
+    let _ = writer.flush().await;
+    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
     let _ = writer.close().await;
 }
 
@@ -122,52 +130,37 @@ struct Connection {
     outbox: Rc<Outbox>,
     session: Option<Session>,
     login_failures: u32,
-    inflight: Rc<Semaphore>,
+    /// Bounds sends awaiting their ack; made on the first send so idle
+    /// connections do not carry it.
+    inflight: Option<Rc<Semaphore>>,
 }
 
 impl Connection {
     async fn read_loop(&mut self, mut reader: ReadHalf<TcpStream>) {
-        let config = &self.core.shared.config.server;
-        let max_frame = config.max_frame_bytes;
-        let login_deadline = Instant::now() + Duration::from_millis(config.login_timeout_ms);
-        let idle = Duration::from_secs(config.idle_timeout_secs);
+        let max_frame = self.core.shared.config.server.max_frame_bytes;
         loop {
-            let wait = match self.session {
-                Some(_) => idle,
-                None => login_deadline.saturating_duration_since(Instant::now()),
-            };
-            let outbox = self.outbox.clone();
-            let frame = read_frame(&mut reader, max_frame, wait);
-            let end = match select(Box::pin(frame), Box::pin(outbox.closed())).await {
-                Either::Left((Ok(envelope), _)) => {
-                    if !self.handle(envelope).await {
+            match read_frame(&mut reader, max_frame).await {
+                Ok(envelope) => {
+                    self.outbox.touch();
+                    // Boxed: the handlers' state lives on the heap only while
+                    // a request is handled, so an idle connection's future
+                    // stays a few hundred bytes instead of ~2 KB.
+                    if !Box::pin(self.handle(envelope)).await {
                         return;
                     }
-                    continue;
                 }
-                Either::Left((Err(end), _)) => end,
-                Either::Right(_) => ReadEnd::Kicked,
-            };
-            match end {
-                ReadEnd::Closed | ReadEnd::Kicked => {}
-                ReadEnd::TimedOut if self.session.is_none() => self.close_with_error(
-                    0,
-                    ErrorCode::LoginTimeout,
-                    "no login within the deadline",
-                ),
-                ReadEnd::TimedOut => self.outbox.close_with(Some(crate::core::kicked_frame(
-                    "idle timeout: no heartbeat",
-                ))),
-                ReadEnd::Bad(FrameError::TooLarge { len, max }) => self.close_with_error(
-                    0,
-                    ErrorCode::FrameTooLarge,
-                    &format!("frame of {len} bytes exceeds the maximum of {max}"),
-                ),
-                ReadEnd::Bad(err) => {
-                    self.close_with_error(0, ErrorCode::Protocol, &err.to_string())
+                Err(ReadEnd::Closed) => return,
+                Err(ReadEnd::Bad(FrameError::TooLarge { len, max })) => {
+                    return self.close_with_error(
+                        0,
+                        ErrorCode::FrameTooLarge,
+                        &format!("frame of {len} bytes exceeds the maximum of {max}"),
+                    )
+                }
+                Err(ReadEnd::Bad(err)) => {
+                    return self.close_with_error(0, ErrorCode::Protocol, &err.to_string())
                 }
             }
-            return;
         }
     }
 
@@ -460,10 +453,11 @@ impl Connection {
             )
             .await;
         let _ = registered.await;
+        self.outbox.set_logged_in();
         self.session = Some(Session { user_id, device_id });
     }
 
-    async fn send(&self, req_id: u32, session: &Session, request: pb::SendMessageRequest) {
+    async fn send(&mut self, req_id: u32, session: &Session, request: pb::SendMessageRequest) {
         let received_at = std::time::Instant::now();
         let refuse = |error: pb::Error| {
             self.reply(
@@ -490,7 +484,12 @@ impl Connection {
         }
         // Bounds the acks one connection may await; past it, this read
         // loop waits here and the socket is not read.
-        let Ok(permit) = self.inflight.clone().acquire_static_permit(1).await else {
+        let limit = self.core.shared.config.server.max_inflight_sends as u64;
+        let inflight = self
+            .inflight
+            .get_or_insert_with(|| Rc::new(Semaphore::new(limit)))
+            .clone();
+        let Ok(permit) = inflight.acquire_static_permit(1).await else {
             return;
         };
         let message = ChatMessage {
@@ -717,33 +716,24 @@ fn error_in(body: &Body) -> Option<&pb::Error> {
     }
 }
 
-/// Reads one frame within `wait`: a 4-byte header, then exactly the body.
-/// Nothing is buffered between frames, so an idle connection holds no
-/// read buffer.
+/// Reads one frame: a 4-byte header, then exactly the body. Nothing is
+/// buffered between frames, so an idle connection holds no read buffer.
 async fn read_frame(
     reader: &mut ReadHalf<TcpStream>,
     max_frame: usize,
-    wait: Duration,
 ) -> Result<Envelope, ReadEnd> {
-    let read = async {
-        let mut header = [0u8; HEADER_LEN];
-        reader
-            .read_exact(&mut header)
-            .await
-            .map_err(|_| ReadEnd::Closed)?;
-        let len = codec::body_len(header, max_frame).map_err(ReadEnd::Bad)?;
-        let mut body = vec![0u8; len];
-        reader
-            .read_exact(&mut body)
-            .await
-            .map_err(|_| ReadEnd::Closed)?;
-        codec::decode_body(&body).map_err(ReadEnd::Bad)
-    };
-    let timer = glommio::timer::sleep(wait);
-    match select(Box::pin(read), Box::pin(timer)).await {
-        Either::Left((result, _)) => result,
-        Either::Right(_) => Err(ReadEnd::TimedOut),
-    }
+    let mut header = [0u8; HEADER_LEN];
+    reader
+        .read_exact(&mut header)
+        .await
+        .map_err(|_| ReadEnd::Closed)?;
+    let len = codec::body_len(header, max_frame).map_err(ReadEnd::Bad)?;
+    let mut body = vec![0u8; len];
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|_| ReadEnd::Closed)?;
+    codec::decode_body(&body).map_err(ReadEnd::Bad)
 }
 
 const MAX_USERNAME_CHARS: usize = 32;

@@ -253,6 +253,32 @@ impl Core {
         self.conns.borrow().len()
     }
 
+    /// Closes connections past their deadline: no login within
+    /// `login_timeout`, or logged in but silent for `idle_timeout`. One
+    /// sweep over the core's connections replaces a timer per connection.
+    pub fn sweep_deadlines(&self, login_timeout: Duration, idle_timeout: Duration) {
+        let now = Instant::now();
+        let metrics = self.metrics();
+        for outbox in self.conns.borrow().values() {
+            if outbox.is_closing() {
+                continue;
+            }
+            if !outbox.is_logged_in() {
+                if now.duration_since(outbox.opened_at()) >= login_timeout {
+                    metrics.error(ErrorCode::LoginTimeout as i32);
+                    outbox.close_with(Some(encode_frame(&Envelope::error(
+                        0,
+                        ErrorCode::LoginTimeout,
+                        "no login within the deadline",
+                    ))));
+                }
+            } else if now.duration_since(outbox.last_frame_at()) >= idle_timeout {
+                CoreMetrics::inc(&metrics.idle_closes);
+                outbox.close_with(Some(kicked_frame("idle timeout: no heartbeat")));
+            }
+        }
+    }
+
     /// Closes every connection on this core with a reason (shutdown).
     pub fn close_all(&self, reason: &str) {
         let frame = kicked_frame(reason);

@@ -42,6 +42,8 @@ pub struct CoreMetrics {
     pub pushes: AtomicU64,
     /// Connections closed because they did not read their pushes.
     pub slow_reader_closes: AtomicU64,
+    /// Logged-in connections closed for silence past the idle timeout.
+    pub idle_closes: AtomicU64,
     /// Errors sent to clients, by `ErrorCode`.
     pub errors: [AtomicU64; ERROR_SLOTS],
     /// Send received → ack queued, microseconds.
@@ -63,6 +65,7 @@ impl Default for CoreMetrics {
             messages_accepted: AtomicU64::new(0),
             pushes: AtomicU64::new(0),
             slow_reader_closes: AtomicU64::new(0),
+            idle_closes: AtomicU64::new(0),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             send_ack_us: AtomicHistogram::new(LATENCY_US_BUCKETS),
             deliver_us: AtomicHistogram::new(LATENCY_US_BUCKETS),

@@ -1,13 +1,14 @@
-//! A connection's outbound queue: frames waiting to be written, bounded.
-//! Single-threaded (it lives on the connection's core), so plain cells; it
-//! holds no allocation while empty, which matters for idle connections.
-//! Closing it wakes both the writer (flush, then close) and the reader
-//! (stop reading).
+//! A connection's shared handle: its bounded outbound queue (frames waiting
+//! to be written) and the timestamps the core's sweeper checks for login
+//! deadlines and idle timeouts. Single-threaded (it lives on the
+//! connection's core), so plain cells; it holds no allocation while empty,
+//! which matters for idle connections. Closing it wakes the writer, which
+//! flushes, then shuts the socket down, which ends the reader's read.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -21,7 +22,9 @@ pub struct Outbox {
     capacity: usize,
     closing: Cell<bool>,
     writer: Cell<Option<Waker>>,
-    reader: Cell<Option<Waker>>,
+    opened_at: Instant,
+    last_frame_at: Cell<Instant>,
+    logged_in: Cell<bool>,
 }
 
 impl Outbox {
@@ -32,8 +35,36 @@ impl Outbox {
             capacity,
             closing: Cell::new(false),
             writer: Cell::new(None),
-            reader: Cell::new(None),
+            opened_at: Instant::now(),
+            last_frame_at: Cell::new(Instant::now()),
+            logged_in: Cell::new(false),
         }
+    }
+
+    /// Records that a whole frame arrived (the idle clock restarts).
+    pub fn touch(&self) {
+        self.last_frame_at.set(Instant::now());
+    }
+
+    /// Records that the connection logged in (the idle rule applies now,
+    /// not the login deadline).
+    pub fn set_logged_in(&self) {
+        self.logged_in.set(true);
+    }
+
+    /// Whether the connection logged in.
+    pub fn is_logged_in(&self) -> bool {
+        self.logged_in.get()
+    }
+
+    /// When the connection was accepted.
+    pub fn opened_at(&self) -> Instant {
+        self.opened_at
+    }
+
+    /// When its last whole frame arrived.
+    pub fn last_frame_at(&self) -> Instant {
+        self.last_frame_at.get()
     }
 
     /// Queues a frame. Past the bound the frame is refused; the caller
@@ -53,7 +84,7 @@ impl Outbox {
     }
 
     /// Queues a last frame (even past the bound) and closes: the writer
-    /// flushes what is queued and shuts the socket; the reader stops.
+    /// flushes what is queued and shuts the socket down, ending the read.
     pub fn close_with(&self, last: Option<Bytes>) {
         if self.closing.replace(true) {
             return;
@@ -62,7 +93,6 @@ impl Outbox {
             self.frames.borrow_mut().push_back(frame);
         }
         wake(&self.writer);
-        wake(&self.reader);
     }
 
     /// Whether the connection is closing.
@@ -91,18 +121,6 @@ impl Outbox {
         })
         .await
     }
-
-    /// Resolves once the outbox is closing.
-    pub fn closed(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| {
-            if self.closing.get() {
-                Poll::Ready(())
-            } else {
-                self.reader.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-    }
 }
 
 fn wake(slot: &Cell<Option<Waker>>) {
@@ -126,6 +144,6 @@ mod tests {
         assert!(futures::executor::block_on(outbox.take_batch(&mut batch)));
         assert_eq!(batch.len(), 3);
         assert!(!futures::executor::block_on(outbox.take_batch(&mut batch)));
-        futures::executor::block_on(outbox.closed());
+        assert!(outbox.is_closing());
     }
 }

@@ -263,17 +263,32 @@ async fn run_core(
     let local = listener.local_addr().unwrap_or(shared.config.server.listen);
     let _ = ready.send(Ok(local));
     let acceptor = glommio::spawn_local(accept_loop(core.clone(), listener)).detach();
+    let sweeper = glommio::spawn_local(sweep_deadlines(core.clone())).detach();
 
     while !shared.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
     acceptor.cancel();
+    sweeper.cancel();
     core.close_all("server shutting down");
     let deadline = Instant::now() + Duration::from_secs(shared.config.server.shutdown_grace_secs);
     while (core.connection_count() > 0 || core.commits_pending() > 0) && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     tracing::debug!(core = id, "core stopped");
+}
+
+/// Enforces login deadlines and idle timeouts on this core's connections.
+/// Sweeping a few times per deadline keeps lateness to a fraction of it.
+async fn sweep_deadlines(core: Rc<Core>) {
+    let server = &core.shared.config.server;
+    let login = Duration::from_millis(server.login_timeout_ms);
+    let idle = Duration::from_secs(server.idle_timeout_secs);
+    let period = (login.min(idle) / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    loop {
+        glommio::timer::sleep(period).await;
+        core.sweep_deadlines(login, idle);
+    }
 }
 
 async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
