@@ -55,8 +55,8 @@ run() {
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 
 if [[ $MODE == full ]]; then
-  IDLE_SIZES="1000 5000 19000"; P2P_USERS=10000; P2P_RATES="10000 20000 30000 40000 50000"
-  P2P_SECS=20; STORM_USERS=19000
+  IDLE_SIZES="1000 5000 19000"; P2P_USERS=10000; P2P_RATES="2000 5000 7500 10000"
+  P2P_SECS=15; STORM_USERS=19000
 else
   IDLE_SIZES="1000 5000"; P2P_USERS=2000; P2P_RATES="5000"; P2P_SECS=5; STORM_USERS=5000
 fi
@@ -69,6 +69,14 @@ for rate in $P2P_RATES; do
   start_node "$P2P_USERS" --cores 2
   run "p2p-$rate" p2p --users "$P2P_USERS" --procs 2 --rate "$rate" --duration "$P2P_SECS" --drain 3 --ramp 20000 --heartbeat 30
 done
+if [[ $MODE == full ]]; then
+  # Acks that survive a process crash but not power loss (no fsync per commit).
+  start_node "$P2P_USERS" --cores 2 --set storage.durability=normal
+  run "p2pnormal-10000" p2p --users "$P2P_USERS" --procs 2 --rate 10000 --duration "$P2P_SECS" --drain 3 --ramp 20000
+  # Every send to a random user: nearly every send opens a new conversation.
+  start_node "$P2P_USERS" --cores 2
+  run "p2prandom-5000" p2p --users "$P2P_USERS" --procs 2 --rate 5000 --peers 0 --duration "$P2P_SECS" --drain 3 --ramp 20000
+fi
 start_node "$STORM_USERS" --cores 2
 run "storm-$STORM_USERS" storm --users "$STORM_USERS" --procs "$(procs_for "$STORM_USERS")" --ramp 20000 --duration 60 --drain 0
 stop_node

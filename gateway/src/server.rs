@@ -74,6 +74,7 @@ pub fn serve(
     let cores = config.core_count();
     let storage = &config.storage;
     let backend = SqliteBackend::open(&storage.data_dir, durability_of(storage.durability))?;
+    let checkpointer = backend.start_checkpointer()?;
     let writer = WriterPool::start(
         backend.writer()?,
         WriterConfig {
@@ -128,6 +129,8 @@ pub fn serve(
     writer.shutdown();
     readers.shutdown();
     hasher.shutdown();
+    // Last: one final checkpoint folds the WAL into the database file.
+    drop(checkpointer);
     tracing::info!("store flushed and closed");
     result
 }

@@ -70,6 +70,11 @@ struct Args {
     /// p2p: messages per second, all processes together.
     #[arg(long, default_value_t = 1_000.0)]
     rate: f64,
+    /// p2p: contacts per user (each sends to the next N users of the token
+    /// file). 0: every send to a random user, so nearly every send opens a
+    /// new conversation (worst case for the sequencer and the store).
+    #[arg(long, default_value_t = 10)]
+    peers: usize,
     /// Seconds after the phase to wait for late acks and deliveries.
     #[arg(long, default_value_t = 3.0)]
     drain: f64,
@@ -180,6 +185,7 @@ fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCod
         all_user_ids: Arc::new(file.ids),
         ramp_per_sec: args.ramp / procs as f64,
         send_period: Duration::from_secs_f64(total as f64 / args.rate.max(0.001)),
+        peers: args.peers,
         heartbeat: Duration::from_secs_f64(args.heartbeat.max(1.0)),
     });
     let my_count = mine.len();
@@ -496,7 +502,7 @@ fn summarize(
     let report = json!({
         "scenario": scenario_name(args.scenario),
         "users": users, "procs": args.procs, "threads": args.threads, "targets": args.targets,
-        "rate": args.rate, "duration": args.duration, "phase_secs": phase_secs,
+        "rate": args.rate, "peers": args.peers, "duration": args.duration, "phase_secs": phase_secs,
         "connect_secs": connect_secs, "counters": counters,
         "lost": lost, "server_rss_before": rss_before, "server_rss_connected": rss_connected,
         "server_bytes_per_connection": bytes_per_conn,

@@ -72,6 +72,9 @@ pub struct ProcPlan {
     pub ramp_per_sec: f64,
     /// Seconds between one connection's sends (p2p).
     pub send_period: Duration,
+    /// Contacts each user sends to (p2p): the next `peers` users of the
+    /// token file, wrapping. 0: any user at random.
+    pub peers: usize,
     /// Heartbeat interval.
     pub heartbeat: Duration,
 }
@@ -353,6 +356,16 @@ impl Conn {
     fn pick_peer(&self, rng: &mut XorShift) -> i64 {
         let ids = &self.plan.all_user_ids;
         let me = ids.get(self.user.index).copied().unwrap_or(0);
+        let peers = self.plan.peers.min(ids.len().saturating_sub(1));
+        if peers > 0 {
+            // A fixed circle of contacts, like a real address book: the
+            // same conversations recur, as they do in real chat traffic.
+            let offset = 1 + (rng.next() % peers as u64) as usize;
+            return ids
+                .get((self.user.index + offset) % ids.len())
+                .copied()
+                .unwrap_or(me);
+        }
         loop {
             let peer = ids
                 .get((rng.next() % ids.len().max(1) as u64) as usize)
