@@ -60,7 +60,10 @@ async fn metrics_count_the_traffic() {
     let mut checked = 0;
     for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if word.starts_with("ourchat_") || word.starts_with("process_") {
-            assert!(body.contains(word), "dashboard queries {word}, which /metrics lacks");
+            assert!(
+                body.contains(word),
+                "dashboard queries {word}, which /metrics lacks"
+            );
             checked += 1;
         }
     }

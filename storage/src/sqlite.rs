@@ -134,7 +134,11 @@ impl SqliteBackend {
         // SQLite's default page cache is 2 MiB; the writer touches every
         // index of every conversation it appends to, readers the accounts
         // and recent messages. Sizes are in KiB (negative = KiB).
-        let cache_kib = if read_only { READER_CACHE_KIB } else { WRITER_CACHE_KIB };
+        let cache_kib = if read_only {
+            READER_CACHE_KIB
+        } else {
+            WRITER_CACHE_KIB
+        };
         conn.pragma_update(None, "cache_size", -cache_kib)?;
         if !read_only {
             // Checkpoints run on the checkpointer thread, never inside a
