@@ -63,6 +63,12 @@ pub struct ServerConfig {
     /// Exact CPUs for the reactors, one each (empty: spread automatically).
     /// Sets the core count when `cores` is 0.
     pub reactor_cpus: Vec<usize>,
+    /// io_uring submission-queue depth per reactor. Large on purpose: the
+    /// kernel sizes the hash table it searches on every cancel (glommio
+    /// cancels a timer each reactor loop) from the completion-queue size,
+    /// and every idle connection's readiness poll sits in that table; at
+    /// glommio's default of 128 it has 8 buckets, at 4096 the maximum 256.
+    pub ring_depth: usize,
     /// This node's number (0..128), part of every id it mints.
     pub node_id: u16,
     /// Largest accepted frame body in bytes; larger is a protocol error.
@@ -92,6 +98,7 @@ impl Default for ServerConfig {
             cores: 0,
             pin_cores: true,
             reactor_cpus: Vec::new(),
+            ring_depth: 4096,
             node_id: 0,
             max_frame_bytes: ourchat_protocol::DEFAULT_MAX_FRAME,
             max_content_bytes: 16 * 1024,
@@ -239,6 +246,9 @@ impl Config {
         }
         if u64::from(s.heartbeat_secs) >= s.idle_timeout_secs {
             return invalid("server.idle_timeout_secs must exceed server.heartbeat_secs");
+        }
+        if !(8..=32_768).contains(&s.ring_depth) || !s.ring_depth.is_power_of_two() {
+            return invalid("server.ring_depth must be a power of two in 8..=32768");
         }
         if s.outbound_queue_frames == 0 || s.max_inflight_sends == 0 {
             return invalid("queue bounds must be positive");

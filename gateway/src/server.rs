@@ -186,6 +186,7 @@ fn run_cores(
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("ourchat-core")
         .io_memory(IO_MEMORY)
+        .ring_depth(shared.config.server.ring_depth)
         .on_all_shards(move || {
             let shared = executor_shared.clone();
             let mesh = mesh.clone();
