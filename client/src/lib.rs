@@ -63,8 +63,15 @@ impl ClientError {
 /// Something the server sent unasked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Push {
-    /// A new message in one of our conversations.
-    Message(ChatMessage),
+    /// A new message in one of our conversations (boxed: it is by far the
+    /// largest push).
+    Message(Box<ChatMessage>),
+    /// Someone (the peer, or me on another device) read up to a seq.
+    ReadReceipt(pb::ReadReceipt),
+    /// A message was recalled.
+    Recalled(pb::MessageRecalled),
+    /// The peer is (not) typing.
+    Typing(pb::Typing),
     /// The server is closing this connection, and why.
     Kicked(String),
     /// A connection-level error (the server usually closes after it).
@@ -291,13 +298,57 @@ impl Client {
         content: &str,
         client_message_id: i64,
     ) -> Result<SendAck, ClientError> {
-        let request = pb::SendMessageRequest {
+        self.send_request(pb::SendMessageRequest {
             sender_id: 0,
             receiver_id,
             message_type: message_type as i32,
             content: content.into(),
             client_message_id,
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Sends a media message (image, voice, video, file) with a fresh id.
+    pub async fn send_media(
+        &self,
+        receiver_id: i64,
+        message_type: MessageType,
+        media: pb::MediaPayload,
+        caption: &str,
+    ) -> Result<SendAck, ClientError> {
+        self.send_request(pb::SendMessageRequest {
+            receiver_id,
+            message_type: message_type as i32,
+            content: caption.into(),
+            client_message_id: new_client_message_id(),
+            media: Some(media),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Sends a location with a fresh id.
+    pub async fn send_location(
+        &self,
+        receiver_id: i64,
+        location: pb::LocationPayload,
+    ) -> Result<SendAck, ClientError> {
+        self.send_request(pb::SendMessageRequest {
+            receiver_id,
+            message_type: MessageType::Location as i32,
+            client_message_id: new_client_message_id(),
+            location: Some(location),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Sends a full request.
+    pub async fn send_request(
+        &self,
+        request: pb::SendMessageRequest,
+    ) -> Result<SendAck, ClientError> {
         match self.request(Body::Send(request)).await? {
             Body::SendResp(r) if r.success => Ok(SendAck {
                 conversation_id: r.conversation_id,
@@ -415,6 +466,63 @@ impl Client {
         }
     }
 
+    /// Marks the conversation read up to `seq`; returns my read cursor and
+    /// what is still unread.
+    pub async fn mark_read(
+        &self,
+        conversation_id: &str,
+        seq: i64,
+    ) -> Result<pb::MarkReadResponse, ClientError> {
+        let request = pb::MarkReadRequest {
+            conversation_id: conversation_id.into(),
+            seq,
+        };
+        match self.request(Body::MarkRead(request)).await? {
+            Body::MarkReadResp(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of my conversations, most recently active first; pass the
+    /// last summary of a page as `after` for the next.
+    pub async fn conversations(
+        &self,
+        limit: u32,
+        after: Option<&pb::ConversationSummary>,
+    ) -> Result<pb::ConversationsResponse, ClientError> {
+        let request = pb::ConversationsRequest {
+            limit,
+            before_at_ms: after.map_or(0, |c| c.last_at_ms),
+            before_conversation_id: after.map(|c| c.conversation_id.clone()).unwrap_or_default(),
+        };
+        match self.request(Body::Conversations(request)).await? {
+            Body::ConversationsResp(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Recalls one of my messages (within the server's recall window).
+    pub async fn recall(&self, conversation_id: &str, seq: i64) -> Result<(), ClientError> {
+        let request = pb::RecallRequest {
+            conversation_id: conversation_id.into(),
+            seq,
+        };
+        match self.request(Body::Recall(request)).await? {
+            Body::RecallResp(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Tells `peer_id` I am (not) typing. Fire and forget.
+    pub async fn typing(&self, peer_id: i64, typing: bool) -> Result<(), ClientError> {
+        self.notify(Body::Typing(pb::Typing {
+            peer_id,
+            typing,
+            ..Default::default()
+        }))
+        .await
+    }
+
     /// Keeps the session alive; returns the server's clock.
     pub async fn heartbeat(&self) -> Result<i64, ClientError> {
         match self.request(Body::Heartbeat(pb::Heartbeat {})).await? {
@@ -445,7 +553,7 @@ impl Client {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_push(left).await? {
-                Push::Message(m) => return Some(m),
+                Push::Message(m) => return Some(*m),
                 Push::Closed => return None,
                 _ => continue,
             }
@@ -465,8 +573,11 @@ fn dispatch(envelope: Envelope, waiters: &Waiters, pushes: &mpsc::UnboundedSende
         }
     }
     let push = match envelope.body {
-        Some(Body::PushMessage(m)) => Push::Message(m),
+        Some(Body::PushMessage(m)) => Push::Message(Box::new(m)),
         Some(Body::Kicked(k)) => Push::Kicked(k.reason),
+        Some(Body::ReadReceipt(r)) => Push::ReadReceipt(r),
+        Some(Body::Recalled(r)) => Push::Recalled(r),
+        Some(Body::TypingPush(t)) => Push::Typing(t),
         Some(Body::Error(e)) => Push::Error(e),
         _ => return,
     };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ourchat_client::{Client, Push, SeqTracker};
-use ourchat_protocol::pb::{ChatMessage, MessageType};
+use ourchat_protocol::pb::{self, ChatMessage, MessageType};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -48,12 +48,62 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
-    /// Send a text message.
+    /// Send a message: text, or media/location with the options below.
     Send {
         /// Recipient's username.
         #[arg(long)]
         to: String,
+        /// Text, or the caption of a media message.
+        #[arg(default_value = "")]
         text: String,
+        /// image | voice | video | file (needs --url, --mime, --size).
+        #[arg(long = "type", value_name = "KIND")]
+        kind: Option<String>,
+        /// Media URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// Media MIME type.
+        #[arg(long)]
+        mime: Option<String>,
+        /// Media size in bytes.
+        #[arg(long)]
+        size: Option<u64>,
+        /// Voice/video length in milliseconds.
+        #[arg(long)]
+        duration_ms: Option<u32>,
+        /// Image/video width and height: WxH.
+        #[arg(long)]
+        dims: Option<String>,
+        /// File name (file messages).
+        #[arg(long)]
+        file_name: Option<String>,
+        /// Send a location: LAT,LON (title from TEXT).
+        #[arg(long, allow_hyphen_values = true)]
+        location: Option<String>,
+    },
+    /// Mark the conversation with a user read up to a seq (default: all).
+    Read {
+        /// The other user's username.
+        #[arg(long)]
+        with: String,
+        /// Read up to this seq.
+        #[arg(long)]
+        seq: Option<i64>,
+    },
+    /// Recall one of my messages (within the server's recall window).
+    Recall {
+        /// The other user's username.
+        #[arg(long)]
+        with: String,
+        /// The message's seq.
+        #[arg(long)]
+        seq: i64,
+    },
+    /// My conversations, most recent first, with unread counts.
+    Conversations {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     /// Print missed messages, then incoming ones as they arrive.
     Listen {
@@ -142,15 +192,121 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             );
         }
-        Command::Send { to, text } => {
+        Command::Send {
+            to,
+            text,
+            kind,
+            url,
+            mime,
+            size,
+            duration_ms,
+            dims,
+            file_name,
+            location,
+        } => {
             let (client, _) = resume(&cli.server, &session_path).await?;
             let peer = client.find_user(to).await?;
-            let ack = client.send_text(peer.user_id, text).await?;
+            let ack = if let Some(location) = location {
+                let (lat, lon) = location
+                    .split_once(',')
+                    .context("--location takes LAT,LON")?;
+                let location = pb::LocationPayload {
+                    latitude: lat.trim().parse().context("--location: bad latitude")?,
+                    longitude: lon.trim().parse().context("--location: bad longitude")?,
+                    title: text.clone(),
+                };
+                client.send_location(peer.user_id, location).await?
+            } else if let Some(kind) = kind {
+                let message_type = match kind.as_str() {
+                    "image" => MessageType::Image,
+                    "voice" => MessageType::Voice,
+                    "video" => MessageType::Video,
+                    "file" => MessageType::File,
+                    other => bail!("--type {other}: expected image, voice, video or file"),
+                };
+                let (width, height) = match dims {
+                    Some(d) => {
+                        let (w, h) = d.split_once('x').context("--dims takes WxH")?;
+                        (
+                            w.parse().context("--dims: bad width")?,
+                            h.parse().context("--dims: bad height")?,
+                        )
+                    }
+                    None => (0, 0),
+                };
+                let media = pb::MediaPayload {
+                    url: url.clone().unwrap_or_default(),
+                    size_bytes: size.unwrap_or(0),
+                    mime: mime.clone().unwrap_or_default(),
+                    duration_ms: duration_ms.unwrap_or(0),
+                    width,
+                    height,
+                    file_name: file_name.clone().unwrap_or_default(),
+                };
+                client
+                    .send_media(peer.user_id, message_type, media, text)
+                    .await?
+            } else {
+                client.send_text(peer.user_id, text).await?
+            };
             out.line(
                 json!({"event": "sent", "to": to, "conversation_id": ack.conversation_id,
                        "seq": ack.seq, "server_msg_id": ack.server_msg_id}),
                 format!("sent to {to} (seq {})", ack.seq),
             );
+        }
+        Command::Read { with, seq } => {
+            let (client, saved) = resume(&cli.server, &session_path).await?;
+            let peer = client.find_user(with).await?;
+            let conversation = direct_id(saved.user_id, peer.user_id)?;
+            let seq = match seq {
+                Some(seq) => *seq,
+                None => client
+                    .history(peer.user_id, 0, 1)
+                    .await?
+                    .messages
+                    .first()
+                    .map_or(0, |m| m.seq),
+            };
+            let read = client.mark_read(&conversation, seq).await?;
+            out.line(
+                json!({"event": "read", "conversation_id": read.conversation_id,
+                       "read_seq": read.read_seq, "unread": read.unread}),
+                format!(
+                    "read {with} up to seq {} ({} unread)",
+                    read.read_seq, read.unread
+                ),
+            );
+        }
+        Command::Recall { with, seq } => {
+            let (client, saved) = resume(&cli.server, &session_path).await?;
+            let peer = client.find_user(with).await?;
+            let conversation = direct_id(saved.user_id, peer.user_id)?;
+            client.recall(&conversation, *seq).await?;
+            out.line(
+                json!({"event": "recalled", "conversation_id": conversation, "seq": seq}),
+                format!("recalled seq {seq} in the conversation with {with}"),
+            );
+        }
+        Command::Conversations { limit } => {
+            let (client, saved) = resume(&cli.server, &session_path).await?;
+            let mut names = std::collections::HashMap::new();
+            names.insert(saved.user_id, saved.username.clone());
+            let page = client.conversations(*limit, None).await?;
+            for c in &page.conversations {
+                let peer = name_of(&client, &mut names, c.peer_id).await;
+                let last = c.last_message.as_ref().map(describe).unwrap_or_default();
+                out.line(
+                    json!({"event": "conversation", "conversation_id": c.conversation_id,
+                           "peer": peer, "unread": c.unread, "last_seq": c.last_seq,
+                           "read_seq": c.read_seq, "peer_read_seq": c.peer_read_seq,
+                           "last_at_ms": c.last_at_ms, "last": last}),
+                    format!(
+                        "{peer:<16} {:>3} unread  last #{}: {last}",
+                        c.unread, c.last_seq
+                    ),
+                );
+            }
         }
         Command::Listen { count } => {
             let (client, saved) = resume(&cli.server, &session_path).await?;
@@ -223,6 +379,34 @@ async fn listen(
                     return Ok(());
                 }
             }
+            Push::ReadReceipt(r) => {
+                let who = name_of(client, &mut names, r.reader_id).await;
+                out.line(
+                    json!({"event": "read_receipt", "conversation_id": r.conversation_id,
+                           "reader": who, "seq": r.seq}),
+                    format!("[{}] {who} read up to #{}", r.conversation_id, r.seq),
+                );
+            }
+            Push::Recalled(r) => {
+                let who = name_of(client, &mut names, r.recalled_by).await;
+                out.line(
+                    json!({"event": "recalled", "conversation_id": r.conversation_id,
+                           "seq": r.seq, "by": who}),
+                    format!("[{}#{}] recalled by {who}", r.conversation_id, r.seq),
+                );
+            }
+            Push::Typing(t) => {
+                let who = name_of(client, &mut names, t.user_id).await;
+                let what = if t.typing {
+                    "is typing"
+                } else {
+                    "stopped typing"
+                };
+                out.line(
+                    json!({"event": "typing", "from": who, "typing": t.typing}),
+                    format!("{who} {what}"),
+                );
+            }
             Push::Kicked(reason) => bail!("disconnected by the server: {reason}"),
             Push::Error(error) => bail!("server error: {}", error.message),
             Push::Closed => bail!("connection closed"),
@@ -275,6 +459,31 @@ impl Output {
             ),
         );
     }
+}
+
+/// One line for a message of any type.
+fn describe(message: &ChatMessage) -> String {
+    if message.recalled {
+        return "(recalled)".into();
+    }
+    match (&message.media, &message.location) {
+        (Some(m), _) => format!(
+            "[{} {} {} B] {}",
+            m.mime, m.url, m.size_bytes, message.content
+        ),
+        (_, Some(l)) => format!(
+            "[location {:.5},{:.5}] {}",
+            l.latitude, l.longitude, l.title
+        ),
+        _ => message.content.clone(),
+    }
+}
+
+/// The 1:1 conversation id of two users.
+fn direct_id(me: i64, peer: i64) -> anyhow::Result<String> {
+    ourchat_protocol::ConversationId::direct(me, peer)
+        .map(|c| c.to_string())
+        .context("that is you")
 }
 
 async fn connect(server: &str) -> anyhow::Result<Client> {

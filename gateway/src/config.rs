@@ -75,6 +75,10 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     /// Largest message content in bytes.
     pub max_content_bytes: usize,
+    /// Largest media file a message may point at, bytes.
+    pub max_media_bytes: u64,
+    /// How long after sending a user may recall a message, seconds.
+    pub recall_window_secs: u64,
     /// Time a new connection has to log in, in milliseconds.
     pub login_timeout_ms: u64,
     /// Heartbeat interval told to clients, in seconds.
@@ -102,6 +106,8 @@ impl Default for ServerConfig {
             node_id: 0,
             max_frame_bytes: ourchat_protocol::DEFAULT_MAX_FRAME,
             max_content_bytes: 16 * 1024,
+            max_media_bytes: 1 << 30,
+            recall_window_secs: 120,
             login_timeout_ms: 10_000,
             heartbeat_secs: 30,
             idle_timeout_secs: 90,

@@ -17,7 +17,8 @@ use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use ourchat_protocol::codec::{self, FrameError, HEADER_LEN};
 use ourchat_protocol::ids::now_ms;
-use ourchat_protocol::pb::{self, ChatMessage, MessageType};
+use ourchat_protocol::payload;
+use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::{NewAccount, WriteOp, WriteOutcome};
 use ourchat_workers::password;
@@ -36,9 +37,9 @@ const MAX_LOGIN_FAILURES: u32 = 3;
 
 /// Who the connection belongs to, once logged in.
 #[derive(Debug, Clone)]
-struct Session {
-    user_id: i64,
-    device_id: String,
+pub(crate) struct Session {
+    pub(crate) user_id: i64,
+    pub(crate) device_id: String,
 }
 
 /// Why reading stopped.
@@ -124,9 +125,9 @@ async fn write_loop(
     let _ = writer.close().await;
 }
 
-struct Connection {
-    core: Rc<Core>,
-    conn_id: u64,
+pub(crate) struct Connection {
+    pub(crate) core: Rc<Core>,
+    pub(crate) conn_id: u64,
     outbox: Rc<Outbox>,
     session: Option<Session>,
     login_failures: u32,
@@ -164,14 +165,14 @@ impl Connection {
         }
     }
 
-    fn reply(&self, req_id: u32, body: Body) {
+    pub(crate) fn reply(&self, req_id: u32, body: Body) {
         if let Some(error) = error_in(&body) {
             self.core.metrics().error(error.code);
         }
         self.send_frame(encode_frame(&Envelope::new(req_id, body)));
     }
 
-    fn reply_error(&self, req_id: u32, error: pb::Error) {
+    pub(crate) fn reply_error(&self, req_id: u32, error: pb::Error) {
         self.reply(req_id, Body::Error(error));
     }
 
@@ -226,6 +227,10 @@ impl Connection {
             Body::Sync(request) => self.sync(req_id, &session, request).await,
             Body::History(request) => self.history(req_id, &session, request).await,
             Body::GetUser(request) => self.get_user(req_id, request).await,
+            Body::MarkRead(request) => self.mark_read(req_id, &session, request).await,
+            Body::Conversations(request) => self.conversations(req_id, &session, request).await,
+            Body::Recall(request) => self.recall(req_id, &session, request).await,
+            Body::Typing(request) => self.typing(req_id, &session, request).await,
             Body::Logout(_) => {
                 self.outbox.close_with(None);
                 return false;
@@ -469,8 +474,12 @@ impl Connection {
                 }),
             )
         };
-        let max_content = self.core.shared.config.server.max_content_bytes;
-        let conv = match validate_send(&request, session.user_id, max_content) {
+        let server = &self.core.shared.config.server;
+        let limits = payload::Limits {
+            max_content_bytes: server.max_content_bytes,
+            max_media_bytes: server.max_media_bytes,
+        };
+        let conv = match validate_send(&request, session.user_id, &limits) {
             Ok(conv) => conv,
             Err(error) => return refuse(error),
         };
@@ -503,6 +512,9 @@ impl Connection {
             client_message_id: request.client_message_id,
             sent_at_ms: 0,
             sender_device: session.device_id.clone(),
+            media: request.media,
+            location: request.location,
+            recalled: false,
         };
         let (reply, answer) = oneshot::channel();
         let job = SendJob {
@@ -511,7 +523,9 @@ impl Connection {
             reply,
         };
         let owner = self.core.owner_of_conversation(&conv);
-        self.core.route(owner, CoreMsg::Sequence(job)).await;
+        self.core
+            .route(owner, CoreMsg::Sequence(Box::new(job)))
+            .await;
         let outbox = self.outbox.clone();
         let core = self.core.clone();
         let conversation_id = conv.to_string();
@@ -743,7 +757,7 @@ const MAX_PASSWORD_BYTES: usize = 1024;
 const MAX_PROFILE_FIELD_CHARS: usize = 64;
 const MAX_DEVICE_FIELD_CHARS: usize = 64;
 
-fn bad(message: &str) -> pb::Error {
+pub(crate) fn bad(message: &str) -> pb::Error {
     pb::Error::new(ErrorCode::BadRequest, message)
 }
 
@@ -791,7 +805,7 @@ fn validate_device(device_id: &str, device_type: &str) -> Result<(), pb::Error> 
 fn validate_send(
     request: &pb::SendMessageRequest,
     sender: i64,
-    max_content: usize,
+    limits: &payload::Limits,
 ) -> Result<ConversationId, pb::Error> {
     if request.sender_id != 0 && request.sender_id != sender {
         return Err(pb::Error::new(
@@ -804,24 +818,16 @@ fn validate_send(
     }
     let conv = ConversationId::direct(sender, request.receiver_id)
         .ok_or_else(|| bad("cannot send a message to yourself"))?;
-    if MessageType::try_from(request.message_type).is_err() {
-        return Err(bad("unknown message_type"));
-    }
     if request.client_message_id == 0 {
         return Err(bad("client_message_id is required (it makes resends safe)"));
     }
-    if request.content.is_empty() {
-        return Err(bad("content is empty"));
-    }
-    if request.content.len() > max_content {
-        return Err(bad(&format!("content exceeds {max_content} bytes")));
-    }
+    payload::validate(request, limits).map_err(|e| bad(&e))?;
     Ok(conv)
 }
 
 /// Parses a conversation id the user belongs to; anything else is refused
 /// without saying whether it exists.
-fn member_conversation(id: &str, user_id: i64) -> Result<ConversationId, pb::Error> {
+pub(crate) fn member_conversation(id: &str, user_id: i64) -> Result<ConversationId, pb::Error> {
     let conv: ConversationId = id.parse().map_err(|_| bad("invalid conversation_id"))?;
     if !conv.is_direct_member(user_id) {
         return Err(pb::Error::new(
@@ -832,7 +838,7 @@ fn member_conversation(id: &str, user_id: i64) -> Result<ConversationId, pb::Err
     Ok(conv)
 }
 
-fn page_size(requested: u32) -> usize {
+pub(crate) fn page_size(requested: u32) -> usize {
     match requested as usize {
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
@@ -850,14 +856,20 @@ mod tests {
             message_type: 0,
             content: content.into(),
             client_message_id: cmid,
+            ..Default::default()
         }
     }
 
+    const LIMITS: payload::Limits = payload::Limits {
+        max_content_bytes: 10,
+        max_media_bytes: 100,
+    };
+
     #[test]
     fn sends_are_validated() {
-        assert!(validate_send(&send(0, 2, "hi", 1), 1, 10).is_ok());
-        assert!(validate_send(&send(1, 2, "hi", 1), 1, 10).is_ok());
-        let forged = validate_send(&send(3, 2, "hi", 1), 1, 10).unwrap_err();
+        assert!(validate_send(&send(0, 2, "hi", 1), 1, &LIMITS).is_ok());
+        assert!(validate_send(&send(1, 2, "hi", 1), 1, &LIMITS).is_ok());
+        let forged = validate_send(&send(3, 2, "hi", 1), 1, &LIMITS).unwrap_err();
         assert_eq!(forged.code, ErrorCode::Forbidden as i32);
         for bad in [
             send(0, 1, "hi", 1),
@@ -867,13 +879,13 @@ mod tests {
             send(0, 2, "this is too long", 1),
         ] {
             assert_eq!(
-                validate_send(&bad, 1, 10).unwrap_err().code,
+                validate_send(&bad, 1, &LIMITS).unwrap_err().code,
                 ErrorCode::BadRequest as i32
             );
         }
         let mut unknown = send(0, 2, "hi", 1);
         unknown.message_type = 99;
-        assert!(validate_send(&unknown, 1, 10).is_err());
+        assert!(validate_send(&unknown, 1, &LIMITS).is_err());
     }
 
     #[test]

@@ -57,8 +57,10 @@ pub struct Shared {
 
 /// Messages between cores.
 pub enum CoreMsg {
-    /// To the conversation's owner: sequence and store this message.
-    Sequence(SendJob),
+    /// To the conversation's owner: sequence and store this message. Boxed:
+    /// every mesh slot is as large as the largest message, and pushes (the
+    /// bulk of mesh traffic) are small.
+    Sequence(Box<SendJob>),
     /// To the user's owner: push `frame` to each online device of `user_id`
     /// except the connection `skip_conn` (the sending device).
     Deliver {
@@ -68,8 +70,9 @@ pub enum CoreMsg {
         frame: Bytes,
         /// Connection not to push to (0: none).
         skip_conn: u64,
-        /// When the message became durable (for the delivery latency metric).
-        committed_at: Instant,
+        /// When the message became durable (for the delivery latency
+        /// metric); `None` for pushes that are not messages.
+        committed_at: Option<Instant>,
     },
     /// To a connection's core: queue `frame` on it.
     Push {
@@ -77,8 +80,8 @@ pub enum CoreMsg {
         conn_id: u64,
         /// Encoded frame.
         frame: Bytes,
-        /// When the message became durable.
-        committed_at: Instant,
+        /// When the message became durable; `None` for other pushes.
+        committed_at: Option<Instant>,
     },
     /// To the user's owner: this device is online on `conn_id`. `done`
     /// fires once registered, so a login reply means pushes will arrive.
@@ -302,7 +305,7 @@ impl Core {
     /// Handles one message from the mesh (or from ourselves).
     pub async fn handle(self: &Rc<Self>, msg: CoreMsg) {
         match msg {
-            CoreMsg::Sequence(job) => self.sequence(job),
+            CoreMsg::Sequence(job) => self.sequence(*job),
             CoreMsg::Deliver {
                 user_id,
                 frame,
@@ -393,17 +396,20 @@ impl Core {
         }
     }
 
-    fn push_local(&self, conn_id: u64, frame: Bytes, committed_at: Instant) {
+    fn push_local(&self, conn_id: u64, frame: Bytes, committed_at: Option<Instant>) {
         let conns = self.conns.borrow();
         let Some(outbox) = conns.get(&conn_id) else {
             return;
         };
         let metrics = self.metrics();
         if outbox.push(frame).is_ok() {
-            CoreMetrics::inc(&metrics.pushes);
-            metrics
-                .deliver_us
-                .record(committed_at.elapsed().as_micros() as u64);
+            match committed_at {
+                Some(at) => {
+                    CoreMetrics::inc(&metrics.pushes);
+                    metrics.deliver_us.record(at.elapsed().as_micros() as u64);
+                }
+                None => CoreMetrics::inc(&metrics.events_pushed),
+            }
         } else {
             CoreMetrics::inc(&metrics.slow_reader_closes);
             tracing::debug!(conn_id, "slow reader: outbound queue full, closing");
@@ -658,7 +664,7 @@ impl Core {
             return;
         }
         CoreMetrics::inc(&self.metrics().messages_accepted);
-        let committed_at = Instant::now();
+        let committed_at = Some(Instant::now());
         let frame = encode_frame(&Envelope::new(0, Body::PushMessage(message.clone())));
         let receiver = message.receiver_id;
         let sender = message.sender_id;
@@ -682,6 +688,18 @@ impl Core {
             },
         )
         .await;
+    }
+
+    /// Pushes `frame` to every online device of `user_id` except the
+    /// connection `skip_conn`: receipts, recalls, typing.
+    pub async fn push_to_user(self: &Rc<Self>, user_id: i64, frame: Bytes, skip_conn: u64) {
+        let deliver = CoreMsg::Deliver {
+            user_id,
+            frame,
+            skip_conn,
+            committed_at: None,
+        };
+        self.route(self.owner_of_user(user_id), deliver).await;
     }
 
     /// Sends still waiting for their commit on this core.

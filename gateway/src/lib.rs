@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod connection;
+mod conversations;
 pub mod core;
 pub mod metrics;
 pub mod outbox;

@@ -38,8 +38,10 @@ pub struct CoreMetrics {
     pub frames_out: AtomicU64,
     /// Messages made durable by this core's sequencer.
     pub messages_accepted: AtomicU64,
-    /// Pushes queued to this core's connections.
+    /// Message pushes queued to this core's connections.
     pub pushes: AtomicU64,
+    /// Other pushes (read receipts, recalls, typing) queued.
+    pub events_pushed: AtomicU64,
     /// Connections closed because they did not read their pushes.
     pub slow_reader_closes: AtomicU64,
     /// Logged-in connections closed for silence past the idle timeout.
@@ -64,6 +66,7 @@ impl Default for CoreMetrics {
             frames_out: AtomicU64::new(0),
             messages_accepted: AtomicU64::new(0),
             pushes: AtomicU64::new(0),
+            events_pushed: AtomicU64::new(0),
             slow_reader_closes: AtomicU64::new(0),
             idle_closes: AtomicU64::new(0),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),

@@ -212,6 +212,7 @@ async fn invalid_requests_are_refused_and_the_connection_stays() {
             message_type: 0,
             content: "as bob".into(),
             client_message_id: 9,
+            ..Default::default()
         }))
         .await
         .unwrap();

@@ -319,6 +319,7 @@ impl Conn {
                             message_type: pb::MessageType::Text as i32,
                             content: scheduled.to_string(),
                             client_message_id: rng.next_positive(),
+                            ..Default::default()
                         }));
                         encode(&send, &mut out);
                         counters.sent.fetch_add(1, Ordering::Relaxed);

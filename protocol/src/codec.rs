@@ -117,6 +117,7 @@ mod tests {
                 message_type: pb::MessageType::Text as i32,
                 content: "hello".into(),
                 client_message_id: 9,
+                ..Default::default()
             }),
         )
     }

@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod conversation;
 pub mod ids;
+pub mod payload;
 
 /// Messages generated from the `.proto` files (package `ourchat`).
 #[allow(missing_docs, clippy::large_enum_variant, clippy::enum_variant_names)]

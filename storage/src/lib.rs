@@ -69,6 +69,28 @@ pub enum WriteOp {
     /// Append a sequenced message; [`WriteOutcome::Duplicate`] if the
     /// conversation already holds this seq or this sender's client id.
     AppendMessage(ChatMessage),
+    /// Move a user's read cursor forward (never backwards).
+    MarkRead {
+        /// Reader.
+        user_id: i64,
+        /// Conversation id, text form.
+        conversation_id: String,
+        /// Highest seq read.
+        seq: i64,
+    },
+    /// Recall a message: clear its content and payload and mark it
+    /// recalled, only if `sender_id` sent it at or after `not_before_ms` and
+    /// it is not recalled yet ([`WriteOutcome::Refused`] otherwise).
+    Recall {
+        /// Conversation id, text form.
+        conversation_id: String,
+        /// The message.
+        seq: i64,
+        /// Who asks; must be the sender.
+        sender_id: i64,
+        /// Oldest send time still inside the recall window.
+        not_before_ms: i64,
+    },
     /// Move a device's delivery cursor forward (never backwards).
     AdvanceCursor {
         /// Owner of the device.
@@ -91,6 +113,22 @@ pub enum WriteOutcome {
     UsernameTaken,
     /// `AppendMessage` refused: already stored (a replay); nothing written.
     Duplicate,
+    /// A conditional op's condition did not hold (`Recall`: no such message
+    /// of this sender inside the window, or already recalled).
+    Refused,
+}
+
+/// One conversation in a user's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRow {
+    /// Conversation id, text form.
+    pub conversation_id: String,
+    /// Highest stored seq.
+    pub last_seq: i64,
+    /// Time of the newest message.
+    pub last_at_ms: i64,
+    /// The user's read cursor.
+    pub read_seq: i64,
 }
 
 /// The last seq of a conversation and its most recent sends, which the
@@ -162,6 +200,22 @@ pub trait ReadStore: Send {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// One message.
+    fn message(
+        &mut self,
+        conversation_id: &str,
+        seq: i64,
+    ) -> Result<Option<ChatMessage>, StoreError>;
+    /// A user's read cursor in a conversation (0 when never read).
+    fn read_seq(&mut self, user_id: i64, conversation_id: &str) -> Result<i64, StoreError>;
+    /// Up to `limit` of a user's conversations, most recently active first,
+    /// strictly after the page key `before` = (last_at_ms, conversation_id).
+    fn conversations(
+        &mut self,
+        user_id: i64,
+        before: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<ConversationRow>, StoreError>;
     /// Every conversation of `user_id`, with the device's delivery cursor.
     fn conversation_cursors(
         &mut self,

@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::{
-    Account, Backend, ChatMessage, ConversationCursor, ConversationHead, ReadStore, RecentSend,
-    StoreError, WriteOp, WriteOutcome, WriteStore,
+    Account, Backend, ChatMessage, ConversationCursor, ConversationHead, ConversationRow,
+    ReadStore, RecentSend, StoreError, WriteOp, WriteOutcome, WriteStore,
 };
 
 /// File name of the database inside the data directory.
@@ -72,6 +73,18 @@ const MIGRATIONS: &[&str] = &[
         conversation_id TEXT NOT NULL,
         delivered_seq   INTEGER NOT NULL,
         PRIMARY KEY (user_id, device_id, conversation_id)
+    ) WITHOUT ROWID;
+    ",
+    // 2: structured payloads, recall, read cursors.
+    "
+    ALTER TABLE messages ADD COLUMN media BLOB;
+    ALTER TABLE messages ADD COLUMN location BLOB;
+    ALTER TABLE messages ADD COLUMN recalled INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE read_cursors (
+        user_id         INTEGER NOT NULL,
+        conversation_id TEXT NOT NULL,
+        read_seq        INTEGER NOT NULL,
+        PRIMARY KEY (user_id, conversation_id)
     ) WITHOUT ROWID;
     ",
 ];
@@ -245,6 +258,8 @@ impl WriteStore for SqliteWriter {
         // Conversation heads are written once per batch, not per message:
         // under load one batch holds many messages of the same conversations.
         let mut heads: HashMap<&str, (&ChatMessage, i64)> = HashMap::new();
+        // A sender has read their own conversation up to what they sent.
+        let mut own_reads: HashMap<(i64, &str), i64> = HashMap::new();
         for op in ops {
             let outcome = apply_one(&tx, op)?;
             if let (WriteOp::AppendMessage(msg), WriteOutcome::Done) = (op, &outcome) {
@@ -252,15 +267,37 @@ impl WriteStore for SqliteWriter {
                 if msg.seq >= head.1 {
                     *head = (msg, msg.seq);
                 }
+                let read = own_reads
+                    .entry((msg.sender_id, &msg.conversation_id))
+                    .or_insert(msg.seq);
+                *read = (*read).max(msg.seq);
             }
             outcomes.push(outcome);
         }
         for (msg, _) in heads.into_values() {
             record_conversation_head(&tx, msg)?;
         }
+        for ((user_id, conversation_id), seq) in own_reads {
+            advance_read_cursor(&tx, user_id, conversation_id, seq)?;
+        }
         tx.commit()?;
         Ok(outcomes)
     }
+}
+
+fn advance_read_cursor(
+    tx: &rusqlite::Transaction<'_>,
+    user_id: i64,
+    conversation_id: &str,
+    seq: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO read_cursors (user_id, conversation_id, read_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user_id, conversation_id) DO UPDATE
+             SET read_seq = MAX(read_seq, excluded.read_seq)",
+    )?
+    .execute(params![user_id, conversation_id, seq])?;
+    Ok(())
 }
 
 /// Moves a conversation's head to `msg`; the first time a conversation is
@@ -330,6 +367,36 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcom
             Ok(WriteOutcome::Done)
         }
         WriteOp::AppendMessage(msg) => append_message(tx, msg),
+        WriteOp::MarkRead {
+            user_id,
+            conversation_id,
+            seq,
+        } => {
+            advance_read_cursor(tx, *user_id, conversation_id, *seq)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::Recall {
+            conversation_id,
+            seq,
+            sender_id,
+            not_before_ms,
+        } => {
+            // One conditional statement: sender, window and "not yet
+            // recalled" are checked where the row is changed, so a race
+            // cannot recall twice or recall someone else's message.
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE messages SET recalled = 1, content = '', media = NULL, location = NULL
+                     WHERE conversation_id = ?1 AND seq = ?2 AND sender_id = ?3
+                       AND sent_at_ms >= ?4 AND recalled = 0",
+                )?
+                .execute(params![conversation_id, seq, sender_id, not_before_ms])?;
+            Ok(if changed == 1 {
+                WriteOutcome::Done
+            } else {
+                WriteOutcome::Refused
+            })
+        }
         WriteOp::AdvanceCursor {
             user_id,
             device_id,
@@ -355,8 +422,8 @@ fn append_message(
     let inserted = tx
         .prepare_cached(
             "INSERT INTO messages (conversation_id, seq, server_msg_id, sender_id, receiver_id,
-                 message_type, content, client_message_id, sent_at_ms, sender_device)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+                 message_type, content, client_message_id, sent_at_ms, sender_device, media, location)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING",
         )?
         .execute(params![
             msg.conversation_id,
@@ -368,7 +435,9 @@ fn append_message(
             msg.content,
             msg.client_message_id,
             msg.sent_at_ms,
-            msg.sender_device
+            msg.sender_device,
+            msg.media.as_ref().map(Message::encode_to_vec),
+            msg.location.as_ref().map(Message::encode_to_vec),
         ])?;
     Ok(if inserted == 0 {
         WriteOutcome::Duplicate
@@ -382,7 +451,26 @@ struct SqliteReader {
 }
 
 const MESSAGE_COLUMNS: &str = "conversation_id, seq, server_msg_id, sender_id, receiver_id,
-    message_type, content, client_message_id, sent_at_ms, sender_device";
+    message_type, content, client_message_id, sent_at_ms, sender_device, media, location, recalled";
+
+/// Decodes a stored payload column; bytes that do not decode are corrupt.
+fn payload<T: Message + Default>(
+    row: &rusqlite::Row<'_>,
+    column: usize,
+) -> rusqlite::Result<Option<T>> {
+    let bytes: Option<Vec<u8>> = row.get(column)?;
+    bytes
+        .map(|b| {
+            T::decode(b.as_slice()).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    column,
+                    rusqlite::types::Type::Blob,
+                    Box::new(e),
+                )
+            })
+        })
+        .transpose()
+}
 
 fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
     Ok(ChatMessage {
@@ -396,6 +484,9 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
         client_message_id: row.get(7)?,
         sent_at_ms: row.get(8)?,
         sender_device: row.get(9)?,
+        media: payload(row, 10)?,
+        location: payload(row, 11)?,
+        recalled: row.get(12)?,
     })
 }
 
@@ -513,6 +604,67 @@ impl ReadStore for SqliteReader {
             .collect::<Result<Vec<_>, _>>()?)
     }
 
+    fn message(
+        &mut self,
+        conversation_id: &str,
+        seq: i64,
+    ) -> Result<Option<ChatMessage>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq = ?2"
+        );
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row(params![conversation_id, seq], message_from_row)
+            .optional()?)
+    }
+
+    fn read_seq(&mut self, user_id: i64, conversation_id: &str) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT read_seq FROM read_cursors WHERE user_id = ?1 AND conversation_id = ?2",
+            )?
+            .query_row(params![user_id, conversation_id], |row| row.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    fn conversations(
+        &mut self,
+        user_id: i64,
+        before: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<ConversationRow>, StoreError> {
+        // Most recent first; (last_at_ms, conversation_id) is the page key.
+        let (before_at, before_id) = before.unwrap_or((i64::MAX, ""));
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT c.conversation_id, c.last_seq, c.last_at_ms, COALESCE(r.read_seq, 0)
+                 FROM user_conversations uc
+                 JOIN conversations c ON c.conversation_id = uc.conversation_id
+                 LEFT JOIN read_cursors r ON r.user_id = uc.user_id
+                      AND r.conversation_id = uc.conversation_id
+                 WHERE uc.user_id = ?1
+                   AND (c.last_at_ms < ?2 OR (c.last_at_ms = ?2 AND c.conversation_id < ?3))
+                 ORDER BY c.last_at_ms DESC, c.conversation_id DESC
+                 LIMIT ?4",
+            )?
+            .query_map(
+                params![user_id, before_at, before_id, sql_limit(limit)],
+                |row| {
+                    Ok(ConversationRow {
+                        conversation_id: row.get(0)?,
+                        last_seq: row.get(1)?,
+                        last_at_ms: row.get(2)?,
+                        read_seq: row.get(3)?,
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
     fn conversation_cursors(
         &mut self,
         user_id: i64,
@@ -556,6 +708,7 @@ mod tests {
             client_message_id: cmid,
             sent_at_ms: 10 * seq,
             sender_device: "d".into(),
+            ..Default::default()
         }
     }
 
@@ -647,6 +800,94 @@ mod tests {
     }
 
     #[test]
+    fn payloads_read_cursors_recall_and_the_conversation_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(dir.path(), Durability::Normal).unwrap();
+        let mut writer = backend.writer().unwrap();
+        let mut image = message("si_1_2", 1, 1, 1);
+        image.message_type = 1;
+        image.media = Some(ourchat_protocol::pb::MediaPayload {
+            url: "https://cdn/x.png".into(),
+            size_bytes: 10,
+            mime: "image/png".into(),
+            width: 3,
+            height: 4,
+            ..Default::default()
+        });
+        let mut later = message("si_1_3", 1, 1, 2);
+        later.receiver_id = 3;
+        later.sent_at_ms = 1_000;
+        writer
+            .apply_batch(&[
+                WriteOp::AppendMessage(image.clone()),
+                WriteOp::AppendMessage(message("si_1_2", 2, 2, 1)),
+                WriteOp::AppendMessage(message("si_1_2", 3, 2, 2)),
+                WriteOp::AppendMessage(later),
+            ])
+            .unwrap();
+        let mut reader = backend.reader().unwrap();
+        assert_eq!(reader.message("si_1_2", 1).unwrap(), Some(image));
+        // Senders have read what they sent.
+        assert_eq!(reader.read_seq(1, "si_1_2").unwrap(), 1);
+        assert_eq!(reader.read_seq(2, "si_1_2").unwrap(), 3);
+        let outcomes = writer
+            .apply_batch(&[
+                WriteOp::MarkRead {
+                    user_id: 1,
+                    conversation_id: "si_1_2".into(),
+                    seq: 2,
+                },
+                WriteOp::MarkRead {
+                    user_id: 1,
+                    conversation_id: "si_1_2".into(),
+                    seq: 1,
+                },
+                // Not the sender; too old; fine; already recalled.
+                WriteOp::Recall {
+                    conversation_id: "si_1_2".into(),
+                    seq: 2,
+                    sender_id: 1,
+                    not_before_ms: 0,
+                },
+                WriteOp::Recall {
+                    conversation_id: "si_1_2".into(),
+                    seq: 2,
+                    sender_id: 2,
+                    not_before_ms: 21,
+                },
+                WriteOp::Recall {
+                    conversation_id: "si_1_2".into(),
+                    seq: 2,
+                    sender_id: 2,
+                    not_before_ms: 0,
+                },
+                WriteOp::Recall {
+                    conversation_id: "si_1_2".into(),
+                    seq: 2,
+                    sender_id: 2,
+                    not_before_ms: 0,
+                },
+            ])
+            .unwrap();
+        use WriteOutcome::{Done, Refused};
+        assert_eq!(outcomes, vec![Done, Done, Refused, Refused, Done, Refused]);
+        assert_eq!(reader.read_seq(1, "si_1_2").unwrap(), 2);
+        let recalled = reader.message("si_1_2", 2).unwrap().unwrap();
+        assert!(recalled.recalled && recalled.content.is_empty());
+
+        let all = reader.conversations(1, None, 10).unwrap();
+        let ids: Vec<&str> = all.iter().map(|c| c.conversation_id.as_str()).collect();
+        assert_eq!(ids, vec!["si_1_3", "si_1_2"], "most recent first");
+        assert_eq!((all[1].last_seq, all[1].read_seq), (3, 2));
+        let first = reader.conversations(1, None, 1).unwrap();
+        let key = (first[0].last_at_ms, first[0].conversation_id.as_str());
+        let second = reader.conversations(1, Some(key), 1).unwrap();
+        assert_eq!(second[0].conversation_id, "si_1_2");
+        let key = (second[0].last_at_ms, second[0].conversation_id.as_str());
+        assert!(reader.conversations(1, Some(key), 1).unwrap().is_empty());
+    }
+
+    #[test]
     fn reopening_keeps_data_and_schema_version() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -723,6 +964,7 @@ mod bench {
                         client_message_id: i + 1,
                         sent_at_ms: i,
                         sender_device: "d".into(),
+                        ..Default::default()
                     })
                 })
                 .collect();

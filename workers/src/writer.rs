@@ -58,6 +58,10 @@ struct WriteJob {
 /// What travels on the writer queue. `Stop` is queued by shutdown behind
 /// everything already submitted, so the writer commits all of it first;
 /// shutdown never depends on every handle having been dropped.
+// Not boxed: every write travels as `Job`, `Stop` once per process; a box
+// would cost an allocation per write to save queue slots that hold jobs
+// anyway.
+#[allow(clippy::large_enum_variant)]
 enum Queued {
     Job(WriteJob),
     Stop,
