@@ -523,6 +523,63 @@ impl Client {
         .await
     }
 
+    /// Changes the profile fields that are `Some`; returns the new profile.
+    pub async fn update_profile(
+        &self,
+        update: pb::UpdateProfileRequest,
+    ) -> Result<pb::UserProfile, ClientError> {
+        match self.request(Body::UpdateProfile(update)).await? {
+            Body::UserProfile(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes the password; every other device is signed out. Returns how
+    /// many were.
+    pub async fn change_password(&self, old: &str, new: &str) -> Result<u32, ClientError> {
+        let request = pb::ChangePasswordRequest {
+            old_password: old.into(),
+            new_password: new.into(),
+        };
+        match self.request(Body::ChangePassword(request)).await? {
+            Body::ChangePasswordResp(r) => Ok(r.devices_signed_out),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A fresh token for this device.
+    pub async fn refresh_token(&self) -> Result<pb::RefreshTokenResponse, ClientError> {
+        match self
+            .request(Body::RefreshToken(pb::RefreshTokenRequest {}))
+            .await?
+        {
+            Body::RefreshTokenResp(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// My devices, most recently seen first, with whether each is online.
+    pub async fn devices(&self) -> Result<Vec<pb::DeviceInfo>, ClientError> {
+        match self
+            .request(Body::ListDevices(pb::ListDevicesRequest {}))
+            .await?
+        {
+            Body::ListDevicesResp(r) => Ok(r.devices),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Signs one of my other devices out; returns whether it was online.
+    pub async fn kick_device(&self, device_id: &str) -> Result<bool, ClientError> {
+        let request = pb::KickDeviceRequest {
+            device_id: device_id.into(),
+        };
+        match self.request(Body::KickDevice(request)).await? {
+            Body::KickDeviceResp(r) => Ok(r.was_online),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Keeps the session alive; returns the server's clock.
     pub async fn heartbeat(&self) -> Result<i64, ClientError> {
         match self.request(Body::Heartbeat(pb::Heartbeat {})).await? {

@@ -73,6 +73,7 @@ pub fn provision(
             })
             .collect();
         let outcomes = writer.apply_batch(&ops)?;
+        let mut devices = Vec::with_capacity(ops.len());
         for (index, (op, outcome)) in ops.iter().zip(outcomes).enumerate() {
             let WriteOp::CreateAccount(account) = op else {
                 continue;
@@ -91,11 +92,18 @@ pub fn provision(
                 }
             };
             let device = format!("{prefix}-dev{}", start + index);
+            devices.push(WriteOp::TouchDevice {
+                user_id,
+                device_id: device.clone(),
+                device_type: "provisioned".into(),
+                seen_at_ms: now_ms() as i64,
+            });
             let (token, _) = tokens
-                .issue(user_id, &device)
+                .issue(user_id, &device, 0)
                 .map_err(|e| ServeError::Core(e.to_string()))?;
             writeln!(out, "{user_id} {token}")?;
         }
+        writer.apply_batch(&devices)?;
         start = end;
     }
     out.flush()?;
@@ -126,9 +134,12 @@ mod tests {
         assert_eq!(lines.len(), 12_000);
         let keys = TokenKeys::new(b"provision-test-secret", 60);
         let (id, token) = lines[11_999].split_once(' ').unwrap();
-        let (user, device, _) = keys.verify(token).unwrap();
+        let verified = keys.verify(token).unwrap();
         assert_eq!(
-            (user.to_string().as_str(), device.as_str()),
+            (
+                verified.user_id.to_string().as_str(),
+                verified.device_id.as_str()
+            ),
             (id, "lg-dev11999")
         );
 

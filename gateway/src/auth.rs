@@ -24,6 +24,23 @@ pub struct Claims {
     pub iat: u64,
     /// Not before, unix seconds.
     pub nbf: u64,
+    /// The device's token epoch when issued: revoking the device bumps the
+    /// stored epoch, which invalidates every token of an older epoch.
+    #[serde(default)]
+    pub ep: i64,
+}
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// User.
+    pub user_id: i64,
+    /// Device.
+    pub device_id: String,
+    /// Epoch the token was issued in.
+    pub epoch: i64,
+    /// Expiry, unix seconds.
+    pub expire_at: u64,
 }
 
 /// Why a token was refused.
@@ -83,8 +100,14 @@ impl TokenKeys {
         Ok(Self::new(&secret, ttl_secs))
     }
 
-    /// A token for `user_id` on `device_id`, and its expiry.
-    pub fn issue(&self, user_id: i64, device_id: &str) -> Result<(String, u64), TokenError> {
+    /// A token for `user_id` on `device_id` in the device's `epoch`, and
+    /// its expiry.
+    pub fn issue(
+        &self,
+        user_id: i64,
+        device_id: &str,
+        epoch: i64,
+    ) -> Result<(String, u64), TokenError> {
         let now = ourchat_protocol::ids::now_ms() / 1000;
         let claims = Claims {
             sub: user_id.to_string(),
@@ -92,14 +115,16 @@ impl TokenKeys {
             exp: now + self.ttl_secs,
             iat: now,
             nbf: now,
+            ep: epoch,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|_| TokenError::Invalid)?;
         Ok((token, claims.exp))
     }
 
-    /// The user, device and expiry of a valid token.
-    pub fn verify(&self, token: &str) -> Result<(i64, String, u64), TokenError> {
+    /// What a valid token says (its epoch is checked against the store by
+    /// the caller).
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -109,7 +134,12 @@ impl TokenKeys {
         if user_id <= 0 || data.claims.dev.is_empty() {
             return Err(TokenError::Invalid);
         }
-        Ok((user_id, data.claims.dev, data.claims.exp))
+        Ok(Verified {
+            user_id,
+            device_id: data.claims.dev,
+            epoch: data.claims.ep,
+            expire_at: data.claims.exp,
+        })
     }
 }
 
@@ -133,15 +163,24 @@ mod tests {
     #[test]
     fn issued_tokens_verify() {
         let keys = TokenKeys::new(b"0123456789abcdef0123", 60);
-        let (token, exp) = keys.issue(42, "phone").unwrap();
-        assert_eq!(keys.verify(&token).unwrap(), (42, "phone".to_string(), exp));
+        let (token, exp) = keys.issue(42, "phone", 3).unwrap();
+        let verified = keys.verify(&token).unwrap();
+        assert_eq!(
+            verified,
+            Verified {
+                user_id: 42,
+                device_id: "phone".into(),
+                epoch: 3,
+                expire_at: exp
+            }
+        );
     }
 
     #[test]
     fn forged_expired_and_none_tokens_are_refused() {
         let keys = TokenKeys::new(b"0123456789abcdef0123", 60);
         let other = TokenKeys::new(b"another-secret-key-000", 60);
-        let (forged, _) = other.issue(42, "phone").unwrap();
+        let (forged, _) = other.issue(42, "phone", 0).unwrap();
         assert_eq!(keys.verify(&forged), Err(TokenError::Invalid));
 
         let now = ourchat_protocol::ids::now_ms() / 1000;
@@ -151,6 +190,7 @@ mod tests {
             exp: now - 3600,
             iat: now - 7200,
             nbf: now - 7200,
+            ep: 0,
         };
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -170,7 +210,7 @@ mod tests {
     fn secret_is_kept_in_the_data_dir() {
         let dir = tempfile::tempdir().unwrap();
         let first = TokenKeys::load("", dir.path(), 60).unwrap();
-        let (token, _) = first.issue(7, "d").unwrap();
+        let (token, _) = first.issue(7, "d", 0).unwrap();
         let second = TokenKeys::load("", dir.path(), 60).unwrap();
         assert!(second.verify(&token).is_ok());
     }

@@ -177,6 +177,9 @@ pub struct AuthConfig {
     pub token_ttl_secs: u64,
     /// Password hashing threads; 0 = one per reactor core.
     pub hash_threads: usize,
+    /// Devices one user may have; logging in on one more signs the least
+    /// recently seen out (its token is revoked).
+    pub max_devices_per_user: usize,
 }
 
 impl Default for AuthConfig {
@@ -185,6 +188,7 @@ impl Default for AuthConfig {
             jwt_secret: String::new(),
             token_ttl_secs: 7 * 24 * 3600,
             hash_threads: 0,
+            max_devices_per_user: 10,
         }
     }
 }
@@ -283,6 +287,9 @@ impl Config {
         }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 16 {
             return invalid("auth.jwt_secret must be at least 16 bytes");
+        }
+        if self.auth.max_devices_per_user == 0 {
+            return invalid("auth.max_devices_per_user must be at least 1");
         }
         if self.auth.token_ttl_secs == 0 {
             return invalid("auth.token_ttl_secs must be positive");

@@ -42,6 +42,16 @@ pub(crate) struct Session {
     pub(crate) device_id: String,
 }
 
+/// A successful authentication.
+struct LoginGrant {
+    user_id: i64,
+    device_id: String,
+    token: String,
+    expire_at: u64,
+    /// First login on this device: its row must exist before the reply.
+    new_device: bool,
+}
+
 /// Why reading stopped.
 enum ReadEnd {
     /// Peer closed, the socket failed, or we shut it down (kick, timeout,
@@ -226,15 +236,29 @@ impl Connection {
             Body::DeliveryAck(ack) => self.delivery_ack(req_id, &session, ack).await,
             Body::Sync(request) => self.sync(req_id, &session, request).await,
             Body::History(request) => self.history(req_id, &session, request).await,
-            Body::GetUser(request) => self.get_user(req_id, request).await,
+            Body::GetUser(request) => self.get_user(req_id, &session, request).await,
             Body::MarkRead(request) => self.mark_read(req_id, &session, request).await,
             Body::Conversations(request) => self.conversations(req_id, &session, request).await,
             Body::Recall(request) => self.recall(req_id, &session, request).await,
             Body::Typing(request) => self.typing(req_id, &session, request).await,
             Body::Logout(_) => {
-                self.outbox.close_with(None);
+                // Logging out revokes this device's token, then closes.
+                if let Err(error) = self
+                    .sign_out_device(session.user_id, &session.device_id, "logged out")
+                    .await
+                {
+                    tracing::warn!(code = error.code, "logout could not revoke the token");
+                }
+                // Say why here: the directory's kick may arrive after we close.
+                self.outbox
+                    .close_with(Some(crate::core::kicked_frame("logged out")));
                 return false;
             }
+            Body::UpdateProfile(request) => self.update_profile(req_id, &session, request).await,
+            Body::ChangePassword(request) => self.change_password(req_id, &session, request).await,
+            Body::RefreshToken(_) => self.refresh_token(req_id, &session).await,
+            Body::ListDevices(_) => self.list_devices(req_id, &session).await,
+            Body::KickDevice(request) => self.kick_device(req_id, &session, request).await,
             Body::Login(_) | Body::Register(_) => self.reply_error(
                 req_id,
                 pb::Error::new(
@@ -326,9 +350,15 @@ impl Connection {
     /// Logs in by token or password; `false` closes the connection.
     async fn login(&mut self, req_id: u32, request: pb::LoginRequest) -> bool {
         match self.authenticate(&request).await {
-            Ok((user_id, device_id, token, expire_at)) => {
+            Ok(LoginGrant {
+                user_id,
+                device_id,
+                token,
+                expire_at,
+                new_device,
+            }) => {
                 CoreMetrics::inc(&self.core.metrics().logins_ok);
-                self.begin_session(user_id, device_id.clone(), &request.device_type)
+                self.begin_session(user_id, device_id.clone(), &request.device_type, new_device)
                     .await;
                 self.reply(
                     req_id,
@@ -363,32 +393,46 @@ impl Connection {
         }
     }
 
-    /// Checks credentials; returns user, device, token and expiry.
-    async fn authenticate(
-        &self,
-        request: &pb::LoginRequest,
-    ) -> Result<(i64, String, String, u64), pb::Error> {
+    /// Checks credentials and, for a password login, issues a token.
+    async fn authenticate(&self, request: &pb::LoginRequest) -> Result<LoginGrant, pb::Error> {
         let tokens = &self.core.shared.tokens;
         if !request.token.is_empty() {
-            let (user_id, device_id, expire_at) =
-                tokens.verify(&request.token).map_err(|e| match e {
-                    TokenError::Expired => {
-                        pb::Error::new(ErrorCode::TokenExpired, "token expired: log in again")
-                    }
-                    TokenError::Invalid => {
-                        pb::Error::new(ErrorCode::Unauthenticated, "invalid token")
-                    }
-                })?;
-            if !request.device_id.is_empty() && request.device_id != device_id {
+            let verified = tokens.verify(&request.token).map_err(|e| match e {
+                TokenError::Expired => {
+                    pb::Error::new(ErrorCode::TokenExpired, "token expired: log in again")
+                }
+                TokenError::Invalid => pb::Error::new(ErrorCode::Unauthenticated, "invalid token"),
+            })?;
+            if !request.device_id.is_empty() && request.device_id != verified.device_id {
                 return Err(pb::Error::new(
                     ErrorCode::Unauthenticated,
                     "token was issued to another device",
                 ));
             }
-            if !self.core.user_exists(user_id).await? {
-                return Err(pb::Error::new(ErrorCode::Unauthenticated, "invalid token"));
+            let (user_id, device) = (verified.user_id, verified.device_id.clone());
+            let stored = self
+                .core
+                .read(move |store| {
+                    if store.account_by_id(user_id)?.is_none() {
+                        return Ok(None);
+                    }
+                    store.device(user_id, &device)
+                })
+                .await?;
+            // A revoked device (logout, kick, password change) has a newer epoch.
+            if stored.is_none_or(|d| d.token_epoch != verified.epoch) {
+                return Err(pb::Error::new(
+                    ErrorCode::Unauthenticated,
+                    "token revoked: log in with your password",
+                ));
             }
-            return Ok((user_id, device_id, request.token.clone(), expire_at));
+            return Ok(LoginGrant {
+                user_id,
+                device_id: verified.device_id,
+                token: request.token.clone(),
+                expire_at: verified.expire_at,
+                new_device: false,
+            });
         }
         let wrong = || pb::Error::new(ErrorCode::Unauthenticated, "wrong username or password");
         if request.username.is_empty() || request.password.len() > MAX_PASSWORD_BYTES {
@@ -425,25 +469,92 @@ impl Connection {
         } else {
             request.device_id.clone()
         };
+        let devices = self.core.read(move |store| store.devices(user_id)).await?;
+        let known = devices.iter().find(|d| d.device_id == device_id);
+        let epoch = known.map_or(0, |d| d.token_epoch);
+        // A signed-out device logging in again is new to the cap.
+        let new_device = known.is_none_or(|d| d.signed_out);
+        let devices: Vec<_> = devices.into_iter().filter(|d| !d.signed_out).collect();
+        let cap = self.core.shared.config.auth.max_devices_per_user;
+        if new_device && devices.len() >= cap {
+            // Sign out an offline device if there is one, the stalest first
+            // (devices are listed most recently seen first); only when all
+            // are online does the stalest online one go.
+            let online = self.core.online_devices(user_id).await;
+            let victim = devices
+                .iter()
+                .rev()
+                .find(|d| !online.contains(&d.device_id))
+                .or(devices.last());
+            if let Some(victim) = victim {
+                self.sign_out_device(user_id, &victim.device_id, "signed out: too many devices")
+                    .await?;
+            }
+        }
         let (token, expire_at) = tokens
-            .issue(user_id, &device_id)
+            .issue(user_id, &device_id, epoch)
             .map_err(|_| pb::Error::new(ErrorCode::Internal, "could not issue token"))?;
-        Ok((user_id, device_id, token, expire_at))
+        Ok(LoginGrant {
+            user_id,
+            device_id,
+            token,
+            expire_at,
+            new_device,
+        })
     }
 
-    async fn begin_session(&mut self, user_id: i64, device_id: String, device_type: &str) {
+    /// Revokes a device's tokens (durably) and closes it if online.
+    pub(crate) async fn sign_out_device(
+        &self,
+        user_id: i64,
+        device_id: &str,
+        reason: &str,
+    ) -> Result<bool, pb::Error> {
+        let op = WriteOp::RevokeDevice {
+            user_id,
+            device_id: device_id.to_string(),
+        };
+        let revoked = match self.core.write(op).await?.await {
+            Ok(Ok(outcome)) => outcome == WriteOutcome::Done,
+            Ok(Err(err)) => return Err(pool_error(err)),
+            Err(_) => return Err(pool_error(ourchat_workers::PoolError::Closed)),
+        };
+        if !revoked {
+            return Err(pb::Error::new(ErrorCode::NotFound, "no such device"));
+        }
+        Ok(self
+            .core
+            .kick_device(user_id, device_id.to_string(), reason)
+            .await)
+    }
+
+    async fn begin_session(
+        &mut self,
+        user_id: i64,
+        device_id: String,
+        device_type: &str,
+        new_device: bool,
+    ) {
         let device_type = if device_type.is_empty() {
             "unknown".to_string()
         } else {
             device_type.to_string()
         };
-        // Device bookkeeping is best effort: a full queue must not fail a login.
-        let _ = self.core.shared.writer.try_submit(WriteOp::TouchDevice {
+        let touch = WriteOp::TouchDevice {
             user_id,
             device_id: device_id.clone(),
             device_type,
             seen_at_ms: now_ms() as i64,
-        });
+        };
+        if new_device {
+            // The token just issued is only valid once its device row exists.
+            if let Ok(done) = self.core.write(touch).await {
+                let _ = done.await;
+            }
+        } else {
+            // Last-seen bookkeeping is best effort: a full queue must not fail a login.
+            let _ = self.core.shared.writer.try_submit(touch);
+        }
         let (done, registered) = oneshot::channel();
         let owner = self.core.owner_of_user(user_id);
         self.core
@@ -680,7 +791,7 @@ impl Connection {
         }
     }
 
-    async fn get_user(&self, req_id: u32, request: pb::GetUserRequest) {
+    async fn get_user(&self, req_id: u32, session: &Session, request: pb::GetUserRequest) {
         let username = request.username;
         let user_id = request.user_id;
         if username.is_empty() == (user_id == 0) {
@@ -705,17 +816,27 @@ impl Connection {
         match result {
             Ok(Some(account)) => self.reply(
                 req_id,
-                Body::UserProfile(pb::UserProfile {
-                    user_id: account.user_id,
-                    username: account.username,
-                    nickname: account.nickname,
-                }),
+                Body::UserProfile(profile_of(account, session.user_id)),
             ),
             Ok(None) => {
                 self.reply_error(req_id, pb::Error::new(ErrorCode::NotFound, "no such user"))
             }
             Err(error) => self.reply_error(req_id, error),
         }
+    }
+}
+
+/// A user's profile as `viewer` may see it: contact fields are private.
+pub(crate) fn profile_of(account: ourchat_storage::Account, viewer: i64) -> pb::UserProfile {
+    let own = account.user_id == viewer;
+    pb::UserProfile {
+        user_id: account.user_id,
+        username: account.username,
+        nickname: account.nickname,
+        avatar_url: account.avatar_url,
+        signature: account.signature,
+        phone: if own { account.phone } else { String::new() },
+        email: if own { account.email } else { String::new() },
     }
 }
 
@@ -751,9 +872,9 @@ async fn read_frame(
 }
 
 const MAX_USERNAME_CHARS: usize = 32;
-const MIN_PASSWORD_BYTES: usize = 8;
+pub(crate) const MIN_PASSWORD_BYTES: usize = 8;
 /// Argon2 accepts long inputs, but nobody types 1 KiB passwords.
-const MAX_PASSWORD_BYTES: usize = 1024;
+pub(crate) const MAX_PASSWORD_BYTES: usize = 1024;
 const MAX_PROFILE_FIELD_CHARS: usize = 64;
 const MAX_DEVICE_FIELD_CHARS: usize = 64;
 
@@ -761,7 +882,7 @@ pub(crate) fn bad(message: &str) -> pb::Error {
     pb::Error::new(ErrorCode::BadRequest, message)
 }
 
-fn validate_registration(request: &pb::RegisterRequest) -> Result<(), pb::Error> {
+pub(crate) fn validate_registration(request: &pb::RegisterRequest) -> Result<(), pb::Error> {
     let name = &request.username;
     let name_ok = (3..=MAX_USERNAME_CHARS).contains(&name.chars().count())
         && name

@@ -104,6 +104,24 @@ pub enum CoreMsg {
         /// The connection that closed.
         conn_id: u64,
     },
+    /// To the user's owner: which of the user's devices are online.
+    OnlineDevices {
+        /// User.
+        user_id: i64,
+        /// Answered with the online device ids.
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    /// To the user's owner: close this device's connection, if online.
+    KickDevice {
+        /// User.
+        user_id: i64,
+        /// Device.
+        device_id: String,
+        /// Shown to the client.
+        reason: String,
+        /// Answered with whether it was online.
+        reply: Option<oneshot::Sender<bool>>,
+    },
     /// To a connection's core: tell the client why, then close it.
     Kick {
         /// Target connection.
@@ -386,6 +404,35 @@ impl Core {
                     if devices.is_empty() {
                         directory.remove(&user_id);
                     }
+                }
+            }
+            CoreMsg::OnlineDevices { user_id, reply } => {
+                let online = self
+                    .directory
+                    .borrow()
+                    .get(&user_id)
+                    .map(|devices| devices.iter().map(|d| d.device_id.to_string()).collect())
+                    .unwrap_or_default();
+                let _ = reply.send(online);
+            }
+            CoreMsg::KickDevice {
+                user_id,
+                device_id,
+                reason,
+                reply,
+            } => {
+                let conn = self.directory.borrow().get(&user_id).and_then(|devices| {
+                    devices
+                        .iter()
+                        .find(|d| *d.device_id == *device_id)
+                        .map(|d| d.conn_id)
+                });
+                if let Some(reply) = reply {
+                    let _ = reply.send(conn.is_some());
+                }
+                if let Some(conn_id) = conn {
+                    self.route(core_of_conn(conn_id), CoreMsg::Kick { conn_id, reason })
+                        .await;
                 }
             }
             CoreMsg::Kick { conn_id, reason } => {
@@ -700,6 +747,32 @@ impl Core {
             committed_at: None,
         };
         self.route(self.owner_of_user(user_id), deliver).await;
+    }
+
+    /// The user's online device ids.
+    pub async fn online_devices(self: &Rc<Self>, user_id: i64) -> Vec<String> {
+        let (reply, answer) = oneshot::channel();
+        let ask = CoreMsg::OnlineDevices { user_id, reply };
+        self.route(self.owner_of_user(user_id), ask).await;
+        answer.await.unwrap_or_default()
+    }
+
+    /// Closes a device's connection (if online) with `reason`; whether it was.
+    pub async fn kick_device(
+        self: &Rc<Self>,
+        user_id: i64,
+        device_id: String,
+        reason: &str,
+    ) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let kick = CoreMsg::KickDevice {
+            user_id,
+            device_id,
+            reason: reason.to_string(),
+            reply: Some(reply),
+        };
+        self.route(self.owner_of_user(user_id), kick).await;
+        answer.await.unwrap_or(false)
     }
 
     /// Sends still waiting for their commit on this core.

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod account;
 pub mod admin;
 pub mod auth;
 pub mod config;

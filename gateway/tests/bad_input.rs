@@ -181,6 +181,7 @@ fn claims(user_id: i64, expires_in: i64) -> Claims {
         exp: (now + expires_in) as u64,
         iat: (now - 7200) as u64,
         nbf: (now - 7200) as u64,
+        ep: 0,
     }
 }
 

@@ -48,6 +48,44 @@ pub struct Account {
     pub password_hash: String,
     /// Display name.
     pub nickname: String,
+    /// Contact, private.
+    pub phone: String,
+    /// Contact, private.
+    pub email: String,
+    /// Avatar image URL.
+    pub avatar_url: String,
+    /// One-line status text.
+    pub signature: String,
+}
+
+/// A device a user has logged in on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Client-chosen id.
+    pub device_id: String,
+    /// ios/android/web/...
+    pub device_type: String,
+    /// Last login.
+    pub last_seen_ms: i64,
+    /// Tokens carry the epoch they were issued in; bumping it revokes them.
+    pub token_epoch: i64,
+    /// Revoked (logout, kick, password change) and not logged in since.
+    pub signed_out: bool,
+}
+
+/// Profile fields to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileUpdate {
+    /// Display name.
+    pub nickname: Option<String>,
+    /// Avatar image URL.
+    pub avatar_url: Option<String>,
+    /// Status line.
+    pub signature: Option<String>,
+    /// Contact.
+    pub phone: Option<String>,
+    /// Contact.
+    pub email: Option<String>,
 }
 
 /// One write in a batch.
@@ -69,6 +107,30 @@ pub enum WriteOp {
     /// Append a sequenced message; [`WriteOutcome::Duplicate`] if the
     /// conversation already holds this seq or this sender's client id.
     AppendMessage(ChatMessage),
+    /// Change profile fields ([`WriteOutcome::Refused`]: no such user).
+    UpdateProfile {
+        /// Whose.
+        user_id: i64,
+        /// What.
+        update: ProfileUpdate,
+    },
+    /// Replace the password hash and revoke every device's tokens but
+    /// `keep_device`'s.
+    SetPassword {
+        /// Whose.
+        user_id: i64,
+        /// New PHC string.
+        password_hash: String,
+        /// The device that asked: stays signed in.
+        keep_device: String,
+    },
+    /// Revoke a device's tokens ([`WriteOutcome::Refused`]: no such device).
+    RevokeDevice {
+        /// Owner.
+        user_id: i64,
+        /// Device.
+        device_id: String,
+    },
     /// Move a user's read cursor forward (never backwards).
     MarkRead {
         /// Reader.
@@ -200,6 +262,10 @@ pub trait ReadStore: Send {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// Every device of a user, most recently seen first.
+    fn devices(&mut self, user_id: i64) -> Result<Vec<Device>, StoreError>;
+    /// One device of a user.
+    fn device(&mut self, user_id: i64, device_id: &str) -> Result<Option<Device>, StoreError>;
     /// One message.
     fn message(
         &mut self,

@@ -14,7 +14,7 @@ use prost::Message;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::{
-    Account, Backend, ChatMessage, ConversationCursor, ConversationHead, ConversationRow,
+    Account, Backend, ChatMessage, ConversationCursor, ConversationHead, ConversationRow, Device,
     ReadStore, RecentSend, StoreError, WriteOp, WriteOutcome, WriteStore,
 };
 
@@ -86,6 +86,13 @@ const MIGRATIONS: &[&str] = &[
         read_seq        INTEGER NOT NULL,
         PRIMARY KEY (user_id, conversation_id)
     ) WITHOUT ROWID;
+    ",
+    // 3: profiles, per-device token epochs (revocation).
+    "
+    ALTER TABLE users ADD COLUMN avatar_url TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN signature TEXT NOT NULL DEFAULT '';
+    ALTER TABLE devices ADD COLUMN token_epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN signed_out INTEGER NOT NULL DEFAULT 0;
     ",
 ];
 
@@ -361,12 +368,66 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcom
             tx.prepare_cached(
                 "INSERT INTO devices (user_id, device_id, device_type, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (user_id, device_id) DO UPDATE SET device_type = excluded.device_type,
-                     last_seen_ms = excluded.last_seen_ms",
+                     last_seen_ms = excluded.last_seen_ms, signed_out = 0",
             )?
             .execute(params![user_id, device_id, device_type, seen_at_ms])?;
             Ok(WriteOutcome::Done)
         }
         WriteOp::AppendMessage(msg) => append_message(tx, msg),
+        WriteOp::UpdateProfile { user_id, update } => {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE users SET nickname = COALESCE(?2, nickname),
+                         avatar_url = COALESCE(?3, avatar_url), signature = COALESCE(?4, signature),
+                         phone = COALESCE(?5, phone), email = COALESCE(?6, email)
+                     WHERE user_id = ?1",
+                )?
+                .execute(params![
+                    user_id,
+                    update.nickname,
+                    update.avatar_url,
+                    update.signature,
+                    update.phone,
+                    update.email
+                ])?;
+            Ok(if changed == 1 {
+                WriteOutcome::Done
+            } else {
+                WriteOutcome::Refused
+            })
+        }
+        WriteOp::SetPassword {
+            user_id,
+            password_hash,
+            keep_device,
+        } => {
+            let changed = tx
+                .prepare_cached("UPDATE users SET password_hash = ?2 WHERE user_id = ?1")?
+                .execute(params![user_id, password_hash])?;
+            tx.prepare_cached(
+                "UPDATE devices SET token_epoch = token_epoch + 1, signed_out = 1
+                 WHERE user_id = ?1 AND device_id != ?2",
+            )?
+            .execute(params![user_id, keep_device])?;
+            Ok(if changed == 1 {
+                WriteOutcome::Done
+            } else {
+                WriteOutcome::Refused
+            })
+        }
+        WriteOp::RevokeDevice { user_id, device_id } => {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE devices SET token_epoch = token_epoch + 1, signed_out = 1
+                     WHERE user_id = ?1 AND device_id = ?2",
+                )?
+                .execute(params![user_id, device_id])?;
+            Ok(if changed == 1 {
+                WriteOutcome::Done
+            } else {
+                WriteOutcome::Refused
+            })
+        }
         WriteOp::MarkRead {
             user_id,
             conversation_id,
@@ -490,12 +551,29 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
     })
 }
 
+const ACCOUNT_COLUMNS: &str =
+    "user_id, username, password_hash, nickname, phone, email, avatar_url, signature";
+
 fn account_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
     Ok(Account {
         user_id: row.get(0)?,
         username: row.get(1)?,
         password_hash: row.get(2)?,
         nickname: row.get(3)?,
+        phone: row.get(4)?,
+        email: row.get(5)?,
+        avatar_url: row.get(6)?,
+        signature: row.get(7)?,
+    })
+}
+
+fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        device_id: row.get(0)?,
+        device_type: row.get(1)?,
+        last_seen_ms: row.get(2)?,
+        token_epoch: row.get(3)?,
+        signed_out: row.get(4)?,
     })
 }
 
@@ -506,22 +584,42 @@ fn sql_limit(limit: usize) -> i64 {
 
 impl ReadStore for SqliteReader {
     fn account_by_username(&mut self, username: &str) -> Result<Option<Account>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM users WHERE username = ?1");
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT user_id, username, password_hash, nickname FROM users WHERE username = ?1",
-            )?
+            .prepare_cached(&sql)?
             .query_row([username], account_from_row)
             .optional()?)
     }
 
     fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM users WHERE user_id = ?1");
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([user_id], account_from_row)
+            .optional()?)
+    }
+
+    fn devices(&mut self, user_id: i64) -> Result<Vec<Device>, StoreError> {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT user_id, username, password_hash, nickname FROM users WHERE user_id = ?1",
+                "SELECT device_id, device_type, last_seen_ms, token_epoch, signed_out FROM devices
+                 WHERE user_id = ?1 ORDER BY last_seen_ms DESC, device_id",
             )?
-            .query_row([user_id], account_from_row)
+            .query_map([user_id], device_from_row)?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn device(&mut self, user_id: i64, device_id: &str) -> Result<Option<Device>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT device_id, device_type, last_seen_ms, token_epoch, signed_out FROM devices
+                 WHERE user_id = ?1 AND device_id = ?2",
+            )?
+            .query_row(params![user_id, device_id], device_from_row)
             .optional()?)
     }
 
