@@ -72,6 +72,8 @@ pub enum Push {
     Recalled(pb::MessageRecalled),
     /// The peer is (not) typing.
     Typing(pb::Typing),
+    /// A friend request, answer or removal that concerns me.
+    Friend(pb::FriendEvent),
     /// The server is closing this connection, and why.
     Kicked(String),
     /// A connection-level error (the server usually closes after it).
@@ -580,6 +582,69 @@ impl Client {
         }
     }
 
+    async fn expect_done(&self, body: Body) -> Result<(), ClientError> {
+        match self.request(body).await? {
+            Body::Done(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks `user_id` to be friends (accepts, if they asked first).
+    pub async fn request_friend(&self, user_id: i64, note: &str) -> Result<(), ClientError> {
+        self.expect_done(Body::FriendRequest(pb::FriendRequestRequest {
+            user_id,
+            note: note.into(),
+        }))
+        .await
+    }
+
+    /// Accepts or rejects `from`'s friend request.
+    pub async fn answer_friend(&self, from: i64, accept: bool) -> Result<(), ClientError> {
+        self.expect_done(Body::RespondFriend(pb::RespondFriendRequest {
+            from_user_id: from,
+            accept,
+        }))
+        .await
+    }
+
+    /// Ends a friendship.
+    pub async fn delete_friend(&self, user_id: i64) -> Result<(), ClientError> {
+        self.expect_done(Body::DeleteFriend(pb::DeleteFriendRequest { user_id }))
+            .await
+    }
+
+    /// Blocks (or, with `false`, unblocks) a user.
+    pub async fn block(&self, user_id: i64, block: bool) -> Result<(), ClientError> {
+        self.expect_done(Body::Block(pb::BlockRequest { user_id, block }))
+            .await
+    }
+
+    /// My friends (with online state), pending requests and blocked users.
+    pub async fn friends(&self) -> Result<pb::FriendsResponse, ClientError> {
+        match self.request(Body::Friends(pb::FriendsRequest {})).await? {
+            Body::FriendsResp(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Users whose username, nickname, phone or email starts with `query`.
+    pub async fn search_users(
+        &self,
+        query: &str,
+        limit: u32,
+        after_user_id: i64,
+    ) -> Result<pb::SearchUsersResponse, ClientError> {
+        let request = pb::SearchUsersRequest {
+            query: query.into(),
+            limit,
+            after_user_id,
+        };
+        match self.request(Body::SearchUsers(request)).await? {
+            Body::SearchUsersResp(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Keeps the session alive; returns the server's clock.
     pub async fn heartbeat(&self) -> Result<i64, ClientError> {
         match self.request(Body::Heartbeat(pb::Heartbeat {})).await? {
@@ -635,6 +700,7 @@ fn dispatch(envelope: Envelope, waiters: &Waiters, pushes: &mpsc::UnboundedSende
         Some(Body::ReadReceipt(r)) => Push::ReadReceipt(r),
         Some(Body::Recalled(r)) => Push::Recalled(r),
         Some(Body::TypingPush(t)) => Push::Typing(t),
+        Some(Body::FriendEvent(e)) => Push::Friend(e),
         Some(Body::Error(e)) => Push::Error(e),
         _ => return,
     };

@@ -407,6 +407,17 @@ async fn listen(
                     format!("{who} {what}"),
                 );
             }
+            Push::Friend(e) => {
+                let from = name_of(client, &mut names, e.from_user_id).await;
+                let to = name_of(client, &mut names, e.to_user_id).await;
+                let kind = pb::FriendEventKind::try_from(e.kind)
+                    .map(|k| k.as_str_name().to_ascii_lowercase())
+                    .unwrap_or_else(|_| "unknown".into());
+                out.line(
+                    json!({"event": kind, "from": from, "to": to, "note": e.note}),
+                    format!("{kind}: {from} -> {to} {}", e.note),
+                );
+            }
             Push::Kicked(reason) => bail!("disconnected by the server: {reason}"),
             Push::Error(error) => bail!("server error: {}", error.message),
             Push::Closed => bail!("connection closed"),

@@ -259,6 +259,12 @@ impl Connection {
             Body::RefreshToken(_) => self.refresh_token(req_id, &session).await,
             Body::ListDevices(_) => self.list_devices(req_id, &session).await,
             Body::KickDevice(request) => self.kick_device(req_id, &session, request).await,
+            Body::FriendRequest(request) => self.request_friend(req_id, &session, request).await,
+            Body::RespondFriend(request) => self.respond_friend(req_id, &session, request).await,
+            Body::DeleteFriend(request) => self.delete_friend(req_id, &session, request).await,
+            Body::Block(request) => self.block(req_id, &session, request).await,
+            Body::Friends(_) => self.friends(req_id, &session).await,
+            Body::SearchUsers(request) => self.search_users(req_id, &session, request).await,
             Body::Login(_) | Body::Register(_) => self.reply_error(
                 req_id,
                 pb::Error::new(

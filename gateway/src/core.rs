@@ -122,6 +122,14 @@ pub enum CoreMsg {
         /// Answered with whether it was online.
         reply: Option<oneshot::Sender<bool>>,
     },
+    /// To the conversation's owner: the two users now do (not) block each
+    /// other; sends are refused while they do.
+    SetBlocked {
+        /// The 1:1 conversation.
+        conversation: ConversationId,
+        /// Whether either side blocks the other.
+        blocked: bool,
+    },
     /// To a connection's core: tell the client why, then close it.
     Kick {
         /// Target connection.
@@ -220,6 +228,7 @@ impl Core {
             directory: RefCell::default(),
             sequencer: RefCell::new(Sequencer {
                 convs: HashMap::new(),
+                block_overrides: HashMap::new(),
                 max: shared.config.storage.max_conversations_per_core,
             }),
             commits,
@@ -435,6 +444,21 @@ impl Core {
                         .await;
                 }
             }
+            CoreMsg::SetBlocked {
+                conversation,
+                blocked,
+            } => {
+                let mut sequencer = self.sequencer.borrow_mut();
+                match sequencer.convs.get_mut(&conversation) {
+                    Some(Slot::Ready(state)) => state.blocked = blocked,
+                    // The load may have read the store before the change
+                    // committed: apply it when the load lands.
+                    Some(Slot::Loading(_)) => {
+                        sequencer.block_overrides.insert(conversation, blocked);
+                    }
+                    None => {}
+                }
+            }
             CoreMsg::Kick { conn_id, reason } => {
                 if let Some(outbox) = self.conns.borrow().get(&conn_id) {
                     outbox.close_with(Some(kicked_frame(&reason)));
@@ -578,6 +602,9 @@ impl Core {
         match head {
             Ok(head) => {
                 let mut state = ConvState::from_head(head);
+                if let Some(blocked) = sequencer.block_overrides.remove(&conv) {
+                    state.blocked = blocked;
+                }
                 for job in queued {
                     self.assign(&mut state, job);
                 }
@@ -609,6 +636,13 @@ impl Core {
                 }
                 Some(waiters) => waiters.borrow_mut().push(reply),
             }
+            return;
+        }
+        if state.blocked {
+            let _ = reply.send(Err(pb::Error::new(
+                ErrorCode::Forbidden,
+                "you cannot message this user",
+            )));
             return;
         }
         let accepted = Accepted {
@@ -791,6 +825,8 @@ pub struct PendingCommit {
 
 struct Sequencer {
     convs: HashMap<ConversationId, Slot>,
+    /// Block changes that arrived while their conversation was loading.
+    block_overrides: HashMap<ConversationId, bool>,
     max: usize,
 }
 
@@ -804,6 +840,8 @@ struct ConvState {
     last_seq: i64,
     /// Oldest first.
     recent: VecDeque<RecentSend>,
+    /// One side blocks the other: new sends are refused.
+    blocked: bool,
 }
 
 struct RecentSend {
@@ -834,6 +872,7 @@ impl ConvState {
         ConvState {
             last_seq: head.last_seq,
             recent,
+            blocked: head.blocked,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 mod conversations;
 pub mod core;
+mod friends;
 pub mod metrics;
 pub mod outbox;
 pub mod server;

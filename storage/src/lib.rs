@@ -131,6 +131,46 @@ pub enum WriteOp {
         /// Device.
         device_id: String,
     },
+    /// Ask `to` to be friends (replaces an earlier note).
+    RequestFriend {
+        /// Asking.
+        from: i64,
+        /// Asked.
+        to: i64,
+        /// Shown to `to`.
+        note: String,
+        /// When.
+        at_ms: i64,
+    },
+    /// `to` answers `from`'s request ([`WriteOutcome::Refused`]: none pending).
+    AnswerFriend {
+        /// Who asked.
+        from: i64,
+        /// Who answers.
+        to: i64,
+        /// Accept (befriend both ways) or reject.
+        accept: bool,
+        /// When.
+        at_ms: i64,
+    },
+    /// End a friendship, both directions ([`WriteOutcome::Refused`]: none).
+    Unfriend {
+        /// One side.
+        a: i64,
+        /// The other.
+        b: i64,
+    },
+    /// Block (ending friendship and pending requests) or unblock.
+    Block {
+        /// Who blocks.
+        user_id: i64,
+        /// Who is blocked.
+        blocked_id: i64,
+        /// false: unblock ([`WriteOutcome::Refused`] when not blocked).
+        block: bool,
+        /// When.
+        at_ms: i64,
+    },
     /// Move a user's read cursor forward (never backwards).
     MarkRead {
         /// Reader.
@@ -201,6 +241,34 @@ pub struct ConversationHead {
     pub last_seq: i64,
     /// Newest first, at most the requested window.
     pub recent: Vec<RecentSend>,
+    /// For a 1:1 conversation: one side has blocked the other.
+    pub blocked: bool,
+}
+
+/// A pending friend request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FriendRequestRow {
+    /// Who asked.
+    pub from: i64,
+    /// Who is asked.
+    pub to: i64,
+    /// Their note.
+    pub note: String,
+    /// When.
+    pub created_at_ms: i64,
+}
+
+/// How two users stand, seen from `a`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relation {
+    /// Friends (both directions are stored together).
+    pub friends: bool,
+    /// `a` blocked `b`.
+    pub a_blocked_b: bool,
+    /// `b` blocked `a`.
+    pub b_blocked_a: bool,
+    /// `b` has a pending request to `a`.
+    pub b_requested_a: bool,
 }
 
 /// Enough of a stored message to answer a resend of it.
@@ -262,6 +330,22 @@ pub trait ReadStore: Send {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// A user's friends and since when.
+    fn friends(&mut self, user_id: i64) -> Result<Vec<(i64, i64)>, StoreError>;
+    /// Pending requests to or from a user, oldest first.
+    fn friend_requests(&mut self, user_id: i64) -> Result<Vec<FriendRequestRow>, StoreError>;
+    /// How `a` and `b` stand.
+    fn relation(&mut self, a: i64, b: i64) -> Result<Relation, StoreError>;
+    /// Users `user_id` has blocked.
+    fn blocked_by(&mut self, user_id: i64) -> Result<Vec<i64>, StoreError>;
+    /// Users whose username, nickname, phone or email starts with `prefix`,
+    /// by id, after `after_user_id`.
+    fn search_users(
+        &mut self,
+        prefix: &str,
+        after_user_id: i64,
+        limit: usize,
+    ) -> Result<Vec<Account>, StoreError>;
     /// Every device of a user, most recently seen first.
     fn devices(&mut self, user_id: i64) -> Result<Vec<Device>, StoreError>;
     /// One device of a user.

@@ -15,7 +15,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::{
     Account, Backend, ChatMessage, ConversationCursor, ConversationHead, ConversationRow, Device,
-    ReadStore, RecentSend, StoreError, WriteOp, WriteOutcome, WriteStore,
+    FriendRequestRow, ReadStore, RecentSend, Relation, StoreError, WriteOp, WriteOutcome,
+    WriteStore,
 };
 
 /// File name of the database inside the data directory.
@@ -93,6 +94,32 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE users ADD COLUMN signature TEXT NOT NULL DEFAULT '';
     ALTER TABLE devices ADD COLUMN token_epoch INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN signed_out INTEGER NOT NULL DEFAULT 0;
+    ",
+    // 4: friends, pending requests, blocks; search indexes.
+    "
+    CREATE TABLE friend_requests (
+        from_user     INTEGER NOT NULL,
+        to_user       INTEGER NOT NULL,
+        note          TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (from_user, to_user)
+    ) WITHOUT ROWID;
+    CREATE INDEX friend_requests_to ON friend_requests (to_user);
+    CREATE TABLE friends (
+        user_id   INTEGER NOT NULL,
+        friend_id INTEGER NOT NULL,
+        since_ms  INTEGER NOT NULL,
+        PRIMARY KEY (user_id, friend_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE blocks (
+        user_id    INTEGER NOT NULL,
+        blocked_id INTEGER NOT NULL,
+        since_ms   INTEGER NOT NULL,
+        PRIMARY KEY (user_id, blocked_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX users_nickname ON users (nickname);
+    CREATE INDEX users_phone ON users (phone);
+    CREATE INDEX users_email ON users (email);
     ",
 ];
 
@@ -428,6 +455,97 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcom
                 WriteOutcome::Refused
             })
         }
+        WriteOp::RequestFriend {
+            from,
+            to,
+            note,
+            at_ms,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO friend_requests (from_user, to_user, note, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (from_user, to_user) DO UPDATE
+                     SET note = excluded.note, created_at_ms = excluded.created_at_ms",
+            )?
+            .execute(params![from, to, note, at_ms])?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::AnswerFriend {
+            from,
+            to,
+            accept,
+            at_ms,
+        } => {
+            let answered = tx
+                .prepare_cached(
+                    "DELETE FROM friend_requests WHERE from_user = ?1 AND to_user = ?2",
+                )?
+                .execute(params![from, to])?;
+            if answered == 0 {
+                return Ok(WriteOutcome::Refused);
+            }
+            if *accept {
+                let mut befriend = tx.prepare_cached(
+                    "INSERT INTO friends (user_id, friend_id, since_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                )?;
+                befriend.execute(params![from, to, at_ms])?;
+                befriend.execute(params![to, from, at_ms])?;
+                // A crossed request the other way is answered by this too.
+                tx.prepare_cached(
+                    "DELETE FROM friend_requests WHERE from_user = ?1 AND to_user = ?2",
+                )?
+                .execute(params![to, from])?;
+            }
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::Unfriend { a, b } => {
+            let removed = tx
+                .prepare_cached(
+                    "DELETE FROM friends WHERE (user_id = ?1 AND friend_id = ?2)
+                        OR (user_id = ?2 AND friend_id = ?1)",
+                )?
+                .execute(params![a, b])?;
+            Ok(if removed > 0 {
+                WriteOutcome::Done
+            } else {
+                WriteOutcome::Refused
+            })
+        }
+        WriteOp::Block {
+            user_id,
+            blocked_id,
+            block,
+            at_ms,
+        } => {
+            if *block {
+                tx.prepare_cached(
+                    "INSERT INTO blocks (user_id, blocked_id, since_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![user_id, blocked_id, at_ms])?;
+                tx.prepare_cached(
+                    "DELETE FROM friends WHERE (user_id = ?1 AND friend_id = ?2)
+                        OR (user_id = ?2 AND friend_id = ?1)",
+                )?
+                .execute(params![user_id, blocked_id])?;
+                tx.prepare_cached(
+                    "DELETE FROM friend_requests WHERE (from_user = ?1 AND to_user = ?2)
+                        OR (from_user = ?2 AND to_user = ?1)",
+                )?
+                .execute(params![user_id, blocked_id])?;
+                Ok(WriteOutcome::Done)
+            } else {
+                let removed = tx
+                    .prepare_cached("DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = ?2")?
+                    .execute(params![user_id, blocked_id])?;
+                Ok(if removed == 1 {
+                    WriteOutcome::Done
+                } else {
+                    WriteOutcome::Refused
+                })
+            }
+        }
         WriteOp::MarkRead {
             user_id,
             conversation_id,
@@ -601,6 +719,99 @@ impl ReadStore for SqliteReader {
             .optional()?)
     }
 
+    fn friends(&mut self, user_id: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT friend_id, since_ms FROM friends WHERE user_id = ?1 ORDER BY friend_id",
+            )?
+            .query_map([user_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn friend_requests(&mut self, user_id: i64) -> Result<Vec<FriendRequestRow>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT from_user, to_user, note, created_at_ms FROM friend_requests
+                 WHERE from_user = ?1 OR to_user = ?1 ORDER BY created_at_ms, from_user",
+            )?
+            .query_map([user_id], |row| {
+                Ok(FriendRequestRow {
+                    from: row.get(0)?,
+                    to: row.get(1)?,
+                    note: row.get(2)?,
+                    created_at_ms: row.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn relation(&mut self, a: i64, b: i64) -> Result<Relation, StoreError> {
+        let exists = |conn: &Connection, sql: &str| -> Result<bool, StoreError> {
+            Ok(conn
+                .prepare_cached(sql)?
+                .query_row(params![a, b], |row| row.get(0))?)
+        };
+        Ok(Relation {
+            friends: exists(
+                &self.conn,
+                "SELECT EXISTS (SELECT 1 FROM friends WHERE user_id = ?1 AND friend_id = ?2)",
+            )?,
+            a_blocked_b: exists(
+                &self.conn,
+                "SELECT EXISTS (SELECT 1 FROM blocks WHERE user_id = ?1 AND blocked_id = ?2)",
+            )?,
+            b_blocked_a: exists(
+                &self.conn,
+                "SELECT EXISTS (SELECT 1 FROM blocks WHERE user_id = ?2 AND blocked_id = ?1)",
+            )?,
+            b_requested_a: exists(
+                &self.conn,
+                "SELECT EXISTS (SELECT 1 FROM friend_requests WHERE from_user = ?2 AND to_user = ?1)",
+            )?,
+        })
+    }
+
+    fn blocked_by(&mut self, user_id: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT blocked_id FROM blocks WHERE user_id = ?1 ORDER BY blocked_id")?
+            .query_map([user_id], |row| row.get(0))?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn search_users(
+        &mut self,
+        prefix: &str,
+        after_user_id: i64,
+        limit: usize,
+    ) -> Result<Vec<Account>, StoreError> {
+        // Escape LIKE's wildcards so a user's "%" matches only "%".
+        let escaped: String = prefix
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let pattern = format!("{escaped}%");
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM users
+             WHERE user_id > ?2 AND (username LIKE ?1 ESCAPE '\\' OR nickname LIKE ?1 ESCAPE '\\'
+                OR phone LIKE ?1 ESCAPE '\\' OR email LIKE ?1 ESCAPE '\\')
+             ORDER BY user_id LIMIT ?3"
+        );
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(
+                params![pattern, after_user_id, sql_limit(limit)],
+                account_from_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
     fn devices(&mut self, user_id: i64) -> Result<Vec<Device>, StoreError> {
         Ok(self
             .conn
@@ -644,6 +855,16 @@ impl ReadStore for SqliteReader {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        let blocked = match conversation_id.parse::<ourchat_protocol::ConversationId>() {
+            Ok(ourchat_protocol::ConversationId::Direct { low, high }) => self
+                .conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM blocks WHERE (user_id = ?1 AND blocked_id = ?2)
+                        OR (user_id = ?2 AND blocked_id = ?1))",
+                )?
+                .query_row(params![low, high], |row| row.get(0))?,
+            _ => false,
+        };
         // The newest row is the head; with an empty window, ask for it alone.
         let last_seq = match recent.first() {
             Some(newest) => newest.seq,
@@ -654,7 +875,11 @@ impl ReadStore for SqliteReader {
                 )?
                 .query_row([conversation_id], |row| row.get(0))?,
         };
-        Ok(ConversationHead { last_seq, recent })
+        Ok(ConversationHead {
+            last_seq,
+            recent,
+            blocked,
+        })
     }
 
     fn history(
