@@ -99,6 +99,11 @@ enum Command {
         #[arg(long)]
         seq: i64,
     },
+    /// Friends: list, add, accept, reject, delete, block, unblock, search.
+    Friends {
+        #[command(subcommand)]
+        action: Option<FriendsAction>,
+    },
     /// My conversations, most recent first, with unread counts.
     Conversations {
         /// How many.
@@ -123,6 +128,31 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         before: i64,
     },
+}
+
+#[derive(Subcommand)]
+enum FriendsAction {
+    /// Friends (with online state), pending requests, blocked users (default).
+    List,
+    /// Ask USER to be friends.
+    Add {
+        user: String,
+        /// A note shown with the request.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Accept USER's request.
+    Accept { user: String },
+    /// Reject USER's request.
+    Reject { user: String },
+    /// End the friendship with USER.
+    Delete { user: String },
+    /// Block USER: no messages or requests from them.
+    Block { user: String },
+    /// Unblock USER.
+    Unblock { user: String },
+    /// Users whose username, nickname, phone or email starts with PREFIX.
+    Search { prefix: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -288,6 +318,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("recalled seq {seq} in the conversation with {with}"),
             );
         }
+        Command::Friends { action } => {
+            let (client, _) = resume(&cli.server, &session_path).await?;
+            friends(
+                &client,
+                &out,
+                action.as_ref().unwrap_or(&FriendsAction::List),
+            )
+            .await?;
+        }
         Command::Conversations { limit } => {
             let (client, saved) = resume(&cli.server, &session_path).await?;
             let mut names = std::collections::HashMap::new();
@@ -423,6 +462,86 @@ async fn listen(
             Push::Closed => bail!("connection closed"),
         }
     }
+}
+
+async fn friends(client: &Client, out: &Output, action: &FriendsAction) -> anyhow::Result<()> {
+    let id_of = |name: &str| {
+        let name = name.to_string();
+        async move { anyhow::Ok(client.find_user(&name).await?.user_id) }
+    };
+    let (verb, user) = match action {
+        FriendsAction::List => {
+            let listed = client.friends().await?;
+            let mut names = std::collections::HashMap::new();
+            for f in &listed.friends {
+                let state = if f.online { "online" } else { "offline" };
+                out.line(
+                    json!({"event": "friend", "user": f.username, "user_id": f.user_id, "online": f.online}),
+                    format!("friend   {:<16} {state}", f.username),
+                );
+            }
+            for r in &listed.incoming {
+                let who = name_of(client, &mut names, r.from_user_id).await;
+                out.line(
+                    json!({"event": "request_in", "from": who, "note": r.note}),
+                    format!("request  from {who}: {}", r.note),
+                );
+            }
+            for r in &listed.outgoing {
+                let who = name_of(client, &mut names, r.to_user_id).await;
+                out.line(
+                    json!({"event": "request_out", "to": who}),
+                    format!("request  to {who} (pending)"),
+                );
+            }
+            for id in &listed.blocked {
+                let who = name_of(client, &mut names, *id).await;
+                out.line(
+                    json!({"event": "blocked", "user": who}),
+                    format!("blocked  {who}"),
+                );
+            }
+            return Ok(());
+        }
+        FriendsAction::Search { prefix } => {
+            for u in client.search_users(prefix, 50, 0).await?.users {
+                out.line(
+                    json!({"event": "user", "user": u.username, "user_id": u.user_id, "nickname": u.nickname}),
+                    format!("{:<16} {}", u.username, u.nickname),
+                );
+            }
+            return Ok(());
+        }
+        FriendsAction::Add { user, note } => {
+            client.request_friend(id_of(user).await?, note).await?;
+            ("requested", user)
+        }
+        FriendsAction::Accept { user } => {
+            client.answer_friend(id_of(user).await?, true).await?;
+            ("accepted", user)
+        }
+        FriendsAction::Reject { user } => {
+            client.answer_friend(id_of(user).await?, false).await?;
+            ("rejected", user)
+        }
+        FriendsAction::Delete { user } => {
+            client.delete_friend(id_of(user).await?).await?;
+            ("deleted", user)
+        }
+        FriendsAction::Block { user } => {
+            client.block(id_of(user).await?, true).await?;
+            ("blocked", user)
+        }
+        FriendsAction::Unblock { user } => {
+            client.block(id_of(user).await?, false).await?;
+            ("unblocked", user)
+        }
+    };
+    out.line(
+        json!({"event": verb, "user": user}),
+        format!("{verb} {user}"),
+    );
+    Ok(())
 }
 
 async fn name_of(
