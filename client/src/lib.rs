@@ -74,6 +74,8 @@ pub enum Push {
     Typing(pb::Typing),
     /// A friend request, answer or removal that concerns me.
     Friend(pb::FriendEvent),
+    /// A friend's presence changed.
+    Presence(pb::PresenceInfo),
     /// The server is closing this connection, and why.
     Kicked(String),
     /// A connection-level error (the server usually closes after it).
@@ -645,6 +647,25 @@ impl Client {
         }
     }
 
+    /// Marks this device away (or back online).
+    pub async fn set_presence(&self, state: pb::PresenceState) -> Result<(), ClientError> {
+        self.expect_done(Body::SetPresence(pb::SetPresenceRequest {
+            state: state as i32,
+        }))
+        .await
+    }
+
+    /// Presence of these users (only friends and myself are answered).
+    pub async fn presence(&self, user_ids: &[i64]) -> Result<Vec<pb::PresenceInfo>, ClientError> {
+        let query = pb::PresenceQuery {
+            user_ids: user_ids.to_vec(),
+        };
+        match self.request(Body::PresenceQuery(query)).await? {
+            Body::PresenceList(list) => Ok(list.users),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Keeps the session alive; returns the server's clock.
     pub async fn heartbeat(&self) -> Result<i64, ClientError> {
         match self.request(Body::Heartbeat(pb::Heartbeat {})).await? {
@@ -701,6 +722,7 @@ fn dispatch(envelope: Envelope, waiters: &Waiters, pushes: &mpsc::UnboundedSende
         Some(Body::Recalled(r)) => Push::Recalled(r),
         Some(Body::TypingPush(t)) => Push::Typing(t),
         Some(Body::FriendEvent(e)) => Push::Friend(e),
+        Some(Body::Presence(p)) => Push::Presence(p),
         Some(Body::Error(e)) => Push::Error(e),
         _ => return,
     };

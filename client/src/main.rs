@@ -104,6 +104,14 @@ enum Command {
         #[command(subcommand)]
         action: Option<FriendsAction>,
     },
+    /// Presence of friends (all of them, or the USERS named); --away or
+    /// --online sets this device's own state first.
+    Presence {
+        users: Vec<String>,
+        /// Mark this device away.
+        #[arg(long)]
+        away: bool,
+    },
     /// My conversations, most recent first, with unread counts.
     Conversations {
         /// How many.
@@ -327,6 +335,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
         }
+        Command::Presence { users, away } => {
+            let (client, _) = resume(&cli.server, &session_path).await?;
+            if *away {
+                client.set_presence(pb::PresenceState::Away).await?;
+            }
+            let mut names = std::collections::HashMap::new();
+            let ids = if users.is_empty() {
+                client
+                    .friends()
+                    .await?
+                    .friends
+                    .iter()
+                    .map(|f| f.user_id)
+                    .collect()
+            } else {
+                let mut ids = Vec::new();
+                for user in users {
+                    ids.push(client.find_user(user).await?.user_id);
+                }
+                ids
+            };
+            for p in client.presence(&ids).await? {
+                let who = name_of(&client, &mut names, p.user_id).await;
+                let state = pb::PresenceState::try_from(p.state)
+                    .map(|s| s.as_str_name().to_ascii_lowercase())
+                    .unwrap_or_else(|_| "unknown".into());
+                out.line(
+                    json!({"event": "presence", "user": who, "state": state,
+                           "devices_online": p.devices_online, "last_seen_ms": p.last_seen_ms}),
+                    format!("{who:<16} {state} ({} devices)", p.devices_online),
+                );
+            }
+        }
         Command::Conversations { limit } => {
             let (client, saved) = resume(&cli.server, &session_path).await?;
             let mut names = std::collections::HashMap::new();
@@ -455,6 +496,17 @@ async fn listen(
                 out.line(
                     json!({"event": kind, "from": from, "to": to, "note": e.note}),
                     format!("{kind}: {from} -> {to} {}", e.note),
+                );
+            }
+            Push::Presence(p) => {
+                let who = name_of(client, &mut names, p.user_id).await;
+                let state = pb::PresenceState::try_from(p.state)
+                    .map(|s| s.as_str_name().to_ascii_lowercase())
+                    .unwrap_or_else(|_| "unknown".into());
+                out.line(
+                    json!({"event": "presence", "user": who, "state": state,
+                           "devices_online": p.devices_online}),
+                    format!("{who} is {state}"),
                 );
             }
             Push::Kicked(reason) => bail!("disconnected by the server: {reason}"),

@@ -265,6 +265,8 @@ impl Connection {
             Body::Block(request) => self.block(req_id, &session, request).await,
             Body::Friends(_) => self.friends(req_id, &session).await,
             Body::SearchUsers(request) => self.search_users(req_id, &session, request).await,
+            Body::SetPresence(request) => self.set_presence(req_id, &session, request).await,
+            Body::PresenceQuery(request) => self.presence_query(req_id, &session, request).await,
             Body::Login(_) | Body::Register(_) => self.reply_error(
                 req_id,
                 pb::Error::new(

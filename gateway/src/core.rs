@@ -104,6 +104,22 @@ pub enum CoreMsg {
         /// The connection that closed.
         conn_id: u64,
     },
+    /// To the user's owner: this connection's device is (not) away.
+    SetAway {
+        /// User.
+        user_id: i64,
+        /// The device's connection.
+        conn_id: u64,
+        /// Away or back online.
+        away: bool,
+    },
+    /// To the user's owner: the user's aggregated presence.
+    Presence {
+        /// User.
+        user_id: i64,
+        /// Answered with it.
+        reply: oneshot::Sender<pb::PresenceInfo>,
+    },
     /// To the user's owner: which of the user's devices are online.
     OnlineDevices {
         /// User.
@@ -179,6 +195,10 @@ fn mix(value: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Users whose last-disconnect time a core remembers (beyond it the map
+/// starts over; the time is a courtesy, not a record).
+const LAST_SEEN_CAP: usize = 1_000_000;
+
 /// Users whose existence a core remembers before asking the store again.
 const KNOWN_USERS_CAP: usize = 100_000;
 
@@ -200,11 +220,15 @@ pub struct Core {
     sequencer: RefCell<Sequencer>,
     commits: LocalSender<PendingCommit>,
     known_users: RefCell<HashSet<i64>>,
+    /// When this core's users last disconnected.
+    last_seen: RefCell<HashMap<i64, i64>>,
 }
 
 struct DeviceConn {
     device_id: Box<str>,
     conn_id: u64,
+    /// The device said it is away (still connected).
+    away: bool,
 }
 
 impl Core {
@@ -233,6 +257,7 @@ impl Core {
             }),
             commits,
             known_users: RefCell::default(),
+            last_seen: RefCell::default(),
             shared,
         };
         (Rc::new(core), pending)
@@ -372,6 +397,7 @@ impl Core {
                 conn_id,
                 done,
             } => {
+                let before = self.presence_of(user_id);
                 let replaced = {
                     let mut directory = self.directory.borrow_mut();
                     let devices = directory.entry(user_id).or_default();
@@ -381,12 +407,14 @@ impl Core {
                             devices.push(DeviceConn {
                                 device_id: device_id.into_boxed_str(),
                                 conn_id,
+                                away: false,
                             });
                             None
                         }
                     }
                 };
                 let _ = done.send(());
+                self.announce_presence(user_id, before);
                 if let Some(old) = replaced.filter(|old| *old != conn_id) {
                     let reason = "this device logged in again elsewhere".to_string();
                     self.route(
@@ -404,16 +432,39 @@ impl Core {
                 device_id,
                 conn_id,
             } => {
-                let mut directory = self.directory.borrow_mut();
-                if let Some(devices) = directory.get_mut(&user_id) {
-                    // Only the connection that registered may unregister:
-                    // a kicked connection's late Offline must not remove
-                    // the device's new connection.
-                    devices.retain(|d| !(*d.device_id == *device_id && d.conn_id == conn_id));
-                    if devices.is_empty() {
-                        directory.remove(&user_id);
+                let before = self.presence_of(user_id);
+                {
+                    let mut directory = self.directory.borrow_mut();
+                    if let Some(devices) = directory.get_mut(&user_id) {
+                        // Only the connection that registered may unregister:
+                        // a kicked connection's late Offline must not remove
+                        // the device's new connection.
+                        devices.retain(|d| !(*d.device_id == *device_id && d.conn_id == conn_id));
+                        if devices.is_empty() {
+                            directory.remove(&user_id);
+                        }
                     }
                 }
+                self.announce_presence(user_id, before);
+            }
+            CoreMsg::SetAway {
+                user_id,
+                conn_id,
+                away,
+            } => {
+                let before = self.presence_of(user_id);
+                if let Some(device) = self
+                    .directory
+                    .borrow_mut()
+                    .get_mut(&user_id)
+                    .and_then(|devices| devices.iter_mut().find(|d| d.conn_id == conn_id))
+                {
+                    device.away = away;
+                }
+                self.announce_presence(user_id, before);
+            }
+            CoreMsg::Presence { user_id, reply } => {
+                let _ = reply.send(self.presence_info(user_id));
             }
             CoreMsg::OnlineDevices { user_id, reply } => {
                 let online = self
@@ -781,6 +832,85 @@ impl Core {
             committed_at: None,
         };
         self.route(self.owner_of_user(user_id), deliver).await;
+    }
+
+    /// A user's presence as this core (their owner) sees it: online if any
+    /// device is online, away if every connected device is away.
+    fn presence_of(&self, user_id: i64) -> (pb::PresenceState, u32) {
+        match self.directory.borrow().get(&user_id) {
+            Some(devices) if !devices.is_empty() => {
+                let state = if devices.iter().all(|d| d.away) {
+                    pb::PresenceState::Away
+                } else {
+                    pb::PresenceState::Online
+                };
+                (state, devices.len() as u32)
+            }
+            _ => (pb::PresenceState::Offline, 0),
+        }
+    }
+
+    fn presence_info(&self, user_id: i64) -> pb::PresenceInfo {
+        let (state, devices_online) = self.presence_of(user_id);
+        let last_seen_ms = match state {
+            pb::PresenceState::Offline => {
+                self.last_seen.borrow().get(&user_id).copied().unwrap_or(0)
+            }
+            _ => now_ms() as i64,
+        };
+        pb::PresenceInfo {
+            user_id,
+            state: state as i32,
+            last_seen_ms,
+            devices_online,
+        }
+    }
+
+    /// If the user's aggregated presence changed, tells their friends. The
+    /// friend list is read off the reactor, in a task of its own.
+    fn announce_presence(self: &Rc<Self>, user_id: i64, before: (pb::PresenceState, u32)) {
+        let after = self.presence_of(user_id);
+        if after.0 == before.0 {
+            return;
+        }
+        if after.0 == pb::PresenceState::Offline {
+            let mut last_seen = self.last_seen.borrow_mut();
+            if last_seen.len() >= LAST_SEEN_CAP {
+                last_seen.clear();
+            }
+            last_seen.insert(user_id, now_ms() as i64);
+        }
+        let mut info = self.presence_info(user_id);
+        // Stamped with the change, so clients keep the newest if two pushes cross.
+        info.last_seen_ms = now_ms() as i64;
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            let Ok(friends) = core.read(move |store| store.friends(user_id)).await else {
+                return;
+            };
+            if friends.is_empty() {
+                return;
+            }
+            let frame = encode_frame(&Envelope::new(0, Body::Presence(info)));
+            for (friend, _) in friends {
+                core.push_to_user(friend, frame.clone(), 0).await;
+            }
+        })
+        .detach();
+    }
+
+    /// A user's aggregated presence, from their owner core.
+    pub async fn presence(self: &Rc<Self>, user_id: i64) -> pb::PresenceInfo {
+        let (reply, answer) = oneshot::channel();
+        self.route(
+            self.owner_of_user(user_id),
+            CoreMsg::Presence { user_id, reply },
+        )
+        .await;
+        answer.await.unwrap_or(pb::PresenceInfo {
+            user_id,
+            ..Default::default()
+        })
     }
 
     /// The user's online device ids.

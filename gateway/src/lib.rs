@@ -17,6 +17,7 @@ pub mod core;
 mod friends;
 pub mod metrics;
 pub mod outbox;
+mod presence;
 pub mod server;
 
 pub use config::Config;
