@@ -11,7 +11,6 @@ use ourchat_workers::password;
 use crate::connection::{
     bad, profile_of, Connection, Session, MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES,
 };
-use crate::core::pool_error;
 
 /// Longest nickname.
 const MAX_NICKNAME_CHARS: usize = 64;
@@ -31,7 +30,8 @@ impl Connection {
             let update = validate_profile(request)?;
             let me = session.user_id;
             let outcome = self
-                .durable(WriteOp::UpdateProfile {
+                .core
+                .commit(WriteOp::UpdateProfile {
                     user_id: me,
                     update,
                 })
@@ -100,12 +100,13 @@ impl Connection {
             .hash(move || password::hash_password(&new))
             .await?
             .map_err(|_| pb::Error::new(ErrorCode::Internal, "could not hash password"))?;
-        self.durable(WriteOp::SetPassword {
-            user_id: me,
-            password_hash: hash,
-            keep_device: session.device_id.clone(),
-        })
-        .await?;
+        self.core
+            .commit(WriteOp::SetPassword {
+                user_id: me,
+                password_hash: hash,
+                keep_device: session.device_id.clone(),
+            })
+            .await?;
         let mut signed_out = 0;
         for device in devices
             .into_iter()
@@ -193,15 +194,6 @@ impl Connection {
                 Body::KickDeviceResp(pb::KickDeviceResponse { was_online }),
             ),
             Err(error) => self.reply_error(req_id, error),
-        }
-    }
-
-    /// Awaits a write's commit.
-    async fn durable(&self, op: WriteOp) -> Result<WriteOutcome, pb::Error> {
-        match self.core.write(op).await?.await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(err)) => Err(pool_error(err)),
-            Err(_) => Err(pool_error(ourchat_workers::PoolError::Closed)),
         }
     }
 }

@@ -333,12 +333,8 @@ impl Connection {
             nickname,
             created_at_ms: now_ms() as i64,
         });
-        let outcome = match self.core.write(op).await {
-            Ok(completion) => completion.await,
-            Err(error) => return fail(error),
-        };
-        match outcome {
-            Ok(Ok(WriteOutcome::Done)) => {
+        match self.core.commit(op).await {
+            Ok(WriteOutcome::Done) => {
                 CoreMetrics::inc(&self.core.metrics().registrations);
                 self.reply(
                     req_id,
@@ -349,9 +345,8 @@ impl Connection {
                     }),
                 )
             }
-            Ok(Ok(_)) => fail(pb::Error::new(ErrorCode::Conflict, "username is taken")),
-            Ok(Err(err)) => fail(pool_error(err)),
-            Err(_) => fail(pool_error(ourchat_workers::PoolError::Closed)),
+            Ok(_) => fail(pb::Error::new(ErrorCode::Conflict, "username is taken")),
+            Err(error) => fail(error),
         }
     }
 
@@ -522,12 +517,7 @@ impl Connection {
             user_id,
             device_id: device_id.to_string(),
         };
-        let revoked = match self.core.write(op).await?.await {
-            Ok(Ok(outcome)) => outcome == WriteOutcome::Done,
-            Ok(Err(err)) => return Err(pool_error(err)),
-            Err(_) => return Err(pool_error(ourchat_workers::PoolError::Closed)),
-        };
-        if !revoked {
+        if self.core.commit(op).await? != WriteOutcome::Done {
             return Err(pb::Error::new(ErrorCode::NotFound, "no such device"));
         }
         Ok(self

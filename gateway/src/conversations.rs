@@ -10,7 +10,7 @@ use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::{WriteOp, WriteOutcome};
 
 use crate::connection::{bad, member_conversation, page_size, Connection, Session};
-use crate::core::{encode_frame, pool_error};
+use crate::core::encode_frame;
 
 /// Most conversations one page of the list carries.
 const MAX_CONVERSATION_PAGE: usize = 100;
@@ -23,15 +23,6 @@ impl Connection {
             self.core.push_to_user(peer, frame.clone(), 0).await;
         }
         self.core.push_to_user(me, frame, self.conn_id).await;
-    }
-
-    /// Awaits a write's commit; refusals and store failures become errors.
-    async fn write_durably(&self, op: WriteOp) -> Result<WriteOutcome, pb::Error> {
-        match self.core.write(op).await?.await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(err)) => Err(pool_error(err)),
-            Err(_) => Err(pool_error(ourchat_workers::PoolError::Closed)),
-        }
     }
 
     pub(crate) async fn mark_read(
@@ -69,12 +60,13 @@ impl Connection {
         }
         let read_seq = read_before.max(request.seq);
         if read_seq > read_before {
-            self.write_durably(WriteOp::MarkRead {
-                user_id: me,
-                conversation_id: conv.to_string(),
-                seq: read_seq,
-            })
-            .await?;
+            self.core
+                .commit(WriteOp::MarkRead {
+                    user_id: me,
+                    conversation_id: conv.to_string(),
+                    seq: read_seq,
+                })
+                .await?;
             let receipt = pb::ReadReceipt {
                 conversation_id: conv.to_string(),
                 reader_id: me,
@@ -186,7 +178,8 @@ impl Connection {
             ));
         }
         let outcome = self
-            .write_durably(WriteOp::Recall {
+            .core
+            .commit(WriteOp::Recall {
                 conversation_id: conv.to_string(),
                 seq,
                 sender_id: me,

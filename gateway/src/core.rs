@@ -599,6 +599,16 @@ impl Core {
             .map_err(|refused| pool_error(refused.error))
     }
 
+    /// Queues a write and waits until it is durable; the store's answer or
+    /// a client-facing error.
+    pub async fn commit(&self, op: WriteOp) -> Result<WriteOutcome, pb::Error> {
+        match self.write(op).await?.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(err)) => Err(pool_error(err)),
+            Err(_) => Err(pool_error(PoolError::Closed)),
+        }
+    }
+
     /// Waits while the writer queue is nearly full: this is how a busy
     /// store pushes back on connections (they stop being read).
     pub async fn wait_for_writer_room(&self) -> Result<(), pb::Error> {

@@ -10,7 +10,7 @@ use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::{WriteOp, WriteOutcome};
 
 use crate::connection::{bad, profile_of, Connection, Session};
-use crate::core::{encode_frame, pool_error, CoreMsg};
+use crate::core::{encode_frame, CoreMsg};
 
 /// Longest note on a friend request.
 const MAX_NOTE_CHARS: usize = 256;
@@ -20,14 +20,6 @@ const MAX_SEARCH_PAGE: usize = 50;
 const SEARCH_PREFIX_CHARS: std::ops::RangeInclusive<usize> = 1..=64;
 
 impl Connection {
-    async fn friend_write(&self, op: WriteOp) -> Result<WriteOutcome, pb::Error> {
-        match self.core.write(op).await?.await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(err)) => Err(pool_error(err)),
-            Err(_) => Err(pool_error(ourchat_workers::PoolError::Closed)),
-        }
-    }
-
     /// Tells `other`'s devices and my other devices.
     async fn announce(&self, me: i64, other: i64, event: pb::FriendEvent) {
         let frame = encode_frame(&Envelope::new(0, Body::FriendEvent(event)));
@@ -92,13 +84,14 @@ impl Connection {
         let at_ms = now_ms() as i64;
         if relation.b_requested_a {
             // They asked first: asking back is accepting.
-            self.friend_write(WriteOp::AnswerFriend {
-                from: other,
-                to: me,
-                accept: true,
-                at_ms,
-            })
-            .await?;
+            self.core
+                .commit(WriteOp::AnswerFriend {
+                    from: other,
+                    to: me,
+                    accept: true,
+                    at_ms,
+                })
+                .await?;
             let event = pb::FriendEvent {
                 kind: FriendEventKind::FriendAccepted as i32,
                 from_user_id: other,
@@ -108,13 +101,14 @@ impl Connection {
             self.announce(me, other, event).await;
             return Ok(());
         }
-        self.friend_write(WriteOp::RequestFriend {
-            from: me,
-            to: other,
-            note: request.note.clone(),
-            at_ms,
-        })
-        .await?;
+        self.core
+            .commit(WriteOp::RequestFriend {
+                from: me,
+                to: other,
+                note: request.note.clone(),
+                at_ms,
+            })
+            .await?;
         let event = pb::FriendEvent {
             kind: FriendEventKind::FriendRequested as i32,
             from_user_id: me,
@@ -140,7 +134,7 @@ impl Connection {
                 accept: request.accept,
                 at_ms: now_ms() as i64,
             };
-            if self.friend_write(op).await? != WriteOutcome::Done {
+            if self.core.commit(op).await? != WriteOutcome::Done {
                 return Err(pb::Error::new(
                     ErrorCode::NotFound,
                     "no pending request from this user",
@@ -173,7 +167,8 @@ impl Connection {
         let (me, other) = (session.user_id, request.user_id);
         let result = async {
             if self
-                .friend_write(WriteOp::Unfriend { a: me, b: other })
+                .core
+                .commit(WriteOp::Unfriend { a: me, b: other })
                 .await?
                 != WriteOutcome::Done
             {
@@ -202,7 +197,7 @@ impl Connection {
                 block: request.block,
                 at_ms: now_ms() as i64,
             };
-            if self.friend_write(op).await? != WriteOutcome::Done {
+            if self.core.commit(op).await? != WriteOutcome::Done {
                 return Err(pb::Error::new(
                     ErrorCode::NotFound,
                     "this user is not blocked",
