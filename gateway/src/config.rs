@@ -180,6 +180,8 @@ pub struct AuthConfig {
     /// Devices one user may have; logging in on one more signs the least
     /// recently seen out (its token is revoked).
     pub max_devices_per_user: usize,
+    /// Friends one user may have; accepting past it is refused.
+    pub max_friends: usize,
 }
 
 impl Default for AuthConfig {
@@ -189,6 +191,7 @@ impl Default for AuthConfig {
             token_ttl_secs: 7 * 24 * 3600,
             hash_threads: 0,
             max_devices_per_user: 10,
+            max_friends: 5_000,
         }
     }
 }
@@ -287,6 +290,9 @@ impl Config {
         }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 16 {
             return invalid("auth.jwt_secret must be at least 16 bytes");
+        }
+        if self.auth.max_friends == 0 {
+            return invalid("auth.max_friends must be at least 1");
         }
         if self.auth.max_devices_per_user == 0 {
             return invalid("auth.max_devices_per_user must be at least 1");

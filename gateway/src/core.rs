@@ -112,6 +112,8 @@ pub enum CoreMsg {
         conn_id: u64,
         /// Away or back online.
         away: bool,
+        /// Fires once applied (the reply waits: later queries see it).
+        done: oneshot::Sender<()>,
     },
     /// To the user's owner: the user's aggregated presence.
     Presence {
@@ -145,6 +147,9 @@ pub enum CoreMsg {
         conversation: ConversationId,
         /// Whether either side blocks the other.
         blocked: bool,
+        /// Fires once applied: the blocker's reply waits for it, so no send
+        /// sequenced after that reply slips through on another mesh channel.
+        done: oneshot::Sender<()>,
     },
     /// To a connection's core: tell the client why, then close it.
     Kick {
@@ -451,6 +456,7 @@ impl Core {
                 user_id,
                 conn_id,
                 away,
+                done,
             } => {
                 let before = self.presence_of(user_id);
                 if let Some(device) = self
@@ -461,6 +467,7 @@ impl Core {
                 {
                     device.away = away;
                 }
+                let _ = done.send(());
                 self.announce_presence(user_id, before);
             }
             CoreMsg::Presence { user_id, reply } => {
@@ -498,6 +505,7 @@ impl Core {
             CoreMsg::SetBlocked {
                 conversation,
                 blocked,
+                done,
             } => {
                 let mut sequencer = self.sequencer.borrow_mut();
                 match sequencer.convs.get_mut(&conversation) {
@@ -509,6 +517,7 @@ impl Core {
                     }
                     None => {}
                 }
+                let _ = done.send(());
             }
             CoreMsg::Kick { conn_id, reason } => {
                 if let Some(outbox) = self.conns.borrow().get(&conn_id) {

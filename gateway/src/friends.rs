@@ -84,6 +84,7 @@ impl Connection {
         let at_ms = now_ms() as i64;
         if relation.b_requested_a {
             // They asked first: asking back is accepting.
+            self.check_friend_room(me, other).await?;
             self.core
                 .commit(WriteOp::AnswerFriend {
                     from: other,
@@ -119,6 +120,22 @@ impl Connection {
         Ok(())
     }
 
+    /// Refuses a new friendship when either side is at `auth.max_friends`.
+    async fn check_friend_room(&self, a: i64, b: i64) -> Result<(), pb::Error> {
+        let cap = self.core.shared.config.auth.max_friends;
+        let (count_a, count_b) = self
+            .core
+            .read(move |store| Ok((store.friends(a)?.len(), store.friends(b)?.len())))
+            .await?;
+        if count_a >= cap || count_b >= cap {
+            return Err(pb::Error::new(
+                ErrorCode::Conflict,
+                format!("friend limit of {cap} reached"),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) async fn respond_friend(
         &self,
         req_id: u32,
@@ -128,6 +145,9 @@ impl Connection {
         let me = session.user_id;
         let from = request.from_user_id;
         let result = async {
+            if request.accept {
+                self.check_friend_room(me, from).await?;
+            }
             let op = WriteOp::AnswerFriend {
                 from,
                 to: me,
@@ -211,15 +231,14 @@ impl Connection {
             if let Some(conversation) = ConversationId::direct(me, other) {
                 let owner = self.core.owner_of_conversation(&conversation);
                 let blocked = relation.a_blocked_b || relation.b_blocked_a;
-                self.core
-                    .route(
-                        owner,
-                        CoreMsg::SetBlocked {
-                            conversation,
-                            blocked,
-                        },
-                    )
-                    .await;
+                let (done, applied) = futures::channel::oneshot::channel();
+                let set = CoreMsg::SetBlocked {
+                    conversation,
+                    blocked,
+                    done,
+                };
+                self.core.route(owner, set).await;
+                let _ = applied.await;
             }
             Ok(())
         }

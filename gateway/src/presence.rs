@@ -30,12 +30,15 @@ impl Connection {
             }
         };
         let owner = self.core.owner_of_user(session.user_id);
+        let (done, applied) = futures::channel::oneshot::channel();
         let set = CoreMsg::SetAway {
             user_id: session.user_id,
             conn_id: self.conn_id,
             away,
+            done,
         };
         self.core.route(owner, set).await;
+        let _ = applied.await;
         self.reply(req_id, Body::Done(pb::Done {}));
     }
 

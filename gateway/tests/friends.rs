@@ -187,6 +187,34 @@ async fn blocking_refuses_messages_and_requests_until_unblocked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_friend_limit_is_enforced_on_both_sides() {
+    let server = ServerProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_ourchat")),
+        ServerOptions {
+            cores: 2,
+            set: vec![("auth.max_friends".into(), "1".into())],
+            ..Default::default()
+        },
+    );
+    let (alice, sa) = user_on(server.addr, "alice", "d").await;
+    let (bob, sb) = user_on(server.addr, "bob", "d").await;
+    let (carol, sc) = user_on(server.addr, "carol", "d").await;
+    alice.request_friend(sb.user_id, "").await.unwrap();
+    bob.answer_friend(sa.user_id, true).await.unwrap();
+    // Alice is full: carol's request may wait, but cannot be accepted,
+    // whoever accepts and however (answer or crossed request).
+    carol.request_friend(sa.user_id, "").await.unwrap();
+    let err = alice.answer_friend(sc.user_id, true).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Conflict));
+    assert!(err.to_string().contains("friend limit"), "{err}");
+    let err = alice.request_friend(sc.user_id, "").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Conflict));
+    assert_eq!(carol.friends().await.unwrap().friends.len(), 0);
+    // Rejecting is always possible.
+    alice.answer_friend(sc.user_id, false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_is_by_prefix_paged_and_keeps_contacts_private() {
     let server = server();
     let (alice, _) = user_on(server.addr, "alice", "d").await;
