@@ -2,28 +2,13 @@
 //! real node: revocation really stops old tokens, other devices are signed
 //! out, private fields stay private, and nobody acts for someone else.
 
-use std::path::Path;
 use std::time::Duration;
 
 use ourchat_client::{Client, ErrorCode, Push};
 use ourchat_protocol::pb;
-use ourchat_testkit::{user_on, ServerOptions, ServerProcess, TEST_PASSWORD};
+use ourchat_testkit::{start_node, user_on, TEST_PASSWORD};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn server(set: &[(&str, &str)]) -> ServerProcess {
-    ServerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_ourchat")),
-        ServerOptions {
-            cores: 2,
-            set: set
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        },
-    )
-}
 
 async fn token_login(
     addr: std::net::SocketAddr,
@@ -52,7 +37,7 @@ async fn expect_kicked(client: &Client, why: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_are_updated_validated_and_private_fields_stay_private() {
-    let server = server(&[]);
+    let server = start_node!(2);
     let (alice, _) = user_on(server.addr, "alice", "d").await;
     let (bob, _) = user_on(server.addr, "bob", "d").await;
     let updated = alice
@@ -118,7 +103,7 @@ async fn profiles_are_updated_validated_and_private_fields_stay_private() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_revokes_and_refresh_issues_a_working_token() {
-    let server = server(&[]);
+    let server = start_node!(2);
     // A refreshed token logs in.
     let (bob, bob_session) = user_on(server.addr, "bob", "phone").await;
     let refreshed = bob.refresh_token().await.unwrap();
@@ -149,7 +134,7 @@ async fn logout_revokes_and_refresh_issues_a_working_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_change_signs_every_other_device_out() {
-    let server = server(&[]);
+    let server = start_node!(2);
     let (phone, _) = user_on(server.addr, "alice", "phone").await;
     let laptop = Client::connect(server.addr).await.unwrap();
     let laptop_session = laptop
@@ -192,7 +177,7 @@ async fn password_change_signs_every_other_device_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_are_listed_kicked_and_capped() {
-    let server = server(&[("auth.max_devices_per_user", "3")]);
+    let server = start_node!(2, "auth.max_devices_per_user" => "3");
     let (phone, _) = user_on(server.addr, "alice", "phone").await;
     let laptop = Client::connect(server.addr).await.unwrap();
     let laptop_session = laptop

@@ -3,28 +3,13 @@
 //! happy paths and the authorization negatives (nobody marks read, recalls
 //! or lists on behalf of someone else).
 
-use std::path::Path;
 use std::time::Duration;
 
 use ourchat_client::{ErrorCode, Push};
 use ourchat_protocol::pb::{self, MessageType};
-use ourchat_testkit::{device_of, user_on, ServerOptions, ServerProcess};
+use ourchat_testkit::{device_of, start_node, user_on};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn server(set: &[(&str, &str)]) -> ServerProcess {
-    ServerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_ourchat")),
-        ServerOptions {
-            cores: 2,
-            set: set
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        },
-    )
-}
 
 /// The next push that is not a message.
 async fn next_event(client: &ourchat_client::Client) -> Push {
@@ -39,7 +24,7 @@ async fn next_event(client: &ourchat_client::Client) -> Push {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_type_round_trips_with_its_payload() {
-    let server = server(&[]);
+    let server = start_node!(2);
     let (alice, _) = user_on(server.addr, "alice", "d").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
     let media = |url: &str, mime: &str| pb::MediaPayload {
@@ -147,7 +132,7 @@ async fn every_message_type_round_trips_with_its_payload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_receipts_unread_counts_and_the_conversation_list() {
-    let server = server(&[]);
+    let server = start_node!(2);
     let (alice, sa) = user_on(server.addr, "alice", "d").await;
     let (bob, sb) = user_on(server.addr, "bob", "phone").await;
     let bob_tablet = device_of(server.addr, "bob", "tablet").await;
@@ -213,7 +198,7 @@ async fn read_receipts_unread_counts_and_the_conversation_list() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recall_is_the_senders_within_the_window() {
-    let server = server(&[("server.recall_window_secs", "2")]);
+    let server = start_node!(2, "server.recall_window_secs" => "2");
     let (alice, _) = user_on(server.addr, "alice", "d").await;
     let alice_laptop = device_of(server.addr, "alice", "laptop").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
@@ -261,7 +246,7 @@ async fn recall_is_the_senders_within_the_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_the_peer_and_is_never_stored() {
-    let server = server(&[]);
+    let server = start_node!(2);
     let (alice, _) = user_on(server.addr, "alice", "d").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
     alice.typing(sb.user_id, true).await.unwrap();

@@ -2,25 +2,14 @@
 //! same data directory, and every acked message is in history and syncs.
 //! And a graceful SIGTERM flushes and exits cleanly.
 
-use std::path::Path;
 use std::time::Duration;
 
 use ourchat_client::SeqTracker;
-use ourchat_testkit::{device_of, user_on, ServerOptions, ServerProcess};
-
-fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_ourchat"))
-}
+use ourchat_testkit::{device_of, start_node, user_on};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_survive_kill_9() {
-    let mut server = ServerProcess::start(
-        binary(),
-        ServerOptions {
-            cores: 2,
-            ..Default::default()
-        },
-    );
+    let mut server = start_node!(2);
     let (_bob, sb) = user_on(server.addr, "bob", "phone").await;
     drop(_bob);
     let (alice, _) = user_on(server.addr, "alice", "d").await;
@@ -72,13 +61,7 @@ async fn acked_messages_survive_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_cleanly() {
-    let mut server = ServerProcess::start(
-        binary(),
-        ServerOptions {
-            cores: 2,
-            ..Default::default()
-        },
-    );
+    let mut server = start_node!(2);
     let (alice, _) = user_on(server.addr, "alice", "d").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
     for i in 0..50 {

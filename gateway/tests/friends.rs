@@ -3,24 +3,13 @@
 //! prefix without leaking contact fields, and blocking refuses a user's
 //! messages and requests until unblocked.
 
-use std::path::Path;
 use std::time::Duration;
 
 use ourchat_client::{Client, ErrorCode, Push};
 use ourchat_protocol::pb::{self, FriendEventKind};
-use ourchat_testkit::{user_on, ServerOptions, ServerProcess};
+use ourchat_testkit::{start_node, user_on};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn server() -> ServerProcess {
-    ServerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_ourchat")),
-        ServerOptions {
-            cores: 2,
-            ..Default::default()
-        },
-    )
-}
 
 async fn friend_event(client: &Client) -> pb::FriendEvent {
     loop {
@@ -34,7 +23,7 @@ async fn friend_event(client: &Client) -> pb::FriendEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_answers_crossing_and_deletion() {
-    let server = server();
+    let server = start_node!(2);
     let (alice, sa) = user_on(server.addr, "alice", "d").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
     let (carol, sc) = user_on(server.addr, "carol", "d").await;
@@ -126,7 +115,7 @@ async fn requests_answers_crossing_and_deletion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_refuses_messages_and_requests_until_unblocked() {
-    let server = server();
+    let server = start_node!(2);
     let (alice, sa) = user_on(server.addr, "alice", "d").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
     alice.request_friend(sb.user_id, "").await.unwrap();
@@ -188,14 +177,7 @@ async fn blocking_refuses_messages_and_requests_until_unblocked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_friend_limit_is_enforced_on_both_sides() {
-    let server = ServerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_ourchat")),
-        ServerOptions {
-            cores: 2,
-            set: vec![("auth.max_friends".into(), "1".into())],
-            ..Default::default()
-        },
-    );
+    let server = start_node!(2, "auth.max_friends" => "1");
     let (alice, sa) = user_on(server.addr, "alice", "d").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
     let (carol, sc) = user_on(server.addr, "carol", "d").await;
@@ -216,7 +198,7 @@ async fn the_friend_limit_is_enforced_on_both_sides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_is_by_prefix_paged_and_keeps_contacts_private() {
-    let server = server();
+    let server = start_node!(2);
     let (alice, _) = user_on(server.addr, "alice", "d").await;
     for name in ["zed_one", "zed_two", "zed_three", "zebra"] {
         let (client, _) = user_on(server.addr, name, "d").await;

@@ -3,27 +3,16 @@
 //! resend dedupe, offline sync, multi-device fan-out and device kicks.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use ourchat_client::{Push, SeqTracker};
-use ourchat_testkit::{device_of, user_on, ServerOptions, ServerProcess};
+use ourchat_testkit::{device_of, start_node, user_on};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn server(cores: usize) -> ServerProcess {
-    ServerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_ourchat")),
-        ServerOptions {
-            cores,
-            ..Default::default()
-        },
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pairs_spread_over_both_cores_chat_both_ways() {
-    let server = server(2);
+    let server = start_node!(2);
     // 16 pairs = 32 connections: the kernel's SO_REUSEPORT hash puts them
     // on both cores (all on one has odds of 2^-31), and users and
     // conversations hash to both cores' partitions.
@@ -53,7 +42,7 @@ async fn pairs_spread_over_both_cores_chat_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_senders_keep_one_gapless_order() {
-    let server = server(2);
+    let server = start_node!(2);
     let (alice, sa) = user_on(server.addr, "alice", "d").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
     const EACH: usize = 150;
@@ -124,7 +113,7 @@ async fn concurrent_senders_keep_one_gapless_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_returns_the_same_seq_and_stores_once() {
-    let server = server(2);
+    let server = start_node!(2);
     let (alice, _) = user_on(server.addr, "alice", "d").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
     let text = ourchat_protocol::pb::MessageType::Text;
@@ -156,7 +145,7 @@ async fn resend_returns_the_same_seq_and_stores_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_recipient_syncs_everything_once_in_order() {
-    let server = server(2);
+    let server = start_node!(2);
     let (_bob, sb) = user_on(server.addr, "bob", "phone").await;
     drop(_bob);
     let (alice, sa) = user_on(server.addr, "alice", "d").await;
@@ -213,7 +202,7 @@ async fn offline_recipient_syncs_everything_once_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_device_gets_it_including_the_senders_other_device() {
-    let server = server(2);
+    let server = start_node!(2);
     let (alice_phone, _) = user_on(server.addr, "alice", "phone").await;
     let alice_laptop = device_of(server.addr, "alice", "laptop").await;
     let (bob_phone, sb) = user_on(server.addr, "bob", "phone").await;
@@ -239,7 +228,7 @@ async fn every_device_gets_it_including_the_senders_other_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_device_logging_in_again_kicks_the_old_connection() {
-    let server = server(2);
+    let server = start_node!(2);
     let (old, sa) = user_on(server.addr, "alice", "phone").await;
     let new = device_of(server.addr, "alice", "phone").await;
     match old.next_push(WAIT).await {
@@ -258,7 +247,7 @@ async fn same_device_logging_in_again_kicks_the_old_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_login_resumes_the_session() {
-    let server = server(1);
+    let server = start_node!(1);
     let (alice, session) = user_on(server.addr, "alice", "phone").await;
     drop(alice);
     let again = ourchat_client::Client::connect(server.addr).await.unwrap();

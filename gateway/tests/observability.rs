@@ -1,20 +1,12 @@
 //! The admin endpoint: /healthz, /readyz and /metrics report what really
 //! happened (counts asserted against the traffic this test generates).
 
-use std::path::Path;
-
 use ourchat_protocol::pb::MessageType;
-use ourchat_testkit::{user_on, ServerOptions, ServerProcess};
+use ourchat_testkit::{start_node, user_on};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_traffic() {
-    let server = ServerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_ourchat")),
-        ServerOptions {
-            cores: 2,
-            ..Default::default()
-        },
-    );
+    let server = start_node!(2);
     assert_eq!(server.admin_get("/healthz").unwrap().0, 200);
     assert_eq!(server.admin_get("/readyz").unwrap().0, 200);
     assert_eq!(server.admin_get("/nope").unwrap().0, 404);

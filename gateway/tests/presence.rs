@@ -2,12 +2,11 @@
 //! changes pushed to friends (only), a heartbeat timeout marks a device
 //! offline, and queries answer only for friends and oneself.
 
-use std::path::Path;
 use std::time::Duration;
 
 use ourchat_client::{Client, Push};
 use ourchat_protocol::pb::{self, PresenceState};
-use ourchat_testkit::{device_of, user_on, ServerOptions, ServerProcess};
+use ourchat_testkit::{device_of, start_node, user_on};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -30,13 +29,7 @@ async fn befriend(a: &Client, b: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn friends_see_online_away_and_offline_aggregated_over_devices() {
-    let server = ServerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_ourchat")),
-        ServerOptions {
-            cores: 2,
-            ..Default::default()
-        },
-    );
+    let server = start_node!(2);
     let (alice, sa) = user_on(server.addr, "alice", "phone").await;
     let (bob, sb) = user_on(server.addr, "bob", "d").await;
     let (stranger, _) = user_on(server.addr, "stranger", "d").await;
@@ -99,16 +92,10 @@ async fn friends_see_online_away_and_offline_aggregated_over_devices() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_timeout_marks_the_device_offline() {
-    let server = ServerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_ourchat")),
-        ServerOptions {
-            cores: 2,
-            set: vec![
-                ("server.heartbeat_secs".into(), "1".into()),
-                ("server.idle_timeout_secs".into(), "2".into()),
-            ],
-            ..Default::default()
-        },
+    let server = start_node!(
+        2,
+        "server.heartbeat_secs" => "1",
+        "server.idle_timeout_secs" => "2",
     );
     let (silent, ss) = user_on(server.addr, "silent", "d").await;
     let (watcher, _) = user_on(server.addr, "watcher", "d").await;

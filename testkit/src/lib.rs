@@ -264,3 +264,21 @@ pub async fn device_of(addr: SocketAddr, username: &str, device: &str) -> ourcha
         .unwrap_or_else(|e| panic!("login {username}/{device}: {e}"));
     client
 }
+
+/// Starts the calling test crate's `ourchat` binary on `cores` cores with
+/// `key => value` config overrides: `start_node!(2, "server.recall_window_secs" => "2")`.
+/// A macro so that `CARGO_BIN_EXE_ourchat` is read in the test crate, the
+/// only place Cargo defines it.
+#[macro_export]
+macro_rules! start_node {
+    ($cores:expr $(, $key:expr => $value:expr)* $(,)?) => {
+        $crate::ServerProcess::start(
+            ::std::path::Path::new(env!("CARGO_BIN_EXE_ourchat")),
+            $crate::ServerOptions {
+                cores: $cores,
+                set: vec![$(($key.to_string(), $value.to_string())),*],
+                ..Default::default()
+            },
+        )
+    };
+}
