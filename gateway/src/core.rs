@@ -816,9 +816,9 @@ impl Core {
         }
         CoreMetrics::inc(&self.metrics().messages_accepted);
         let committed_at = Some(Instant::now());
-        let frame = encode_frame(&Envelope::new(0, Body::PushMessage(message.clone())));
         let receiver = message.receiver_id;
         let sender = message.sender_id;
+        let frame = encode_frame(&Envelope::new(0, Body::PushMessage(message)));
         self.route(
             self.owner_of_user(receiver),
             CoreMsg::Deliver {

@@ -85,8 +85,6 @@ pub struct WriterStats {
     pub ops: AtomicU64,
     /// Batches that failed after all attempts.
     pub failed_batches: AtomicU64,
-    /// Largest batch so far.
-    pub max_batch_seen: AtomicU64,
     /// Ops per batch.
     pub batch_sizes: AtomicHistogram,
     /// Time to commit one batch, in microseconds (fsync included).
@@ -99,7 +97,6 @@ impl Default for WriterStats {
             batches: AtomicU64::new(0),
             ops: AtomicU64::new(0),
             failed_batches: AtomicU64::new(0),
-            max_batch_seen: AtomicU64::new(0),
             batch_sizes: AtomicHistogram::new(BATCH_BUCKETS),
             commit_us: AtomicHistogram::new(LATENCY_US_BUCKETS),
         }
@@ -231,9 +228,6 @@ fn run_writer(
         stats.batch_sizes.record(ops.len() as u64);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
-        stats
-            .max_batch_seen
-            .fetch_max(ops.len() as u64, Ordering::Relaxed);
         tracing::debug!(batch = ops.len(), queued = rx.len(), "store batch");
         match result {
             Ok(outcomes) => {
