@@ -10,11 +10,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/session.proto",
         "proto/presence.proto",
         "proto/client.proto",
+        "proto/services.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // Messages and the gRPC clients and servers in one pass, from the
+    // descriptors protox produced.
+    tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

@@ -104,6 +104,12 @@ enum Command {
         #[command(subcommand)]
         action: Option<FriendsAction>,
     },
+    /// Groups: list, create, info, members, add, remove, leave, admin,
+    /// transfer, update, dissolve, send, history.
+    Groups {
+        #[command(subcommand)]
+        action: Option<GroupsAction>,
+    },
     /// Presence of friends (all of them, or the USERS named); --away or
     /// --online sets this device's own state first.
     Presence {
@@ -161,6 +167,58 @@ enum FriendsAction {
     Unblock { user: String },
     /// Users whose username, nickname, phone or email starts with PREFIX.
     Search { prefix: String },
+}
+
+#[derive(Subcommand)]
+enum GroupsAction {
+    /// My groups (default).
+    List,
+    /// Create a group with me as owner and these members (usernames).
+    Create {
+        name: String,
+        members: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// A group's details.
+    Info { group: i64 },
+    /// A group's members with their roles.
+    Members { group: i64 },
+    /// Add members (owner or admin).
+    Add { group: i64, users: Vec<String> },
+    /// Remove members (owner, or admin removing members).
+    Remove { group: i64, users: Vec<String> },
+    /// Leave a group.
+    Leave { group: i64 },
+    /// Make USER an admin (--unset: a member again). Owner only.
+    Admin {
+        group: i64,
+        user: String,
+        #[arg(long)]
+        unset: bool,
+    },
+    /// Hand the group to USER. Owner only.
+    Transfer { group: i64, user: String },
+    /// Change name, description or avatar (owner or admin).
+    Update {
+        group: i64,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        avatar_url: Option<String>,
+    },
+    /// End the group. Owner only.
+    Dissolve { group: i64 },
+    /// Send a text to the group.
+    Send { group: i64, text: String },
+    /// Page backwards through the group's conversation.
+    History {
+        group: i64,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -325,6 +383,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 json!({"event": "recalled", "conversation_id": conversation, "seq": seq}),
                 format!("recalled seq {seq} in the conversation with {with}"),
             );
+        }
+        Command::Groups { action } => {
+            let (client, _) = resume(&cli.server, &session_path).await?;
+            groups(
+                &client,
+                &out,
+                action.as_ref().unwrap_or(&GroupsAction::List),
+            )
+            .await?;
         }
         Command::Friends { action } => {
             let (client, _) = resume(&cli.server, &session_path).await?;
@@ -509,11 +576,156 @@ async fn listen(
                     format!("{who} is {state}"),
                 );
             }
+            Push::Notice(n) => out.line(
+                json!({"event": "notice", "text": n.text, "sent_at_ms": n.sent_at_ms}),
+                format!("notice: {}", n.text),
+            ),
             Push::Kicked(reason) => bail!("disconnected by the server: {reason}"),
             Push::Error(error) => bail!("server error: {}", error.message),
             Push::Closed => bail!("connection closed"),
         }
     }
+}
+
+async fn groups(client: &Client, out: &Output, action: &GroupsAction) -> anyhow::Result<()> {
+    let ids_of = |names: &[String]| {
+        let names = names.to_vec();
+        async move {
+            let mut ids = Vec::with_capacity(names.len());
+            for name in &names {
+                ids.push(client.find_user(name).await?.user_id);
+            }
+            anyhow::Ok(ids)
+        }
+    };
+    let role_name = |role: i32| {
+        pb::GroupRole::try_from(role)
+            .map(|r| r.as_str_name().to_ascii_lowercase())
+            .unwrap_or_else(|_| "member".into())
+    };
+    let print_group = |g: &pb::GroupInfo| {
+        out.line(
+            json!({"event": "group", "group_id": g.group_id, "name": g.name,
+                   "description": g.description, "owner_id": g.owner_id,
+                   "members": g.member_count, "my_role": role_name(g.my_role)}),
+            format!(
+                "{:<20} {:<24} {} members, I am {}",
+                g.group_id,
+                g.name,
+                g.member_count,
+                role_name(g.my_role)
+            ),
+        )
+    };
+    let (verb, group, seq) = match action {
+        GroupsAction::List => {
+            let mut after = 0;
+            loop {
+                let page = client.my_groups(after, 100).await?;
+                for g in &page.groups {
+                    print_group(g);
+                    after = g.group_id;
+                }
+                if !page.has_more {
+                    return Ok(());
+                }
+            }
+        }
+        GroupsAction::Create {
+            name,
+            members,
+            description,
+        } => {
+            let ids = ids_of(members).await?;
+            let group = client.create_group(name, &ids, description).await?;
+            ("created", group, 1)
+        }
+        GroupsAction::Info { group } => {
+            print_group(&client.group(*group).await?);
+            return Ok(());
+        }
+        GroupsAction::Members { group } => {
+            let mut names = std::collections::HashMap::new();
+            let mut after = 0;
+            loop {
+                let page = client.group_members(*group, after, 500).await?;
+                for m in &page.members {
+                    let who = name_of(client, &mut names, m.user_id).await;
+                    out.line(
+                        json!({"event": "member", "user": who, "user_id": m.user_id,
+                               "role": role_name(m.role), "join_seq": m.join_seq}),
+                        format!("{who:<16} {}", role_name(m.role)),
+                    );
+                    after = m.user_id;
+                }
+                if !page.has_more {
+                    return Ok(());
+                }
+            }
+        }
+        GroupsAction::Add { group, users } => {
+            let seq = client.add_members(*group, &ids_of(users).await?).await?;
+            ("added", *group, seq)
+        }
+        GroupsAction::Remove { group, users } => {
+            let seq = client.remove_members(*group, &ids_of(users).await?).await?;
+            ("removed", *group, seq)
+        }
+        GroupsAction::Leave { group } => ("left", *group, client.leave_group(*group).await?),
+        GroupsAction::Admin { group, user, unset } => {
+            let user_id = client.find_user(user).await?.user_id;
+            let seq = client.set_admin(*group, user_id, !unset).await?;
+            ("role_changed", *group, seq)
+        }
+        GroupsAction::Transfer { group, user } => {
+            let user_id = client.find_user(user).await?.user_id;
+            let seq = client.transfer_owner(*group, user_id).await?;
+            ("transferred", *group, seq)
+        }
+        GroupsAction::Update {
+            group,
+            name,
+            description,
+            avatar_url,
+        } => {
+            let request = pb::UpdateGroupRequest {
+                group_id: *group,
+                name: name.clone(),
+                description: description.clone(),
+                avatar_url: avatar_url.clone(),
+            };
+            let seq = client
+                .group_change(ourchat_protocol::Body::UpdateGroup(request))
+                .await?;
+            ("updated", *group, seq)
+        }
+        GroupsAction::Dissolve { group } => {
+            ("dissolved", *group, client.dissolve_group(*group).await?)
+        }
+        GroupsAction::Send { group, text } => {
+            let ack = client.send_group_text(*group, text).await?;
+            ("sent", *group, ack.seq)
+        }
+        GroupsAction::History { group, limit } => {
+            let mut names = std::collections::HashMap::new();
+            let request = pb::HistoryRequest {
+                conversation_id: format!("sg_{group}"),
+                limit: *limit,
+                ..Default::default()
+            };
+            let page = client.history_of(request).await?;
+            for message in page.messages.iter().rev() {
+                let from = name_of(client, &mut names, message.sender_id).await;
+                out.message(message, &from);
+            }
+            return Ok(());
+        }
+    };
+    out.line(
+        json!({"event": verb, "group_id": group, "seq": seq}),
+        format!("{verb}: group {group} (seq {seq})"),
+    );
+    Ok(())
 }
 
 async fn friends(client: &Client, out: &Output, action: &FriendsAction) -> anyhow::Result<()> {
@@ -637,7 +849,9 @@ impl Output {
                    "sent_at_ms": message.sent_at_ms}),
             format!(
                 "[{}#{}] {from}: {}",
-                message.conversation_id, message.seq, message.content
+                message.conversation_id,
+                message.seq,
+                describe(message)
             ),
         );
     }
@@ -647,6 +861,12 @@ impl Output {
 fn describe(message: &ChatMessage) -> String {
     if message.recalled {
         return "(recalled)".into();
+    }
+    if let Some(event) = &message.group_event {
+        let kind = pb::group_event::Kind::try_from(event.kind)
+            .map(|k| k.as_str_name().to_ascii_lowercase())
+            .unwrap_or_else(|_| "event".into());
+        return format!("({kind} {:?} by {})", event.user_ids, event.actor_id);
     }
     match (&message.media, &message.location) {
         (Some(m), _) => format!(

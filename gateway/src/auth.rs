@@ -83,21 +83,8 @@ impl TokenKeys {
         if !configured.is_empty() {
             return Ok(Self::new(configured.as_bytes(), ttl_secs));
         }
-        let path = data_dir.join("jwt.secret");
-        let secret = match std::fs::read(&path) {
-            Ok(secret) if secret.len() >= 32 => secret,
-            _ => {
-                let secret: [u8; 32] = rand::random();
-                let text = secret
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>();
-                std::fs::create_dir_all(data_dir)?;
-                write_private(&path, text.as_bytes())?;
-                text.into_bytes()
-            }
-        };
-        Ok(Self::new(&secret, ttl_secs))
+        let secret = load_or_create_secret(&data_dir.join("jwt.secret"))?;
+        Ok(Self::new(secret.as_bytes(), ttl_secs))
     }
 
     /// A token for `user_id` on `device_id` in the device's `epoch`, and
@@ -141,6 +128,24 @@ impl TokenKeys {
             expire_at: data.claims.exp,
         })
     }
+}
+
+/// The secret kept in `path`, created with 32 random bytes (hex) on first
+/// use so restarts keep it; readable by the owner only.
+pub fn load_or_create_secret(path: &Path) -> std::io::Result<String> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let text = text.trim();
+        if text.len() >= 32 {
+            return Ok(text.to_string());
+        }
+    }
+    let secret: [u8; 32] = rand::random();
+    let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    write_private(path, text.as_bytes())?;
+    Ok(text)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -79,6 +79,10 @@ pub struct ServerConfig {
     pub max_media_bytes: u64,
     /// How long after sending a user may recall a message, seconds.
     pub recall_window_secs: u64,
+    /// Most members a group may have.
+    pub max_group_members: usize,
+    /// gRPC address serving the six services; empty = off.
+    pub grpc_listen: String,
     /// Time a new connection has to log in, in milliseconds.
     pub login_timeout_ms: u64,
     /// Heartbeat interval told to clients, in seconds.
@@ -108,6 +112,8 @@ impl Default for ServerConfig {
             max_content_bytes: 16 * 1024,
             max_media_bytes: 1 << 30,
             recall_window_secs: 120,
+            max_group_members: 10_000,
+            grpc_listen: "0.0.0.0:50051".into(),
             login_timeout_ms: 10_000,
             heartbeat_secs: 30,
             idle_timeout_secs: 90,

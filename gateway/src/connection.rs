@@ -20,7 +20,7 @@ use ourchat_protocol::ids::now_ms;
 use ourchat_protocol::payload;
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
-use ourchat_storage::{NewAccount, WriteOp, WriteOutcome};
+use ourchat_storage::{NewAccount, Visibility, WriteOp, WriteOutcome};
 use ourchat_workers::password;
 
 use crate::auth::TokenError;
@@ -267,6 +267,17 @@ impl Connection {
             Body::SearchUsers(request) => self.search_users(req_id, &session, request).await,
             Body::SetPresence(request) => self.set_presence(req_id, &session, request).await,
             Body::PresenceQuery(request) => self.presence_query(req_id, &session, request).await,
+            Body::CreateGroup(request) => self.create_group(req_id, &session, request).await,
+            Body::GetGroup(request) => self.get_group(req_id, &session, request).await,
+            Body::UpdateGroup(request) => self.update_group(req_id, &session, request).await,
+            Body::AddMembers(request) => self.add_members(req_id, &session, request).await,
+            Body::RemoveMembers(request) => self.remove_members(req_id, &session, request).await,
+            Body::LeaveGroup(request) => self.leave_group(req_id, &session, request).await,
+            Body::TransferOwner(request) => self.transfer_owner(req_id, &session, request).await,
+            Body::SetAdmin(request) => self.set_admin(req_id, &session, request).await,
+            Body::DissolveGroup(request) => self.dissolve_group(req_id, &session, request).await,
+            Body::GroupMembers(request) => self.group_members(req_id, &session, request).await,
+            Body::MyGroups(request) => self.my_groups(req_id, &session, request).await,
             Body::Login(_) | Body::Register(_) => self.reply_error(
                 req_id,
                 pb::Error::new(
@@ -592,10 +603,15 @@ impl Connection {
             Ok(conv) => conv,
             Err(error) => return refuse(error),
         };
-        match self.core.user_exists(request.receiver_id).await {
-            Ok(true) => {}
-            Ok(false) => return refuse(pb::Error::new(ErrorCode::NotFound, "no such receiver")),
-            Err(error) => return refuse(error),
+        // A group's membership is checked where its messages are sequenced.
+        if request.group_id == 0 {
+            match self.core.user_exists(request.receiver_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return refuse(pb::Error::new(ErrorCode::NotFound, "no such receiver"))
+                }
+                Err(error) => return refuse(error),
+            }
         }
         if let Err(error) = self.core.wait_for_writer_room().await {
             return refuse(error);
@@ -624,11 +640,14 @@ impl Connection {
             media: request.media,
             location: request.location,
             recalled: false,
+            group_id: request.group_id,
+            group_event: None,
         };
         let (reply, answer) = oneshot::channel();
         let job = SendJob {
             message,
             origin_conn: self.conn_id,
+            command: None,
             reply,
         };
         let owner = self.core.owner_of_conversation(&conv);
@@ -680,8 +699,8 @@ impl Connection {
     }
 
     async fn delivery_ack(&self, req_id: u32, session: &Session, ack: pb::DeliveryAck) {
-        let conv = match member_conversation(&ack.conversation_id, session.user_id) {
-            Ok(conv) => conv,
+        let conv = match self.visible(&ack.conversation_id, session.user_id).await {
+            Ok((conv, _)) => conv,
             Err(error) => return self.reply_error(req_id, error),
         };
         if ack.seq <= 0 {
@@ -706,7 +725,13 @@ impl Connection {
     async fn sync(&self, req_id: u32, session: &Session, request: pb::SyncRequest) {
         let mut since = std::collections::HashMap::new();
         for cursor in request.since {
-            match member_conversation(&cursor.conversation_id, session.user_id) {
+            // Group membership is checked below: only the user's own
+            // conversations are walked, each clamped to what they may see.
+            let conv = match cursor.conversation_id.parse::<ConversationId>() {
+                Ok(conv @ ConversationId::Group(_)) => Ok(conv),
+                _ => member_conversation(&cursor.conversation_id, session.user_id),
+            };
+            match conv {
                 Ok(conv) => {
                     since.insert(conv.to_string(), cursor.seq.max(0));
                 }
@@ -725,8 +750,13 @@ impl Connection {
                     let from = since
                         .get(&cursor.conversation_id)
                         .copied()
-                        .unwrap_or(cursor.delivered_seq);
-                    if cursor.last_seq <= from {
+                        .unwrap_or(cursor.delivered_seq)
+                        .max(cursor.visible.from_seq - 1);
+                    let last = cursor
+                        .visible
+                        .to_seq
+                        .map_or(cursor.last_seq, |to| to.min(cursor.last_seq));
+                    if last <= from {
                         continue;
                     }
                     let room = limit - messages.len();
@@ -734,8 +764,9 @@ impl Connection {
                         has_more = true;
                         break;
                     }
-                    let page = store.messages_after(&cursor.conversation_id, from, room)?;
-                    if page.last().is_some_and(|m| m.seq < cursor.last_seq) {
+                    let mut page = store.messages_after(&cursor.conversation_id, from, room)?;
+                    page.retain(|m| m.seq <= last);
+                    if page.last().is_some_and(|m| m.seq < last) {
                         has_more = true;
                     }
                     messages.extend(page);
@@ -752,25 +783,37 @@ impl Connection {
     async fn history(&self, req_id: u32, session: &Session, request: pb::HistoryRequest) {
         let conv = if request.conversation_id.is_empty() {
             match ConversationId::direct(session.user_id, request.peer_id) {
-                Some(conv) if request.peer_id > 0 => Ok(conv),
+                Some(conv) if request.peer_id > 0 => Ok((conv, Visibility::default())),
                 _ => Err(pb::Error::new(
                     ErrorCode::BadRequest,
                     "name a conversation_id or another user's peer_id",
                 )),
             }
         } else {
-            member_conversation(&request.conversation_id, session.user_id)
+            self.visible(&request.conversation_id, session.user_id)
+                .await
         };
-        let conv = match conv {
-            Ok(conv) => conv,
+        let (conv, visible) = match conv {
+            Ok(found) => found,
             Err(error) => return self.reply_error(req_id, error),
         };
         let limit = page_size(request.limit);
         let id = conv.to_string();
-        let before = request.before_seq;
         let result = self
             .core
-            .read(move |store| store.history(&id, before, limit + 1))
+            .read(move |store| {
+                // Pages stop at the window: after a user left, nothing
+                // newer; before they joined, nothing older.
+                let mut before = request.before_seq;
+                if let Some(to) = visible.to_seq {
+                    if before <= 0 || before > to {
+                        before = to + 1;
+                    }
+                }
+                let mut messages = store.history(&id, before, limit + 1)?;
+                messages.retain(|m| m.seq >= visible.from_seq);
+                Ok(messages)
+            })
             .await;
         match result {
             Ok(mut messages) => {
@@ -845,6 +888,7 @@ fn error_in(body: &Body) -> Option<&pb::Error> {
         Body::SendResp(r) => r.error.as_ref(),
         Body::LoginResp(r) => r.error.as_ref(),
         Body::RegisterResp(r) => r.error.as_ref(),
+        Body::CreateGroupResp(r) => r.error.as_ref(),
         _ => None,
     }
 }
@@ -932,11 +976,12 @@ fn validate_send(
             "sender_id must be your own user id (or 0)",
         ));
     }
-    if request.receiver_id <= 0 {
-        return Err(bad("receiver_id is required"));
-    }
-    let conv = ConversationId::direct(sender, request.receiver_id)
-        .ok_or_else(|| bad("cannot send a message to yourself"))?;
+    let conv = match (request.receiver_id, request.group_id) {
+        (0, group_id) if group_id > 0 => ConversationId::Group(group_id),
+        (receiver_id, 0) if receiver_id > 0 => ConversationId::direct(sender, receiver_id)
+            .ok_or_else(|| bad("cannot send a message to yourself"))?,
+        _ => return Err(bad("give exactly one of receiver_id or group_id")),
+    };
     if request.client_message_id == 0 {
         return Err(bad("client_message_id is required (it makes resends safe)"));
     }
@@ -944,15 +989,44 @@ fn validate_send(
     Ok(conv)
 }
 
+impl Connection {
+    /// Parses a conversation id and checks `user_id` may see it: a side of
+    /// a 1:1, or a present or past member of a group (with the seqs they
+    /// may see). Anything else is refused without saying whether it exists.
+    pub(crate) async fn visible(
+        &self,
+        id: &str,
+        user_id: i64,
+    ) -> Result<(ConversationId, Visibility), pb::Error> {
+        let conv: ConversationId = id.parse().map_err(|_| bad("invalid conversation_id"))?;
+        if let ConversationId::Group(_) = conv {
+            let id = conv.to_string();
+            return match self
+                .core
+                .read(move |store| store.visibility(user_id, &id))
+                .await?
+            {
+                Some(visible) => Ok((conv, visible)),
+                None => Err(not_member()),
+            };
+        }
+        if !conv.is_direct_member(user_id) {
+            return Err(not_member());
+        }
+        Ok((conv, Visibility::default()))
+    }
+}
+
+fn not_member() -> pb::Error {
+    pb::Error::new(ErrorCode::Forbidden, "not a member of this conversation")
+}
+
 /// Parses a conversation id the user belongs to; anything else is refused
 /// without saying whether it exists.
 pub(crate) fn member_conversation(id: &str, user_id: i64) -> Result<ConversationId, pb::Error> {
     let conv: ConversationId = id.parse().map_err(|_| bad("invalid conversation_id"))?;
     if !conv.is_direct_member(user_id) {
-        return Err(pb::Error::new(
-            ErrorCode::Forbidden,
-            "not a member of this conversation",
-        ));
+        return Err(not_member());
     }
     Ok(conv)
 }

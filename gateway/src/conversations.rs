@@ -2,23 +2,43 @@
 //! (`MarkRead`), the conversation list with unread counts, recall, and
 //! typing indicators. Reads run on reader threads, writes go through the
 //! batched writer, and what the other side must see is pushed to every
-//! online device of both users (never back to the requesting connection).
+//! online device of both users, or of every group member (never back to the
+//! requesting connection). In a group, read receipts go only to the
+//! reader's own devices: a receipt to 10,000 members per read would cost
+//! more than the messages.
 
 use ourchat_protocol::ids::now_ms;
 use ourchat_protocol::pb;
 use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::{WriteOp, WriteOutcome};
 
-use crate::connection::{bad, member_conversation, page_size, Connection, Session};
+use crate::connection::{bad, page_size, Connection, Session};
 use crate::core::encode_frame;
 
 /// Most conversations one page of the list carries.
 const MAX_CONVERSATION_PAGE: usize = 100;
 
 impl Connection {
-    /// Pushes `body` to every device of both sides of `conv` but this one.
-    async fn push_to_both(&self, conv: &ConversationId, me: i64, body: Body) {
+    /// Pushes `body` to every device of both sides of `conv` (of every
+    /// member, for a group) but this one.
+    async fn push_to_conversation(&self, conv: &ConversationId, me: i64, body: Body) {
         let frame = encode_frame(&Envelope::new(0, body));
+        if let ConversationId::Group(group_id) = *conv {
+            let members = self
+                .core
+                .read(move |store| store.group_members(group_id, 0, usize::MAX))
+                .await;
+            match members {
+                Ok(members) => {
+                    let user_ids: Vec<i64> = members.iter().map(|m| m.user_id).collect();
+                    self.core
+                        .deliver_to_users(&user_ids, frame, self.conn_id, None)
+                        .await;
+                }
+                Err(error) => tracing::warn!(code = error.code, "group push skipped"),
+            }
+            return;
+        }
         if let Some(peer) = conv.peer_of(me) {
             self.core.push_to_user(peer, frame.clone(), 0).await;
         }
@@ -43,7 +63,9 @@ impl Connection {
         session: &Session,
         request: pb::MarkReadRequest,
     ) -> Result<pb::MarkReadResponse, pb::Error> {
-        let conv = member_conversation(&request.conversation_id, session.user_id)?;
+        let (conv, visible) = self
+            .visible(&request.conversation_id, session.user_id)
+            .await?;
         if request.seq <= 0 {
             return Err(bad("seq must be positive"));
         }
@@ -55,6 +77,7 @@ impl Connection {
                 Ok((last, store.read_seq(me, &id)?))
             })
             .await?;
+        let last_seq = visible.to_seq.map_or(last_seq, |to| to.min(last_seq));
         if request.seq > last_seq {
             return Err(bad("seq is beyond the conversation's last message"));
         }
@@ -72,8 +95,13 @@ impl Connection {
                 reader_id: me,
                 seq: read_seq,
             };
-            self.push_to_both(&conv, me, Body::ReadReceipt(receipt))
-                .await;
+            if let ConversationId::Group(_) = conv {
+                let frame = encode_frame(&Envelope::new(0, Body::ReadReceipt(receipt)));
+                self.core.push_to_user(me, frame, self.conn_id).await;
+            } else {
+                self.push_to_conversation(&conv, me, Body::ReadReceipt(receipt))
+                    .await;
+            }
         }
         Ok(pb::MarkReadResponse {
             conversation_id: conv.to_string(),
@@ -101,14 +129,18 @@ impl Connection {
                 rows.truncate(limit);
                 let mut conversations = Vec::with_capacity(rows.len());
                 for row in rows {
-                    let peer_id = row
-                        .conversation_id
-                        .parse::<ConversationId>()
-                        .ok()
-                        .and_then(|c| c.peer_of(me))
-                        .unwrap_or(0);
+                    let conv = row.conversation_id.parse::<ConversationId>().ok();
+                    let peer_id = conv.and_then(|c| c.peer_of(me)).unwrap_or(0);
+                    let group_id = match conv {
+                        Some(ConversationId::Group(group_id)) => group_id,
+                        _ => 0,
+                    };
                     let last_message = store.message(&row.conversation_id, row.last_seq)?;
-                    let peer_read_seq = store.read_seq(peer_id, &row.conversation_id)?;
+                    let peer_read_seq = if peer_id > 0 {
+                        store.read_seq(peer_id, &row.conversation_id)?
+                    } else {
+                        0
+                    };
                     conversations.push(pb::ConversationSummary {
                         conversation_id: row.conversation_id,
                         peer_id,
@@ -118,6 +150,7 @@ impl Connection {
                         unread: (row.last_seq - row.read_seq).max(0),
                         peer_read_seq,
                         last_at_ms: row.last_at_ms,
+                        group_id,
                     });
                 }
                 Ok(pb::ConversationsResponse {
@@ -144,7 +177,15 @@ impl Connection {
         session: &Session,
         request: pb::RecallRequest,
     ) -> Result<pb::MessageRecalled, pb::Error> {
-        let conv = member_conversation(&request.conversation_id, session.user_id)?;
+        let (conv, visible) = self
+            .visible(&request.conversation_id, session.user_id)
+            .await?;
+        if visible.to_seq.is_some() {
+            return Err(pb::Error::new(
+                ErrorCode::Forbidden,
+                "not a member of this conversation",
+            ));
+        }
         let me = session.user_id;
         let id = conv.to_string();
         let seq = request.seq;
@@ -153,6 +194,12 @@ impl Connection {
             .read(move |store| store.message(&id, seq))
             .await?
             .ok_or_else(|| pb::Error::new(ErrorCode::NotFound, "no such message"))?;
+        if message.message_type == pb::MessageType::GroupEvent as i32 {
+            return Err(pb::Error::new(
+                ErrorCode::Forbidden,
+                "group events cannot be recalled",
+            ));
+        }
         if message.sender_id != me {
             return Err(pb::Error::new(
                 ErrorCode::Forbidden,
@@ -193,7 +240,7 @@ impl Connection {
                 "the message can no longer be recalled",
             ));
         }
-        self.push_to_both(&conv, me, Body::Recalled(recalled.clone()))
+        self.push_to_conversation(&conv, me, Body::Recalled(recalled.clone()))
             .await;
         Ok(recalled)
     }

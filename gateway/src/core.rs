@@ -7,7 +7,9 @@
 //! A 1:1 send travels: sender's core → conversation owner (assigns the
 //! seq, queues the write) → store writer → conversation owner's commit pump
 //! (acks the sender, then `Deliver` to the owners of both users) → each
-//! device's core (`Push` into its outbox).
+//! device's core (`Push` into its outbox). A group send is the same, with
+//! the group's owner core also checking membership, and `DeliverMany` /
+//! `PushMany` carrying one frame to every member, one mesh message per core.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -30,6 +32,7 @@ use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
 
 use crate::auth::TokenKeys;
 use crate::config::Config;
+use crate::group_state::{self, GroupCommand, GroupState};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::outbox::Outbox;
 
@@ -72,6 +75,27 @@ pub enum CoreMsg {
         skip_conn: u64,
         /// When the message became durable (for the delivery latency
         /// metric); `None` for pushes that are not messages.
+        committed_at: Option<Instant>,
+    },
+    /// To the owner of these users: like `Deliver`, for many at once (a
+    /// group's fan-out sends one of these per core, not one per member).
+    DeliverMany {
+        /// Recipients, all owned by the receiving core.
+        user_ids: Vec<i64>,
+        /// Encoded push.
+        frame: Bytes,
+        /// Connection not to push to (0: none).
+        skip_conn: u64,
+        /// When the message became durable, for messages.
+        committed_at: Option<Instant>,
+    },
+    /// To a connection's core: queue `frame` on each of these connections.
+    PushMany {
+        /// Target connections, all on the receiving core.
+        conn_ids: Vec<u64>,
+        /// Encoded frame.
+        frame: Bytes,
+        /// When the message became durable; `None` for other pushes.
         committed_at: Option<Instant>,
     },
     /// To a connection's core: queue `frame` on it.
@@ -166,6 +190,9 @@ pub struct SendJob {
     pub message: ChatMessage,
     /// The sending connection (its device does not get the push).
     pub origin_conn: u64,
+    /// For a GROUP_EVENT message: the change it records, checked and
+    /// applied by the group's core.
+    pub command: Option<GroupCommand>,
     /// Answered once the message is durable (or refused).
     pub reply: oneshot::Sender<SendResult>,
 }
@@ -369,26 +396,25 @@ impl Core {
                 skip_conn,
                 committed_at,
             } => {
-                let targets: Vec<u64> = self
-                    .directory
-                    .borrow()
-                    .get(&user_id)
-                    .map(|devices| {
-                        devices
-                            .iter()
-                            .map(|d| d.conn_id)
-                            .filter(|c| *c != skip_conn)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for conn_id in targets {
-                    let frame = frame.clone();
-                    let push = CoreMsg::Push {
-                        conn_id,
-                        frame,
-                        committed_at,
-                    };
-                    self.route(core_of_conn(conn_id), push).await;
+                self.deliver_local(&[user_id], frame, skip_conn, committed_at)
+                    .await
+            }
+            CoreMsg::DeliverMany {
+                user_ids,
+                frame,
+                skip_conn,
+                committed_at,
+            } => {
+                self.deliver_local(&user_ids, frame, skip_conn, committed_at)
+                    .await
+            }
+            CoreMsg::PushMany {
+                conn_ids,
+                frame,
+                committed_at,
+            } => {
+                for conn_id in conn_ids {
+                    self.push_local(conn_id, frame.clone(), committed_at);
                 }
             }
             CoreMsg::Push {
@@ -522,6 +548,51 @@ impl Core {
             CoreMsg::Kick { conn_id, reason } => {
                 if let Some(outbox) = self.conns.borrow().get(&conn_id) {
                     outbox.close_with(Some(kicked_frame(&reason)));
+                }
+            }
+        }
+    }
+
+    /// Pushes `frame` to the online devices of `user_ids` (users this core
+    /// owns), one mesh message per core that holds any of their connections.
+    async fn deliver_local(
+        self: &Rc<Self>,
+        user_ids: &[i64],
+        frame: Bytes,
+        skip_conn: u64,
+        committed_at: Option<Instant>,
+    ) {
+        let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); self.shared.cores];
+        {
+            let directory = self.directory.borrow();
+            for user_id in user_ids {
+                for device in directory.get(user_id).into_iter().flatten() {
+                    if device.conn_id != skip_conn {
+                        if let Some(conns) = by_core.get_mut(core_of_conn(device.conn_id)) {
+                            conns.push(device.conn_id);
+                        }
+                    }
+                }
+            }
+        }
+        for (core, conn_ids) in by_core.into_iter().enumerate() {
+            match conn_ids.len() {
+                0 => {}
+                1 => {
+                    let push = CoreMsg::Push {
+                        conn_id: conn_ids[0],
+                        frame: frame.clone(),
+                        committed_at,
+                    };
+                    self.route(core, push).await;
+                }
+                _ => {
+                    let push = CoreMsg::PushMany {
+                        conn_ids,
+                        frame: frame.clone(),
+                        committed_at,
+                    };
+                    self.route(core, push).await;
                 }
             }
         }
@@ -694,6 +765,7 @@ impl Core {
         let SendJob {
             mut message,
             origin_conn,
+            command,
             reply,
         } = job;
         let resend = state.recent.iter().rev().find(|r| {
@@ -708,7 +780,41 @@ impl Core {
             }
             return;
         }
-        if state.blocked {
+        let mut recipients = Recipients::Direct {
+            receiver: message.receiver_id,
+            sender: message.sender_id,
+        };
+        let mut change = None;
+        // A refused write must not leave a change applied in memory.
+        let mut before_change = None;
+        if message.group_id != 0 {
+            let checked = match command {
+                None => match &state.group {
+                    Some(group) => group
+                        .check_send(message.sender_id)
+                        .map(|()| group.members()),
+                    None => Err(pb::Error::new(ErrorCode::NotFound, "no such group")),
+                },
+                Some(command) => {
+                    before_change = Some(state.group.clone());
+                    let max = self.shared.config.server.max_group_members;
+                    group_state::apply(&mut state.group, message.sender_id, command, max).map(
+                        |applied| {
+                            message.group_event = Some(applied.event);
+                            change = Some(applied.change);
+                            applied.recipients
+                        },
+                    )
+                }
+            };
+            match checked {
+                Ok(members) => recipients = Recipients::Group(members),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                    return;
+                }
+            }
+        } else if state.blocked {
             let _ = reply.send(Err(pb::Error::new(
                 ErrorCode::Forbidden,
                 "you cannot message this user",
@@ -723,14 +829,20 @@ impl Core {
         message.seq = accepted.seq;
         message.server_msg_id = accepted.server_msg_id;
         message.sent_at_ms = accepted.sent_at_ms;
-        let completion = match self
-            .shared
-            .writer
-            .try_submit(WriteOp::AppendMessage(message.clone()))
-        {
+        let op = match change {
+            Some(change) => WriteOp::GroupChange {
+                event: message.clone(),
+                change,
+            },
+            None => WriteOp::AppendMessage(message.clone()),
+        };
+        let completion = match self.shared.writer.try_submit(op) {
             Ok(completion) => completion,
             Err(refused) => {
                 // The seq was not taken: the next send reuses it.
+                if let Some(group) = before_change {
+                    state.group = group;
+                }
                 let _ = reply.send(Err(pool_error(refused.error)));
                 return;
             }
@@ -747,6 +859,7 @@ impl Core {
         let pending = PendingCommit {
             message,
             origin_conn,
+            recipients,
             completion,
             waiters,
         };
@@ -762,20 +875,24 @@ impl Core {
     /// Drains commit completions in submission order: acks every waiting
     /// sender, then delivers, so pushes leave in seq order.
     pub async fn run_commit_pump(self: Rc<Self>, pending: LocalReceiver<PendingCommit>) {
-        while let Some(commit) = pending.recv().await {
-            let outcome = commit.completion.await;
-            self.finish_commit(commit.message, commit.origin_conn, commit.waiters, outcome)
-                .await;
+        while let Some(mut commit) = pending.recv().await {
+            let outcome = (&mut commit.completion).await;
+            self.finish_commit(commit, outcome).await;
         }
     }
 
     async fn finish_commit(
         self: &Rc<Self>,
-        message: ChatMessage,
-        origin_conn: u64,
-        waiters: Rc<RefCell<Vec<oneshot::Sender<SendResult>>>>,
+        commit: PendingCommit,
         outcome: Result<Result<WriteOutcome, PoolError>, oneshot::Canceled>,
     ) {
+        let PendingCommit {
+            message,
+            origin_conn,
+            recipients,
+            waiters,
+            ..
+        } = commit;
         let conv = message.conversation_id.parse::<ConversationId>().ok();
         let result = match outcome {
             Ok(Ok(WriteOutcome::Done)) => Ok(Accepted {
@@ -816,9 +933,15 @@ impl Core {
         }
         CoreMetrics::inc(&self.metrics().messages_accepted);
         let committed_at = Some(Instant::now());
-        let receiver = message.receiver_id;
-        let sender = message.sender_id;
         let frame = encode_frame(&Envelope::new(0, Body::PushMessage(message)));
+        let (receiver, sender) = match recipients {
+            Recipients::Direct { receiver, sender } => (receiver, sender),
+            Recipients::Group(members) => {
+                return self
+                    .deliver_to_users(&members, frame, origin_conn, committed_at)
+                    .await;
+            }
+        };
         self.route(
             self.owner_of_user(receiver),
             CoreMsg::Deliver {
@@ -839,6 +962,35 @@ impl Core {
             },
         )
         .await;
+    }
+
+    /// Pushes `frame` to every online device of `user_ids` except the
+    /// connection `skip_conn`, with one mesh message per owning core.
+    pub async fn deliver_to_users(
+        self: &Rc<Self>,
+        user_ids: &[i64],
+        frame: Bytes,
+        skip_conn: u64,
+        committed_at: Option<Instant>,
+    ) {
+        let mut by_owner: Vec<Vec<i64>> = vec![Vec::new(); self.shared.cores];
+        for user_id in user_ids {
+            if let Some(users) = by_owner.get_mut(self.owner_of_user(*user_id)) {
+                users.push(*user_id);
+            }
+        }
+        for (core, user_ids) in by_owner.into_iter().enumerate() {
+            if user_ids.is_empty() {
+                continue;
+            }
+            let deliver = CoreMsg::DeliverMany {
+                user_ids,
+                frame: frame.clone(),
+                skip_conn,
+                committed_at,
+            };
+            self.route(core, deliver).await;
+        }
     }
 
     /// Pushes `frame` to every online device of `user_id` except the
@@ -964,10 +1116,19 @@ impl Core {
     }
 }
 
+/// Who a committed message is pushed to.
+enum Recipients {
+    /// Both sides of a 1:1 conversation.
+    Direct { receiver: i64, sender: i64 },
+    /// Every member of a group (as of the message's seq).
+    Group(Rc<[i64]>),
+}
+
 /// A queued write the commit pump waits on.
 pub struct PendingCommit {
     message: ChatMessage,
     origin_conn: u64,
+    recipients: Recipients,
     completion: WriteCompletion,
     waiters: Rc<RefCell<Vec<oneshot::Sender<SendResult>>>>,
 }
@@ -991,6 +1152,9 @@ struct ConvState {
     recent: VecDeque<RecentSend>,
     /// One side blocks the other: new sends are refused.
     blocked: bool,
+    /// A group conversation's membership (`None`: not a group, or no such
+    /// group yet).
+    group: Option<GroupState>,
 }
 
 struct RecentSend {
@@ -1022,6 +1186,7 @@ impl ConvState {
             last_seq: head.last_seq,
             recent,
             blocked: head.blocked,
+            group: head.group.map(GroupState::from_roster),
         }
     }
 

@@ -15,6 +15,8 @@ pub mod connection;
 mod conversations;
 pub mod core;
 mod friends;
+pub mod group_state;
+mod groups;
 pub mod metrics;
 pub mod outbox;
 mod presence;

@@ -57,6 +57,9 @@ pub fn validate(request: &SendMessageRequest, limits: &Limits) -> Result<Message
             let media = media.ok_or_else(|| format!("a {} message needs media", name(kind)))?;
             check_media(kind, media, limits)?;
         }
+        MessageType::GroupEvent => {
+            return Err("group events are written by the server, not sent".into());
+        }
     }
     Ok(kind)
 }
@@ -69,6 +72,7 @@ fn name(kind: MessageType) -> &'static str {
         MessageType::Video => "video",
         MessageType::File => "file",
         MessageType::Location => "location",
+        MessageType::GroupEvent => "group event",
     }
 }
 

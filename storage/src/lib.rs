@@ -88,6 +88,88 @@ pub struct ProfileUpdate {
     pub email: Option<String>,
 }
 
+/// A member's role in a group (the numbers of the protocol's `GroupRole`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupRole {
+    /// Sends and reads.
+    Member = 0,
+    /// Also adds and removes members, and edits the group.
+    Admin = 1,
+    /// The one owner: also dissolves, transfers, appoints admins.
+    Owner = 2,
+}
+
+impl GroupRole {
+    /// The role stored as `value`; unknown values are members.
+    pub fn from_i32(value: i32) -> Self {
+        match value {
+            2 => GroupRole::Owner,
+            1 => GroupRole::Admin,
+            _ => GroupRole::Member,
+        }
+    }
+}
+
+/// A new group's descriptive fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGroup {
+    /// Snowflake id minted by the gateway.
+    pub group_id: i64,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Avatar image URL.
+    pub avatar_url: String,
+    /// Creator and first owner.
+    pub owner_id: i64,
+    /// When.
+    pub created_at_ms: i64,
+}
+
+/// What a group event changes, applied in the same transaction as the
+/// event message that records it (whose seq is the change's seq).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    /// The group is created with its owner and these members.
+    Create {
+        /// The group.
+        group: NewGroup,
+        /// Initial members besides the owner.
+        members: Vec<i64>,
+    },
+    /// Name, description or avatar change; `None` leaves a field.
+    Update {
+        /// Display name.
+        name: Option<String>,
+        /// Free text.
+        description: Option<String>,
+        /// Avatar image URL.
+        avatar_url: Option<String>,
+    },
+    /// These users join as members, seeing the conversation from this seq.
+    Join(Vec<i64>),
+    /// These users leave (or are removed); they keep what they saw up to
+    /// this seq.
+    Leave(Vec<i64>),
+    /// A member's role changes (not to or from owner).
+    SetRole {
+        /// Whose.
+        user_id: i64,
+        /// New role.
+        role: GroupRole,
+    },
+    /// Ownership moves; the old owner becomes an admin.
+    TransferOwner {
+        /// Old owner.
+        from: i64,
+        /// New owner.
+        to: i64,
+    },
+    /// The group ends; every member keeps what they saw up to this seq.
+    Dissolve,
+}
+
 /// One write in a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOp {
@@ -193,6 +275,15 @@ pub enum WriteOp {
         /// Oldest send time still inside the recall window.
         not_before_ms: i64,
     },
+    /// Append a group's event message and apply its change, atomically
+    /// ([`WriteOutcome::Duplicate`] if the seq is taken: nothing changes).
+    /// Permissions are the sequencer's job: it owns the group's order.
+    GroupChange {
+        /// The GROUP_EVENT message, sequenced in the group conversation.
+        event: ChatMessage,
+        /// What it does to the group.
+        change: GroupChange,
+    },
     /// Move a device's delivery cursor forward (never backwards).
     AdvanceCursor {
         /// Owner of the device.
@@ -243,6 +334,74 @@ pub struct ConversationHead {
     pub recent: Vec<RecentSend>,
     /// For a 1:1 conversation: one side has blocked the other.
     pub blocked: bool,
+    /// For a group conversation: the group as the sequencer needs it
+    /// (`None` when no such group was ever created).
+    pub group: Option<GroupRoster>,
+}
+
+/// Who is in a group and with what role: what the sequencer checks sends
+/// and changes against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupRoster {
+    /// Current owner.
+    pub owner_id: i64,
+    /// Dissolved: nothing more is accepted.
+    pub dissolved: bool,
+    /// Every current member with their role.
+    pub members: Vec<(i64, GroupRole)>,
+}
+
+/// A group as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    /// Id.
+    pub group_id: i64,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Avatar image URL.
+    pub avatar_url: String,
+    /// Current owner.
+    pub owner_id: i64,
+    /// Members now.
+    pub member_count: u32,
+    /// When.
+    pub created_at_ms: i64,
+    /// Dissolved groups are kept for their history.
+    pub dissolved: bool,
+    /// The viewer's role, if a member.
+    pub viewer_role: Option<GroupRole>,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMemberRow {
+    /// Who.
+    pub user_id: i64,
+    /// Role.
+    pub role: GroupRole,
+    /// The first seq they see.
+    pub join_seq: i64,
+    /// When they joined.
+    pub joined_at_ms: i64,
+}
+
+/// Which seqs of a conversation a user may see: from `from_seq` on (0: all)
+/// and, once they left a group, up to `to_seq`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Visibility {
+    /// First visible seq.
+    pub from_seq: i64,
+    /// Last visible seq; `None` while still a member.
+    pub to_seq: Option<i64>,
+}
+
+impl Visibility {
+    /// Whether `seq` is inside the window.
+    pub fn contains(&self, seq: i64) -> bool {
+        seq >= self.from_seq && self.to_seq.is_none_or(|to| seq <= to)
+    }
 }
 
 /// A pending friend request.
@@ -295,6 +454,8 @@ pub struct ConversationCursor {
     pub last_seq: i64,
     /// The device's delivery cursor (0 when never acked).
     pub delivered_seq: i64,
+    /// The seqs this user may see.
+    pub visible: Visibility,
 }
 
 /// Batched writes; one writer per backend connection, on a worker thread.
@@ -366,6 +527,31 @@ pub trait ReadStore: Send {
         before: Option<(i64, &str)>,
         limit: usize,
     ) -> Result<Vec<ConversationRow>, StoreError>;
+    /// A group with `viewer`'s role in it.
+    fn group(&mut self, group_id: i64, viewer: i64) -> Result<Option<GroupRow>, StoreError>;
+    /// Up to `limit` members by user id, after `after_user_id`.
+    fn group_members(
+        &mut self,
+        group_id: i64,
+        after_user_id: i64,
+        limit: usize,
+    ) -> Result<Vec<GroupMemberRow>, StoreError>;
+    /// Up to `limit` of the groups `user_id` is in, by id, after `after_group_id`.
+    fn my_groups(
+        &mut self,
+        user_id: i64,
+        after_group_id: i64,
+        limit: usize,
+    ) -> Result<Vec<GroupRow>, StoreError>;
+    /// Which seqs of a conversation `user_id` may see (`None`: none; for a
+    /// 1:1 conversation, only once a message was stored).
+    fn visibility(
+        &mut self,
+        user_id: i64,
+        conversation_id: &str,
+    ) -> Result<Option<Visibility>, StoreError>;
+    /// Which of `user_ids` are accounts.
+    fn existing_users(&mut self, user_ids: &[i64]) -> Result<Vec<i64>, StoreError>;
     /// Every conversation of `user_id`, with the device's delivery cursor.
     fn conversation_cursors(
         &mut self,

@@ -15,9 +15,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::{
     Account, Backend, ChatMessage, ConversationCursor, ConversationHead, ConversationRow, Device,
-    FriendRequestRow, ReadStore, RecentSend, Relation, StoreError, WriteOp, WriteOutcome,
-    WriteStore,
+    FriendRequestRow, GroupChange, GroupMemberRow, GroupRole, GroupRoster, GroupRow, ReadStore,
+    RecentSend, Relation, StoreError, Visibility, WriteOp, WriteOutcome, WriteStore,
 };
+use ourchat_protocol::ConversationId;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "ourchat.db";
@@ -120,6 +121,30 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX users_nickname ON users (nickname);
     CREATE INDEX users_phone ON users (phone);
     CREATE INDEX users_email ON users (email);
+    ",
+    // 5: groups; per-user visibility windows; group event payloads.
+    "
+    CREATE TABLE chat_groups (
+        group_id      INTEGER PRIMARY KEY,
+        name          TEXT NOT NULL,
+        description   TEXT NOT NULL,
+        avatar_url    TEXT NOT NULL,
+        owner_id      INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        dissolved     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE group_members (
+        group_id     INTEGER NOT NULL,
+        user_id      INTEGER NOT NULL,
+        role         INTEGER NOT NULL,
+        join_seq     INTEGER NOT NULL,
+        joined_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX group_members_user ON group_members (user_id, group_id);
+    ALTER TABLE user_conversations ADD COLUMN from_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE user_conversations ADD COLUMN to_seq INTEGER;
+    ALTER TABLE messages ADD COLUMN group_event BLOB;
     ",
 ];
 
@@ -296,7 +321,12 @@ impl WriteStore for SqliteWriter {
         let mut own_reads: HashMap<(i64, &str), i64> = HashMap::new();
         for op in ops {
             let outcome = apply_one(&tx, op)?;
-            if let (WriteOp::AppendMessage(msg), WriteOutcome::Done) = (op, &outcome) {
+            let appended = match op {
+                WriteOp::AppendMessage(msg) => Some(msg),
+                WriteOp::GroupChange { event, .. } => Some(event),
+                _ => None,
+            };
+            if let (Some(msg), WriteOutcome::Done) = (appended, &outcome) {
                 let head = heads.entry(&msg.conversation_id).or_insert((msg, msg.seq));
                 if msg.seq >= head.1 {
                     *head = (msg, msg.seq);
@@ -334,8 +364,9 @@ fn advance_read_cursor(
     Ok(())
 }
 
-/// Moves a conversation's head to `msg`; the first time a conversation is
-/// seen, also lists it for both users (that is what Sync walks).
+/// Moves a conversation's head to `msg`; the first time a 1:1 conversation
+/// is seen, also lists it for both users (that is what Sync walks). Group
+/// members are listed when they join.
 fn record_conversation_head(
     tx: &rusqlite::Transaction<'_>,
     msg: &ChatMessage,
@@ -346,14 +377,18 @@ fn record_conversation_head(
              ON CONFLICT (conversation_id) DO NOTHING",
         )?
         .execute(params![msg.conversation_id, msg.seq, msg.sent_at_ms])?;
-    if created == 1 {
+    let direct = matches!(
+        msg.conversation_id.parse::<ConversationId>(),
+        Ok(ConversationId::Direct { .. })
+    );
+    if created == 1 && direct {
         let mut link = tx.prepare_cached(
             "INSERT INTO user_conversations (user_id, conversation_id) VALUES (?1, ?2)
              ON CONFLICT DO NOTHING",
         )?;
         link.execute(params![msg.sender_id, msg.conversation_id])?;
         link.execute(params![msg.receiver_id, msg.conversation_id])?;
-    } else {
+    } else if created == 0 {
         tx.prepare_cached(
             "UPDATE conversations SET last_seq = MAX(last_seq, ?2), last_at_ms = ?3
              WHERE conversation_id = ?1",
@@ -576,6 +611,13 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcom
                 WriteOutcome::Refused
             })
         }
+        WriteOp::GroupChange { event, change } => {
+            if append_message(tx, event)? != WriteOutcome::Done {
+                return Ok(WriteOutcome::Duplicate);
+            }
+            apply_group_change(tx, event, change)?;
+            Ok(WriteOutcome::Done)
+        }
         WriteOp::AdvanceCursor {
             user_id,
             device_id,
@@ -594,6 +636,119 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcom
     }
 }
 
+/// Applies a group change whose event message `event` was just stored.
+fn apply_group_change(
+    tx: &rusqlite::Transaction<'_>,
+    event: &ChatMessage,
+    change: &GroupChange,
+) -> Result<(), StoreError> {
+    let group_id = event.group_id;
+    let seq = event.seq;
+    let conversation_id = &event.conversation_id;
+    let join = |user_id: i64, role: GroupRole| -> Result<(), StoreError> {
+        tx.prepare_cached(
+            "INSERT INTO group_members (group_id, user_id, role, join_seq, joined_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (group_id, user_id) DO UPDATE SET role = excluded.role,
+                 join_seq = excluded.join_seq, joined_at_ms = excluded.joined_at_ms",
+        )?
+        .execute(params![
+            group_id,
+            user_id,
+            role as i32,
+            seq,
+            event.sent_at_ms
+        ])?;
+        // A rejoin starts a new window: what was said while away stays unseen.
+        tx.prepare_cached(
+            "INSERT INTO user_conversations (user_id, conversation_id, from_seq, to_seq)
+             VALUES (?1, ?2, ?3, NULL)
+             ON CONFLICT (user_id, conversation_id) DO UPDATE
+                 SET from_seq = excluded.from_seq, to_seq = NULL",
+        )?
+        .execute(params![user_id, conversation_id, seq])?;
+        // The join event is theirs: it does not count as unread.
+        advance_read_cursor(tx, user_id, conversation_id, seq)
+    };
+    let leave = |user_id: i64| -> Result<(), StoreError> {
+        tx.prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
+            .execute(params![group_id, user_id])?;
+        tx.prepare_cached(
+            "UPDATE user_conversations SET to_seq = ?3 WHERE user_id = ?1 AND conversation_id = ?2",
+        )?
+        .execute(params![user_id, conversation_id, seq])?;
+        Ok(())
+    };
+    let set_role = |user_id: i64, role: GroupRole| -> Result<(), StoreError> {
+        tx.prepare_cached(
+            "UPDATE group_members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2",
+        )?
+        .execute(params![group_id, user_id, role as i32])?;
+        Ok(())
+    };
+    match change {
+        GroupChange::Create { group, members } => {
+            tx.prepare_cached(
+                "INSERT INTO chat_groups (group_id, name, description, avatar_url, owner_id, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                group.group_id,
+                group.name,
+                group.description,
+                group.avatar_url,
+                group.owner_id,
+                group.created_at_ms
+            ])?;
+            join(group.owner_id, GroupRole::Owner)?;
+            for member in members {
+                join(*member, GroupRole::Member)?;
+            }
+        }
+        GroupChange::Update {
+            name,
+            description,
+            avatar_url,
+        } => {
+            tx.prepare_cached(
+                "UPDATE chat_groups SET name = COALESCE(?2, name),
+                     description = COALESCE(?3, description), avatar_url = COALESCE(?4, avatar_url)
+                 WHERE group_id = ?1",
+            )?
+            .execute(params![group_id, name, description, avatar_url])?;
+        }
+        GroupChange::Join(users) => {
+            for user in users {
+                join(*user, GroupRole::Member)?;
+            }
+        }
+        GroupChange::Leave(users) => {
+            for user in users {
+                leave(*user)?;
+            }
+        }
+        GroupChange::SetRole { user_id, role } => set_role(*user_id, *role)?,
+        GroupChange::TransferOwner { from, to } => {
+            set_role(*from, GroupRole::Admin)?;
+            set_role(*to, GroupRole::Owner)?;
+            tx.prepare_cached("UPDATE chat_groups SET owner_id = ?2 WHERE group_id = ?1")?
+                .execute(params![group_id, to])?;
+        }
+        GroupChange::Dissolve => {
+            tx.prepare_cached("UPDATE chat_groups SET dissolved = 1 WHERE group_id = ?1")?
+                .execute([group_id])?;
+            tx.prepare_cached(
+                "UPDATE user_conversations SET to_seq = ?2
+                 WHERE conversation_id = ?1 AND to_seq IS NULL",
+            )?
+            .execute(params![conversation_id, seq])?;
+            tx.prepare_cached("DELETE FROM group_members WHERE group_id = ?1")?
+                .execute([group_id])?;
+        }
+    }
+    Ok(())
+}
+
 fn append_message(
     tx: &rusqlite::Transaction<'_>,
     msg: &ChatMessage,
@@ -601,8 +756,9 @@ fn append_message(
     let inserted = tx
         .prepare_cached(
             "INSERT INTO messages (conversation_id, seq, server_msg_id, sender_id, receiver_id,
-                 message_type, content, client_message_id, sent_at_ms, sender_device, media, location)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING",
+                 message_type, content, client_message_id, sent_at_ms, sender_device, media, location,
+                 group_event)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING",
         )?
         .execute(params![
             msg.conversation_id,
@@ -617,6 +773,7 @@ fn append_message(
             msg.sender_device,
             msg.media.as_ref().map(Message::encode_to_vec),
             msg.location.as_ref().map(Message::encode_to_vec),
+            msg.group_event.as_ref().map(Message::encode_to_vec),
         ])?;
     Ok(if inserted == 0 {
         WriteOutcome::Duplicate
@@ -630,7 +787,8 @@ struct SqliteReader {
 }
 
 const MESSAGE_COLUMNS: &str = "conversation_id, seq, server_msg_id, sender_id, receiver_id,
-    message_type, content, client_message_id, sent_at_ms, sender_device, media, location, recalled";
+    message_type, content, client_message_id, sent_at_ms, sender_device, media, location, recalled,
+    group_event";
 
 /// Decodes a stored payload column; bytes that do not decode are corrupt.
 fn payload<T: Message + Default>(
@@ -652,8 +810,14 @@ fn payload<T: Message + Default>(
 }
 
 fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
+    let conversation_id: String = row.get(0)?;
+    let group_id = match conversation_id.parse::<ConversationId>() {
+        Ok(ConversationId::Group(group_id)) => group_id,
+        _ => 0,
+    };
     Ok(ChatMessage {
-        conversation_id: row.get(0)?,
+        conversation_id,
+        group_id,
         seq: row.get(1)?,
         server_msg_id: row.get(2)?,
         sender_id: row.get(3)?,
@@ -666,6 +830,7 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
         media: payload(row, 10)?,
         location: payload(row, 11)?,
         recalled: row.get(12)?,
+        group_event: payload(row, 13)?,
     })
 }
 
@@ -693,6 +858,50 @@ fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
         token_epoch: row.get(3)?,
         signed_out: row.get(4)?,
     })
+}
+
+/// A group and the viewer's role; `?2` binds the viewer.
+const GROUP_COLUMNS: &str = "g.group_id, g.name, g.description, g.avatar_url, g.owner_id,
+    (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.group_id), g.created_at_ms,
+    g.dissolved, (SELECT role FROM group_members v WHERE v.group_id = g.group_id AND v.user_id = ?2)";
+
+fn group_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<GroupRow> {
+    Ok(GroupRow {
+        group_id: row.get(0)?,
+        name: row.get(1)?,
+        description: row.get(2)?,
+        avatar_url: row.get(3)?,
+        owner_id: row.get(4)?,
+        member_count: row.get(5)?,
+        created_at_ms: row.get(6)?,
+        dissolved: row.get(7)?,
+        viewer_role: row.get::<_, Option<i32>>(8)?.map(GroupRole::from_i32),
+    })
+}
+
+impl SqliteReader {
+    fn group_roster(&mut self, group_id: i64) -> Result<Option<GroupRoster>, StoreError> {
+        let Some((owner_id, dissolved)) = self
+            .conn
+            .prepare_cached("SELECT owner_id, dissolved FROM chat_groups WHERE group_id = ?1")?
+            .query_row([group_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let members = self
+            .conn
+            .prepare_cached("SELECT user_id, role FROM group_members WHERE group_id = ?1")?
+            .query_map([group_id], |row| {
+                Ok((row.get(0)?, GroupRole::from_i32(row.get(1)?)))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(GroupRoster {
+            owner_id,
+            dissolved,
+            members,
+        }))
+    }
 }
 
 /// SQLite takes LIMIT as i64; callers' limits are small, so saturate.
@@ -875,11 +1084,101 @@ impl ReadStore for SqliteReader {
                 )?
                 .query_row([conversation_id], |row| row.get(0))?,
         };
+        let group = match conversation_id.parse::<ConversationId>() {
+            Ok(ConversationId::Group(group_id)) => self.group_roster(group_id)?,
+            _ => None,
+        };
         Ok(ConversationHead {
             last_seq,
             recent,
             blocked,
+            group,
         })
+    }
+
+    fn group(&mut self, group_id: i64, viewer: i64) -> Result<Option<GroupRow>, StoreError> {
+        let sql = format!("SELECT {GROUP_COLUMNS} FROM chat_groups g WHERE g.group_id = ?1");
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row(params![group_id, viewer], group_from_row)
+            .optional()?)
+    }
+
+    fn group_members(
+        &mut self,
+        group_id: i64,
+        after_user_id: i64,
+        limit: usize,
+    ) -> Result<Vec<GroupMemberRow>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT user_id, role, join_seq, joined_at_ms FROM group_members
+                 WHERE group_id = ?1 AND user_id > ?2 ORDER BY user_id LIMIT ?3",
+            )?
+            .query_map(params![group_id, after_user_id, sql_limit(limit)], |row| {
+                Ok(GroupMemberRow {
+                    user_id: row.get(0)?,
+                    role: GroupRole::from_i32(row.get(1)?),
+                    join_seq: row.get(2)?,
+                    joined_at_ms: row.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn my_groups(
+        &mut self,
+        user_id: i64,
+        after_group_id: i64,
+        limit: usize,
+    ) -> Result<Vec<GroupRow>, StoreError> {
+        let sql = format!(
+            "SELECT {GROUP_COLUMNS} FROM group_members m JOIN chat_groups g ON g.group_id = m.group_id
+             WHERE m.user_id = ?2 AND m.group_id > ?1 ORDER BY m.group_id LIMIT ?3"
+        );
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(
+                params![after_group_id, user_id, sql_limit(limit)],
+                group_from_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn visibility(
+        &mut self,
+        user_id: i64,
+        conversation_id: &str,
+    ) -> Result<Option<Visibility>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT from_seq, to_seq FROM user_conversations
+                 WHERE user_id = ?1 AND conversation_id = ?2",
+            )?
+            .query_row(params![user_id, conversation_id], |row| {
+                Ok(Visibility {
+                    from_seq: row.get(0)?,
+                    to_seq: row.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn existing_users(&mut self, user_ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = ?1)")?;
+        let mut found = Vec::with_capacity(user_ids.len());
+        for &user_id in user_ids {
+            if statement.query_row([user_id], |row| row.get::<_, bool>(0))? {
+                found.push(user_id);
+            }
+        }
+        Ok(found)
     }
 
     fn history(
@@ -964,7 +1263,8 @@ impl ReadStore for SqliteReader {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT c.conversation_id, c.last_seq, c.last_at_ms, COALESCE(r.read_seq, 0)
+                "SELECT c.conversation_id, MIN(c.last_seq, COALESCE(uc.to_seq, c.last_seq)),
+                     c.last_at_ms, COALESCE(r.read_seq, 0)
                  FROM user_conversations uc
                  JOIN conversations c ON c.conversation_id = uc.conversation_id
                  LEFT JOIN read_cursors r ON r.user_id = uc.user_id
@@ -996,7 +1296,8 @@ impl ReadStore for SqliteReader {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT uc.conversation_id, c.last_seq, COALESCE(dc.delivered_seq, 0)
+                "SELECT uc.conversation_id, c.last_seq, COALESCE(dc.delivered_seq, 0),
+                     uc.from_seq, uc.to_seq
                  FROM user_conversations uc
                  JOIN conversations c ON c.conversation_id = uc.conversation_id
                  LEFT JOIN device_cursors dc ON dc.user_id = uc.user_id AND dc.device_id = ?2
@@ -1009,6 +1310,10 @@ impl ReadStore for SqliteReader {
                     conversation_id: row.get(0)?,
                     last_seq: row.get(1)?,
                     delivered_seq: row.get(2)?,
+                    visible: Visibility {
+                        from_seq: row.get(3)?,
+                        to_seq: row.get(4)?,
+                    },
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?)
@@ -1113,7 +1418,8 @@ mod tests {
             vec![ConversationCursor {
                 conversation_id: "si_1_2".into(),
                 last_seq: 2,
-                delivered_seq: 2
+                delivered_seq: 2,
+                visible: Visibility::default(),
             }]
         );
         assert_eq!(
@@ -1208,6 +1514,92 @@ mod tests {
         assert_eq!(second[0].conversation_id, "si_1_2");
         let key = (second[0].last_at_ms, second[0].conversation_id.as_str());
         assert!(reader.conversations(1, Some(key), 1).unwrap().is_empty());
+    }
+
+    fn event(group: i64, seq: i64, actor: i64) -> ChatMessage {
+        ChatMessage {
+            conversation_id: format!("sg_{group}"),
+            seq,
+            server_msg_id: 5000 + seq,
+            sender_id: actor,
+            message_type: 6,
+            client_message_id: 9000 + seq,
+            sent_at_ms: 10 * seq,
+            group_id: group,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn group_changes_apply_with_their_event_and_bound_visibility() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(dir.path(), Durability::Normal).unwrap();
+        let mut writer = backend.writer().unwrap();
+        let create = WriteOp::GroupChange {
+            event: event(7, 1, 1),
+            change: GroupChange::Create {
+                group: crate::NewGroup {
+                    group_id: 7,
+                    name: "g".into(),
+                    description: String::new(),
+                    avatar_url: String::new(),
+                    owner_id: 1,
+                    created_at_ms: 10,
+                },
+                members: vec![2],
+            },
+        };
+        let mut text = message("sg_7", 2, 2, 1);
+        text.receiver_id = 0;
+        text.group_id = 7;
+        let outcomes = writer
+            .apply_batch(&[
+                create.clone(),
+                WriteOp::AppendMessage(text),
+                WriteOp::GroupChange {
+                    event: event(7, 3, 1),
+                    change: GroupChange::Join(vec![3]),
+                },
+                WriteOp::GroupChange {
+                    event: event(7, 4, 1),
+                    change: GroupChange::Leave(vec![2]),
+                },
+            ])
+            .unwrap();
+        assert_eq!(outcomes, vec![WriteOutcome::Done; 4]);
+        // A replayed event changes nothing.
+        assert_eq!(
+            writer.apply_batch(&[create]).unwrap(),
+            vec![WriteOutcome::Duplicate]
+        );
+        let mut reader = backend.reader().unwrap();
+        let head = reader.conversation_head("sg_7", 10).unwrap();
+        assert_eq!(head.last_seq, 4);
+        let roster = head.group.unwrap();
+        let mut members = roster.members.clone();
+        members.sort_by_key(|(id, _)| *id);
+        assert_eq!(members, vec![(1, GroupRole::Owner), (3, GroupRole::Member)]);
+        let late = reader.visibility(3, "sg_7").unwrap().unwrap();
+        assert_eq!((late.from_seq, late.to_seq), (3, None));
+        let gone = reader.visibility(2, "sg_7").unwrap().unwrap();
+        assert_eq!((gone.from_seq, gone.to_seq), (1, Some(4)));
+        assert!(reader.visibility(9, "sg_7").unwrap().is_none());
+        // The list stops at what a departed member may see.
+        let rows = reader.conversations(2, None, 10).unwrap();
+        assert_eq!(rows[0].last_seq, 4);
+        assert_eq!(reader.read_seq(3, "sg_7").unwrap(), 3, "own join is read");
+        let group = reader.group(7, 3).unwrap().unwrap();
+        assert_eq!(
+            (group.member_count, group.viewer_role),
+            (2, Some(GroupRole::Member))
+        );
+        assert_eq!(reader.my_groups(2, 0, 10).unwrap(), vec![]);
+        let stored = reader.message("sg_7", 3).unwrap().unwrap();
+        assert_eq!((stored.group_id, stored.group_event.is_none()), (7, true));
+        assert_eq!(
+            reader.existing_users(&[1, 2, 99]).unwrap(),
+            Vec::<i64>::new()
+        );
     }
 
     #[test]

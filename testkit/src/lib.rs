@@ -31,6 +31,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// Admin HTTP address (/metrics, /healthz, /readyz).
     pub admin: SocketAddr,
+    /// gRPC address.
+    pub grpc: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -62,10 +64,13 @@ impl ServerProcess {
         };
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut args = vec![
             "serve".to_string(),
             "--set".to_string(),
             format!("server.admin_listen={admin}"),
+            "--set".to_string(),
+            format!("server.grpc_listen={grpc}"),
             "--listen".to_string(),
             addr.to_string(),
             "--data-dir".to_string(),
@@ -89,6 +94,7 @@ impl ServerProcess {
             child: None,
             addr,
             admin,
+            grpc,
             data_dir,
             _temp: temp,
         };
