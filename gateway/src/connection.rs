@@ -78,6 +78,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
         session: None,
         login_failures: 0,
         inflight: None,
+        detached: false,
     };
     conn.read_loop(reader).await;
     if let Some(session) = conn.session.take() {
@@ -144,6 +145,9 @@ pub(crate) struct Connection {
     /// Bounds sends awaiting their ack; made on the first send so idle
     /// connections do not carry it.
     inflight: Option<Rc<Semaphore>>,
+    /// No socket: one gRPC call. It is never registered as an online
+    /// device, so it gets no pushes and changes no presence.
+    detached: bool,
 }
 
 impl Connection {
@@ -172,6 +176,65 @@ impl Connection {
                     return self.close_with_error(0, ErrorCode::Protocol, &err.to_string())
                 }
             }
+        }
+    }
+
+    /// Runs one request outside any socket (a gRPC call) through the same
+    /// handlers as a client frame: `token` authenticates it (revocation
+    /// included) unless it is Register or Login. The reply body, or the
+    /// refusal it carries.
+    pub(crate) async fn handle_detached(
+        core: Rc<Core>,
+        token: Option<String>,
+        body: Body,
+    ) -> Result<Body, pb::Error> {
+        // Room for the reply and a last frame; nothing else is queued here.
+        let outbox = Rc::new(Outbox::new(4));
+        let mut conn = Connection {
+            conn_id: core.detached_conn_id(),
+            core,
+            outbox: outbox.clone(),
+            session: None,
+            login_failures: 0,
+            inflight: None,
+            detached: true,
+        };
+        match token {
+            Some(token) => {
+                let grant = conn
+                    .authenticate(&pb::LoginRequest {
+                        token,
+                        ..Default::default()
+                    })
+                    .await?;
+                conn.session = Some(Session {
+                    user_id: grant.user_id,
+                    device_id: grant.device_id,
+                });
+            }
+            None if matches!(body, Body::Register(_) | Body::Login(_)) => {}
+            None => {
+                return Err(pb::Error::new(
+                    ErrorCode::Unauthenticated,
+                    "a bearer token is required",
+                ))
+            }
+        }
+        conn.handle(Envelope::new(1, body)).await;
+        let mut frames = Vec::new();
+        outbox.take_batch(&mut frames).await;
+        let envelope = frames
+            .first()
+            .and_then(|frame| frame.get(HEADER_LEN..))
+            .and_then(|body| codec::decode_body(body).ok());
+        match envelope.and_then(|e| e.body) {
+            // Logout revokes the device and closes "the connection".
+            Some(Body::Kicked(_)) => Ok(Body::Done(pb::Done {})),
+            Some(body) => match error_in(&body) {
+                Some(error) => Err(error.clone()),
+                None => Ok(body),
+            },
+            None => Err(pb::Error::new(ErrorCode::Internal, "no reply")),
         }
     }
 
@@ -563,6 +626,9 @@ impl Connection {
         } else {
             // Last-seen bookkeeping is best effort: a full queue must not fail a login.
             let _ = self.core.shared.writer.try_submit(touch);
+        }
+        if self.detached {
+            return;
         }
         let (done, registered) = oneshot::channel();
         let owner = self.core.owner_of_user(user_id);

@@ -175,6 +175,14 @@ pub enum CoreMsg {
         /// sequenced after that reply slips through on another mesh channel.
         done: oneshot::Sender<()>,
     },
+    /// To every core: push `frame` to each logged-in connection; answered
+    /// with how many.
+    Broadcast {
+        /// Encoded push.
+        frame: Bytes,
+        /// Answered with the connections it was queued to.
+        reply: oneshot::Sender<usize>,
+    },
     /// To a connection's core: tell the client why, then close it.
     Kick {
         /// Target connection.
@@ -319,11 +327,17 @@ impl Core {
     pub fn add_connection(&self, outbox: Rc<Outbox>) -> u64 {
         CoreMetrics::inc(&self.metrics().accepted);
         CoreMetrics::inc(&self.metrics().connections);
-        let n = self.next_conn.get();
-        self.next_conn.set(n + 1);
-        let conn_id = ((self.id as u64) << CONN_CORE_SHIFT) | n;
+        let conn_id = self.detached_conn_id();
         self.conns.borrow_mut().insert(conn_id, outbox);
         conn_id
+    }
+
+    /// A fresh connection id. Used alone for a request with no socket (a
+    /// gRPC call): never registered, so pushes to it go nowhere.
+    pub fn detached_conn_id(&self) -> u64 {
+        let n = self.next_conn.get();
+        self.next_conn.set(n + 1);
+        ((self.id as u64) << CONN_CORE_SHIFT) | n
     }
 
     /// Forgets a closed connection.
@@ -544,6 +558,19 @@ impl Core {
                     None => {}
                 }
                 let _ = done.send(());
+            }
+            CoreMsg::Broadcast { frame, reply } => {
+                let mut queued = 0;
+                for outbox in self.conns.borrow().values() {
+                    if outbox.is_logged_in()
+                        && !outbox.is_closing()
+                        && outbox.push(frame.clone()).is_ok()
+                    {
+                        queued += 1;
+                    }
+                }
+                CoreMetrics::add(&self.metrics().events_pushed, queued as u64);
+                let _ = reply.send(queued);
             }
             CoreMsg::Kick { conn_id, reason } => {
                 if let Some(outbox) = self.conns.borrow().get(&conn_id) {

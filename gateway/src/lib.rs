@@ -17,6 +17,7 @@ pub mod core;
 mod friends;
 pub mod group_state;
 mod groups;
+pub mod grpc;
 pub mod metrics;
 pub mod outbox;
 mod presence;

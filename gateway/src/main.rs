@@ -155,8 +155,9 @@ fn main() -> anyhow::Result<()> {
                 let admin = listening
                     .admin
                     .map_or("off".to_string(), |a| format!("http://{a}/metrics"));
+                let grpc = listening.grpc.map_or("off".to_string(), |a| a.to_string());
                 println!(
-                    "ourchat listening: client tcp {} on {} cores; admin {admin}; data in {}",
+                    "ourchat listening: client tcp {} on {} cores; grpc {grpc}; admin {admin}; data in {}",
                     listening.client,
                     listening.cores,
                     data_dir.display()

@@ -82,6 +82,11 @@ impl CoreMetrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts an error sent to a client.
     pub fn error(&self, code: i32) {
         if let Some(slot) = usize::try_from(code).ok().and_then(|i| self.errors.get(i)) {

@@ -3,8 +3,8 @@
 //! mesh, bind one SO_REUSEPORT listener per core (the kernel hashes each
 //! connection to a core). Shutdown, on SIGINT/SIGTERM, in phases: stop
 //! accepting, tell every connection and close it, let in-flight commits
-//! finish (bounded by a grace period), then flush the writer queue and
-//! close the store.
+//! finish (bounded by a grace period), stop the gRPC server, then flush the
+//! writer queue and close the store.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -22,6 +22,7 @@ use ourchat_workers::{JobPool, WriterConfig, WriterPool};
 use crate::auth::TokenKeys;
 use crate::config::{Config, Durability};
 use crate::core::{Core, CoreMsg, Shared};
+use crate::grpc::{Bridge, BridgeCall};
 use crate::metrics::Metrics;
 
 /// Messages in flight between two cores before the sender waits. Large
@@ -60,9 +61,14 @@ pub struct Listening {
     pub client: SocketAddr,
     /// Admin HTTP address, if enabled.
     pub admin: Option<SocketAddr>,
+    /// gRPC address, if enabled.
+    pub grpc: Option<SocketAddr>,
     /// Reactor cores.
     pub cores: usize,
 }
+
+/// Each core's end of the gRPC bridge, taken once by the core at start.
+type BridgeEnds = Arc<std::sync::Mutex<Vec<Option<futures::channel::mpsc::Receiver<BridgeCall>>>>>;
 
 /// Runs a node until `shutdown` is set, calling `on_ready` once every core
 /// listens. Returns after the phased shutdown.
@@ -118,10 +124,30 @@ pub fn serve(
         Ok(addr) => Some(crate::metrics::spawn_admin(addr, shared.clone())?),
         Err(_) => None,
     };
+    let (bridge, ends) = Bridge::new(cores);
+    let grpc = match shared.config.server.grpc_listen.as_str() {
+        "" => None,
+        listen => {
+            let addr = listen
+                .parse::<SocketAddr>()
+                .map_err(|e| ServeError::Core(format!("server.grpc_listen {listen:?}: {e}")))?;
+            Some(crate::grpc::spawn(
+                addr,
+                bridge,
+                shared.clone(),
+                shutdown.clone(),
+            )?)
+        }
+    };
+    let ends: BridgeEnds = Arc::new(std::sync::Mutex::new(ends.into_iter().map(Some).collect()));
 
-    let result = run_cores(shared.clone(), admin, on_ready);
-    if result.is_err() {
-        shutdown.store(true, Ordering::SeqCst);
+    let grpc_addr = grpc.as_ref().map(|g| g.addr);
+    let result = run_cores(shared.clone(), admin, grpc_addr, ends, on_ready);
+    // The gRPC server stops with the flag; it holds store handles, so it
+    // goes before the store.
+    shutdown.store(true, Ordering::SeqCst);
+    if let Some(grpc) = grpc {
+        grpc.join();
     }
     drop(shared);
     // Every core has stopped, so these are the last handles: the writer
@@ -176,6 +202,8 @@ pub fn durability_of(durability: Durability) -> sqlite::Durability {
 fn run_cores(
     shared: Arc<Shared>,
     admin: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
+    bridge_ends: BridgeEnds,
     on_ready: impl FnOnce(&Listening),
 ) -> Result<(), ServeError> {
     let cores = shared.cores;
@@ -191,7 +219,8 @@ fn run_cores(
             let shared = executor_shared.clone();
             let mesh = mesh.clone();
             let ready = ready_tx.clone();
-            async move { run_core(shared, mesh, ready).await }
+            let ends = bridge_ends.clone();
+            async move { run_core(shared, mesh, ends, ready).await }
         })
         .map_err(|e| ServeError::Core(e.to_string()))?;
 
@@ -216,6 +245,7 @@ fn run_cores(
             on_ready(&Listening {
                 client,
                 admin,
+                grpc,
                 cores,
             })
         }
@@ -232,6 +262,7 @@ fn run_cores(
 async fn run_core(
     shared: Arc<Shared>,
     mesh: MeshBuilder<CoreMsg, Full>,
+    bridge_ends: BridgeEnds,
     ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) {
     let (senders, mut receivers) = match mesh.join().await {
@@ -253,6 +284,12 @@ async fn run_core(
         .detach();
     }
     glommio::spawn_local(core.clone().run_commit_pump(pending)).detach();
+    let bridge_end = bridge_ends
+        .lock()
+        .ok()
+        .and_then(|mut ends| ends.get_mut(id).and_then(Option::take));
+    let bridge = bridge_end
+        .map(|calls| glommio::spawn_local(crate::grpc::serve_bridge(core.clone(), calls)).detach());
 
     let listener = match TcpListener::bind(shared.config.server.listen) {
         Ok(listener) => listener,
@@ -274,6 +311,9 @@ async fn run_core(
     }
     acceptor.cancel();
     sweeper.cancel();
+    if let Some(bridge) = bridge {
+        bridge.cancel();
+    }
     core.close_all("server shutting down");
     let deadline = Instant::now() + Duration::from_secs(shared.config.server.shutdown_grace_secs);
     while (core.connection_count() > 0 || core.commits_pending() > 0) && Instant::now() < deadline {

@@ -1,0 +1,553 @@
+//! The seed's six gRPC services (tonic) on one port, on a small tokio
+//! runtime of its own thread. Nothing is implemented twice: each call is
+//! carried over a [`Bridge`] to a reactor core, which runs it through the
+//! same handler as a client frame on a socketless connection (see
+//! `Connection::handle_detached`), so validation, authorization and
+//! delivery are the client protocol's own, and a message sent here is
+//! pushed to connected clients like any other. The bearer token is checked
+//! there too, revocation included. GatewayService is for operators: it
+//! takes the admin token kept in `<data_dir>/admin.token`.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::{SinkExt, StreamExt};
+use ourchat_protocol::ids::now_ms;
+use ourchat_protocol::pb::{self, *};
+use ourchat_protocol::{Body, Envelope, ErrorCode};
+use tonic::{Request, Response, Status};
+
+use crate::connection::Connection;
+use crate::core::{encode_frame, Core, CoreMsg, Shared};
+
+/// Calls waiting for one core before callers wait for room.
+const BRIDGE_QUEUE: usize = 1024;
+
+/// What a gRPC call asks of a core.
+pub enum BridgeRequest {
+    /// A client request, with its bearer token (`None`: Register/Login).
+    Client {
+        /// Bearer token.
+        token: Option<String>,
+        /// The request, as a client frame would carry it.
+        body: Body,
+    },
+    /// Close every connection of a user.
+    KickUser {
+        /// Whose.
+        user_id: i64,
+        /// Shown to the client.
+        reason: String,
+    },
+    /// Push a notice to one user's devices, or to everyone (0).
+    Notice {
+        /// Whom; 0 = every logged-in connection.
+        user_id: i64,
+        /// Text.
+        text: String,
+    },
+}
+
+/// A core's answer: a client reply, or for admin requests a count.
+pub enum Answer {
+    /// The reply a client frame would have got.
+    Reply(Body),
+    /// Devices kicked, or connections a notice was queued to.
+    Count(usize),
+}
+
+/// A core's answer, or the refusal.
+pub type BridgeReply = Result<Answer, pb::Error>;
+
+/// One call on its way to a core.
+pub struct BridgeCall {
+    request: BridgeRequest,
+    reply: oneshot::Sender<BridgeReply>,
+}
+
+/// The gRPC side's handle on the cores: thread-safe, cheap to clone.
+#[derive(Clone)]
+pub struct Bridge {
+    cores: Arc<Vec<mpsc::Sender<BridgeCall>>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Bridge {
+    /// A bridge to `cores` cores and the receiver each core must serve
+    /// (see [`serve_bridge`]).
+    pub fn new(cores: usize) -> (Bridge, Vec<mpsc::Receiver<BridgeCall>>) {
+        let (senders, receivers) = (0..cores).map(|_| mpsc::channel(BRIDGE_QUEUE)).unzip();
+        let bridge = Bridge {
+            cores: Arc::new(senders),
+            next: Arc::new(AtomicUsize::new(0)),
+        };
+        (bridge, receivers)
+    }
+
+    /// Runs `request` on a core (round robin: any core can serve any user).
+    pub async fn call(&self, request: BridgeRequest) -> Result<Answer, Status> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.cores.len().max(1);
+        let mut sender = self
+            .cores
+            .get(index)
+            .cloned()
+            .ok_or_else(|| Status::unavailable("no cores"))?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(BridgeCall { request, reply })
+            .await
+            .map_err(|_| Status::unavailable("server shutting down"))?;
+        match answer.await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(status_of(&error)),
+            Err(_) => Err(Status::unavailable("server shutting down")),
+        }
+    }
+}
+
+/// Serves gRPC calls on this core until the bridge closes; each call is a
+/// task of its own, so a slow one holds up no other.
+pub async fn serve_bridge(core: Rc<Core>, mut calls: mpsc::Receiver<BridgeCall>) {
+    while let Some(call) = calls.next().await {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            let answer = run(core, call.request).await;
+            let _ = call.reply.send(answer);
+        })
+        .detach();
+    }
+}
+
+async fn run(core: Rc<Core>, request: BridgeRequest) -> BridgeReply {
+    match request {
+        BridgeRequest::Client { token, body } => Connection::handle_detached(core, token, body)
+            .await
+            .map(Answer::Reply),
+        BridgeRequest::KickUser { user_id, reason } => {
+            let mut kicked = 0;
+            for device in core.online_devices(user_id).await {
+                if core.kick_device(user_id, device, &reason).await {
+                    kicked += 1;
+                }
+            }
+            Ok(Answer::Count(kicked))
+        }
+        BridgeRequest::Notice { user_id, text } => {
+            let notice = pb::SystemNotice {
+                text,
+                sent_at_ms: now_ms() as i64,
+            };
+            let frame = encode_frame(&Envelope::new(0, Body::SystemNotice(notice)));
+            if user_id != 0 {
+                let devices = core.online_devices(user_id).await.len();
+                core.push_to_user(user_id, frame, 0).await;
+                return Ok(Answer::Count(devices));
+            }
+            let mut answers = Vec::with_capacity(core.shared.cores);
+            for target in 0..core.shared.cores {
+                let (reply, answer) = oneshot::channel();
+                let broadcast = CoreMsg::Broadcast {
+                    frame: frame.clone(),
+                    reply,
+                };
+                core.route(target, broadcast).await;
+                answers.push(answer);
+            }
+            let mut queued = 0;
+            for answer in answers {
+                queued += answer.await.unwrap_or(0);
+            }
+            Ok(Answer::Count(queued))
+        }
+    }
+}
+
+/// The refusal as a gRPC status: the code mapped, the message prefixed
+/// with the protocol's ErrorCode name so clients can tell them apart.
+pub fn status_of(error: &pb::Error) -> Status {
+    let code = ErrorCode::try_from(error.code).unwrap_or(ErrorCode::Internal);
+    let grpc = match code {
+        ErrorCode::BadRequest | ErrorCode::FrameTooLarge | ErrorCode::Protocol => {
+            tonic::Code::InvalidArgument
+        }
+        ErrorCode::Unauthenticated | ErrorCode::TokenExpired => tonic::Code::Unauthenticated,
+        ErrorCode::Forbidden => tonic::Code::PermissionDenied,
+        ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::Conflict => tonic::Code::AlreadyExists,
+        ErrorCode::RateLimited => tonic::Code::ResourceExhausted,
+        ErrorCode::Busy | ErrorCode::StoreUnavailable => tonic::Code::Unavailable,
+        ErrorCode::LoginTimeout => tonic::Code::DeadlineExceeded,
+        ErrorCode::Unspecified | ErrorCode::Internal => tonic::Code::Internal,
+    };
+    Status::new(grpc, format!("{}: {}", code.as_str_name(), error.message))
+}
+
+/// The token in `authorization: Bearer <token>`.
+fn bearer<T>(request: &Request<T>) -> Result<String, Status> {
+    let value = request
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("UNAUTHENTICATED: a bearer token is required"))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Status::unauthenticated("UNAUTHENTICATED: malformed authorization"))
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Every service: the bridge to the cores, and what the admin calls need.
+#[derive(Clone)]
+pub struct Api {
+    bridge: Bridge,
+    shared: Arc<Shared>,
+    admin_token: Arc<str>,
+}
+
+impl Api {
+    async fn client(&self, token: Option<String>, body: Body) -> Result<Body, Status> {
+        match self
+            .bridge
+            .call(BridgeRequest::Client { token, body })
+            .await?
+        {
+            Answer::Reply(body) => Ok(body),
+            Answer::Count(_) => Err(Status::internal("unexpected reply")),
+        }
+    }
+
+    fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if same_secret(bearer(request)?.as_bytes(), self.admin_token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(
+                "FORBIDDEN: GatewayService needs the admin token",
+            ))
+        }
+    }
+
+    async fn count(&self, request: BridgeRequest) -> Result<usize, Status> {
+        match self.bridge.call(request).await? {
+            Answer::Count(count) => Ok(count),
+            Answer::Reply(_) => Err(Status::internal("unexpected reply")),
+        }
+    }
+}
+
+fn unexpected() -> Status {
+    Status::internal("INTERNAL: unexpected reply")
+}
+
+/// Implements a service whose every method takes a bearer token and maps
+/// to one client request and its reply.
+macro_rules! relay_service {
+    ($service:path { $($method:ident($request:ty) -> $response:ty = $ask:ident => $answer:ident;)* }) => {
+        #[tonic::async_trait]
+        impl $service for Api {
+            $(
+                async fn $method(
+                    &self,
+                    request: Request<$request>,
+                ) -> Result<Response<$response>, Status> {
+                    let token = bearer(&request)?;
+                    match self.client(Some(token), Body::$ask(request.into_inner())).await? {
+                        Body::$answer(reply) => Ok(Response::new(reply)),
+                        _ => Err(unexpected()),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+relay_service!(session_service_server::SessionService {
+    get_user(GetUserRequest) -> UserProfile = GetUser => UserProfile;
+    update_profile(UpdateProfileRequest) -> UserProfile = UpdateProfile => UserProfile;
+    change_password(ChangePasswordRequest) -> ChangePasswordResponse
+        = ChangePassword => ChangePasswordResp;
+    list_devices(ListDevicesRequest) -> ListDevicesResponse = ListDevices => ListDevicesResp;
+    kick_device(KickDeviceRequest) -> KickDeviceResponse = KickDevice => KickDeviceResp;
+    request_friend(FriendRequestRequest) -> Done = FriendRequest => Done;
+    respond_friend(RespondFriendRequest) -> Done = RespondFriend => Done;
+    delete_friend(DeleteFriendRequest) -> Done = DeleteFriend => Done;
+    block(BlockRequest) -> Done = Block => Done;
+    friends(FriendsRequest) -> FriendsResponse = Friends => FriendsResp;
+    search_users(SearchUsersRequest) -> SearchUsersResponse = SearchUsers => SearchUsersResp;
+});
+
+relay_service!(message_service_server::MessageService {
+    send_message(SendMessageRequest) -> SendMessageResponse = Send => SendResp;
+    history(HistoryRequest) -> HistoryResponse = History => HistoryResp;
+    sync(SyncRequest) -> SyncResponse = Sync => SyncResp;
+    mark_read(MarkReadRequest) -> MarkReadResponse = MarkRead => MarkReadResp;
+    conversations(ConversationsRequest) -> ConversationsResponse
+        = Conversations => ConversationsResp;
+    recall(RecallRequest) -> MessageRecalled = Recall => RecallResp;
+});
+
+relay_service!(group_service_server::GroupService {
+    create_group(CreateGroupRequest) -> CreateGroupResponse = CreateGroup => CreateGroupResp;
+    get_group(GetGroupRequest) -> GroupInfo = GetGroup => GroupInfo;
+    dissolve_group(DissolveGroupRequest) -> GroupChangeResponse = DissolveGroup => GroupChangeResp;
+    update_group(UpdateGroupRequest) -> GroupChangeResponse = UpdateGroup => GroupChangeResp;
+    add_members(AddMembersRequest) -> GroupChangeResponse = AddMembers => GroupChangeResp;
+    remove_members(RemoveMembersRequest) -> GroupChangeResponse = RemoveMembers => GroupChangeResp;
+    leave_group(LeaveGroupRequest) -> GroupChangeResponse = LeaveGroup => GroupChangeResp;
+    transfer_owner(TransferOwnerRequest) -> GroupChangeResponse = TransferOwner => GroupChangeResp;
+    set_admin(SetAdminRequest) -> GroupChangeResponse = SetAdmin => GroupChangeResp;
+    members(GroupMembersRequest) -> GroupMembersResponse = GroupMembers => GroupMembersResp;
+    my_groups(MyGroupsRequest) -> MyGroupsResponse = MyGroups => MyGroupsResp;
+});
+
+#[tonic::async_trait]
+impl auth_service_server::AuthService for Api {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        match self
+            .client(None, Body::Register(request.into_inner()))
+            .await?
+        {
+            Body::RegisterResp(reply) => Ok(Response::new(reply)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        match self.client(None, Body::Login(request.into_inner())).await? {
+            Body::LoginResp(reply) => Ok(Response::new(reply)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshTokenRequest>,
+    ) -> Result<Response<RefreshTokenResponse>, Status> {
+        let token = bearer(&request)?;
+        match self
+            .client(Some(token), Body::RefreshToken(request.into_inner()))
+            .await?
+        {
+            Body::RefreshTokenResp(reply) => Ok(Response::new(reply)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn logout(&self, request: Request<Logout>) -> Result<Response<Done>, Status> {
+        let token = bearer(&request)?;
+        match self
+            .client(Some(token), Body::Logout(request.into_inner()))
+            .await?
+        {
+            Body::Done(reply) => Ok(Response::new(reply)),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl presence_service_server::PresenceService for Api {
+    async fn get(
+        &self,
+        request: Request<GetPresenceRequest>,
+    ) -> Result<Response<PresenceInfo>, Status> {
+        let token = bearer(&request)?;
+        let query = PresenceQuery {
+            user_ids: vec![request.into_inner().user_id],
+        };
+        match self.client(Some(token), Body::PresenceQuery(query)).await? {
+            Body::PresenceList(list) => list
+                .users
+                .into_iter()
+                .next()
+                .map(Response::new)
+                .ok_or_else(|| Status::permission_denied("FORBIDDEN: not a friend")),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<PresenceQuery>,
+    ) -> Result<Response<PresenceList>, Status> {
+        let token = bearer(&request)?;
+        match self
+            .client(Some(token), Body::PresenceQuery(request.into_inner()))
+            .await?
+        {
+            Body::PresenceList(list) => Ok(Response::new(list)),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl gateway_service_server::GatewayService for Api {
+    async fn connection_counts(
+        &self,
+        request: Request<ConnectionCountsRequest>,
+    ) -> Result<Response<ConnectionCounts>, Status> {
+        self.check_admin(&request)?;
+        let per_core: Vec<u64> = (0..self.shared.cores)
+            .map(|core| {
+                self.shared
+                    .metrics
+                    .core(core)
+                    .connections
+                    .load(Ordering::Relaxed)
+            })
+            .collect();
+        let total = per_core.iter().sum();
+        Ok(Response::new(ConnectionCounts { per_core, total }))
+    }
+
+    async fn kick_user(
+        &self,
+        request: Request<KickUserRequest>,
+    ) -> Result<Response<KickUserResponse>, Status> {
+        self.check_admin(&request)?;
+        let request = request.into_inner();
+        if request.user_id <= 0 {
+            return Err(Status::invalid_argument("BAD_REQUEST: user_id is required"));
+        }
+        let reason = if request.reason.is_empty() {
+            "disconnected by an operator".to_string()
+        } else {
+            request.reason
+        };
+        let kicked = self
+            .count(BridgeRequest::KickUser {
+                user_id: request.user_id,
+                reason,
+            })
+            .await?;
+        Ok(Response::new(KickUserResponse {
+            devices_kicked: u32::try_from(kicked).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn send_notice(
+        &self,
+        request: Request<SendNoticeRequest>,
+    ) -> Result<Response<SendNoticeResponse>, Status> {
+        self.check_admin(&request)?;
+        let request = request.into_inner();
+        let max = self.shared.config.server.max_content_bytes;
+        if request.text.is_empty() || request.text.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "BAD_REQUEST: text must be 1-{max} bytes"
+            )));
+        }
+        let queued = self
+            .count(BridgeRequest::Notice {
+                user_id: request.user_id,
+                text: request.text,
+            })
+            .await?;
+        Ok(Response::new(SendNoticeResponse {
+            connections: queued as u64,
+        }))
+    }
+}
+
+/// The running gRPC server; [`GrpcServer::join`] waits for it to stop
+/// (it stops once the node's shutdown flag is set).
+pub struct GrpcServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl GrpcServer {
+    /// Waits for the server thread to finish.
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+/// Binds `addr` now (so a taken port fails the start) and serves the six
+/// services on a thread with a two-worker tokio runtime until `shutdown`.
+pub fn spawn(
+    addr: SocketAddr,
+    bridge: Bridge,
+    shared: Arc<Shared>,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<GrpcServer> {
+    let admin_token: Arc<str> =
+        crate::auth::load_or_create_secret(&shared.config.storage.data_dir.join("admin.token"))?
+            .into();
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ourchat-grpc")
+        .enable_all()
+        .build()?;
+    let api = Api {
+        bridge,
+        shared,
+        admin_token,
+    };
+    let thread = std::thread::Builder::new()
+        .name("ourchat-grpc".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(error = %e, "gRPC listener unusable");
+                        return;
+                    }
+                };
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                let stop = async move {
+                    while !shutdown.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                };
+                let served = tonic::transport::Server::builder()
+                    .add_service(auth_service_server::AuthServiceServer::new(api.clone()))
+                    .add_service(session_service_server::SessionServiceServer::new(
+                        api.clone(),
+                    ))
+                    .add_service(gateway_service_server::GatewayServiceServer::new(
+                        api.clone(),
+                    ))
+                    .add_service(message_service_server::MessageServiceServer::new(
+                        api.clone(),
+                    ))
+                    .add_service(group_service_server::GroupServiceServer::new(api.clone()))
+                    .add_service(presence_service_server::PresenceServiceServer::new(api))
+                    .serve_with_incoming_shutdown(incoming, stop)
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            });
+        })?;
+    Ok(GrpcServer {
+        addr: local,
+        thread,
+    })
+}

@@ -1,0 +1,339 @@
+//! The six gRPC services against a real node, beside TCP clients: a
+//! message sent over gRPC is pushed to a TCP client and both see one
+//! conversation; every call but Register/Login needs a valid, unrevoked
+//! bearer token; ids in requests must be the token's user; GatewayService
+//! takes only the admin token.
+
+use std::time::Duration;
+
+use ourchat_client::Push;
+use ourchat_protocol::pb::{self, *};
+use ourchat_testkit::{start_node, user_on, TEST_PASSWORD};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("ascii token");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+async fn channel(server: &ourchat_testkit::ServerProcess) -> Channel {
+    Channel::from_shared(format!("http://{}", server.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect gRPC")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_tcp_share_one_conversation() {
+    let server = start_node!(2);
+    let channel = channel(&server).await;
+    let mut auth = auth_service_client::AuthServiceClient::new(channel.clone());
+    let mut messages = message_service_client::MessageServiceClient::new(channel.clone());
+    let mut groups = group_service_client::GroupServiceClient::new(channel.clone());
+    let mut session = session_service_client::SessionServiceClient::new(channel.clone());
+
+    // Register and log in over gRPC; bob is a TCP client.
+    let registered = auth
+        .register(RegisterRequest {
+            username: "alice".into(),
+            password: TEST_PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(registered.success);
+    let duplicate = auth
+        .register(RegisterRequest {
+            username: "alice".into(),
+            password: TEST_PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+    assert!(duplicate.message().starts_with("CONFLICT"));
+    let wrong = auth
+        .login(LoginRequest {
+            username: "alice".into(),
+            password: "not-the-password".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    let login = auth
+        .login(LoginRequest {
+            username: "alice".into(),
+            password: TEST_PASSWORD.into(),
+            device_id: "grpc".into(),
+            device_type: "server".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let alice = registered.user_id;
+    let token = login.token.clone();
+    let (bob, sb) = user_on(server.addr, "bob", "d").await;
+
+    // A message sent over gRPC is pushed to bob like any other.
+    let sent = messages
+        .send_message(authed(
+            SendMessageRequest {
+                sender_id: alice,
+                receiver_id: sb.user_id,
+                content: "hi bob, from gRPC".into(),
+                client_message_id: 1,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sent.success);
+    let pushed = bob.next_message(WAIT).await.expect("pushed to bob");
+    assert_eq!(
+        (pushed.seq, pushed.sender_id, pushed.content.as_str()),
+        (sent.seq, alice, "hi bob, from gRPC")
+    );
+    let answer = bob.send_text(alice, "hi alice, from TCP").await.unwrap();
+    assert_eq!(answer.conversation_id, sent.conversation_id);
+    let history = messages
+        .history(authed(
+            HistoryRequest {
+                peer_id: sb.user_id,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let contents: Vec<&str> = history
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(contents, vec!["hi alice, from TCP", "hi bob, from gRPC"]);
+
+    // Ids must be the token's user; tokens must be there and valid.
+    let forged = messages
+        .send_message(authed(
+            SendMessageRequest {
+                sender_id: sb.user_id,
+                receiver_id: alice,
+                content: "forged".into(),
+                client_message_id: 2,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::PermissionDenied);
+    let forged_owner = groups
+        .create_group(authed(
+            CreateGroupRequest {
+                owner_id: sb.user_id,
+                group_name: "not mine".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(forged_owner.code(), Code::PermissionDenied);
+    let anonymous = messages
+        .history(Request::new(HistoryRequest {
+            peer_id: sb.user_id,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let garbage = messages
+        .history(authed(HistoryRequest::default(), "not.a.token"))
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), Code::Unauthenticated);
+    let stranger = messages
+        .history(authed(
+            HistoryRequest {
+                conversation_id: "si_1_2".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(stranger.code(), Code::PermissionDenied);
+
+    // Groups over gRPC; bob sees the group over TCP.
+    let group = groups
+        .create_group(authed(
+            CreateGroupRequest {
+                group_name: "mixed".into(),
+                member_ids: vec![sb.user_id],
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let event = bob.next_message(WAIT).await.expect("created event");
+    assert_eq!(event.conversation_id, group.conversation_id);
+    messages
+        .send_message(authed(
+            SendMessageRequest {
+                group_id: group.group_id,
+                content: "to the group".into(),
+                client_message_id: 3,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    let in_group = bob.next_message(WAIT).await.expect("group message");
+    assert_eq!(in_group.content, "to the group");
+    let members = groups
+        .members(authed(
+            GroupMembersRequest {
+                group_id: group.group_id,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(members.members.len(), 2);
+    let profile = session
+        .get_user(authed(
+            GetUserRequest {
+                user_id: sb.user_id,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(profile.username, "bob");
+
+    // Logout revokes the token: it no longer works anywhere.
+    auth.logout(authed(Logout {}, &token)).await.unwrap();
+    let revoked = session
+        .get_user(authed(
+            GetUserRequest {
+                user_id: sb.user_id,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(revoked.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_service_is_for_operators() {
+    let server = start_node!(2);
+    let channel = channel(&server).await;
+    let mut gateway = gateway_service_client::GatewayServiceClient::new(channel.clone());
+    let mut presence = presence_service_client::PresenceServiceClient::new(channel);
+    let (bob, sb) = user_on(server.addr, "bob", "phone").await;
+    let (carol, sc) = user_on(server.addr, "carol", "d").await;
+    let admin = std::fs::read_to_string(server.data_dir.join("admin.token"))
+        .expect("admin token")
+        .trim()
+        .to_string();
+
+    // A user's token is not the admin token.
+    let denied = gateway
+        .connection_counts(authed(ConnectionCountsRequest {}, &sb.token))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let counts = gateway
+        .connection_counts(authed(ConnectionCountsRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts.per_core.len(), 2);
+    assert_eq!(counts.total, 2);
+
+    let notice = gateway
+        .send_notice(authed(
+            SendNoticeRequest {
+                user_id: 0,
+                text: "maintenance at noon".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(notice.connections, 2);
+    for client in [&bob, &carol] {
+        match client.next_push(WAIT).await {
+            Some(Push::Notice(n)) => assert_eq!(n.text, "maintenance at noon"),
+            other => panic!("expected the notice, got {other:?}"),
+        }
+    }
+
+    // Presence: friends and oneself only.
+    let me = presence
+        .get(authed(
+            GetPresenceRequest {
+                user_id: sb.user_id,
+            },
+            &sb.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.state, pb::PresenceState::Online as i32);
+    let stranger = presence
+        .get(authed(
+            GetPresenceRequest {
+                user_id: sc.user_id,
+            },
+            &sb.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(stranger.code(), Code::PermissionDenied);
+
+    let kicked = gateway
+        .kick_user(authed(
+            KickUserRequest {
+                user_id: sb.user_id,
+                reason: "operator says bye".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kicked.devices_kicked, 1);
+    loop {
+        match bob.next_push(WAIT).await {
+            Some(Push::Kicked(reason)) => {
+                assert_eq!(reason, "operator says bye");
+                break;
+            }
+            Some(Push::Closed) | None => panic!("bob was not told why"),
+            Some(_) => continue,
+        }
+    }
+}
