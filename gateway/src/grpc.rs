@@ -33,8 +33,9 @@ pub enum BridgeRequest {
     Client {
         /// Bearer token.
         token: Option<String>,
-        /// The request, as a client frame would carry it.
-        body: Body,
+        /// The request, as a client frame would carry it (boxed: the
+        /// bridge queue holds many calls).
+        body: Box<Body>,
     },
     /// Close every connection of a user.
     KickUser {
@@ -55,7 +56,7 @@ pub enum BridgeRequest {
 /// A core's answer: a client reply, or for admin requests a count.
 pub enum Answer {
     /// The reply a client frame would have got.
-    Reply(Body),
+    Reply(Box<Body>),
     /// Devices kicked, or connections a notice was queued to.
     Count(usize),
 }
@@ -124,9 +125,9 @@ pub async fn serve_bridge(core: Rc<Core>, mut calls: mpsc::Receiver<BridgeCall>)
 
 async fn run(core: Rc<Core>, request: BridgeRequest) -> BridgeReply {
     match request {
-        BridgeRequest::Client { token, body } => Connection::handle_detached(core, token, body)
+        BridgeRequest::Client { token, body } => Connection::handle_detached(core, token, *body)
             .await
-            .map(Answer::Reply),
+            .map(|reply| Answer::Reply(Box::new(reply))),
         BridgeRequest::KickUser { user_id, reason } => {
             let mut kicked = 0;
             for device in core.online_devices(user_id).await {
@@ -221,12 +222,13 @@ pub struct Api {
 
 impl Api {
     async fn client(&self, token: Option<String>, body: Body) -> Result<Body, Status> {
+        let body = Box::new(body);
         match self
             .bridge
             .call(BridgeRequest::Client { token, body })
             .await?
         {
-            Answer::Reply(body) => Ok(body),
+            Answer::Reply(body) => Ok(*body),
             Answer::Count(_) => Err(Status::internal("unexpected reply")),
         }
     }
