@@ -33,7 +33,8 @@ start_node() {
   PORT=$(free_port); ADMIN=$(free_port)
   "$BIN/ourchat" admin provision --count "$users" --data-dir "$DATA" --out "$DATA/tokens" 2>/dev/null
   "$BIN/ourchat" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" \
-    --set "server.admin_listen=127.0.0.1:$ADMIN" --set server.pin_cores=false "$@" \
+    --set "server.admin_listen=127.0.0.1:$ADMIN" --set "server.grpc_listen=127.0.0.1:$(free_port)" \
+    --set server.pin_cores=false "$@" \
     >"$DATA/server.log" 2>&1 &
   NODE_PID=$!
   for _ in $(seq 100); do
@@ -56,9 +57,10 @@ procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 
 if [[ $MODE == full ]]; then
   IDLE_SIZES="1000 5000 19000"; P2P_USERS=10000; P2P_RATES="2000 5000 7500 10000"
-  P2P_SECS=15; STORM_USERS=19000
+  P2P_SECS=15; STORM_USERS=19000; GROUP_SIZE=5000; GROUP_RATES="10 20 40"
 else
   IDLE_SIZES="1000 5000"; P2P_USERS=2000; P2P_RATES="5000"; P2P_SECS=5; STORM_USERS=5000
+  GROUP_SIZE=1000; GROUP_RATES="20"
 fi
 
 for n in $IDLE_SIZES; do
@@ -77,6 +79,13 @@ if [[ $MODE == full ]]; then
   start_node "$P2P_USERS" --cores 2
   run "p2prandom-5000" p2p --users "$P2P_USERS" --procs 2 --rate 5000 --peers 0 --duration "$P2P_SECS" --drain 3 --ramp 20000
 fi
+# One group of GROUP_SIZE members, all online: each send fans out to all
+# but the sender.
+for rate in $GROUP_RATES; do
+  start_node "$GROUP_SIZE" --cores 2
+  run "group-$rate" group --users "$GROUP_SIZE" --group-size "$GROUP_SIZE" --procs 2 --rate "$rate" \
+    --duration "$P2P_SECS" --drain 5 --ramp 20000
+done
 start_node "$STORM_USERS" --cores 2
 run "storm-$STORM_USERS" storm --users "$STORM_USERS" --procs "$(procs_for "$STORM_USERS")" --ramp 20000 --duration 60 --drain 0
 stop_node
@@ -84,7 +93,7 @@ stop_node
 python3 - "$OUT" <<'PY'
 import json, glob, os, sys
 out = sys.argv[1]
-print(f"\n{'run':<14} {'users':>6} {'bytes/conn':>10} {'acked/s':>9} {'ack p50/p99 ms':>15} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'logins/s':>9}")
+print(f"\n{'run':<14} {'users':>6} {'bytes/conn':>10} {'acked/s':>9} {'deliv/s':>9} {'ack p50/p99 ms':>15} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'logins/s':>9}")
 def key(p):
     name = os.path.basename(p)[:-5]; kind, _, n = name.partition("-")
     return (kind, int(n) if n.isdigit() else 0)
@@ -95,7 +104,7 @@ for path in sorted(glob.glob(os.path.join(out, "*.json")), key=key):
     bpc = r.get("server_bytes_per_connection")
     logins = (c["logins"] - r["users"]) / r["phase_secs"] if r["scenario"] == "storm" and r["phase_secs"] else 0
     print(f"{name:<14} {r['users']:>6} {bpc and f'{bpc:.0f}' or '-':>10} "
-          f"{r['acks_per_sec']:>9.0f} {(ms(ack['p50'])+'/'+ms(ack['p99'])) if ack['count'] else '-':>15} "
+          f"{r['acks_per_sec']:>9.0f} {r['deliveries_per_sec']:>9.0f} {(ms(ack['p50'])+'/'+ms(ack['p99'])) if ack['count'] else '-':>15} "
           f"{(ms(dl['p50'])+'/'+ms(dl['p99'])+'/'+ms(dl['p999'])) if dl['count'] else '-':>24} "
           f"{str(r['lost'])+'/'+str(c['duplicates'])+'/'+str(c['out_of_order']):>12} {logins or '-':>9}")
 PY

@@ -38,7 +38,7 @@ const MAX_CONNS_PER_PROC: usize = 19_800;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ourchat-loadgen", version, about = "OurChat load generator")]
 struct Args {
-    /// idle | p2p | storm
+    /// idle | p2p | storm | group
     #[arg(value_enum)]
     scenario: Scenario,
     /// Gateway client addresses, comma-separated; users are spread over them.
@@ -75,6 +75,13 @@ struct Args {
     /// new conversation (worst case for the sequencer and the store).
     #[arg(long, default_value_t = 10)]
     peers: usize,
+    /// group: members per group; users are grouped in token-file order
+    /// and the first of each group creates it before the run.
+    #[arg(long, default_value_t = 5_000)]
+    group_size: usize,
+    /// Internal: the groups the parent created, in order.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    group_ids: Vec<i64>,
     /// Seconds after the phase to wait for late acks and deliveries.
     #[arg(long, default_value_t = 3.0)]
     drain: f64,
@@ -187,6 +194,11 @@ fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCod
         send_period: Duration::from_secs_f64(total as f64 / args.rate.max(0.001)),
         peers: args.peers,
         heartbeat: Duration::from_secs_f64(args.heartbeat.max(1.0)),
+        groups: (args.scenario == Scenario::Group).then(|| run::GroupPlan {
+            size: args.group_size.max(2),
+            ids: args.group_ids.clone(),
+            users: total,
+        }),
     });
     let my_count = mine.len();
     let mut per_thread: Vec<Vec<Assigned>> = vec![Vec::new(); threads];
@@ -305,7 +317,23 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
     }
     let rss_before = scrape_rss(&args.admin);
     let exe = std::env::current_exe()?;
-    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut raw: Vec<String> = std::env::args().skip(1).collect();
+    if args.scenario == Scenario::Group {
+        let groups = create_groups(args)?;
+        println!(
+            "created {} groups of up to {} members",
+            groups.len(),
+            args.group_size
+        );
+        raw.push("--group-ids".into());
+        raw.push(
+            groups
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
     let (tx, rx) = mpsc::channel();
     let mut children = Vec::new();
     for index in 0..procs {
@@ -421,11 +449,51 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
     )
 }
 
+/// Members added per request: keeps each request and its event push well
+/// under the server's 64 KiB frame limit.
+const MEMBERS_PER_REQUEST: usize = 4_000;
+
+/// Creates the run's groups (users in token-file order, `--group-size`
+/// each; the first member owns it) and returns their ids.
+fn create_groups(args: &Args) -> anyhow::Result<Vec<i64>> {
+    let size = args.group_size.max(2);
+    let file = read_tokens(args, |i| i % size == 0)?;
+    let target = args.targets[0];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut groups = Vec::new();
+        for (number, members) in file.ids.chunks(size).enumerate() {
+            let owner = ourchat_client::Client::connect(target).await?;
+            owner
+                .login_token(&file.tokens[number * size])
+                .await
+                .context("group owner login")?;
+            let others = &members[1..];
+            let first = others.len().min(MEMBERS_PER_REQUEST);
+            let group = owner
+                .create_group(&format!("loadgen {number}"), &others[..first], "")
+                .await
+                .context("create group")?;
+            for chunk in others[first..].chunks(MEMBERS_PER_REQUEST) {
+                owner
+                    .add_members(group, chunk)
+                    .await
+                    .context("add members")?;
+            }
+            groups.push(group);
+        }
+        anyhow::Ok(groups)
+    })
+}
+
 fn scenario_name(s: Scenario) -> &'static str {
     match s {
         Scenario::Idle => "idle",
         Scenario::P2p => "p2p",
         Scenario::Storm => "storm",
+        Scenario::Group => "group",
     }
 }
 
@@ -449,7 +517,7 @@ fn summarize(
         r.login_us.merge_into(&mut login);
         phase_secs = phase_secs.max(r.phase_secs);
     }
-    let lost = counters.acked.saturating_sub(counters.delivered);
+    let lost = counters.expected.saturating_sub(counters.delivered);
     let per_sec = |n: u64| {
         if phase_secs > 0.0 {
             n as f64 / phase_secs
@@ -480,7 +548,13 @@ fn summarize(
     }
     print_latency("login (connect+token login)", &login);
     match args.scenario {
-        Scenario::P2p => {
+        Scenario::P2p | Scenario::Group => {
+            if args.scenario == Scenario::Group {
+                println!(
+                    "groups of {} members: every acked send owes {} deliveries in all",
+                    args.group_size, counters.expected
+                );
+            }
             println!("phase {phase_secs:.1} s: sent {} ({:.0}/s), acked {} ({:.0}/s), delivered {} ({:.0}/s)", counters.sent, per_sec(counters.sent), counters.acked, per_sec(counters.acked), counters.delivered, per_sec(counters.delivered));
             print_latency("send -> ack", &ack);
             print_latency("send -> deliver", &deliver);
@@ -502,7 +576,7 @@ fn summarize(
     let report = json!({
         "scenario": scenario_name(args.scenario),
         "users": users, "procs": args.procs, "threads": args.threads, "targets": args.targets,
-        "rate": args.rate, "peers": args.peers, "duration": args.duration, "phase_secs": phase_secs,
+        "rate": args.rate, "peers": args.peers, "group_size": args.group_size, "duration": args.duration, "phase_secs": phase_secs,
         "connect_secs": connect_secs, "counters": counters,
         "lost": lost, "server_rss_before": rss_before, "server_rss_connected": rss_connected,
         "server_bytes_per_connection": bytes_per_conn,

@@ -32,6 +32,9 @@ pub struct Counters {
     pub acked: AtomicU64,
     /// Sends refused by the server.
     pub send_errors: AtomicU64,
+    /// Deliveries the acked sends owe: one per 1:1 send, one per other
+    /// member per group send.
+    pub expected: AtomicU64,
     /// Distinct messages received (seq above the conversation's mark).
     pub delivered: AtomicU64,
     /// Messages received again (seq equal to the mark).
@@ -53,6 +56,7 @@ impl Counters {
             sent: get(&self.sent),
             acked: get(&self.acked),
             send_errors: get(&self.send_errors),
+            expected: get(&self.expected),
             delivered: get(&self.delivered),
             duplicates: get(&self.duplicates),
             out_of_order: get(&self.out_of_order),
@@ -77,6 +81,9 @@ pub struct CounterSnapshot {
     /// See [`Counters`].
     pub send_errors: u64,
     /// See [`Counters`].
+    #[serde(default)]
+    pub expected: u64,
+    /// See [`Counters`].
     pub delivered: u64,
     /// See [`Counters`].
     pub duplicates: u64,
@@ -95,6 +102,7 @@ impl CounterSnapshot {
         self.sent += other.sent;
         self.acked += other.acked;
         self.send_errors += other.send_errors;
+        self.expected += other.expected;
         self.delivered += other.delivered;
         self.duplicates += other.duplicates;
         self.out_of_order += other.out_of_order;

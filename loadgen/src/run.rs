@@ -2,7 +2,8 @@
 //! a current-thread tokio runtime (thread-per-core, like the gateway). A
 //! connection is one task with a few words of state; it logs in by token,
 //! then, by phase: heartbeats (idle), sends on its own open-loop schedule
-//! (p2p), or drops and reconnects at the signal (storm).
+//! (p2p to contacts, group to its group), or drops and reconnects at the
+//! signal (storm).
 //!
 //! Phases are broadcast on a watch channel: `Connect` → (parent says go)
 //! `Go` → `Drain` (no new sends, keep reading) → `Exit`.
@@ -34,6 +35,9 @@ pub enum Scenario {
     P2p,
     /// Every connection drops and reconnects at once.
     Storm,
+    /// Open-loop sends at a fixed total rate, each user to its group
+    /// (consecutive users of the token file, `--group-size` per group).
+    Group,
 }
 
 /// Where the run is.
@@ -77,6 +81,29 @@ pub struct ProcPlan {
     pub peers: usize,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// Group scenario: members per group and the group ids, in token-file
+    /// order (user `i` is in group `i / size`).
+    pub groups: Option<GroupPlan>,
+}
+
+/// The groups of a group run.
+pub struct GroupPlan {
+    /// Members per group (the last may have fewer).
+    pub size: usize,
+    /// Group ids, in order.
+    pub ids: Vec<i64>,
+    /// Users in the run.
+    pub users: usize,
+}
+
+impl GroupPlan {
+    /// User `index`'s group and how many other members it has.
+    pub fn of(&self, index: usize) -> Option<(i64, u64)> {
+        let group = index / self.size.max(1);
+        let id = *self.ids.get(group)?;
+        let members = self.size.min(self.users - group * self.size);
+        Some((id, members.saturating_sub(1) as u64))
+    }
 }
 
 /// Per-thread latency histograms; the main thread reads them for progress.
@@ -270,7 +297,9 @@ impl Conn {
         let mut seen: HashMap<String, i64> = HashMap::new();
         let mut out = BytesMut::new();
         loop {
-            let sending = plan.scenario == Scenario::P2p && matches!(phase, Phase::Go(_));
+            let sending = matches!(plan.scenario, Scenario::P2p | Scenario::Group)
+                && matches!(phase, Phase::Go(_));
+            let group = plan.groups.as_ref().and_then(|g| g.of(self.user.index));
             tokio::select! {
                 frame = session.next_frame() => {
                     let Some(frame) = frame else { return Next::Closed };
@@ -279,6 +308,8 @@ impl Conn {
                             if let Some(scheduled) = awaiting_ack.remove(&frame.req_id) {
                                 if r.success {
                                     counters.acked.fetch_add(1, Ordering::Relaxed);
+                                    let owed = group.map_or(1, |(_, others)| others);
+                                    counters.expected.fetch_add(owed, Ordering::Relaxed);
                                     self.record(|h| &mut h.ack, scheduled);
                                 } else {
                                     counters.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -310,12 +341,16 @@ impl Conn {
                         // The scheduled time, not the write time, starts the clock.
                         let behind = now.saturating_duration_since(next_send);
                         let scheduled = unix_ns().saturating_sub(behind.as_nanos() as u64);
-                        let peer = self.pick_peer(&mut rng);
+                        let (receiver_id, group_id) = match group {
+                            Some((group_id, _)) => (0, group_id),
+                            None => (self.pick_peer(&mut rng), 0),
+                        };
                         req_id = req_id.wrapping_add(1).max(2);
                         awaiting_ack.insert(req_id, scheduled);
                         let send = Envelope::new(req_id, Body::Send(pb::SendMessageRequest {
                             sender_id: 0,
-                            receiver_id: peer,
+                            receiver_id,
+                            group_id,
                             message_type: pb::MessageType::Text as i32,
                             content: scheduled.to_string(),
                             client_message_id: rng.next_positive(),

@@ -1,6 +1,7 @@
 //! A short loadgen run against a real node (in this process): proves the
 //! loadgen speaks the protocol, spreads over processes, and that every
-//! acked message is delivered exactly once and in order. Figures are not
+//! acked message is delivered exactly once and in order, to one peer or to
+//! every other member of a group. Figures are not
 //! asserted: benchmarks are commands (`make bench`), not timed tests.
 
 use std::path::Path;
@@ -119,4 +120,31 @@ fn p2p_and_storm_lose_nothing() {
     // Every user logged in once, then again after the storm.
     assert_eq!(storm["counters"]["logins"], 600, "{storm:#}");
     assert_eq!(storm["counters"]["connect_errors"], 0);
+
+    // Groups of 100: each acked send owes 99 deliveries, all of them made.
+    let group = loadgen(
+        &node,
+        dir.path(),
+        &[
+            "group",
+            "--procs",
+            "2",
+            "--group-size",
+            "100",
+            "--rate",
+            "30",
+            "--duration",
+            "2",
+            "--drain",
+            "2",
+        ],
+    );
+    let counters = &group["counters"];
+    let acked = counters["acked"].as_u64().unwrap();
+    assert!(acked > 30, "{group:#}");
+    assert_eq!(counters["expected"].as_u64().unwrap(), acked * 99);
+    assert_eq!(counters["delivered"], counters["expected"]);
+    assert_eq!(group["lost"], 0);
+    assert_eq!(counters["duplicates"], 0);
+    assert_eq!(counters["out_of_order"], 0);
 }
