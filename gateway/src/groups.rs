@@ -349,12 +349,18 @@ impl Connection {
         }
     }
 
-    /// A list of user ids no longer than a group may be.
-    fn bounded(&self, users: Vec<i64>) -> Result<Vec<i64>, pb::Error> {
+    /// Refuses a list of users longer than a group may be.
+    fn within_group_size(&self, users: &[i64]) -> Result<(), pb::Error> {
         let max = self.core.shared.config.server.max_group_members;
         if users.len() > max {
             return Err(bad(&format!("a group holds at most {max} members")));
         }
+        Ok(())
+    }
+
+    /// A non-empty list of user ids no longer than a group may be.
+    fn bounded(&self, users: Vec<i64>) -> Result<Vec<i64>, pb::Error> {
+        self.within_group_size(&users)?;
         if users.is_empty() {
             return Err(bad("name at least one user"));
         }
@@ -363,10 +369,7 @@ impl Connection {
 
     /// Dedupes `users` and checks each is an account.
     async fn check_users_exist(&self, users: &mut Vec<i64>) -> Result<(), pb::Error> {
-        let max = self.core.shared.config.server.max_group_members;
-        if users.len() > max {
-            return Err(bad(&format!("a group holds at most {max} members")));
-        }
+        self.within_group_size(users)?;
         users.sort_unstable();
         users.dedup();
         if users.is_empty() {
