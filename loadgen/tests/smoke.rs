@@ -31,9 +31,11 @@ impl Drop for Node {
 fn start_node(data_dir: &Path) -> Node {
     let client = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
+    let grpc = format!("127.0.0.1:{}", free_port());
     let overrides = [
         ("server.listen", client.as_str()),
         ("server.admin_listen", admin.as_str()),
+        ("server.grpc_listen", grpc.as_str()),
         ("server.cores", "2"),
         ("server.pin_cores", "false"),
         ("storage.data_dir", data_dir.to_str().unwrap()),
