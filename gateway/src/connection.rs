@@ -191,7 +191,7 @@ impl Connection {
         // Room for the reply and a last frame; nothing else is queued here.
         let outbox = Rc::new(Outbox::new(4));
         let mut conn = Connection {
-            conn_id: core.detached_conn_id(),
+            conn_id: core.new_conn_id(),
             core,
             outbox: outbox.clone(),
             session: None,

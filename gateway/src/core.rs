@@ -327,14 +327,14 @@ impl Core {
     pub fn add_connection(&self, outbox: Rc<Outbox>) -> u64 {
         CoreMetrics::inc(&self.metrics().accepted);
         CoreMetrics::inc(&self.metrics().connections);
-        let conn_id = self.detached_conn_id();
+        let conn_id = self.new_conn_id();
         self.conns.borrow_mut().insert(conn_id, outbox);
         conn_id
     }
 
     /// A fresh connection id. Used alone for a request with no socket (a
     /// gRPC call): never registered, so pushes to it go nowhere.
-    pub fn detached_conn_id(&self) -> u64 {
+    pub fn new_conn_id(&self) -> u64 {
         let n = self.next_conn.get();
         self.next_conn.set(n + 1);
         ((self.id as u64) << CONN_CORE_SHIFT) | n

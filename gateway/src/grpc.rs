@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -488,13 +488,10 @@ impl GrpcServer {
 }
 
 /// Binds `addr` now (so a taken port fails the start) and serves the six
-/// services on a thread with a two-worker tokio runtime until `shutdown`.
-pub fn spawn(
-    addr: SocketAddr,
-    bridge: Bridge,
-    shared: Arc<Shared>,
-    shutdown: Arc<AtomicBool>,
-) -> std::io::Result<GrpcServer> {
+/// services on a thread with a two-worker tokio runtime until the node's
+/// shutdown flag is set.
+pub fn spawn(addr: SocketAddr, bridge: Bridge, shared: Arc<Shared>) -> std::io::Result<GrpcServer> {
+    let shutdown = shared.shutdown.clone();
     let admin_token: Arc<str> =
         crate::auth::load_or_create_secret(&shared.config.storage.data_dir.join("admin.token"))?
             .into();

@@ -131,12 +131,7 @@ pub fn serve(
             let addr = listen
                 .parse::<SocketAddr>()
                 .map_err(|e| ServeError::Core(format!("server.grpc_listen {listen:?}: {e}")))?;
-            Some(crate::grpc::spawn(
-                addr,
-                bridge,
-                shared.clone(),
-                shutdown.clone(),
-            )?)
+            Some(crate::grpc::spawn(addr, bridge, shared.clone())?)
         }
     };
     let ends: BridgeEnds = Arc::new(std::sync::Mutex::new(ends.into_iter().map(Some).collect()));
