@@ -20,12 +20,14 @@ use bytes::BytesMut;
 use ourchat_protocol::codec::{self, FrameDecoder};
 use ourchat_protocol::pb::{self, ChatMessage, MessageType};
 use ourchat_protocol::{Body, Envelope};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
 pub use ourchat_protocol::pb::ErrorCode;
+pub use tls::{TlsError, TlsSettings};
+
+pub mod tls;
 
 /// How long a request waits for its reply by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -45,6 +47,9 @@ pub enum ClientError {
     /// The server refused the request.
     #[error("server error {code:?}: {message}", code = ErrorCode::try_from(.0.code).unwrap_or(ErrorCode::Unspecified), message = .0.message)]
     Server(pb::Error),
+    /// TLS could not be set up.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
     /// The server answered something this request does not expect.
     #[error("unexpected reply: {0}")]
     Unexpected(String),
@@ -116,7 +121,7 @@ type Waiters = Arc<Mutex<HashMap<u32, oneshot::Sender<Envelope>>>>;
 
 /// A connection to an OurChat server.
 pub struct Client {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
     waiters: Waiters,
     pushes: tokio::sync::Mutex<mpsc::UnboundedReceiver<Push>>,
     next_req: AtomicU32,
@@ -132,11 +137,30 @@ impl Drop for Client {
 }
 
 impl Client {
-    /// Connects to `addr`.
+    /// Connects to `addr` over plain TCP.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        Self::connect_with(addr, None).await
+    }
+
+    /// Connects to `addr`, over TLS when `tls` is given.
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs,
+        tls: Option<&TlsSettings>,
+    ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (mut read, write) = stream.into_split();
+        match tls {
+            Some(tls) => Ok(Self::over(tls.wrap(stream).await?)),
+            None => Ok(Self::over(stream)),
+        }
+    }
+
+    /// A client speaking over an already connected stream.
+    pub fn over<S>(stream: S) -> Client
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut read, write) = tokio::io::split(stream);
         let waiters: Waiters = Arc::default();
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let reader_waiters = waiters.clone();
@@ -161,15 +185,15 @@ impl Client {
             reader_waiters.lock().map(|mut w| w.clear()).ok();
             let _ = push_tx.send(Push::Closed);
         });
-        Ok(Client {
-            writer: tokio::sync::Mutex::new(write),
+        Client {
+            writer: tokio::sync::Mutex::new(Box::new(write)),
             waiters,
             pushes: tokio::sync::Mutex::new(push_rx),
             next_req: AtomicU32::new(1),
             user_id: AtomicI64::new(0),
             timeout: DEFAULT_TIMEOUT,
             reader,
-        })
+        }
     }
 
     /// Our user id once logged in (0 before).
@@ -181,6 +205,8 @@ impl Client {
     pub async fn send_raw(&self, bytes: &[u8]) -> Result<(), ClientError> {
         let mut writer = self.writer.lock().await;
         writer.write_all(bytes).await?;
+        // TLS buffers records until flushed; plain TCP makes this a no-op.
+        writer.flush().await?;
         Ok(())
     }
 

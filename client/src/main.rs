@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use ourchat_client::{Client, Push, SeqTracker};
+use ourchat_client::{Client, Push, SeqTracker, TlsSettings};
 use ourchat_protocol::pb::{self, ChatMessage, MessageType};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -26,6 +26,13 @@ struct Cli {
         default_value = "127.0.0.1:50003"
     )]
     server: String,
+    /// Connect over TLS, trusting the CA certificates in this PEM file
+    /// (`ourchat gen-cert` writes ca.pem).
+    #[arg(long, global = true, env = "OURCHAT_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: --server's host).
+    #[arg(long, global = true)]
+    tls_name: Option<String>,
     /// Where the session (token) is kept.
     #[arg(long, global = true, env = "OURCHAT_SESSION")]
     session: Option<PathBuf>,
@@ -254,9 +261,10 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let session_path = cli.session.clone().unwrap_or_else(default_session_path);
     let out = Output { json: cli.json };
+    let endpoint = Endpoint::from_cli(&cli)?;
     match &cli.command {
         Command::Register { username, password } => {
-            let client = connect(&cli.server).await?;
+            let client = connect(&endpoint).await?;
             let user_id = client.register(username, password).await?;
             out.line(
                 json!({"event": "registered", "username": username, "user_id": user_id}),
@@ -268,7 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             password,
             device,
         } => {
-            let client = connect(&cli.server).await?;
+            let client = connect(&endpoint).await?;
             let device = device.as_deref().unwrap_or("");
             let session = client.login(username, password, device).await?;
             let saved = SavedSession {
@@ -300,7 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file_name,
             location,
         } => {
-            let (client, _) = resume(&cli.server, &session_path).await?;
+            let (client, _) = resume(&endpoint, &session_path).await?;
             let peer = client.find_user(to).await?;
             let ack = if let Some(location) = location {
                 let (lat, lon) = location
@@ -352,7 +360,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Read { with, seq } => {
-            let (client, saved) = resume(&cli.server, &session_path).await?;
+            let (client, saved) = resume(&endpoint, &session_path).await?;
             let peer = client.find_user(with).await?;
             let conversation = direct_id(saved.user_id, peer.user_id)?;
             let seq = match seq {
@@ -375,7 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Recall { with, seq } => {
-            let (client, saved) = resume(&cli.server, &session_path).await?;
+            let (client, saved) = resume(&endpoint, &session_path).await?;
             let peer = client.find_user(with).await?;
             let conversation = direct_id(saved.user_id, peer.user_id)?;
             client.recall(&conversation, *seq).await?;
@@ -385,7 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Groups { action } => {
-            let (client, _) = resume(&cli.server, &session_path).await?;
+            let (client, _) = resume(&endpoint, &session_path).await?;
             groups(
                 &client,
                 &out,
@@ -394,7 +402,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
         }
         Command::Friends { action } => {
-            let (client, _) = resume(&cli.server, &session_path).await?;
+            let (client, _) = resume(&endpoint, &session_path).await?;
             friends(
                 &client,
                 &out,
@@ -403,7 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
         }
         Command::Presence { users, away } => {
-            let (client, _) = resume(&cli.server, &session_path).await?;
+            let (client, _) = resume(&endpoint, &session_path).await?;
             if *away {
                 client.set_presence(pb::PresenceState::Away).await?;
             }
@@ -436,7 +444,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Conversations { limit } => {
-            let (client, saved) = resume(&cli.server, &session_path).await?;
+            let (client, saved) = resume(&endpoint, &session_path).await?;
             let mut names = std::collections::HashMap::new();
             names.insert(saved.user_id, saved.username.clone());
             let page = client.conversations(*limit, None).await?;
@@ -456,7 +464,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Listen { count } => {
-            let (client, saved) = resume(&cli.server, &session_path).await?;
+            let (client, saved) = resume(&endpoint, &session_path).await?;
             listen(&client, &saved, &out, *count).await?;
         }
         Command::History {
@@ -464,7 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             limit,
             before,
         } => {
-            let (client, saved) = resume(&cli.server, &session_path).await?;
+            let (client, saved) = resume(&endpoint, &session_path).await?;
             let peer = client.find_user(with).await?;
             let page = client.history(peer.user_id, *before, *limit).await?;
             // Oldest first reads naturally in a terminal.
@@ -888,14 +896,45 @@ fn direct_id(me: i64, peer: i64) -> anyhow::Result<String> {
         .context("that is you")
 }
 
-async fn connect(server: &str) -> anyhow::Result<Client> {
-    Client::connect(server)
+/// Where to connect, and how.
+struct Endpoint {
+    server: String,
+    tls: Option<TlsSettings>,
+}
+
+impl Endpoint {
+    fn from_cli(cli: &Cli) -> anyhow::Result<Endpoint> {
+        let tls = match &cli.ca_file {
+            Some(ca_file) => {
+                let host = match &cli.tls_name {
+                    Some(name) => name.clone(),
+                    None => host_of(&cli.server).to_string(),
+                };
+                Some(TlsSettings::from_ca_file(ca_file, &host)?)
+            }
+            None => None,
+        };
+        Ok(Endpoint {
+            server: cli.server.clone(),
+            tls,
+        })
+    }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(server: &str) -> &str {
+    let host = server.rsplit_once(':').map_or(server, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+async fn connect(endpoint: &Endpoint) -> anyhow::Result<Client> {
+    Client::connect_with(endpoint.server.as_str(), endpoint.tls.as_ref())
         .await
-        .with_context(|| format!("cannot connect to {server}"))
+        .with_context(|| format!("cannot connect to {}", endpoint.server))
 }
 
 /// Connects and logs in with the saved token.
-async fn resume(server: &str, path: &PathBuf) -> anyhow::Result<(Client, SavedSession)> {
+async fn resume(endpoint: &Endpoint, path: &PathBuf) -> anyhow::Result<(Client, SavedSession)> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "no session in {}: run `ourchat-cli login` first",
@@ -904,7 +943,7 @@ async fn resume(server: &str, path: &PathBuf) -> anyhow::Result<(Client, SavedSe
     })?;
     let saved: SavedSession = serde_json::from_str(&text)
         .with_context(|| format!("corrupt session file {}", path.display()))?;
-    let client = connect(server).await?;
+    let client = connect(endpoint).await?;
     client
         .login_token(&saved.token)
         .await

@@ -144,18 +144,20 @@ pub fn load_or_create_secret(path: &Path) -> std::io::Result<String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    write_private(path, text.as_bytes())?;
+    write_file(path, text.as_bytes(), 0o600)?;
     Ok(text)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` with permission `mode` (for a new file) and
+/// syncs it: secrets and keys must be whole and private on disk.
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()

@@ -45,6 +45,31 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Passwords and tokens.
     pub auth: AuthConfig,
+    /// TLS for clients and gRPC.
+    pub tls: TlsConfig,
+}
+
+/// TLS for clients and gRPC. Off until `listen` (client TLS) or `grpc`
+/// is set; both use the same certificate and key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Client TLS address beside the plain one (e.g. `0.0.0.0:50443`),
+    /// bound per core like it; empty = no TLS listener.
+    pub listen: String,
+    /// PEM certificate chain, leaf first (`ourchat gen-cert` writes one).
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf certificate.
+    pub key_file: PathBuf,
+    /// Serve gRPC over TLS (on `server.grpc_listen`) with the same pair.
+    pub grpc: bool,
+}
+
+impl TlsConfig {
+    /// Whether anything uses the certificate.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty() || self.grpc
+    }
 }
 
 /// Client listener and connection rules.
@@ -302,6 +327,18 @@ impl Config {
         }
         if self.auth.max_devices_per_user == 0 {
             return invalid("auth.max_devices_per_user must be at least 1");
+        }
+        let tls = &self.tls;
+        if !tls.listen.is_empty() && tls.listen.parse::<SocketAddr>().is_err() {
+            return invalid("tls.listen must be host:port (or empty for off)");
+        }
+        if tls.enabled()
+            && (tls.cert_file.as_os_str().is_empty() || tls.key_file.as_os_str().is_empty())
+        {
+            return invalid("tls.cert_file and tls.key_file are required when TLS is on");
+        }
+        if tls.grpc && s.grpc_listen.is_empty() {
+            return invalid("tls.grpc needs server.grpc_listen");
         }
         if self.auth.token_ttl_secs == 0 {
             return invalid("auth.token_ttl_secs must be positive");

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use ourchat_protocol::codec::{self, FrameError, HEADER_LEN};
@@ -61,13 +61,41 @@ enum ReadEnd {
     Bad(FrameError),
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+/// Takes one accepted socket: plain, or TLS once its handshake completes.
+/// The handshake runs in this task, interleaved with every other task of
+/// the core, and must finish within the login deadline (a peer that stalls
+/// it holds nothing but its socket meanwhile).
+pub async fn accept(core: Rc<Core>, stream: TcpStream, tls: Option<futures_rustls::TlsAcceptor>) {
     let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let Some(acceptor) = tls else {
+        return serve(core, stream, fd).await;
+    };
+    let deadline = std::time::Duration::from_millis(core.shared.config.server.login_timeout_ms);
+    let handshake = async {
+        acceptor
+            .accept(stream)
+            .await
+            .map_err(glommio::GlommioError::IoError)
+    };
+    match glommio::timer::timeout(deadline, handshake).await {
+        Ok(stream) => serve(core, stream, fd).await,
+        Err(e) => {
+            CoreMetrics::inc(&core.metrics().tls_handshake_failures);
+            tracing::debug!(error = %e, "TLS handshake failed");
+        }
+    }
+}
+
+/// Serves one connection until it closes. `fd` is its socket, under
+/// whatever `stream` wraps it in.
+async fn serve<S>(core: Rc<Core>, stream: S, fd: RawFd)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let config = &core.shared.config.server;
     let outbox = Rc::new(Outbox::new(config.outbound_queue_frames));
     let conn_id = core.add_connection(outbox.clone());
-    let fd = stream.as_raw_fd();
     let (reader, writer) = stream.split();
     let writer_task =
         glommio::spawn_local(write_loop(writer, fd, outbox.clone(), core.clone())).detach();
@@ -101,8 +129,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
 /// shuts the socket down in both directions, which ends the reader's
 /// pending read. `fd` is the connection's socket, open for as long as this
 /// task holds its write half.
-async fn write_loop(
-    mut writer: WriteHalf<TcpStream>,
+async fn write_loop<S: AsyncWrite + Unpin>(
+    mut writer: WriteHalf<S>,
     fd: RawFd,
     outbox: Rc<Outbox>,
     core: Rc<Core>,
@@ -151,7 +179,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    async fn read_loop(&mut self, mut reader: ReadHalf<TcpStream>) {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) {
         let max_frame = self.core.shared.config.server.max_frame_bytes;
         loop {
             match read_frame(&mut reader, max_frame).await {
@@ -961,8 +989,8 @@ fn error_in(body: &Body) -> Option<&pb::Error> {
 
 /// Reads one frame: a 4-byte header, then exactly the body. Nothing is
 /// buffered between frames, so an idle connection holds no read buffer.
-async fn read_frame(
-    reader: &mut ReadHalf<TcpStream>,
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
     max_frame: usize,
 ) -> Result<Envelope, ReadEnd> {
     let mut header = [0u8; HEADER_LEN];

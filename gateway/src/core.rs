@@ -56,6 +56,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Per-core counters.
     pub metrics: Metrics,
+    /// TLS server configuration, when TLS is on.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Messages between cores.

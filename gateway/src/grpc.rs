@@ -489,9 +489,24 @@ impl GrpcServer {
 
 /// Binds `addr` now (so a taken port fails the start) and serves the six
 /// services on a thread with a two-worker tokio runtime until the node's
-/// shutdown flag is set.
+/// shutdown flag is set. With `tls.grpc` it serves TLS only, with the
+/// client listener's certificate.
 pub fn spawn(addr: SocketAddr, bridge: Bridge, shared: Arc<Shared>) -> std::io::Result<GrpcServer> {
     let shutdown = shared.shutdown.clone();
+    let tls = &shared.config.tls;
+    let identity = match tls.grpc {
+        true => Some(tonic::transport::Identity::from_pem(
+            std::fs::read(&tls.cert_file)?,
+            std::fs::read(&tls.key_file)?,
+        )),
+        false => None,
+    };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = identity {
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    }
     let admin_token: Arc<str> =
         crate::auth::load_or_create_secret(&shared.config.storage.data_dir.join("admin.token"))?
             .into();
@@ -525,7 +540,7 @@ pub fn spawn(addr: SocketAddr, bridge: Bridge, shared: Arc<Shared>) -> std::io::
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 };
-                let served = tonic::transport::Server::builder()
+                let served = builder
                     .add_service(auth_service_server::AuthServiceServer::new(api.clone()))
                     .add_service(session_service_server::SessionServiceServer::new(
                         api.clone(),

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod outbox;
 mod presence;
 pub mod server;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{serve, Listening, ServeError};

@@ -25,6 +25,17 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration as TOML and exit.
     PrintConfig(ServeArgs),
+    /// Write a development CA and a server certificate signed by it
+    /// (ca.pem, cert.pem, key.pem) for `tls.cert_file`/`tls.key_file`;
+    /// clients trust ca.pem.
+    GenCert {
+        /// Directory to write into.
+        #[arg(long, default_value = "./data/tls")]
+        out: PathBuf,
+        /// Names the certificate is valid for (DNS names or IPs).
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        names: Vec<String>,
+    },
     /// Operator tools working directly on the store.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -108,6 +119,16 @@ fn main() -> anyhow::Result<()> {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
+        Command::GenCert { out, names } => {
+            let pair = ourchat_gateway::tls::generate_dev_pair(&out, &names)?;
+            println!(
+                "wrote {} (clients: --ca-file), {} and {} (server: tls.cert_file, tls.key_file)",
+                pair.ca_cert.display(),
+                pair.cert.display(),
+                pair.key.display()
+            );
+            Ok(())
+        }
         Command::Admin(AdminCommand::Provision {
             count,
             prefix,
@@ -156,8 +177,9 @@ fn main() -> anyhow::Result<()> {
                     .admin
                     .map_or("off".to_string(), |a| format!("http://{a}/metrics"));
                 let grpc = listening.grpc.map_or("off".to_string(), |a| a.to_string());
+                let tls = listening.tls.map_or("off".to_string(), |a| a.to_string());
                 println!(
-                    "ourchat listening: client tcp {} on {} cores; grpc {grpc}; admin {admin}; data in {}",
+                    "ourchat listening: client tcp {} on {} cores; tls {tls}; grpc {grpc}; admin {admin}; data in {}",
                     listening.client,
                     listening.cores,
                     data_dir.display()

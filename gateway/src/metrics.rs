@@ -46,6 +46,8 @@ pub struct CoreMetrics {
     pub slow_reader_closes: AtomicU64,
     /// Logged-in connections closed for silence past the idle timeout.
     pub idle_closes: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
     /// Errors sent to clients, by `ErrorCode`.
     pub errors: [AtomicU64; ERROR_SLOTS],
     /// Send received → ack queued, microseconds.
@@ -69,6 +71,7 @@ impl Default for CoreMetrics {
             events_pushed: AtomicU64::new(0),
             slow_reader_closes: AtomicU64::new(0),
             idle_closes: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             send_ack_us: AtomicHistogram::new(LATENCY_US_BUCKETS),
             deliver_us: AtomicHistogram::new(LATENCY_US_BUCKETS),
@@ -204,6 +207,13 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "Connections closed for not reading.",
         &|c| &c.slow_reader_closes,
+    );
+    per_core(
+        &mut out,
+        "ourchat_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed or missed the login deadline.",
+        &|c| &c.tls_handshake_failures,
     );
 
     let _ = writeln!(out, "# HELP ourchat_errors_total Errors sent to clients, by code.\n# TYPE ourchat_errors_total counter");

@@ -49,6 +49,9 @@ pub enum ServeError {
     /// A thread or file could not be created.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key is unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// An executor could not start or bind.
     #[error("core start-up failed: {0}")]
     Core(String),
@@ -63,6 +66,8 @@ pub struct Listening {
     pub admin: Option<SocketAddr>,
     /// gRPC address, if enabled.
     pub grpc: Option<SocketAddr>,
+    /// Client TLS address, if enabled.
+    pub tls: Option<SocketAddr>,
     /// Reactor cores.
     pub cores: usize,
 }
@@ -78,6 +83,14 @@ pub fn serve(
     on_ready: impl FnOnce(&Listening),
 ) -> Result<(), ServeError> {
     let cores = config.core_count();
+    // Certificates first: a bad path should fail before the store opens.
+    let tls = match config.tls.enabled() {
+        true => Some(crate::tls::server_config(
+            &config.tls.cert_file,
+            &config.tls.key_file,
+        )?),
+        false => None,
+    };
     let storage = &config.storage;
     let backend = SqliteBackend::open(&storage.data_dir, durability_of(storage.durability))?;
     let checkpointer = backend.start_checkpointer()?;
@@ -118,6 +131,7 @@ pub fn serve(
         shutdown: shutdown.clone(),
         ready: AtomicBool::new(false),
         metrics: Metrics::new(cores),
+        tls,
         config,
     });
     let admin = match shared.config.server.admin_listen.parse::<SocketAddr>() {
@@ -204,7 +218,7 @@ fn run_cores(
     let cores = shared.cores;
     let placement = placement(&shared.config, cores)?;
     let mesh: MeshBuilder<CoreMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<CoreAddrs, String>>();
     let executor_shared = shared.clone();
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("ourchat-core")
@@ -223,7 +237,7 @@ fn run_cores(
     let mut client = None;
     for _ in 0..cores {
         match ready_rx.recv() {
-            Ok(Ok(addr)) => client = Some(addr),
+            Ok(Ok(addrs)) => client = Some(addrs),
             Ok(Err(e)) => {
                 outcome = Err(ServeError::Core(e));
                 break;
@@ -235,12 +249,13 @@ fn run_cores(
         }
     }
     match (&outcome, client) {
-        (Ok(()), Some(client)) => {
+        (Ok(()), Some(addrs)) => {
             shared.ready.store(true, Ordering::SeqCst);
             on_ready(&Listening {
-                client,
+                client: addrs.plain,
                 admin,
                 grpc,
+                tls: addrs.tls,
                 cores,
             })
         }
@@ -258,7 +273,7 @@ async fn run_core(
     shared: Arc<Shared>,
     mesh: MeshBuilder<CoreMsg, Full>,
     bridge_ends: BridgeEnds,
-    ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+    ready: std::sync::mpsc::Sender<Result<CoreAddrs, String>>,
 ) {
     let (senders, mut receivers) = match mesh.join().await {
         Ok(pair) => pair,
@@ -286,25 +301,33 @@ async fn run_core(
     let bridge = bridge_end
         .map(|calls| glommio::spawn_local(crate::grpc::serve_bridge(core.clone(), calls)).detach());
 
-    let listener = match TcpListener::bind(shared.config.server.listen) {
-        Ok(listener) => listener,
+    let (plain, tls) = match bind_listeners(&shared) {
+        Ok(listeners) => listeners,
         Err(e) => {
-            let _ = ready.send(Err(format!(
-                "cannot listen on {}: {e}",
-                shared.config.server.listen
-            )));
+            let _ = ready.send(Err(e));
             return;
         }
     };
-    let local = listener.local_addr().unwrap_or(shared.config.server.listen);
-    let _ = ready.send(Ok(local));
-    let acceptor = glommio::spawn_local(accept_loop(core.clone(), listener)).detach();
+    let addrs = CoreAddrs {
+        plain: plain.local_addr().unwrap_or(shared.config.server.listen),
+        tls: tls.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+    };
+    let _ = ready.send(Ok(addrs));
+    let mut acceptors = vec![glommio::spawn_local(accept_loop(core.clone(), plain, None)).detach()];
+    if let Some((listener, config)) = tls {
+        let acceptor = futures_rustls::TlsAcceptor::from(config);
+        acceptors.push(
+            glommio::spawn_local(accept_loop(core.clone(), listener, Some(acceptor))).detach(),
+        );
+    }
     let sweeper = glommio::spawn_local(sweep_deadlines(core.clone())).detach();
 
     while !shared.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
-    acceptor.cancel();
+    for acceptor in acceptors {
+        acceptor.cancel();
+    }
     sweeper.cancel();
     if let Some(bridge) = bridge {
         bridge.cancel();
@@ -330,11 +353,47 @@ async fn sweep_deadlines(core: Rc<Core>) {
     }
 }
 
-async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+/// Where one core listens.
+struct CoreAddrs {
+    plain: SocketAddr,
+    tls: Option<SocketAddr>,
+}
+
+/// This core's plain listener and, when configured, its TLS listener with
+/// the server configuration.
+#[allow(clippy::type_complexity)]
+fn bind_listeners(
+    shared: &Shared,
+) -> Result<
+    (
+        TcpListener,
+        Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    ),
+    String,
+> {
+    let listen = shared.config.server.listen;
+    let plain = TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let tls = match (&shared.tls, shared.config.tls.listen.as_str()) {
+        (Some(config), listen) if !listen.is_empty() => {
+            let listener = TcpListener::bind(listen)
+                .map_err(|e| format!("cannot listen on {listen} (tls.listen): {e}"))?;
+            Some((listener, config.clone()))
+        }
+        _ => None,
+    };
+    Ok((plain, tls))
+}
+
+async fn accept_loop(
+    core: Rc<Core>,
+    listener: TcpListener,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(crate::connection::serve(core.clone(), stream)).detach();
+                let connection = crate::connection::accept(core.clone(), stream, tls.clone());
+                glommio::spawn_local(connection).detach();
             }
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.

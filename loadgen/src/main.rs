@@ -88,6 +88,13 @@ struct Args {
     /// Heartbeat interval in seconds.
     #[arg(long, default_value_t = 30.0)]
     heartbeat: f64,
+    /// Connect over TLS (the targets are TLS listeners), trusting the CA
+    /// certificates in this PEM file.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Name the servers' certificates must carry.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
     /// Admin addresses (host:port) of the targets, to read server memory.
     #[arg(long, value_delimiter = ',')]
     admin: Vec<SocketAddr>,
@@ -199,6 +206,7 @@ fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCod
             ids: args.group_ids.clone(),
             users: total,
         }),
+        tls: tls_settings(args)?,
     });
     let my_count = mine.len();
     let mut per_thread: Vec<Vec<Assigned>> = vec![Vec::new(); threads];
@@ -453,19 +461,29 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
 /// under the server's 64 KiB frame limit.
 const MEMBERS_PER_REQUEST: usize = 4_000;
 
+/// TLS settings from `--ca-file`, when given.
+fn tls_settings(args: &Args) -> anyhow::Result<Option<ourchat_client::TlsSettings>> {
+    args.ca_file
+        .as_deref()
+        .map(|ca| ourchat_client::TlsSettings::from_ca_file(ca, &args.tls_name))
+        .transpose()
+        .context("--ca-file")
+}
+
 /// Creates the run's groups (users in token-file order, `--group-size`
 /// each; the first member owns it) and returns their ids.
 fn create_groups(args: &Args) -> anyhow::Result<Vec<i64>> {
     let size = args.group_size.max(2);
     let file = read_tokens(args, |i| i % size == 0)?;
     let target = args.targets[0];
+    let tls = tls_settings(args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let mut groups = Vec::new();
         for (number, members) in file.ids.chunks(size).enumerate() {
-            let owner = ourchat_client::Client::connect(target).await?;
+            let owner = ourchat_client::Client::connect_with(target, tls.as_ref()).await?;
             owner
                 .login_token(&file.tokens[number * size])
                 .await

@@ -16,11 +16,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
+use ourchat_client::TlsSettings;
 use ourchat_protocol::codec::{encode, FrameDecoder};
 use ourchat_protocol::pb;
 use ourchat_protocol::{Body, Envelope};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -84,6 +85,8 @@ pub struct ProcPlan {
     /// Group scenario: members per group and the group ids, in token-file
     /// order (user `i` is in group `i / size`).
     pub groups: Option<GroupPlan>,
+    /// Connect over TLS with these settings.
+    pub tls: Option<TlsSettings>,
 }
 
 /// The groups of a group run.
@@ -185,9 +188,13 @@ struct Conn {
     user: Assigned,
 }
 
+/// A connection's byte stream: a TCP socket, or TLS over one.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// Reads and writes of one logged-in socket.
 struct Session {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: BytesMut,
     decoder: FrameDecoder,
 }
@@ -255,6 +262,15 @@ impl Conn {
             .ok()?
             .ok()?;
         let _ = stream.set_nodelay(true);
+        let stream: Box<dyn Io> = match &self.plan.tls {
+            Some(tls) => Box::new(
+                tokio::time::timeout(Duration::from_secs(10), tls.wrap(stream))
+                    .await
+                    .ok()?
+                    .ok()?,
+            ),
+            None => Box::new(stream),
+        };
         let mut session = Session {
             stream,
             buf: BytesMut::new(),
@@ -270,7 +286,7 @@ impl Conn {
         );
         let mut out = BytesMut::new();
         encode(&login, &mut out);
-        session.stream.write_all(&out).await.ok()?;
+        session.write(&out).await.ok()?;
         let reply = tokio::time::timeout(Duration::from_secs(30), session.next_frame())
             .await
             .ok()??;
@@ -360,7 +376,7 @@ impl Conn {
                         counters.sent.fetch_add(1, Ordering::Relaxed);
                         next_send += period;
                     }
-                    if session.stream.write_all(&out).await.is_err() {
+                    if session.write(&out).await.is_err() {
                         return Next::Closed;
                     }
                 }
@@ -368,7 +384,7 @@ impl Conn {
                     next_heartbeat += plan.heartbeat;
                     out.clear();
                     encode(&Envelope::new(0, Body::Heartbeat(pb::Heartbeat {})), &mut out);
-                    if session.stream.write_all(&out).await.is_err() {
+                    if session.write(&out).await.is_err() {
                         return Next::Closed;
                     }
                 }
@@ -428,6 +444,12 @@ enum Next {
 }
 
 impl Session {
+    /// Writes `bytes` out (TLS holds records until flushed).
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
     /// The next whole frame, or `None` when the connection is gone.
     async fn next_frame(&mut self) -> Option<Envelope> {
         loop {
