@@ -47,6 +47,75 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS for clients and gRPC.
     pub tls: TlsConfig,
+    /// Abuse limits.
+    pub limits: LimitsConfig,
+}
+
+/// Abuse limits; "Security" in the README explains each. Every refusal is
+/// counted in `ourchat_limited_total{limit=...}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Frames (of any kind) one connection may send per second...
+    pub frames_per_sec: f64,
+    /// ...and in a burst after a quiet spell. Past it: RATE_LIMITED.
+    pub frame_burst: f64,
+    /// Messages one user may send per second (per core their devices are on)...
+    pub user_sends_per_sec: f64,
+    /// ...and in a burst.
+    pub user_send_burst: f64,
+    /// Refusals within one second after which a connection is closed as a
+    /// flood; 0 = never.
+    pub flood_refusals_per_sec: u32,
+    /// Wrong passwords for one username before logins for it back off
+    /// (1 s, doubling per further failure).
+    pub login_failures_per_user: u32,
+    /// Wrong passwords from one address before its logins back off.
+    pub login_failures_per_ip: u32,
+    /// Longest login back-off, seconds.
+    pub login_backoff_max_secs: u64,
+    /// Registrations one address may make per hour...
+    pub registrations_per_ip_per_hour: f64,
+    /// ...and in a burst.
+    pub registration_burst: f64,
+    /// Concurrent connections from one address (plain and TLS); 0 = no cap.
+    pub max_connections_per_ip: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            frames_per_sec: 200.0,
+            frame_burst: 400.0,
+            user_sends_per_sec: 100.0,
+            user_send_burst: 200.0,
+            flood_refusals_per_sec: 100,
+            login_failures_per_user: 5,
+            login_failures_per_ip: 50,
+            login_backoff_max_secs: 900,
+            registrations_per_ip_per_hour: 60.0,
+            registration_burst: 20.0,
+            max_connections_per_ip: 1000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The per-connection frame rate.
+    pub fn frame_rate(&self) -> crate::limits::Rate {
+        crate::limits::Rate {
+            per_sec: self.frames_per_sec,
+            burst: self.frame_burst,
+        }
+    }
+
+    /// The per-user send rate.
+    pub fn user_send_rate(&self) -> crate::limits::Rate {
+        crate::limits::Rate {
+            per_sec: self.user_sends_per_sec,
+            burst: self.user_send_burst,
+        }
+    }
 }
 
 /// TLS for clients and gRPC. Off until `listen` (client TLS) or `grpc`
@@ -339,6 +408,24 @@ impl Config {
         }
         if tls.grpc && s.grpc_listen.is_empty() {
             return invalid("tls.grpc needs server.grpc_listen");
+        }
+        let l = &self.limits;
+        let rates = [
+            l.frames_per_sec,
+            l.frame_burst,
+            l.user_sends_per_sec,
+            l.user_send_burst,
+            l.registrations_per_ip_per_hour,
+            l.registration_burst,
+        ];
+        if rates.iter().any(|r| !r.is_finite() || *r <= 0.0) {
+            return invalid("limits: rates and bursts must be positive numbers");
+        }
+        if l.frame_burst < 1.0 || l.user_send_burst < 1.0 || l.registration_burst < 1.0 {
+            return invalid("limits: bursts must be at least 1");
+        }
+        if l.login_backoff_max_secs == 0 {
+            return invalid("limits.login_backoff_max_secs must be positive");
         }
         if self.auth.token_ttl_secs == 0 {
             return invalid("auth.token_ttl_secs must be positive");

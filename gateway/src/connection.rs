@@ -7,6 +7,7 @@
 //! written by a sibling task, so a slow peer never stalls the core; that
 //! task also ends the connection by shutting the socket down.
 
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
@@ -25,6 +26,7 @@ use ourchat_workers::password;
 
 use crate::auth::TokenError;
 use crate::core::{encode_frame, pool_error, Core, CoreMsg, SendJob};
+use crate::limits::{FrameLimiter, IpSlot, Limit, Verdict};
 use crate::metrics::CoreMetrics;
 use crate::outbox::Outbox;
 
@@ -65,11 +67,34 @@ enum ReadEnd {
 /// The handshake runs in this task, interleaved with every other task of
 /// the core, and must finish within the login deadline (a peer that stalls
 /// it holds nothing but its socket meanwhile).
-pub async fn accept(core: Rc<Core>, stream: TcpStream, tls: Option<futures_rustls::TlsAcceptor>) {
+pub async fn accept(
+    core: Rc<Core>,
+    mut stream: TcpStream,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
+    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let slot = match peer {
+        Some(ip) => match core.shared.limits.open_connection(ip) {
+            Some(slot) => Some(slot),
+            None => {
+                core.metrics().limited(Limit::ConnectionsPerIp);
+                if tls.is_none() {
+                    let refusal = encode_frame(&Envelope::error(
+                        0,
+                        ErrorCode::RateLimited,
+                        "too many connections from your address",
+                    ));
+                    let _ = stream.write_all(&refusal).await;
+                }
+                return;
+            }
+        },
+        None => None,
+    };
     let Some(acceptor) = tls else {
-        return serve(core, stream, fd).await;
+        return serve(core, stream, fd, peer, slot).await;
     };
     let deadline = std::time::Duration::from_millis(core.shared.config.server.login_timeout_ms);
     let handshake = async {
@@ -79,7 +104,7 @@ pub async fn accept(core: Rc<Core>, stream: TcpStream, tls: Option<futures_rustl
             .map_err(glommio::GlommioError::IoError)
     };
     match glommio::timer::timeout(deadline, handshake).await {
-        Ok(stream) => serve(core, stream, fd).await,
+        Ok(stream) => serve(core, stream, fd, peer, slot).await,
         Err(e) => {
             CoreMetrics::inc(&core.metrics().tls_handshake_failures);
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -88,12 +113,14 @@ pub async fn accept(core: Rc<Core>, stream: TcpStream, tls: Option<futures_rustl
 }
 
 /// Serves one connection until it closes. `fd` is its socket, under
-/// whatever `stream` wraps it in.
-async fn serve<S>(core: Rc<Core>, stream: S, fd: RawFd)
+/// whatever `stream` wraps it in; `_slot` counts it against its address
+/// until it ends.
+async fn serve<S>(core: Rc<Core>, stream: S, fd: RawFd, peer: Option<IpAddr>, _slot: Option<IpSlot>)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let config = &core.shared.config.server;
+    let limits = &core.shared.config.limits;
     let outbox = Rc::new(Outbox::new(config.outbound_queue_frames));
     let conn_id = core.add_connection(outbox.clone());
     let (reader, writer) = stream.split();
@@ -107,6 +134,8 @@ where
         login_failures: 0,
         inflight: None,
         detached: false,
+        peer,
+        frames: FrameLimiter::new(limits.frame_rate(), std::time::Instant::now()),
     };
     conn.read_loop(reader).await;
     if let Some(session) = conn.session.take() {
@@ -176,6 +205,10 @@ pub(crate) struct Connection {
     /// No socket: one gRPC call. It is never registered as an online
     /// device, so it gets no pushes and changes no presence.
     detached: bool,
+    /// The peer's address, for per-address limits.
+    peer: Option<IpAddr>,
+    /// This connection's frame rate.
+    frames: FrameLimiter,
 }
 
 impl Connection {
@@ -185,6 +218,9 @@ impl Connection {
             match read_frame(&mut reader, max_frame).await {
                 Ok(envelope) => {
                     self.outbox.touch();
+                    if !self.within_frame_rate(envelope.req_id) {
+                        return;
+                    }
                     // Boxed: the handlers' state lives on the heap only while
                     // a request is handled, so an idle connection's future
                     // stays a few hundred bytes instead of ~2 KB.
@@ -214,12 +250,16 @@ impl Connection {
     pub(crate) async fn handle_detached(
         core: Rc<Core>,
         token: Option<String>,
+        peer: Option<IpAddr>,
         body: Body,
     ) -> Result<Body, pb::Error> {
         // Room for the reply and a last frame; nothing else is queued here.
         let outbox = Rc::new(Outbox::new(4));
+        let frame_rate = core.shared.config.limits.frame_rate();
         let mut conn = Connection {
             conn_id: core.new_conn_id(),
+            frames: FrameLimiter::new(frame_rate, std::time::Instant::now()),
+            peer,
             core,
             outbox: outbox.clone(),
             session: None,
@@ -289,6 +329,38 @@ impl Connection {
         self.core.metrics().error(code as i32);
         self.outbox
             .close_with(Some(encode_frame(&Envelope::error(req_id, code, message))));
+    }
+
+    /// Whether a frame may be handled: past the rate it is answered
+    /// RATE_LIMITED (`true`, carry on reading), and a sustained flood
+    /// closes the connection (`false`).
+    fn within_frame_rate(&mut self, req_id: u32) -> bool {
+        let limits = &self.core.shared.config.limits;
+        let now = std::time::Instant::now();
+        match self
+            .frames
+            .check(limits.frame_rate(), limits.flood_refusals_per_sec, now)
+        {
+            Verdict::Allow => true,
+            Verdict::Refuse => {
+                self.core.metrics().limited(Limit::FrameRate);
+                let message = format!(
+                    "slow down: {} frames per second allowed",
+                    limits.frames_per_sec
+                );
+                self.reply_error(req_id, pb::Error::new(ErrorCode::RateLimited, message));
+                true
+            }
+            Verdict::Disconnect => {
+                self.core.metrics().limited(Limit::Flood);
+                self.close_with_error(
+                    req_id,
+                    ErrorCode::RateLimited,
+                    "flooding: connection closed",
+                );
+                false
+            }
+        }
     }
 
     /// Handles one frame; `false` closes the connection.
@@ -397,6 +469,17 @@ impl Connection {
         };
         if let Err(error) = validate_registration(&request) {
             return fail(error);
+        }
+        let now = std::time::Instant::now();
+        if let Err(wait) = self.core.shared.limits.registration_allowed(self.peer, now) {
+            self.core.metrics().limited(Limit::Registration);
+            return fail(pb::Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many registrations from your address: retry in {} s",
+                    wait.as_secs().max(1)
+                ),
+            ));
         }
         let pb::RegisterRequest {
             username,
@@ -544,6 +627,19 @@ impl Connection {
             return Err(wrong());
         }
         validate_device(&request.device_id, &request.device_type)?;
+        let limits = &self.core.shared.limits;
+        if let Err(wait) =
+            limits.login_allowed(&request.username, self.peer, std::time::Instant::now())
+        {
+            self.core.metrics().limited(Limit::LoginBackoff);
+            return Err(pb::Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many failed logins for this account or address: retry in {} s",
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
         let username = request.username.clone();
         let account = self
             .core
@@ -567,8 +663,10 @@ impl Connection {
             }
         };
         if !ok {
+            limits.login_failed(&request.username, self.peer, std::time::Instant::now());
             return Err(wrong());
         }
+        limits.login_succeeded(&request.username);
         let device_id = if request.device_id.is_empty() {
             format!("dev-{}", self.core.next_id())
         } else {
@@ -688,6 +786,16 @@ impl Connection {
                 }),
             )
         };
+        if !self.core.take_send(session.user_id) {
+            let limits = &self.core.shared.config.limits;
+            return refuse(pb::Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "slow down: {} messages per second allowed",
+                    limits.user_sends_per_sec
+                ),
+            ));
+        }
         let server = &self.core.shared.config.server;
         let limits = payload::Limits {
             max_content_bytes: server.max_content_bytes,

@@ -33,6 +33,7 @@ use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
 use crate::auth::TokenKeys;
 use crate::config::Config;
 use crate::group_state::{self, GroupCommand, GroupState};
+use crate::limits::{Limit, NodeLimits, TokenBucket};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::outbox::Outbox;
 
@@ -58,6 +59,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// TLS server configuration, when TLS is on.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Node-wide abuse books (connections per address, login back-off,
+    /// registrations).
+    pub limits: Arc<NodeLimits>,
 }
 
 /// Messages between cores.
@@ -264,6 +268,9 @@ pub struct Core {
     known_users: RefCell<HashSet<i64>>,
     /// When this core's users last disconnected.
     last_seen: RefCell<HashMap<i64, i64>>,
+    /// Send buckets of users sending from this core; full ones are
+    /// forgotten by the sweeper.
+    send_buckets: RefCell<HashMap<i64, TokenBucket>>,
 }
 
 struct DeviceConn {
@@ -300,6 +307,7 @@ impl Core {
             commits,
             known_users: RefCell::default(),
             last_seen: RefCell::default(),
+            send_buckets: RefCell::default(),
             shared,
         };
         (Rc::new(core), pending)
@@ -380,6 +388,27 @@ impl Core {
                 outbox.close_with(Some(kicked_frame("idle timeout: no heartbeat")));
             }
         }
+        let rate = self.shared.config.limits.user_send_rate();
+        self.send_buckets
+            .borrow_mut()
+            .retain(|_, bucket| !bucket.is_full(rate, now));
+    }
+
+    /// Takes one send from `user_id`'s bucket on this core; `false` when
+    /// the user sends faster than allowed.
+    pub fn take_send(&self, user_id: i64) -> bool {
+        let rate = self.shared.config.limits.user_send_rate();
+        let now = Instant::now();
+        let taken = self
+            .send_buckets
+            .borrow_mut()
+            .entry(user_id)
+            .or_insert_with(|| TokenBucket::full(rate, now))
+            .take(rate, now);
+        if !taken {
+            self.metrics().limited(Limit::UserSendRate);
+        }
+        taken
     }
 
     /// Closes every connection on this core with a reason (shutdown).

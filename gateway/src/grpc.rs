@@ -8,7 +8,7 @@
 //! there too, revocation included. GatewayService is for operators: it
 //! takes the admin token kept in `<data_dir>/admin.token`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -33,6 +33,8 @@ pub enum BridgeRequest {
     Client {
         /// Bearer token.
         token: Option<String>,
+        /// The caller's address.
+        peer: Option<IpAddr>,
         /// The request, as a client frame would carry it (boxed: the
         /// bridge queue holds many calls).
         body: Box<Body>,
@@ -125,9 +127,11 @@ pub async fn serve_bridge(core: Rc<Core>, mut calls: mpsc::Receiver<BridgeCall>)
 
 async fn run(core: Rc<Core>, request: BridgeRequest) -> BridgeReply {
     match request {
-        BridgeRequest::Client { token, body } => Connection::handle_detached(core, token, *body)
-            .await
-            .map(|reply| Answer::Reply(Box::new(reply))),
+        BridgeRequest::Client { token, peer, body } => {
+            Connection::handle_detached(core, token, peer, *body)
+                .await
+                .map(|reply| Answer::Reply(Box::new(reply)))
+        }
         BridgeRequest::KickUser { user_id, reason } => {
             let mut kicked = 0;
             for device in core.online_devices(user_id).await {
@@ -187,6 +191,11 @@ pub fn status_of(error: &pb::Error) -> Status {
     Status::new(grpc, format!("{}: {}", code.as_str_name(), error.message))
 }
 
+/// The caller's address (plain or TLS connection).
+fn peer_of<T>(request: &Request<T>) -> Option<IpAddr> {
+    request.remote_addr().map(|addr| addr.ip())
+}
+
 /// The token in `authorization: Bearer <token>`.
 fn bearer<T>(request: &Request<T>) -> Result<String, Status> {
     let value = request
@@ -221,11 +230,18 @@ pub struct Api {
 }
 
 impl Api {
-    async fn client(&self, token: Option<String>, body: Body) -> Result<Body, Status> {
+    /// Runs a client request on a core. `peer` (the caller's address)
+    /// matters to Register and Login, throttled per address.
+    async fn client(
+        &self,
+        token: Option<String>,
+        peer: Option<IpAddr>,
+        body: Body,
+    ) -> Result<Body, Status> {
         let body = Box::new(body);
         match self
             .bridge
-            .call(BridgeRequest::Client { token, body })
+            .call(BridgeRequest::Client { token, peer, body })
             .await?
         {
             Answer::Reply(body) => Ok(*body),
@@ -267,7 +283,7 @@ macro_rules! relay_service {
                     request: Request<$request>,
                 ) -> Result<Response<$response>, Status> {
                     let token = bearer(&request)?;
-                    match self.client(Some(token), Body::$ask(request.into_inner())).await? {
+                    match self.client(Some(token), None, Body::$ask(request.into_inner())).await? {
                         Body::$answer(reply) => Ok(Response::new(reply)),
                         _ => Err(unexpected()),
                     }
@@ -323,7 +339,11 @@ impl auth_service_server::AuthService for Api {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         match self
-            .client(None, Body::Register(request.into_inner()))
+            .client(
+                None,
+                peer_of(&request),
+                Body::Register(request.into_inner()),
+            )
             .await?
         {
             Body::RegisterResp(reply) => Ok(Response::new(reply)),
@@ -335,7 +355,11 @@ impl auth_service_server::AuthService for Api {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
-        match self.client(None, Body::Login(request.into_inner())).await? {
+        let peer = peer_of(&request);
+        match self
+            .client(None, peer, Body::Login(request.into_inner()))
+            .await?
+        {
             Body::LoginResp(reply) => Ok(Response::new(reply)),
             _ => Err(unexpected()),
         }
@@ -347,7 +371,7 @@ impl auth_service_server::AuthService for Api {
     ) -> Result<Response<RefreshTokenResponse>, Status> {
         let token = bearer(&request)?;
         match self
-            .client(Some(token), Body::RefreshToken(request.into_inner()))
+            .client(Some(token), None, Body::RefreshToken(request.into_inner()))
             .await?
         {
             Body::RefreshTokenResp(reply) => Ok(Response::new(reply)),
@@ -358,7 +382,7 @@ impl auth_service_server::AuthService for Api {
     async fn logout(&self, request: Request<Logout>) -> Result<Response<Done>, Status> {
         let token = bearer(&request)?;
         match self
-            .client(Some(token), Body::Logout(request.into_inner()))
+            .client(Some(token), None, Body::Logout(request.into_inner()))
             .await?
         {
             Body::Done(reply) => Ok(Response::new(reply)),
@@ -377,7 +401,10 @@ impl presence_service_server::PresenceService for Api {
         let query = PresenceQuery {
             user_ids: vec![request.into_inner().user_id],
         };
-        match self.client(Some(token), Body::PresenceQuery(query)).await? {
+        match self
+            .client(Some(token), None, Body::PresenceQuery(query))
+            .await?
+        {
             Body::PresenceList(list) => list
                 .users
                 .into_iter()
@@ -394,7 +421,7 @@ impl presence_service_server::PresenceService for Api {
     ) -> Result<Response<PresenceList>, Status> {
         let token = bearer(&request)?;
         match self
-            .client(Some(token), Body::PresenceQuery(request.into_inner()))
+            .client(Some(token), None, Body::PresenceQuery(request.into_inner()))
             .await?
         {
             Body::PresenceList(list) => Ok(Response::new(list)),

@@ -18,6 +18,7 @@ mod friends;
 pub mod group_state;
 mod groups;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 mod presence;

@@ -15,6 +15,7 @@ use ourchat_protocol::ErrorCode;
 use ourchat_workers::stats::{AtomicHistogram, LATENCY_US_BUCKETS};
 
 use crate::core::Shared;
+use crate::limits::Limit;
 
 /// Error codes counted (every `ErrorCode` value is below this).
 const ERROR_SLOTS: usize = 16;
@@ -48,6 +49,8 @@ pub struct CoreMetrics {
     pub idle_closes: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
+    /// Refusals by limit, indexed like [`Limit::ALL`].
+    pub limited: [AtomicU64; Limit::ALL.len()],
     /// Errors sent to clients, by `ErrorCode`.
     pub errors: [AtomicU64; ERROR_SLOTS],
     /// Send received → ack queued, microseconds.
@@ -72,6 +75,7 @@ impl Default for CoreMetrics {
             slow_reader_closes: AtomicU64::new(0),
             idle_closes: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
+            limited: std::array::from_fn(|_| AtomicU64::new(0)),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             send_ack_us: AtomicHistogram::new(LATENCY_US_BUCKETS),
             deliver_us: AtomicHistogram::new(LATENCY_US_BUCKETS),
@@ -88,6 +92,17 @@ impl CoreMetrics {
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one refusal by `limit`.
+    pub fn limited(&self, limit: Limit) {
+        if let Some(slot) = Limit::ALL
+            .iter()
+            .position(|l| *l == limit)
+            .and_then(|i| self.limited.get(i))
+        {
+            Self::inc(slot);
+        }
     }
 
     /// Counts an error sent to a client.
@@ -208,6 +223,25 @@ pub fn render(shared: &Shared) -> String {
         "Connections closed for not reading.",
         &|c| &c.slow_reader_closes,
     );
+    per_core(
+        &mut out,
+        "ourchat_idle_closes_total",
+        "counter",
+        "Logged-in connections closed for silence (no heartbeat).",
+        &|c| &c.idle_closes,
+    );
+    let _ = writeln!(out, "# HELP ourchat_limited_total Requests and connections refused by an abuse limit.\n# TYPE ourchat_limited_total counter");
+    for (slot, limit) in Limit::ALL.iter().enumerate() {
+        let total: u64 = cores
+            .iter()
+            .map(|c| c.limited.get(slot).map_or(0, |n| n.load(Ordering::Relaxed)))
+            .sum();
+        let _ = writeln!(
+            out,
+            "ourchat_limited_total{{limit=\"{}\"}} {total}",
+            limit.label()
+        );
+    }
     per_core(
         &mut out,
         "ourchat_tls_handshake_failures_total",

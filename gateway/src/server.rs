@@ -132,6 +132,7 @@ pub fn serve(
         ready: AtomicBool::new(false),
         metrics: Metrics::new(cores),
         tls,
+        limits: crate::limits::NodeLimits::new(config.limits.clone()),
         config,
     });
     let admin = match shared.config.server.admin_listen.parse::<SocketAddr>() {

@@ -78,6 +78,10 @@ impl ServerProcess {
             // Tests share the machine's cores with their clients.
             "--set".to_string(),
             "server.pin_cores=false".to_string(),
+            // Every test user registers from 127.0.0.1; tests of the
+            // registration limit set their own.
+            "--set".to_string(),
+            "limits.registration_burst=100000".to_string(),
         ];
         if options.cores > 0 {
             args.push("--cores".into());

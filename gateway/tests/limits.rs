@@ -1,0 +1,174 @@
+//! Every abuse limit against a real node, each set low: modest excess is
+//! answered RATE_LIMITED and the connection lives on; a flood is closed;
+//! a user's sends beyond their rate are refused and not stored; failed
+//! logins back off per username (even the right password waits); an
+//! address's registrations and concurrent connections are capped; each
+//! refusal shows in `/metrics`.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use ourchat_client::{Client, ClientError, ErrorCode, Push};
+use ourchat_protocol::{codec, Body, Envelope};
+use ourchat_testkit::{start_node, user_on, TEST_PASSWORD};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn limited(server: &ourchat_testkit::ServerProcess, limit: &str) -> f64 {
+    server.metric(&format!("ourchat_limited_total{{limit=\"{limit}\"}}"))
+}
+
+fn is_rate_limited(result: &Result<impl Sized, ClientError>) -> bool {
+    matches!(result, Err(e) if e.code() == Some(ErrorCode::RateLimited))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_rate_refuses_then_a_flood_disconnects() {
+    let server = start_node!(1,
+        "limits.frames_per_sec" => 20,
+        "limits.frame_burst" => 20,
+        "limits.flood_refusals_per_sec" => 200,
+    );
+    let (alice, _) = user_on(server.addr, "alice", "d").await;
+
+    // 60 requests at once: about 20 answered, the rest refused, and the
+    // connection stays usable.
+    let results = join_all((0..60).map(|_| alice.heartbeat())).await;
+    let refused = results.iter().filter(|r| is_rate_limited(r)).count();
+    let answered = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(refused + answered, 60, "{results:?}");
+    assert!((15..=30).contains(&answered), "answered {answered}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice
+        .heartbeat()
+        .await
+        .expect("served again once the bucket refills");
+    assert!(limited(&server, "frame_rate") >= 30.0);
+
+    // A flood: far more frames than the refusal budget in one write.
+    let (flooder, _) = user_on(server.addr, "flooder", "d").await;
+    let frame = codec::encode_to_vec(&Envelope::new(0, Body::Heartbeat(Default::default())));
+    let flood: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 1000)
+        .collect();
+    flooder.send_raw(&flood).await.unwrap();
+    let mut reason = None;
+    while let Some(push) = flooder.next_push(WAIT).await {
+        match push {
+            Push::Error(e) if e.message.contains("flooding") => reason = Some(e),
+            Push::Closed => break,
+            _ => {}
+        }
+    }
+    let reason = reason.expect("told why before the close");
+    assert_eq!(reason.code, ErrorCode::RateLimited as i32);
+    assert_eq!(limited(&server, "flood_disconnect"), 1.0);
+    // Nobody else noticed.
+    alice.heartbeat().await.expect("others unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_sends_beyond_the_rate_are_refused_and_not_stored() {
+    let server = start_node!(2,
+        "limits.user_sends_per_sec" => 1,
+        "limits.user_send_burst" => 5,
+    );
+    let (alice, _) = user_on(server.addr, "alice", "d").await;
+    let (_bob, bob) = user_on(server.addr, "bob", "d").await;
+    let texts: Vec<String> = (0..12).map(|i| format!("m{i}")).collect();
+    let results = join_all(texts.iter().map(|text| alice.send_text(bob.user_id, text))).await;
+    let acked: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert!((5..=6).contains(&acked.len()), "acked {}", acked.len());
+    assert!(results.iter().all(|r| r.is_ok() || is_rate_limited(r)));
+    let stored = alice.history(bob.user_id, 0, 100).await.unwrap();
+    assert_eq!(
+        stored.messages.len(),
+        acked.len(),
+        "refused sends not stored"
+    );
+    assert!(limited(&server, "user_send_rate") >= 6.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_back_off_per_username() {
+    let server = start_node!(2,
+        "limits.login_failures_per_user" => 2,
+        "limits.login_backoff_max_secs" => 2,
+    );
+    let (_victim, _) = user_on(server.addr, "victim", "d").await;
+    let guess = |password: &'static str| async move {
+        let client = Client::connect(server.addr).await.unwrap();
+        client.login("victim", password, "attacker").await
+    };
+    for _ in 0..3 {
+        let result = guess("wrong-password").await;
+        assert_eq!(result.unwrap_err().code(), Some(ErrorCode::Unauthenticated));
+    }
+    // Backing off now: even the right password waits, with a clear reason.
+    let refused = guess(TEST_PASSWORD).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::RateLimited));
+    assert!(refused.to_string().contains("retry in"), "{refused}");
+    assert!(limited(&server, "login_backoff") >= 1.0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    guess(TEST_PASSWORD)
+        .await
+        .expect("allowed after the back-off");
+    // And that success cleared the username's record.
+    assert_eq!(
+        guess("wrong-password").await.unwrap_err().code(),
+        Some(ErrorCode::Unauthenticated)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_is_capped_on_registrations_and_connections() {
+    let server = start_node!(2,
+        "limits.registration_burst" => 3,
+        "limits.registrations_per_ip_per_hour" => 1,
+        "limits.max_connections_per_ip" => 4,
+    );
+    let client = Client::connect(server.addr).await.unwrap();
+    for name in ["reg-a", "reg-b", "reg-c"] {
+        client
+            .register(name, TEST_PASSWORD)
+            .await
+            .expect("within the burst");
+    }
+    let refused = client.register("reg-d", TEST_PASSWORD).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::RateLimited));
+    assert_eq!(limited(&server, "registration_rate"), 1.0);
+
+    // `client` holds one connection; three more fit, the fifth is refused.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Client::connect(server.addr).await.unwrap());
+    }
+    let devices = ["d1", "d2", "d3"];
+    join_all(
+        held.iter()
+            .zip(devices)
+            .map(|(c, d)| c.login("reg-a", TEST_PASSWORD, d)),
+    )
+    .await;
+    let extra = Client::connect(server.addr).await.unwrap();
+    match extra.next_push(WAIT).await {
+        Some(Push::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::RateLimited as i32);
+            assert!(e.message.contains("too many connections"), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(extra.next_push(WAIT).await, Some(Push::Closed));
+    assert_eq!(limited(&server, "connections_per_ip"), 1.0);
+    // Closing one frees its place.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = Client::connect(server.addr).await.unwrap();
+    again
+        .login("reg-b", TEST_PASSWORD, "d")
+        .await
+        .expect("a freed place is usable");
+}
