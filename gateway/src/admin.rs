@@ -46,6 +46,7 @@ pub fn provision(
     let mut reader = backend.reader()?;
     let tokens = TokenKeys::load(
         &config.auth.jwt_secret,
+        &config.auth.jwt_retired_secrets,
         &storage.data_dir,
         config.auth.token_ttl_secs,
     )?;

@@ -2,6 +2,11 @@
 //! algorithm is pinned server-side (a token naming `none` or any other
 //! algorithm is refused), and expiry and not-before are checked with no
 //! leeway beyond a small clock skew.
+//!
+//! Keys rotate: every token names its key in the header (`kid`, derived
+//! from the key), new tokens are signed with the current key, and retired
+//! keys still verify the tokens they signed until those expire. A token
+//! naming a key this node does not hold is refused.
 
 use std::path::Path;
 
@@ -54,37 +59,82 @@ pub enum TokenError {
     Invalid,
 }
 
-/// Signs and checks tokens with one key.
+/// Signs tokens with the current key; checks them with it or a retired one.
 pub struct TokenKeys {
+    kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// Current key first, then the retired ones.
+    decoding: Vec<(String, DecodingKey)>,
     validation: Validation,
     ttl_secs: u64,
 }
 
+/// The id of a key: the first 8 bytes of its SHA-256, in hex. It names the
+/// key without revealing it.
+pub fn key_id(secret: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret);
+    digest
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl TokenKeys {
-    /// Keys from a secret.
+    /// Keys from one secret.
     pub fn new(secret: &[u8], ttl_secs: u64) -> Self {
+        Self::with_retired(secret, &[], ttl_secs)
+    }
+
+    /// Signs with `current`; also verifies tokens of the `retired` secrets.
+    pub fn with_retired(current: &[u8], retired: &[&[u8]], ttl_secs: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = CLOCK_SKEW_SECS;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "nbf", "sub"]);
+        let decoding = std::iter::once(current)
+            .chain(retired.iter().copied())
+            .map(|secret| (key_id(secret), DecodingKey::from_secret(secret)))
+            .collect();
         TokenKeys {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            kid: key_id(current),
+            encoding: EncodingKey::from_secret(current),
+            decoding,
             validation,
             ttl_secs,
         }
     }
 
-    /// The configured secret, or the one kept in `data_dir` (created with
-    /// 32 random bytes on first start so restarts keep tokens valid).
-    pub fn load(configured: &str, data_dir: &Path, ttl_secs: u64) -> std::io::Result<Self> {
-        if !configured.is_empty() {
-            return Ok(Self::new(configured.as_bytes(), ttl_secs));
-        }
-        let secret = load_or_create_secret(&data_dir.join("jwt.secret"))?;
-        Ok(Self::new(secret.as_bytes(), ttl_secs))
+    /// The configured secret, or the one kept in `<data_dir>/jwt.secret`
+    /// (created with 32 random bytes on first start so restarts keep
+    /// tokens valid); plus the retired ones, configured and in
+    /// `<data_dir>/jwt.retired` (one per line, written by
+    /// `ourchat admin rotate-key`).
+    pub fn load(
+        configured: &str,
+        configured_retired: &[String],
+        data_dir: &Path,
+        ttl_secs: u64,
+    ) -> std::io::Result<Self> {
+        let current = match configured {
+            "" => load_or_create_secret(&data_dir.join("jwt.secret"))?,
+            secret => secret.to_string(),
+        };
+        let kept = std::fs::read_to_string(data_dir.join("jwt.retired")).unwrap_or_default();
+        let retired: Vec<&[u8]> = configured_retired
+            .iter()
+            .map(String::as_str)
+            .chain(kept.lines().map(str::trim))
+            .filter(|secret| !secret.is_empty() && *secret != current)
+            .map(str::as_bytes)
+            .collect();
+        Ok(Self::with_retired(current.as_bytes(), &retired, ttl_secs))
+    }
+
+    /// The current key's id.
+    pub fn kid(&self) -> &str {
+        &self.kid
     }
 
     /// A token for `user_id` on `device_id` in the device's `epoch`, and
@@ -104,7 +154,9 @@ impl TokenKeys {
             nbf: now,
             ep: epoch,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|_| TokenError::Invalid)?;
         Ok((token, claims.exp))
     }
@@ -112,10 +164,21 @@ impl TokenKeys {
     /// What a valid token says (its epoch is checked against the store by
     /// the caller).
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        // No kid: a token from before key ids, signed with the current key.
+        let key = match header.kid {
+            Some(kid) => self.decoding.iter().find(|(id, _)| *id == kid),
+            None => self.decoding.first(),
+        };
+        let Some((_, key)) = key else {
+            return Err(TokenError::Invalid);
+        };
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                    _ => TokenError::Invalid,
+                }
             })?;
         let user_id: i64 = data.claims.sub.parse().map_err(|_| TokenError::Invalid)?;
         if user_id <= 0 || data.claims.dev.is_empty() {
@@ -128,6 +191,28 @@ impl TokenKeys {
             expire_at: data.claims.exp,
         })
     }
+}
+
+/// Retires the data directory's current token key: it moves to
+/// `jwt.retired` (still verifying the tokens it signed) and a new key is
+/// created. Returns the new key's id. Running nodes pick both up on
+/// restart; configured keys (`auth.jwt_secret`) rotate by config instead.
+pub fn rotate_data_dir_key(data_dir: &Path) -> std::io::Result<String> {
+    let current_path = data_dir.join("jwt.secret");
+    let current = load_or_create_secret(&current_path)?;
+    let retired_path = data_dir.join("jwt.retired");
+    let mut retired = std::fs::read_to_string(&retired_path).unwrap_or_default();
+    if !retired.is_empty() && !retired.ends_with('\n') {
+        retired.push('\n');
+    }
+    retired.push_str(&current);
+    retired.push('\n');
+    // The retired list is written (and synced) before the current key is
+    // replaced, so a crash in between loses no key.
+    write_file(&retired_path, retired.as_bytes(), 0o600)?;
+    std::fs::remove_file(&current_path)?;
+    let fresh = load_or_create_secret(&current_path)?;
+    Ok(key_id(fresh.as_bytes()))
 }
 
 /// The secret kept in `path`, created with 32 random bytes (hex) on first
@@ -216,9 +301,75 @@ mod tests {
     #[test]
     fn secret_is_kept_in_the_data_dir() {
         let dir = tempfile::tempdir().unwrap();
-        let first = TokenKeys::load("", dir.path(), 60).unwrap();
+        let first = TokenKeys::load("", &[], dir.path(), 60).unwrap();
         let (token, _) = first.issue(7, "d", 0).unwrap();
-        let second = TokenKeys::load("", dir.path(), 60).unwrap();
+        let second = TokenKeys::load("", &[], dir.path(), 60).unwrap();
         assert!(second.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn rotated_keys_keep_old_tokens_valid_and_sign_new_ones_with_the_new_kid() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = TokenKeys::load("", &[], dir.path(), 60).unwrap();
+        let (old_token, _) = before.issue(7, "d", 0).unwrap();
+        let new_kid = rotate_data_dir_key(dir.path()).unwrap();
+        assert_ne!(new_kid, before.kid());
+
+        let after = TokenKeys::load("", &[], dir.path(), 60).unwrap();
+        assert_eq!(after.kid(), new_kid);
+        assert_eq!(after.verify(&old_token).unwrap().user_id, 7);
+        let (new_token, _) = after.issue(8, "d", 0).unwrap();
+        let header = jsonwebtoken::decode_header(&new_token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
+        // A node that never held the new key refuses its tokens.
+        assert_eq!(before.verify(&new_token), Err(TokenError::Invalid));
+
+        // Once the retired key is dropped, its tokens are refused.
+        std::fs::remove_file(dir.path().join("jwt.retired")).unwrap();
+        let pruned = TokenKeys::load("", &[], dir.path(), 60).unwrap();
+        assert_eq!(pruned.verify(&old_token), Err(TokenError::Invalid));
+
+        // Configured keys rotate by config the same way.
+        let configured = TokenKeys::load(
+            "second-secret-0123456789",
+            &["first-secret-0123456789".into()],
+            dir.path(),
+            60,
+        )
+        .unwrap();
+        let first = TokenKeys::new(b"first-secret-0123456789", 60);
+        let (token, _) = first.issue(9, "d", 0).unwrap();
+        assert!(configured.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn a_kid_naming_no_held_key_is_refused_even_if_the_signature_matches() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123", 60);
+        let now = ourchat_protocol::ids::now_ms() / 1000;
+        let claims = Claims {
+            sub: "42".into(),
+            dev: "phone".into(),
+            exp: now + 60,
+            iat: now,
+            nbf: now,
+            ep: 0,
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("unknown".into());
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(b"0123456789abcdef0123"),
+        )
+        .unwrap();
+        assert_eq!(keys.verify(&token), Err(TokenError::Invalid));
+        // HS384 with the right key is still the wrong algorithm.
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &claims,
+            &EncodingKey::from_secret(b"0123456789abcdef0123"),
+        )
+        .unwrap();
+        assert_eq!(keys.verify(&hs384), Err(TokenError::Invalid));
     }
 }

@@ -273,6 +273,9 @@ pub struct AuthConfig {
     /// HMAC key for tokens (HS256). Empty: a random key is generated once
     /// and kept in `<data_dir>/jwt.secret`.
     pub jwt_secret: String,
+    /// Former `jwt_secret`s: tokens they signed stay valid until they
+    /// expire. Rotate by moving the old secret here and setting a new one.
+    pub jwt_retired_secrets: Vec<String>,
     /// Token lifetime in seconds.
     pub token_ttl_secs: u64,
     /// Password hashing threads; 0 = one per reactor core.
@@ -288,6 +291,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             jwt_secret: String::new(),
+            jwt_retired_secrets: Vec::new(),
             token_ttl_secs: 7 * 24 * 3600,
             hash_threads: 0,
             max_devices_per_user: 10,

@@ -43,6 +43,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// Retire the token key kept in the data directory (jwt.secret moves
+    /// to jwt.retired, where it still verifies the tokens it signed) and
+    /// create a new one; restart the node to sign with it.
+    RotateKey {
+        #[command(flatten)]
+        config: ServeArgs,
+    },
     /// Create users <prefix>0..<prefix>N-1 with one shared password hash
     /// and write "user_id token" lines (for the loadgen). Rerunnable.
     Provision {
@@ -126,6 +133,17 @@ fn main() -> anyhow::Result<()> {
                 pair.ca_cert.display(),
                 pair.cert.display(),
                 pair.key.display()
+            );
+            Ok(())
+        }
+        Command::Admin(AdminCommand::RotateKey { config }) => {
+            let config = config.load()?;
+            if !config.auth.jwt_secret.is_empty() {
+                anyhow::bail!("auth.jwt_secret is configured: rotate it in the config (move it to auth.jwt_retired_secrets)");
+            }
+            let kid = ourchat_gateway::auth::rotate_data_dir_key(&config.storage.data_dir)?;
+            println!(
+                "new token key {kid}; the old one still verifies its tokens (see jwt.retired)"
             );
             Ok(())
         }

@@ -119,6 +119,7 @@ pub fn serve(
     })?;
     let tokens = TokenKeys::load(
         &config.auth.jwt_secret,
+        &config.auth.jwt_retired_secrets,
         &storage.data_dir,
         config.auth.token_ttl_secs,
     )?;
