@@ -265,38 +265,12 @@ async fn roles_events_and_visibility() {
     assert_eq!(code(bob.send_request(both).await), ErrorCode::BadRequest);
 }
 
-/// Members created by `ourchat admin provision` (one argon2 hash for all),
-/// as (user_id, token) pairs.
-fn provision(server: &ourchat_testkit::ServerProcess, count: usize) -> Vec<(i64, String)> {
-    let out = server.data_dir.join("members.tokens");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ourchat"))
-        .args(["admin", "provision", "--prefix", "member", "--password"])
-        .arg(ourchat_testkit::TEST_PASSWORD)
-        .arg("--count")
-        .arg(count.to_string())
-        .arg("--data-dir")
-        .arg(&server.data_dir)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .expect("run ourchat admin provision");
-    assert!(status.success());
-    std::fs::read_to_string(&out)
-        .expect("token file")
-        .lines()
-        .map(|line| {
-            let (id, token) = line.split_once(' ').expect("user_id token");
-            (id.parse().expect("user id"), token.to_string())
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_members_fan_out_once() {
     const MEMBERS: usize = 1_000;
     const OFFLINE: usize = 200;
     let server = start_node!(2);
-    let members = provision(&server, MEMBERS);
+    let members = server.provision("member", MEMBERS);
     assert_eq!(members.len(), MEMBERS);
     // Everyone but the last OFFLINE members connects; the owner is member 0.
     let mut online = Vec::new();

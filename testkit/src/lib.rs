@@ -192,6 +192,33 @@ impl ServerProcess {
         self.spawn();
     }
 
+    /// Creates `count` users `<prefix>0..` with `ourchat admin provision`
+    /// (one argon2 hash for all, password [`TEST_PASSWORD`]) on this
+    /// node's store; returns their (user_id, token) pairs.
+    pub fn provision(&self, prefix: &str, count: usize) -> Vec<(i64, String)> {
+        let out = self.data_dir.join(format!("{prefix}.tokens"));
+        let status = Command::new(&self.binary)
+            .args(["admin", "provision", "--prefix", prefix, "--password"])
+            .arg(TEST_PASSWORD)
+            .arg("--count")
+            .arg(count.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .expect("run ourchat admin provision");
+        assert!(status.success(), "provision failed: {status}");
+        std::fs::read_to_string(&out)
+            .expect("token file")
+            .lines()
+            .map(|line| {
+                let (id, token) = line.split_once(' ').expect("user_id token");
+                (id.parse().expect("user id"), token.to_string())
+            })
+            .collect()
+    }
+
     /// GETs an admin path; returns the status code and body.
     pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
         use std::io::{Read, Write};
