@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench run test fmt-check lint unit build release clean
+.PHONY: bench run test fmt-check lint unit build release clean fuzz
 
 ## Short benchmark of every loadgen scenario (a few minutes); prints a table.
 ## `scripts/bench.sh full` produces the BENCHMARKS.md figures.
@@ -24,6 +24,21 @@ lint:
 
 unit:
 	$(CARGO) test --workspace
+
+## Each fuzz target for FUZZ_SECS seconds (not in CI). cargo-fuzz needs
+## nightly flags; RUSTC_BOOTSTRAP lets this stable toolchain take them.
+## New inputs go to target/fuzz-corpus (the committed seeds stay small);
+## crashers land in fuzz/artifacts/<target>/.
+FUZZ_SECS ?= 120
+FUZZ_TARGETS ?= frame_decoder envelope_handler
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for target in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$target && \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target --sanitizer none \
+	    ../target/fuzz-corpus/$$target corpus/$$target -- -max_total_time=$(FUZZ_SECS) -rss_limit_mb=4096) \
+	  || exit 1; \
+	done
 
 build:
 	$(CARGO) build --workspace

@@ -49,17 +49,17 @@ start_node() {
 run() {
   local name=$1; shift
   echo "== $name" >&2
-  "$BIN/ourchat-loadgen" "$@" --targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
+  "$BIN/ourchat-loadgen" "$@" --targets "${TARGET:-127.0.0.1:$PORT}" --admin "127.0.0.1:$ADMIN" \
     --tokens "$DATA/tokens" --json "$OUT/$name.json" >&2 || echo "($name reported errors)" >&2
 }
 
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 
 if [[ $MODE == full ]]; then
-  IDLE_SIZES="1000 5000 19000"; P2P_USERS=10000; P2P_RATES="2000 5000 7500 10000"
+  IDLE_SIZES="1000 5000 19000"; TLS_USERS=19000; P2P_USERS=10000; P2P_RATES="2000 5000 7500 10000"
   P2P_SECS=15; STORM_USERS=19000; GROUP_SIZE=5000; GROUP_RATES="10 20 40"
 else
-  IDLE_SIZES="1000 5000"; P2P_USERS=2000; P2P_RATES="5000"; P2P_SECS=5; STORM_USERS=5000
+  IDLE_SIZES="1000 5000"; TLS_USERS=5000; P2P_USERS=2000; P2P_RATES="5000"; P2P_SECS=5; STORM_USERS=5000
   GROUP_SIZE=1000; GROUP_RATES="20"
 fi
 
@@ -88,6 +88,18 @@ for rate in $GROUP_RATES; do
 done
 start_node "$STORM_USERS" --cores 2
 run "storm-$STORM_USERS" storm --users "$STORM_USERS" --procs "$(procs_for "$STORM_USERS")" --ramp 20000 --duration 60 --drain 0
+# The same over TLS (ourchat gen-cert's ECDSA P-256 pair): memory per idle
+# TLS connection, and full handshakes + token logins per second in a storm.
+CERTS=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-certs.XXXXXX")
+"$BIN/ourchat" gen-cert --out "$CERTS" >/dev/null
+for scenario in idle storm; do
+  TLS_PORT=$(free_port)
+  start_node "$TLS_USERS" --cores 2 --set "tls.listen=127.0.0.1:$TLS_PORT" \
+    --set "tls.cert_file=$CERTS/cert.pem" --set "tls.key_file=$CERTS/key.pem"
+  duration=3; [[ $scenario == storm ]] && duration=60
+  TARGET="127.0.0.1:$TLS_PORT" run "tls${scenario}-$TLS_USERS" "$scenario" --users "$TLS_USERS" \
+    --procs "$(procs_for "$TLS_USERS")" --ramp 20000 --duration "$duration" --drain 0 --ca-file "$CERTS/ca.pem"
+done
 stop_node
 
 python3 - "$OUT" <<'PY'

@@ -5,6 +5,8 @@
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
+// Input must never reach a panic: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
 pub mod codec;
