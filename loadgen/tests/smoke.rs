@@ -16,6 +16,9 @@ struct Node {
     shutdown: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     client: String,
+    /// The TLS listener, and the CA file its certificate chains to.
+    tls: String,
+    ca_file: std::path::PathBuf,
     admin: String,
 }
 
@@ -32,7 +35,14 @@ fn start_node(data_dir: &Path) -> Node {
     let client = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let grpc = format!("127.0.0.1:{}", free_port());
+    let tls = format!("127.0.0.1:{}", free_port());
+    let certs =
+        ourchat_gateway::tls::generate_dev_pair(&data_dir.join("tls"), &["localhost".into()])
+            .unwrap();
     let overrides = [
+        ("tls.listen", tls.as_str()),
+        ("tls.cert_file", certs.cert.to_str().unwrap()),
+        ("tls.key_file", certs.key.to_str().unwrap()),
         ("server.listen", client.as_str()),
         ("server.admin_listen", admin.as_str()),
         ("server.grpc_listen", grpc.as_str()),
@@ -63,15 +73,21 @@ fn start_node(data_dir: &Path) -> Node {
         shutdown,
         thread: Some(thread),
         client,
+        tls,
+        ca_file: certs.ca_cert,
         admin,
     }
 }
 
 fn loadgen(node: &Node, dir: &Path, args: &[&str]) -> serde_json::Value {
-    let json = dir.join(format!("{}.json", args[0]));
+    run_loadgen(node, dir, &node.client, args)
+}
+
+fn run_loadgen(node: &Node, dir: &Path, target: &str, args: &[&str]) -> serde_json::Value {
+    let json = dir.join(format!("{}-{}.json", args[0], target.replace(':', "_")));
     let status = Command::new(env!("CARGO_BIN_EXE_ourchat-loadgen"))
         .args(args)
-        .args(["--targets", &node.client, "--admin", &node.admin])
+        .args(["--targets", target, "--admin", &node.admin])
         .arg("--tokens")
         .arg(dir.join("tokens"))
         .arg("--json")
@@ -113,6 +129,31 @@ fn p2p_and_storm_lose_nothing() {
     assert_eq!(counters["duplicates"], 0);
     assert_eq!(counters["out_of_order"], 0);
     assert!(p2p["server_bytes_per_connection"].as_f64().is_some());
+
+    // The same over TLS, trusting the node's development CA.
+    let ca_file = node.ca_file.display().to_string();
+    let tls = run_loadgen(
+        &node,
+        dir.path(),
+        &node.tls.clone(),
+        &[
+            "p2p",
+            "--procs",
+            "2",
+            "--rate",
+            "300",
+            "--duration",
+            "2",
+            "--drain",
+            "2",
+            "--ca-file",
+            &ca_file,
+        ],
+    );
+    assert_eq!(tls["counters"]["logins"], 300, "{tls:#}");
+    assert!(tls["counters"]["acked"].as_u64().unwrap() > 250, "{tls:#}");
+    assert_eq!(tls["counters"]["delivered"], tls["counters"]["acked"]);
+    assert_eq!(tls["lost"], 0);
 
     let storm = loadgen(
         &node,
