@@ -179,6 +179,13 @@ async fn write_loop<S: AsyncWrite + Unpin>(
             }
             writer.write_all(&buffer).await
         };
+        // TLS keeps records it could not write yet in its own buffer (the
+        // socket said "later"); only a flush pushes them out. Plain TCP
+        // has nothing to flush.
+        let result = match result {
+            Ok(()) => writer.flush().await,
+            error => error,
+        };
         batch.clear();
         if buffer.capacity() > 64 * 1024 {
             buffer = Vec::new();

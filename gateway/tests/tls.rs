@@ -131,8 +131,21 @@ async fn tls_and_plain_clients_chat_and_bad_peers_are_refused() {
         .unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut rest)).await;
-    let (carol, _) = tls_user(tls, &settings, "carol").await;
+    let (carol, carol_id) = tls_user(tls, &settings, "carol").await;
     carol.send_text(alice_id, "still fine").await.unwrap();
+    // A TLS client that only waits gets pushes too.
+    let (dave, dave_id) = tls_user(tls, &settings, "dave").await;
+    bob.send_text(dave_id, "to a waiting TLS client")
+        .await
+        .unwrap();
+    assert_eq!(
+        dave.next_message(WAIT)
+            .await
+            .expect("push over TLS")
+            .content,
+        "to a waiting TLS client"
+    );
+    let _ = carol_id;
     assert!(server.metric("ourchat_tls_handshake_failures_total") >= 3.0);
 
     // A CA file that is not one is a clear error, not a panic.
