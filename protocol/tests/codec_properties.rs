@@ -126,3 +126,29 @@ proptest! {
         }
     }
 }
+
+/// The frame_decoder fuzzer's first crasher: a frame whose body is only
+/// unknown fields decodes to an envelope with no body (the connection
+/// refuses it: "frame has no body"), and that envelope encodes to the
+/// empty frame, which the decoder refuses. Neither side panics.
+#[test]
+fn a_frame_of_unknown_fields_is_a_bodyless_envelope() {
+    let mut buf = BytesMut::from(&[0u8, 0, 0, 4, b'H', b'H', b'H', b'H'][..]);
+    let decoded = FrameDecoder::new(1024).decode(&mut buf);
+    assert_eq!(
+        decoded,
+        Ok(Some(Envelope {
+            req_id: 0,
+            body: None
+        }))
+    );
+    let again = codec::encode_to_vec(&Envelope {
+        req_id: 0,
+        body: None,
+    });
+    let mut reread = BytesMut::from(&again[..]);
+    assert_eq!(
+        FrameDecoder::new(1024).decode(&mut reread),
+        Err(FrameError::Empty)
+    );
+}
