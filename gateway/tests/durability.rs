@@ -15,8 +15,10 @@ async fn acked_messages_survive_kill_9() {
     let (alice, _) = user_on(server.addr, "alice", "d").await;
     let alice = std::sync::Arc::new(alice);
     // Keep sending until killed; remember every ack that arrived.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sender = {
         let alice = alice.clone();
+        let count = count.clone();
         tokio::spawn(async move {
             let mut acked = Vec::new();
             for i in 0..100_000 {
@@ -24,11 +26,19 @@ async fn acked_messages_survive_kill_9() {
                     Ok(ack) => acked.push((ack.seq, format!("m{i}"))),
                     Err(_) => break,
                 }
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             acked
         })
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Kill mid-traffic: once some acks are in (however loaded the machine),
+    // and before the per-user send burst (200) could run out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count.load(std::sync::atomic::Ordering::Relaxed) < 50
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.kill9();
     let acked = sender.await.unwrap();
     assert!(
