@@ -24,7 +24,8 @@ const MAX_ENTRIES: usize = 100_000;
 /// How long a failed-login record is remembered after its last failure.
 const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
 
-/// Which limit refused something (the label of `ourchat_limited_total`).
+/// Which limit refused something (the label of `ourchat_limited_total`);
+/// its discriminant is its counter slot, in [`Limit::ALL`] order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     /// A connection's frame rate.
