@@ -4,8 +4,8 @@
 //! socket as they are (broken framing, garbage); any other kind decodes
 //! them as an `Envelope` and sends it as a frame with a fresh req_id. The
 //! session is logged in by token first, so every request handler is in
-//! reach. The node must answer a final heartbeat or close the connection
-//! (never hang), and must not panic (libFuzzer turns a panic on any thread
+//! reach. After the input the harness hangs up its sending side; the node
+//! must then answer the final heartbeat or close the connection (never hang), and must not panic (libFuzzer turns a panic on any thread
 //! into a crash).
 //!
 //! Left out: Logout, ChangePassword and KickDevice, which would revoke the
@@ -167,6 +167,10 @@ fuzz_target!(|data: &[u8]| {
         Body::Heartbeat(pb::Heartbeat::default()),
     )));
     if stream.write_all(&out).is_ok() {
+        // Raw chunks can leave a frame unfinished, which the node rightly
+        // waits for (up to the idle timeout); hanging up says there is no
+        // more, so the node must now answer or close at once.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
         // Answered, or closed for a reason (bad frame, flood...): both fine.
         let _ = read_until(&mut stream, LAST_REQ);
     }

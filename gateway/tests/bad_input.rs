@@ -272,3 +272,72 @@ async fn idle_connections_are_closed_heartbeating_ones_kept() {
     }
     beat.await.unwrap();
 }
+
+/// Logs a raw socket in with `token` and reads the reply.
+async fn raw_session(addr: std::net::SocketAddr, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let login = pb::LoginRequest {
+        token: token.into(),
+        ..Default::default()
+    };
+    stream
+        .write_all(&codec::encode_to_vec(&Envelope::new(1, Body::Login(login))))
+        .await
+        .unwrap();
+    let mut header = [0u8; codec::HEADER_LEN];
+    stream.read_exact(&mut header).await.unwrap();
+    let mut body = vec![0u8; codec::body_len(header, 1 << 20).unwrap()];
+    stream.read_exact(&mut body).await.unwrap();
+    match codec::decode_body(&body).unwrap().body {
+        Some(Body::LoginResp(reply)) => assert!(reply.success, "{reply:?}"),
+        other => panic!("token login: {other:?}"),
+    }
+    stream
+}
+
+/// The envelope fuzzer's first finding (`fuzz/regressions/`): a header
+/// announcing 1,282 bytes followed by only a few. The node rightly waits for
+/// the rest of the frame; what it must not do is wait for ever. A peer that
+/// hangs up mid-frame is closed at once; one that dribbles bytes without
+/// completing a frame is closed at the idle timeout, since only whole
+/// frames count as activity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_never_completed_ends_in_a_close() {
+    let server = server();
+    let (_owner, session) = user_on(server.addr, "halfway", "d").await;
+    let incomplete = b"\x00\x00\x05\x02\x10\x0a";
+
+    let mut hangs_up = raw_session(server.addr, &session.token).await;
+    hangs_up.write_all(incomplete).await.unwrap();
+    hangs_up.shutdown().await.unwrap();
+    let started = std::time::Instant::now();
+    let frames = frames_until_close(&mut hangs_up).await;
+    assert!(frames.is_empty(), "{frames:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed promptly"
+    );
+
+    let mut dribbles = raw_session(server.addr, &session.token).await;
+    dribbles.write_all(incomplete).await.unwrap();
+    let started = std::time::Instant::now();
+    let closed = async {
+        let mut byte = [0u8; 1];
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if dribbles.write_all(b"\x00").await.is_err() {
+                return;
+            }
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(1), dribbles.read(&mut byte)).await
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(8), closed)
+        .await
+        .expect("a dribbling peer is closed at the idle timeout");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_still_serving(server.addr, "halfway").await;
+}

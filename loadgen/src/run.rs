@@ -302,7 +302,10 @@ impl Conn {
         let counters = &self.shared.counters;
         let mut phase_rx = self.shared.phase.clone();
         let mut phase = *phase_rx.borrow_and_update();
-        let mut rng = XorShift::new(self.user.index as u64 + 1);
+        // Seeded afresh per session: client message ids must never repeat
+        // across runs or reconnects, or the server rightly treats the sends
+        // as resends of messages it already has and delivers nothing new.
+        let mut rng = XorShift::new((self.user.index as u64 + 1) ^ unix_ns());
         let mut next_heartbeat = Instant::now() + plan.heartbeat;
         // Open loop: each connection's sends are on a fixed schedule with a
         // random phase, independent of replies.

@@ -137,19 +137,25 @@ fn p2p_and_storm_lose_nothing() {
         dir.path(),
         &node.tls.clone(),
         &[
-            "idle",
+            "p2p",
             "--procs",
             "2",
+            "--rate",
+            "600",
             "--duration",
-            "1",
+            "2",
             "--drain",
-            "0",
+            "2",
             "--ca-file",
             &ca_file,
         ],
     );
-    assert_eq!(tls["counters"]["logins"], 300, "{tls:#}");
-    assert_eq!(tls["counters"]["connect_errors"], 0);
+    let counters = &tls["counters"];
+    assert_eq!(counters["logins"], 300, "{tls:#}");
+    assert_eq!(counters["connect_errors"], 0);
+    assert!(counters["acked"].as_u64().unwrap() > 500, "{tls:#}");
+    assert_eq!(counters["delivered"], counters["acked"], "{tls:#}");
+    assert_eq!(tls["lost"], 0);
 
     let storm = loadgen(
         &node,
