@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench run test fmt-check lint unit build release clean fuzz
+.PHONY: bench run test fmt-check lint unit build release clean fuzz engines engines-stop
 
 ## Short benchmark of every loadgen scenario (a few minutes); prints a table.
 ## `scripts/bench.sh full` produces the BENCHMARKS.md figures.
@@ -22,8 +22,22 @@ fmt-check:
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## Throwaway MariaDB (two shards), Redis and tansu on free loopback ports
+## for the run, installed when missing and stopped afterwards, pass or fail.
+ENGINES_DIR ?= target/engines
 unit:
-	$(CARGO) test --workspace
+	scripts/engines.sh start $(ENGINES_DIR)
+	. $(ENGINES_DIR)/env && OURCHAT_REQUIRE_ENGINES=1 $(CARGO) test --workspace; \
+	  status=$$?; scripts/engines.sh stop $(ENGINES_DIR); exit $$status
+
+## Start the engines once and keep them (source target/engines/env, then
+## run any `cargo test`); `make engines-stop` ends them.
+engines:
+	scripts/engines.sh start $(ENGINES_DIR)
+	@echo "now: . $(ENGINES_DIR)/env"
+
+engines-stop:
+	scripts/engines.sh stop $(ENGINES_DIR)
 
 ## Each fuzz target for FUZZ_SECS seconds (not in CI). cargo-fuzz needs
 ## nightly flags; RUSTC_BOOTSTRAP lets this stable toolchain take them.

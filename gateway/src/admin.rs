@@ -5,13 +5,12 @@
 use std::io::Write;
 
 use ourchat_protocol::ids::{now_ms, IdGenerator, MAX_CORES};
-use ourchat_storage::sqlite::SqliteBackend;
-use ourchat_storage::{Backend, NewAccount, WriteOp, WriteOutcome};
+use ourchat_storage::{NewAccount, WriteOp, WriteOutcome};
 use ourchat_workers::password;
 
 use crate::auth::TokenKeys;
 use crate::config::Config;
-use crate::server::{durability_of, ServeError};
+use crate::server::ServeError;
 
 /// Accounts per transaction: big enough to amortise the fsync, small
 /// enough to keep the transaction's memory modest.
@@ -41,7 +40,7 @@ pub fn provision(
     out: &mut dyn Write,
 ) -> Result<ProvisionReport, ServeError> {
     let storage = &config.storage;
-    let backend = SqliteBackend::open(&storage.data_dir, durability_of(storage.durability))?;
+    let (backend, _checkpointer) = crate::server::open_store(storage)?;
     let mut writer = backend.writer()?;
     let mut reader = backend.reader()?;
     let tokens = TokenKeys::load(

@@ -222,8 +222,17 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Directory of the embedded store (created if missing).
+    /// Which store: the embedded SQLite file, or sharded MySQL.
+    pub backend: StoreKind,
+    /// Directory of the embedded store (created if missing); with MySQL it
+    /// still holds the node's generated token key.
     pub data_dir: PathBuf,
+    /// MySQL shards, `mysql://user:password@host:port/database` each; the
+    /// order is the placement, so never reorder a deployment's list.
+    pub mysql_shards: Vec<String>,
+    /// Read replica per shard (same order; "" for none) for history and
+    /// search.
+    pub mysql_replicas: Vec<String>,
     /// `full`: an ack survives power loss (fsync per batch). `normal`: an
     /// ack survives a process crash only.
     pub durability: Durability,
@@ -244,7 +253,10 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            backend: StoreKind::Sqlite,
             data_dir: PathBuf::from("./data"),
+            mysql_shards: Vec::new(),
+            mysql_replicas: Vec::new(),
             durability: Durability::Full,
             writer_queue: 65_536,
             max_batch: 4_096,
@@ -254,6 +266,16 @@ impl Default for StorageConfig {
             worker_cpus: Vec::new(),
         }
     }
+}
+
+/// See [`StorageConfig::backend`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// One SQLite file under `data_dir`.
+    Sqlite,
+    /// `mysql_shards`.
+    Mysql,
 }
 
 /// See [`StorageConfig::durability`].

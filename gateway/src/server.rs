@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use ourchat_storage::mysql::MysqlBackend;
 use ourchat_storage::sqlite::{self, SqliteBackend};
 use ourchat_storage::{Backend, ReadStore, StoreError};
 use ourchat_workers::{JobPool, WriterConfig, WriterPool};
 
 use crate::auth::TokenKeys;
-use crate::config::{Config, Durability};
+use crate::config::{Config, Durability, StorageConfig, StoreKind};
 use crate::core::{Core, CoreMsg, Shared};
 use crate::grpc::{Bridge, BridgeCall};
 use crate::metrics::Metrics;
@@ -92,8 +93,7 @@ pub fn serve(
         false => None,
     };
     let storage = &config.storage;
-    let backend = SqliteBackend::open(&storage.data_dir, durability_of(storage.durability))?;
-    let checkpointer = backend.start_checkpointer()?;
+    let (backend, checkpointer) = open_store(storage)?;
     let writer = WriterPool::start(
         backend.writer()?,
         WriterConfig {
@@ -200,6 +200,26 @@ fn placement(config: &Config, cores: usize) -> Result<PoolPlacement, ServeError>
     } else {
         PoolPlacement::Unbound(cores)
     })
+}
+
+/// The configured store, and for SQLite its WAL checkpointer (kept alive
+/// for as long as the node runs).
+pub fn open_store(
+    storage: &StorageConfig,
+) -> Result<(Box<dyn Backend>, Option<sqlite::Checkpointer>), ServeError> {
+    match storage.backend {
+        StoreKind::Sqlite => {
+            let backend =
+                SqliteBackend::open(&storage.data_dir, durability_of(storage.durability))?;
+            let checkpointer = backend.start_checkpointer()?;
+            Ok((Box::new(backend), Some(checkpointer)))
+        }
+        StoreKind::Mysql => {
+            let backend = MysqlBackend::connect(&storage.mysql_shards, &storage.mysql_replicas)?;
+            tracing::info!(shards = storage.mysql_shards.len(), "MySQL store connected");
+            Ok((Box::new(backend), None))
+        }
+    }
 }
 
 /// The store's durability for a configured one.

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod mysql;
 pub mod sqlite;
 
 pub use error::StoreError;

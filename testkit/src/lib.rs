@@ -319,3 +319,78 @@ macro_rules! start_node {
         )
     };
 }
+
+/// The cluster engines `scripts/engines.sh` started (`make test` does),
+/// read from its environment variables.
+#[derive(Debug, Clone)]
+pub struct Engines {
+    /// The MySQL server, `mysql://user:password@host:port` (no database).
+    pub mysql_server: String,
+    /// `redis://host:port`.
+    pub redis: String,
+    /// Kafka bootstrap `host:port`.
+    pub kafka: String,
+}
+
+impl Engines {
+    /// The running engines, or `None` (with a note on stderr) when none are
+    /// configured; under `OURCHAT_REQUIRE_ENGINES` their absence panics, so
+    /// `make test` cannot skip what it is meant to check.
+    pub fn from_env(test: &str) -> Option<Engines> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        match (
+            var("OURCHAT_TEST_MYSQL"),
+            var("OURCHAT_TEST_REDIS"),
+            var("OURCHAT_TEST_KAFKA"),
+        ) {
+            (Some(mysql), Some(redis), Some(kafka)) => {
+                let first = mysql.split(',').next().unwrap_or_default();
+                let server = first.rsplit_once('/').map_or(first, |(server, _)| server);
+                Some(Engines {
+                    mysql_server: server.to_string(),
+                    redis,
+                    kafka,
+                })
+            }
+            _ => {
+                assert!(
+                    std::env::var("OURCHAT_REQUIRE_ENGINES").is_err(),
+                    "{test}: OURCHAT_REQUIRE_ENGINES is set but the engines' variables are not \
+                     (run through `make test`, or source target/engines/env)"
+                );
+                eprintln!("{test}: no cluster engines configured (see `make engines`); skipped");
+                None
+            }
+        }
+    }
+
+    /// URLs of `count` fresh shard databases (the node creates them),
+    /// unique to this process and `tag`.
+    pub fn fresh_shards(&self, tag: &str, count: usize) -> Vec<String> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static RUN: AtomicUsize = AtomicUsize::new(0);
+        let run = RUN.fetch_add(1, Ordering::SeqCst);
+        (0..count)
+            .map(|i| {
+                format!(
+                    "{}/ourchat_t{}_{tag}_{run}_{i}",
+                    self.mysql_server,
+                    std::process::id()
+                )
+            })
+            .collect()
+    }
+
+    /// `--set` overrides that put a node's store on `shards`.
+    pub fn mysql_store(shards: &[String]) -> Vec<(String, String)> {
+        let list = shards
+            .iter()
+            .map(|url| format!("\"{url}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        vec![
+            ("storage.backend".into(), "mysql".into()),
+            ("storage.mysql_shards".into(), format!("[{list}]")),
+        ]
+    }
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Throwaway cluster engines for tests and local cluster runs: MariaDB (two
+# databases = two shards), Redis and a Kafka-API broker (tansu, in memory),
+# each on a free loopback port, all state under one directory.
+#
+#   scripts/engines.sh start DIR   install what is missing, start, write DIR/env
+#   scripts/engines.sh stop DIR    stop everything started in DIR and delete it
+#
+# DIR/env exports OURCHAT_TEST_MYSQL (comma-separated shard URLs),
+# OURCHAT_TEST_REDIS and OURCHAT_TEST_KAFKA; tests read those, so a developer
+# can also start the engines once and point many test runs at them.
+set -euo pipefail
+
+command=${1:-}
+dir=${2:-}
+if [[ -z "$command" || -z "$dir" ]]; then
+  echo "usage: $0 start|stop DIR" >&2
+  exit 2
+fi
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_for_port() {
+  local port=$1 what=$2
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "$what did not open port $port; its log:" >&2
+  tail -n 30 "$dir/$what.log" >&2 || true
+  return 1
+}
+
+install_missing() {
+  local packages=()
+  command -v mariadbd >/dev/null || [[ -x /usr/sbin/mariadbd ]] || packages+=(mariadb-server)
+  command -v redis-server >/dev/null || packages+=(redis-server)
+  if ((${#packages[@]})); then
+    echo "installing ${packages[*]}" >&2
+    if [[ $(id -u) -eq 0 ]]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >&2 ||
+        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >&2; }
+    else
+      sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >&2
+    fi
+  fi
+  if ! command -v tansu >/dev/null && [[ ! -x "$HOME/.cargo/bin/tansu" ]]; then
+    echo "installing tansu (a Kafka-API broker; one-time build)" >&2
+    cargo install tansu --features dynostore >&2
+  fi
+}
+
+start() {
+  install_missing
+  export PATH="$HOME/.cargo/bin:/usr/sbin:$PATH"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+
+  local mysql_port redis_port kafka_port
+  mysql_port=$(free_port)
+  redis_port=$(free_port)
+  kafka_port=$(free_port)
+
+  # MariaDB: fast and small for tests (the durability of an engine is not
+  # what these tests check; OurChat's own acks are).
+  mariadb-install-db --no-defaults --datadir="$dir/mysql" --user="$(id -un)" \
+    --auth-root-authentication-method=socket --skip-test-db >"$dir/mariadb-install.log" 2>&1
+  mariadbd --no-defaults --datadir="$dir/mysql" --user="$(id -un)" \
+    --port="$mysql_port" --bind-address=127.0.0.1 --socket="$dir/mysql.sock" \
+    --pid-file="$dir/mariadb.pid" --skip-name-resolve --innodb-buffer-pool-size=64M \
+    --innodb-log-file-size=32M --innodb-flush-log-at-trx-commit=2 --max-connections=500 \
+    >"$dir/mariadb.log" 2>&1 &
+  echo $! >"$dir/mariadb.pid.shell"
+  wait_for_port "$mysql_port" mariadb
+  mariadb --no-defaults --socket="$dir/mysql.sock" -u root <<'SQL'
+CREATE DATABASE ourchat_shard0;
+CREATE DATABASE ourchat_shard1;
+CREATE USER 'ourchat'@'127.0.0.1' IDENTIFIED BY 'ourchat';
+CREATE USER 'ourchat'@'localhost' IDENTIFIED BY 'ourchat';
+GRANT ALL ON `ourchat%`.* TO 'ourchat'@'127.0.0.1', 'ourchat'@'localhost';
+SQL
+
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --save '' \
+    --appendonly no --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+  wait_for_port "$redis_port" redis
+
+  tansu broker --storage-engine memory://tansu/ \
+    --listener-url "tcp://127.0.0.1:$kafka_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" >"$dir/tansu.log" 2>&1 &
+  echo $! >"$dir/tansu.pid"
+  wait_for_port "$kafka_port" tansu
+
+  local mysql="mysql://ourchat:ourchat@127.0.0.1:$mysql_port"
+  cat >"$dir/env" <<ENV
+export OURCHAT_TEST_MYSQL=$mysql/ourchat_shard0,$mysql/ourchat_shard1
+export OURCHAT_TEST_REDIS=redis://127.0.0.1:$redis_port
+export OURCHAT_TEST_KAFKA=127.0.0.1:$kafka_port
+export OURCHAT_TEST_ENGINES_DIR=$dir
+ENV
+  echo "engines up in $dir: mariadb :$mysql_port, redis :$redis_port, tansu :$kafka_port" >&2
+}
+
+stop() {
+  [[ -d "$dir" ]] || return 0
+  for pidfile in "$dir/tansu.pid" "$dir/redis.pid" "$dir/mariadb.pid.shell"; do
+    if [[ -f "$pidfile" ]]; then
+      kill "$(cat "$pidfile")" 2>/dev/null || true
+    fi
+  done
+  # MariaDB flushes on TERM; give it a moment before the directory goes.
+  for _ in $(seq 1 50); do
+    [[ -f "$dir/mariadb.pid" ]] && kill -0 "$(cat "$dir/mariadb.pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  rm -rf "$dir"
+}
+
+case "$command" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+esac
