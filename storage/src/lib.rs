@@ -15,7 +15,9 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod kafka;
 pub mod mysql;
+pub mod redis;
 pub mod sqlite;
 
 pub use error::StoreError;

@@ -1,0 +1,312 @@
+//! The durable message log on Kafka (rdkafka, bundled librdkafka): every
+//! accepted message goes to `im_message_raw` keyed by conversation, so one
+//! conversation's messages keep their order in one partition; group
+//! changes also go to `im_group_events`, presence changes to
+//! `im_presence`. The producer is idempotent with `acks=all`: when
+//! [`MessageLog::append`] returns, Kafka has the messages, and that is
+//! what a sender's ack means in cluster mode. A broker that does not
+//! answer within the send timeout fails the call (the sends are not
+//! acked); the producer reconnects by itself when the broker is back.
+//!
+//! A record's payload is the protobuf `ChatMessage`; its `origin` header
+//! names the node that accepted it (that node pushed it to its own devices
+//! already).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{ChatMessage, StoreError, WriteOp, WriteOutcome, WriteStore};
+
+/// Every accepted message, keyed by conversation.
+pub const MESSAGES_TOPIC: &str = "im_message_raw";
+/// Presence changes, keyed by user.
+pub const PRESENCE_TOPIC: &str = "im_presence";
+/// Group changes (their event messages), keyed by group conversation.
+pub const GROUP_EVENTS_TOPIC: &str = "im_group_events";
+
+const ORIGIN_HEADER: &str = "origin";
+
+impl From<rdkafka::error::KafkaError> for StoreError {
+    fn from(err: rdkafka::error::KafkaError) -> Self {
+        StoreError::Unavailable {
+            message: format!("kafka: {err}"),
+            retryable: true,
+        }
+    }
+}
+
+/// Creates the topics when missing (`partitions` each).
+pub fn ensure_topics(brokers: &str, partitions: i32) -> Result<(), StoreError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let topics: Vec<NewTopic<'_>> = [MESSAGES_TOPIC, PRESENCE_TOPIC, GROUP_EVENTS_TOPIC]
+        .iter()
+        .map(|name| NewTopic::new(name, partitions.max(1), TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = block_on(admin.create_topics(&topics, &options))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(StoreError::Unavailable {
+                    message: format!("kafka: cannot create topic {topic}: {code}"),
+                    retryable: true,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a future to completion on this thread (rdkafka's futures are
+/// runtime-free: librdkafka's own threads complete them).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut context) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// The producer side of the log, shared by a node's writer threads.
+pub struct MessageLog {
+    producer: FutureProducer,
+    origin: String,
+}
+
+impl MessageLog {
+    /// An idempotent `acks=all` producer to `brokers`, failing a send the
+    /// broker has not acknowledged within `send_timeout`.
+    pub fn connect(
+        brokers: &str,
+        node_id: u16,
+        send_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let timeout_ms = send_timeout.as_millis().max(100).to_string();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", &timeout_ms)
+            .set("request.timeout.ms", &timeout_ms)
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()?;
+        Ok(MessageLog {
+            producer,
+            origin: node_id.to_string(),
+        })
+    }
+
+    /// Appends `messages` to the message log and waits until Kafka has
+    /// every one; the group events among them also go to the group topic.
+    pub fn append<'m>(
+        &self,
+        messages: impl IntoIterator<Item = &'m ChatMessage>,
+    ) -> Result<(), StoreError> {
+        let mut pending = Vec::new();
+        for message in messages {
+            let payload = message.encode_to_vec();
+            pending.push(self.produce(MESSAGES_TOPIC, &message.conversation_id, &payload)?);
+            if message.group_event.is_some() {
+                pending.push(self.produce(
+                    GROUP_EVENTS_TOPIC,
+                    &message.conversation_id,
+                    &payload,
+                )?);
+            }
+        }
+        self.wait(pending)
+    }
+
+    /// Publishes one record on `topic` and waits for Kafka's ack.
+    pub fn publish(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), StoreError> {
+        let delivery = self.produce(topic, key, payload)?;
+        self.wait(vec![delivery])
+    }
+
+    fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<rdkafka::producer::DeliveryFuture, StoreError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: ORIGIN_HEADER,
+            value: Some(self.origin.as_bytes()),
+        });
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        self.producer
+            .send_result(record)
+            .map_err(|(error, _)| error.into())
+    }
+
+    fn wait(&self, pending: Vec<rdkafka::producer::DeliveryFuture>) -> Result<(), StoreError> {
+        let mut first_error = None;
+        for delivery in pending {
+            let outcome = block_on(delivery);
+            let error = match outcome {
+                Ok(Ok(_)) => continue,
+                Ok(Err((error, _))) => StoreError::from(error),
+                Err(_) => StoreError::Unavailable {
+                    message: "kafka: producer closed".into(),
+                    retryable: true,
+                },
+            };
+            first_error.get_or_insert(error);
+        }
+        match first_error {
+            None => Ok(()),
+            Some(error) => Err(error),
+        }
+    }
+}
+
+/// One record read back from the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    /// The node that accepted it (`None`: not written by OurChat).
+    pub origin: Option<u16>,
+    /// The message.
+    pub message: ChatMessage,
+}
+
+/// Decodes a log record; `None` for a payload that is not a message.
+pub fn decode_record(record: &BorrowedMessage<'_>) -> Option<LogRecord> {
+    use rdkafka::Message as _;
+    let message = ChatMessage::decode(record.payload()?).ok()?;
+    let origin = record.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == ORIGIN_HEADER)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+    });
+    Some(LogRecord { origin, message })
+}
+
+/// A consumer in group `group_id` on `topics` (offsets committed by the
+/// caller after its work is durable).
+pub fn group_consumer(
+    brokers: &str,
+    group_id: &str,
+    topics: &[&str],
+) -> Result<BaseConsumer, StoreError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()?;
+    consumer.subscribe(topics)?;
+    Ok(consumer)
+}
+
+/// A consumer of every partition of `topics` from their current ends, in
+/// no group: each node sees every record published from now on.
+pub fn tail_consumer(brokers: &str, topics: &[&str]) -> Result<BaseConsumer, StoreError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "ourchat-tail-unused")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for topic_metadata in metadata.topics() {
+            for partition in topic_metadata.partitions() {
+                assignment.add_partition_offset(topic, partition.id(), Offset::End)?;
+            }
+        }
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// The cluster's message writer: messages go to the log (their ack is
+/// Kafka's), group changes to the store and then, with their event
+/// message, to the log. A store failure refuses only the group changes of
+/// the batch (`Refused`, which their senders see as "retry"): messages
+/// keep flowing while MySQL is away, since the log feeds MySQL later.
+pub struct LoggedWriter {
+    log: Arc<MessageLog>,
+    store: Box<dyn WriteStore>,
+}
+
+impl LoggedWriter {
+    /// Messages to `log`, group changes to `store` first.
+    pub fn new(log: Arc<MessageLog>, store: Box<dyn WriteStore>) -> Self {
+        LoggedWriter { log, store }
+    }
+}
+
+impl WriteStore for LoggedWriter {
+    fn apply_batch(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let changes: Vec<WriteOp> = ops
+            .iter()
+            .filter(|op| !matches!(op, WriteOp::AppendMessage(_)))
+            .cloned()
+            .collect();
+        let mut change_outcomes = if changes.is_empty() {
+            Vec::new()
+        } else {
+            match self.store.apply_batch(&changes) {
+                Ok(outcomes) => outcomes,
+                Err(error) => {
+                    tracing::warn!(%error, ops = changes.len(), "store refused the batch's changes");
+                    vec![WriteOutcome::Refused; changes.len()]
+                }
+            }
+        }
+        .into_iter();
+        let mut outcomes = Vec::with_capacity(ops.len());
+        let mut logged = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                WriteOp::AppendMessage(message) => {
+                    logged.push(message);
+                    outcomes.push(WriteOutcome::Done);
+                }
+                WriteOp::GroupChange { event, .. } => {
+                    let outcome = change_outcomes.next().unwrap_or(WriteOutcome::Refused);
+                    if outcome == WriteOutcome::Done {
+                        logged.push(event);
+                    }
+                    outcomes.push(outcome);
+                }
+                _ => outcomes.push(change_outcomes.next().unwrap_or(WriteOutcome::Refused)),
+            }
+        }
+        self.log.append(logged)?;
+        Ok(outcomes)
+    }
+}

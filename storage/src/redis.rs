@@ -1,0 +1,211 @@
+//! Sequence numbers in cluster mode, from Redis: one atomic script call
+//! hands a batch of sends their seqs (`INCR` on the conversation's counter)
+//! and records each `(sender, client_message_id)` with what it got, so a
+//! resend — on this node or, after a failover, on another — gets the same
+//! seq instead of a new one. A seq is never handed out twice, even when
+//! the node that asked dies before using it (that leaves a gap, never a
+//! reuse). Redis must persist (`appendonly yes`) for this to survive a
+//! Redis restart; a missing counter restarts from the store's last seq.
+
+use redis::{Commands, Script};
+
+use crate::StoreError;
+
+/// How long a resend is recognised across nodes.
+pub const DEFAULT_DEDUPE_TTL_SECS: u64 = 86_400;
+
+/// Gives each send in `ARGV[3..]` (sender, client id, server id, time) the
+/// counter's next value unless it was seen: then what it got before.
+/// Every key shares the conversation's hash tag, so this also runs on
+/// Redis Cluster.
+const ALLOCATE: &str = r"
+local counter = KEYS[1]
+if redis.call('EXISTS', counter) == 0 then
+  redis.call('SET', counter, ARGV[1])
+end
+local ttl = tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV, 4 do
+  local seen = counter .. ':sent:' .. ARGV[i] .. ':' .. ARGV[i + 1]
+  local before = redis.call('GET', seen)
+  if before then
+    out[#out + 1] = 'r:' .. before
+  else
+    local seq = redis.call('INCR', counter)
+    local value = seq .. ':' .. ARGV[i + 2] .. ':' .. ARGV[i + 3]
+    redis.call('SET', seen, value, 'EX', ttl)
+    out[#out + 1] = 'n:' .. value
+  end
+end
+return out
+";
+
+/// One send asking for a seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRequest {
+    /// Sender.
+    pub sender_id: i64,
+    /// The sender's dedupe key.
+    pub client_message_id: i64,
+    /// The id this node minted for it.
+    pub server_msg_id: i64,
+    /// The time this node gave it.
+    pub sent_at_ms: i64,
+}
+
+/// What a send got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqGrant {
+    /// A fresh seq: store the message under it.
+    New {
+        /// The seq.
+        seq: i64,
+    },
+    /// A resend: it was accepted before with these; store nothing.
+    Resend {
+        /// Its seq.
+        seq: i64,
+        /// Its id.
+        server_msg_id: i64,
+        /// Its time.
+        sent_at_ms: i64,
+    },
+}
+
+/// One Redis connection for sequencing (one per worker thread).
+pub struct RedisSeq {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    script: Script,
+    dedupe_ttl_secs: u64,
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(err: redis::RedisError) -> Self {
+        StoreError::Unavailable {
+            retryable: err.is_io_error() || err.is_timeout() || err.is_connection_dropped(),
+            message: format!("redis: {err}"),
+        }
+    }
+}
+
+impl RedisSeq {
+    /// A sequencer on `url` (`redis://host:port`); connects on first use.
+    pub fn new(url: &str, dedupe_ttl_secs: u64) -> Result<Self, StoreError> {
+        Ok(RedisSeq {
+            client: redis::Client::open(url)?,
+            conn: None,
+            script: Script::new(ALLOCATE),
+            dedupe_ttl_secs: dedupe_ttl_secs.max(1),
+        })
+    }
+
+    /// Checks that Redis answers.
+    pub fn ping(&mut self) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let _: String = redis::cmd("PING").query(conn)?;
+        Ok(())
+    }
+
+    fn conn(&mut self) -> Result<&mut redis::Connection, StoreError> {
+        if self.conn.is_none() {
+            let conn = self
+                .client
+                .get_connection_with_timeout(std::time::Duration::from_secs(2))?;
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+            conn.set_write_timeout(Some(std::time::Duration::from_secs(2)))?;
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("redis connection vanished".into()))
+    }
+
+    /// Seqs for `requests` in `conversation_id`, in order; `floor` is the
+    /// store's last seq, the counter's start when Redis has none.
+    pub fn allocate(
+        &mut self,
+        conversation_id: &str,
+        floor: i64,
+        requests: &[SeqRequest],
+    ) -> Result<Vec<SeqGrant>, StoreError> {
+        let key = format!("ourchat:seq:{{{conversation_id}}}");
+        let ttl = self.dedupe_ttl_secs;
+        self.conn()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::Corrupt("redis connection vanished".into()));
+        };
+        let mut invocation = self.script.key(key);
+        invocation.arg(floor).arg(ttl);
+        for request in requests {
+            invocation
+                .arg(request.sender_id)
+                .arg(request.client_message_id)
+                .arg(request.server_msg_id)
+                .arg(request.sent_at_ms);
+        }
+        let replies: Result<Vec<String>, _> = invocation.invoke(conn);
+        let replies = match replies {
+            Ok(replies) => replies,
+            Err(error) => {
+                self.conn = None;
+                return Err(error.into());
+            }
+        };
+        if replies.len() != requests.len() {
+            return Err(StoreError::Corrupt(format!(
+                "redis answered {} grants for {} sends",
+                replies.len(),
+                requests.len()
+            )));
+        }
+        replies.iter().map(|reply| parse_grant(reply)).collect()
+    }
+
+    /// The counter's current value (0: none), for tests and tools.
+    pub fn current(&mut self, conversation_id: &str) -> Result<i64, StoreError> {
+        let key = format!("ourchat:seq:{{{conversation_id}}}");
+        let value: Option<i64> = self.conn()?.get(key)?;
+        Ok(value.unwrap_or(0))
+    }
+}
+
+fn parse_grant(reply: &str) -> Result<SeqGrant, StoreError> {
+    let bad = || StoreError::Corrupt(format!("unexpected seq grant {reply:?}"));
+    let (kind, rest) = reply.split_once(':').ok_or_else(bad)?;
+    let mut parts = rest.split(':').map(|p| p.parse::<i64>().map_err(|_| bad()));
+    let (seq, server_msg_id, sent_at_ms) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(b), Some(c)) => (a?, b?, c?),
+        _ => return Err(bad()),
+    };
+    match kind {
+        "n" => Ok(SeqGrant::New { seq }),
+        "r" => Ok(SeqGrant::Resend {
+            seq,
+            server_msg_id,
+            sent_at_ms,
+        }),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_parse_and_garbage_is_refused() {
+        assert_eq!(parse_grant("n:5:77:9").unwrap(), SeqGrant::New { seq: 5 });
+        assert_eq!(
+            parse_grant("r:4:70:8").unwrap(),
+            SeqGrant::Resend {
+                seq: 4,
+                server_msg_id: 70,
+                sent_at_ms: 8
+            }
+        );
+        for garbage in ["", "n", "n:1:2", "x:1:2:3", "n:a:2:3"] {
+            assert!(parse_grant(garbage).is_err(), "{garbage}");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Redis sequencing and the Kafka log against the real engines
+//! (`make test` starts Redis and tansu; see `scripts/engines.sh`).
+
+use std::time::{Duration, Instant};
+
+use ourchat_storage::kafka::{self, MessageLog};
+use ourchat_storage::redis::{RedisSeq, SeqGrant, SeqRequest};
+use ourchat_storage::ChatMessage;
+use rdkafka::consumer::Consumer;
+
+fn engine(name: &str, test: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            assert!(
+                std::env::var("OURCHAT_REQUIRE_ENGINES").is_err(),
+                "{test}: {name} is not set but OURCHAT_REQUIRE_ENGINES is"
+            );
+            eprintln!("{test}: {name} not set; skipped");
+            None
+        }
+    }
+}
+
+fn request(sender_id: i64, client_message_id: i64) -> SeqRequest {
+    SeqRequest {
+        sender_id,
+        client_message_id,
+        server_msg_id: 1000 + client_message_id,
+        sent_at_ms: 77,
+    }
+}
+
+#[test]
+fn redis_hands_out_each_seq_once_and_answers_resends_with_the_first() {
+    let Some(url) = engine("OURCHAT_TEST_REDIS", "redis_seq") else {
+        return;
+    };
+    let conv = format!("si_1_{}", std::process::id());
+    let mut seq = RedisSeq::new(&url, 60).unwrap();
+    seq.ping().unwrap();
+    // The store's last seq is the floor of a counter Redis does not have.
+    let grants = seq
+        .allocate(&conv, 10, &[request(1, 1), request(1, 2), request(1, 1)])
+        .unwrap();
+    assert_eq!(grants[0], SeqGrant::New { seq: 11 });
+    assert_eq!(grants[1], SeqGrant::New { seq: 12 });
+    assert_eq!(
+        grants[2],
+        SeqGrant::Resend {
+            seq: 11,
+            server_msg_id: 1001,
+            sent_at_ms: 77
+        }
+    );
+    // A floor never moves an existing counter back.
+    assert_eq!(
+        seq.allocate(&conv, 0, &[request(2, 1)]).unwrap(),
+        vec![SeqGrant::New { seq: 13 }]
+    );
+    // Four "nodes" racing on one conversation: every seq once, no gaps.
+    let threads: Vec<_> = (0..4)
+        .map(|node| {
+            let (url, conv) = (url.clone(), conv.clone());
+            std::thread::spawn(move || {
+                let mut seq = RedisSeq::new(&url, 60).unwrap();
+                let mut got = Vec::new();
+                for i in 0..50 {
+                    let batch = [request(10 + node, 2 * i), request(10 + node, 2 * i + 1)];
+                    for grant in seq.allocate(&conv, 0, &batch).unwrap() {
+                        match grant {
+                            SeqGrant::New { seq } => got.push(seq),
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<i64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (14..14 + 400).collect::<Vec<_>>());
+    assert_eq!(seq.current(&conv).unwrap(), 413);
+}
+
+#[test]
+fn kafka_log_keeps_messages_with_their_origin() {
+    let Some(brokers) = engine("OURCHAT_TEST_KAFKA", "kafka_log") else {
+        return;
+    };
+    kafka::ensure_topics(&brokers, 4).unwrap();
+    kafka::ensure_topics(&brokers, 4).unwrap();
+    let tail = kafka::tail_consumer(&brokers, &[kafka::MESSAGES_TOPIC]).unwrap();
+    let log = MessageLog::connect(&brokers, 7, Duration::from_secs(5)).unwrap();
+    let conv = format!("si_2_{}", std::process::id());
+    let messages: Vec<ChatMessage> = (1..=3)
+        .map(|seq| ChatMessage {
+            conversation_id: conv.clone(),
+            seq,
+            content: format!("m{seq}"),
+            ..Default::default()
+        })
+        .collect();
+    // The tail starts at the ends it saw; give the assignment a moment.
+    let _ = tail.poll(Duration::from_millis(500));
+    log.append(&messages).unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 3 && Instant::now() < deadline {
+        if let Some(Ok(record)) = tail.poll(Duration::from_millis(200)) {
+            if let Some(record) = kafka::decode_record(&record) {
+                if record.message.conversation_id == conv {
+                    assert_eq!(record.origin, Some(7));
+                    seen.push(record.message);
+                }
+            }
+        }
+    }
+    assert_eq!(seen, messages, "in order, one partition per conversation");
+    let _ = tail.unassign();
+}
