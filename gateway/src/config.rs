@@ -49,6 +49,53 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Abuse limits.
     pub limits: LimitsConfig,
+    /// Several nodes on Redis and Kafka (off: one node on its own).
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster mode: every node of a deployment shares the MySQL shards
+/// (`storage.backend = "mysql"`), one Redis and one Kafka. Sequence numbers
+/// come from Redis; accepted messages go to Kafka (the sender's ack means
+/// Kafka has them), from which MySQL is written and other nodes deliver to
+/// their own connections. `config/cluster.toml` is a worked example.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// On or off.
+    pub enabled: bool,
+    /// `redis://host:port` (persistent: `appendonly yes`).
+    pub redis: String,
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    pub kafka: String,
+    /// Put before the topic names and the feeders' consumer group, so that
+    /// several deployments can share one Kafka ("": the standard names).
+    pub topic_prefix: String,
+    /// Partitions of each topic when this node creates them.
+    pub partitions: i32,
+    /// A send Kafka has not acknowledged within this fails (not acked).
+    pub send_timeout_ms: u64,
+    /// How long a resend is recognised on any node.
+    pub dedupe_ttl_secs: u64,
+    /// Threads talking to Redis.
+    pub redis_threads: usize,
+    /// Most log records written to MySQL in one batch.
+    pub store_batch: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            redis: String::new(),
+            kafka: String::new(),
+            topic_prefix: String::new(),
+            partitions: 8,
+            send_timeout_ms: 5_000,
+            dedupe_ttl_secs: 86_400,
+            redis_threads: 2,
+            store_batch: 1_000,
+        }
+    }
 }
 
 /// Abuse limits; "Security" in the README explains each. Every refusal is
@@ -410,6 +457,23 @@ impl Config {
         }
         if !s.reactor_cpus.is_empty() && s.cores != 0 && s.cores != s.reactor_cpus.len() {
             return invalid("server.reactor_cpus must list exactly server.cores CPUs");
+        }
+        let c = &self.cluster;
+        if c.enabled {
+            if st.backend != StoreKind::Mysql {
+                return invalid("cluster.enabled needs storage.backend = \"mysql\"");
+            }
+            if c.redis.is_empty() || c.kafka.is_empty() {
+                return invalid("cluster.enabled needs cluster.redis and cluster.kafka");
+            }
+            if c.partitions < 1 || c.redis_threads == 0 || c.store_batch == 0 {
+                return invalid(
+                    "cluster.partitions, redis_threads and store_batch must be positive",
+                );
+            }
+        }
+        if st.backend == StoreKind::Mysql && st.mysql_shards.is_empty() {
+            return invalid("storage.backend = \"mysql\" needs storage.mysql_shards");
         }
         if st.max_conversations_per_core < 16 {
             return invalid("storage.max_conversations_per_core must be at least 16");

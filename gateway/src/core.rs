@@ -27,10 +27,14 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use ourchat_protocol::ids::{now_ms, IdGenerator};
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{codec, Body, ConversationId, Envelope, ErrorCode};
-use ourchat_storage::{ConversationHead, ReadStore, StoreError, WriteOp, WriteOutcome};
+use ourchat_storage::redis::{RedisSeq, SeqGrant, SeqRequest};
+use ourchat_storage::{
+    ConversationHead, GroupChange, ReadStore, StoreError, WriteOp, WriteOutcome,
+};
 use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
 
 use crate::auth::TokenKeys;
+use crate::cluster::ClusterShared;
 use crate::config::Config;
 use crate::group_state::{self, GroupCommand, GroupState};
 use crate::limits::{Limit, NodeLimits, TokenBucket};
@@ -62,6 +66,9 @@ pub struct Shared {
     /// Node-wide abuse books (connections per address, login back-off,
     /// registrations).
     pub limits: Arc<NodeLimits>,
+    /// Cluster mode's message writer and seq allocation (`None`: one node
+    /// on its own).
+    pub cluster: Option<ClusterShared>,
 }
 
 /// Messages between cores.
@@ -181,6 +188,12 @@ pub enum CoreMsg {
         /// sequenced after that reply slips through on another mesh channel.
         done: oneshot::Sender<()>,
     },
+    /// To the conversation's owner: drop what it keeps of the conversation
+    /// (changed on another node); the next send reloads it.
+    Forget {
+        /// The conversation.
+        conversation: ConversationId,
+    },
     /// To every core: push `frame` to each logged-in connection; answered
     /// with how many.
     Broadcast {
@@ -234,7 +247,7 @@ pub fn core_of_conn(conn_id: u64) -> usize {
 }
 
 /// Spreads ids over cores; snowflake low bits alone are too regular.
-fn mix(value: u64) -> u64 {
+pub(crate) fn mix(value: u64) -> u64 {
     let mut z = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -590,6 +603,14 @@ impl Core {
                 }
                 let _ = done.send(());
             }
+            CoreMsg::Forget { conversation } => {
+                let mut sequencer = self.sequencer.borrow_mut();
+                if let Some(Slot::Ready(state)) = sequencer.convs.get(&conversation) {
+                    if !state.has_pending() {
+                        sequencer.convs.remove(&conversation);
+                    }
+                }
+            }
             CoreMsg::Broadcast { frame, reply } => {
                 let mut queued = 0;
                 for outbox in self.conns.borrow().values() {
@@ -770,7 +791,7 @@ impl Core {
         };
         let mut sequencer = self.sequencer.borrow_mut();
         match sequencer.convs.get_mut(&conv) {
-            Some(Slot::Ready(state)) => self.assign(state, job),
+            Some(Slot::Ready(state)) => self.assign(conv, state, job),
             Some(Slot::Loading(queue)) => queue.push(job),
             None => {
                 sequencer.evict_idle();
@@ -805,7 +826,7 @@ impl Core {
                     state.blocked = blocked;
                 }
                 for job in queued {
-                    self.assign(&mut state, job);
+                    self.assign(conv, &mut state, job);
                 }
                 sequencer.convs.insert(conv, Slot::Ready(state));
             }
@@ -819,7 +840,7 @@ impl Core {
 
     /// Gives `job` the conversation's next seq and queues its write, or
     /// answers it from the recent-sends window when it is a resend.
-    fn assign(&self, state: &mut ConvState, job: SendJob) {
+    fn assign(self: &Rc<Self>, conv: ConversationId, state: &mut ConvState, job: SendJob) {
         let SendJob {
             mut message,
             origin_conn,
@@ -879,11 +900,44 @@ impl Core {
             )));
             return;
         }
+        let staged = Staged {
+            message,
+            origin_conn,
+            recipients,
+            change,
+            before_change,
+            reply,
+        };
+        if self.shared.cluster.is_some() {
+            // Seqs come from Redis: queue, and keep one request per
+            // conversation in flight (it takes everything queued so far).
+            state.awaiting.push(staged);
+            if !state.allocating {
+                state.allocating = true;
+                let core = self.clone();
+                glommio::spawn_local(async move { core.allocate_seqs(conv).await }).detach();
+            }
+            return;
+        }
         let accepted = Accepted {
             seq: state.last_seq + 1,
             server_msg_id: self.next_id(),
             sent_at_ms: now_ms() as i64,
         };
+        self.submit(state, staged, accepted);
+    }
+
+    /// Queues a sequenced message's write and its commit; the sender's
+    /// reply waits for the commit.
+    fn submit(&self, state: &mut ConvState, staged: Staged, accepted: Accepted) {
+        let Staged {
+            mut message,
+            origin_conn,
+            recipients,
+            change,
+            before_change,
+            reply,
+        } = staged;
         message.seq = accepted.seq;
         message.server_msg_id = accepted.server_msg_id;
         message.sent_at_ms = accepted.sent_at_ms;
@@ -894,7 +948,11 @@ impl Core {
             },
             None => WriteOp::AppendMessage(message.clone()),
         };
-        let completion = match self.shared.writer.try_submit(op) {
+        let writer = match &self.shared.cluster {
+            Some(cluster) => &cluster.log_writer,
+            None => &self.shared.writer,
+        };
+        let completion = match writer.try_submit(op) {
             Ok(completion) => completion,
             Err(refused) => {
                 // The seq was not taken: the next send reuses it.
@@ -905,7 +963,7 @@ impl Core {
                 return;
             }
         };
-        state.last_seq = accepted.seq;
+        state.last_seq = state.last_seq.max(accepted.seq);
         let waiters = Rc::new(RefCell::new(vec![reply]));
         state.recent.push_back(RecentSend {
             sender_id: message.sender_id,
@@ -924,6 +982,129 @@ impl Core {
         if self.commits.try_send(pending).is_err() {
             tracing::error!("commit pump gone; send left unanswered");
         }
+    }
+
+    /// Cluster mode: asks Redis for the seqs of every send queued on `conv`
+    /// (one call per round), then submits them in seq order; repeats while
+    /// sends keep arriving.
+    async fn allocate_seqs(self: Rc<Self>, conv: ConversationId) {
+        // Spawned by `assign` while the sequencer is borrowed: let that
+        // borrow end before taking it.
+        yield_once().await;
+        let id = conv.to_string();
+        loop {
+            let (batch, floor) = {
+                let mut sequencer = self.sequencer.borrow_mut();
+                let Some(Slot::Ready(state)) = sequencer.convs.get_mut(&conv) else {
+                    return;
+                };
+                if state.awaiting.is_empty() {
+                    state.allocating = false;
+                    return;
+                }
+                (std::mem::take(&mut state.awaiting), state.last_seq)
+            };
+            let minted: Vec<(i64, i64)> = batch
+                .iter()
+                .map(|_| (self.next_id(), now_ms() as i64))
+                .collect();
+            let requests: Vec<SeqRequest> = batch
+                .iter()
+                .zip(&minted)
+                .map(|(staged, (server_msg_id, sent_at_ms))| SeqRequest {
+                    sender_id: staged.message.sender_id,
+                    client_message_id: staged.message.client_message_id,
+                    server_msg_id: *server_msg_id,
+                    sent_at_ms: *sent_at_ms,
+                })
+                .collect();
+            let key = id.clone();
+            let grants = self
+                .redis(move |redis| redis.allocate(&key, floor, &requests))
+                .await;
+            let mut sequencer = self.sequencer.borrow_mut();
+            let state = match sequencer.convs.get_mut(&conv) {
+                Some(Slot::Ready(state)) => Some(state),
+                _ => None,
+            };
+            match (grants, state) {
+                (Ok(grants), Some(state)) if grants.len() == batch.len() => {
+                    for ((staged, grant), (server_msg_id, sent_at_ms)) in
+                        batch.into_iter().zip(grants).zip(minted)
+                    {
+                        // A resend is written again under its first seq:
+                        // if its first write never reached Kafka this one
+                        // does, and if it did, MySQL keeps one and clients
+                        // drop the repeated push by seq.
+                        let accepted = match grant {
+                            SeqGrant::New { seq } => Accepted {
+                                seq,
+                                server_msg_id,
+                                sent_at_ms,
+                            },
+                            SeqGrant::Resend {
+                                seq,
+                                server_msg_id,
+                                sent_at_ms,
+                            } => Accepted {
+                                seq,
+                                server_msg_id,
+                                sent_at_ms,
+                            },
+                        };
+                        self.submit(state, staged, accepted);
+                    }
+                }
+                (outcome, state) => {
+                    let error = match outcome {
+                        Err(error) => error,
+                        Ok(_) => {
+                            pb::Error::new(ErrorCode::Internal, "sequencing interrupted, retry")
+                        }
+                    };
+                    tracing::warn!(conv = %conv, code = error.code, "seq allocation failed");
+                    if let Some(state) = state {
+                        // Undo the queued group changes, newest first.
+                        for staged in batch.iter().rev() {
+                            if let Some(group) = &staged.before_change {
+                                state.group = group.clone();
+                            }
+                        }
+                    }
+                    for staged in batch {
+                        let _ = staged.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a Redis call on the cluster's Redis threads.
+    async fn redis<T, F>(&self, job: F) -> Result<T, pb::Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut RedisSeq) -> Result<T, StoreError> + Send + 'static,
+    {
+        let Some(cluster) = &self.shared.cluster else {
+            return Err(pb::Error::new(ErrorCode::Internal, "not in cluster mode"));
+        };
+        let redis = &cluster.redis;
+        wait_for_room(|| redis.is_full()).await?;
+        let result = redis.try_run(job).map_err(pool_error)?;
+        match result.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(pool_error(PoolError::from(err))),
+            Err(_) => Err(pool_error(PoolError::Closed)),
+        }
+    }
+
+    /// Drops the owner's state of `conv` (it changed on another node).
+    pub(crate) async fn forget_conversation(self: &Rc<Self>, conv: ConversationId) {
+        self.route(
+            self.owner_of_conversation(&conv),
+            CoreMsg::Forget { conversation: conv },
+        )
+        .await;
     }
 
     fn sequencer_window(&self) -> usize {
@@ -1204,8 +1385,23 @@ enum Slot {
     Ready(ConvState),
 }
 
+/// A checked send waiting for its seq.
+struct Staged {
+    message: ChatMessage,
+    origin_conn: u64,
+    recipients: Recipients,
+    change: Option<GroupChange>,
+    /// The group as it was before this send's change (to undo it).
+    before_change: Option<Option<GroupState>>,
+    reply: oneshot::Sender<SendResult>,
+}
+
 struct ConvState {
     last_seq: i64,
+    /// Cluster mode: checked sends waiting for Redis to give them seqs.
+    awaiting: Vec<Staged>,
+    /// Cluster mode: a seq request for this conversation is in flight.
+    allocating: bool,
     /// Oldest first.
     recent: VecDeque<RecentSend>,
     /// One side blocks the other: new sends are refused.
@@ -1242,6 +1438,8 @@ impl ConvState {
             .collect();
         ConvState {
             last_seq: head.last_seq,
+            awaiting: Vec::new(),
+            allocating: false,
             recent,
             blocked: head.blocked,
             group: head.group.map(GroupState::from_roster),
@@ -1255,7 +1453,9 @@ impl ConvState {
     }
 
     fn has_pending(&self) -> bool {
-        self.recent.iter().any(|r| r.waiters.is_some())
+        self.allocating
+            || !self.awaiting.is_empty()
+            || self.recent.iter().any(|r| r.waiters.is_some())
     }
 
     /// Drops the oldest committed entries beyond the window; in-flight ones
@@ -1285,6 +1485,22 @@ impl Sequencer {
             _ => true,
         });
     }
+}
+
+/// Returns to the executor once, so whoever spawned this task finishes
+/// its turn first.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 async fn wait_for_room(is_full: impl Fn() -> bool) -> Result<(), pb::Error> {

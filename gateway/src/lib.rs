@@ -12,6 +12,7 @@
 mod account;
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 mod conversations;

@@ -21,6 +21,7 @@ use ourchat_storage::{Backend, ReadStore, StoreError};
 use ourchat_workers::{JobPool, WriterConfig, WriterPool};
 
 use crate::auth::TokenKeys;
+use crate::cluster::{ClusterNode, InboxEnds};
 use crate::config::{Config, Durability, StorageConfig, StoreKind};
 use crate::core::{Core, CoreMsg, Shared};
 use crate::grpc::{Bridge, BridgeCall};
@@ -36,7 +37,7 @@ const MESH_CAPACITY: usize = 4096;
 const IO_MEMORY: usize = 256 << 10;
 
 /// Jobs waiting for reader or hashing threads before reactors wait.
-const JOB_QUEUE: usize = 16_384;
+pub(crate) const JOB_QUEUE: usize = 16_384;
 
 /// How often a core looks at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
@@ -123,7 +124,15 @@ pub fn serve(
         &storage.data_dir,
         config.auth.token_ttl_secs,
     )?;
+    let (cluster, inbox_ends) = match config.cluster.enabled {
+        true => {
+            let (node, ends) = ClusterNode::start(&config, backend.as_ref(), cores)?;
+            (Some(node), ends)
+        }
+        false => (None, InboxEnds::default()),
+    };
     let shared = Arc::new(Shared {
+        cluster: cluster.as_ref().map(|node| node.shared.clone()),
         cores,
         writer: writer.handle(),
         readers: readers.handle(),
@@ -153,7 +162,7 @@ pub fn serve(
     let ends: BridgeEnds = Arc::new(std::sync::Mutex::new(ends.into_iter().map(Some).collect()));
 
     let grpc_addr = grpc.as_ref().map(|g| g.addr);
-    let result = run_cores(shared.clone(), admin, grpc_addr, ends, on_ready);
+    let result = run_cores(shared.clone(), admin, grpc_addr, ends, inbox_ends, on_ready);
     // The gRPC server stops with the flag; it holds store handles, so it
     // goes before the store.
     shutdown.store(true, Ordering::SeqCst);
@@ -161,6 +170,11 @@ pub fn serve(
         grpc.join();
     }
     drop(shared);
+    // Every core has stopped: flush the message log's writer (Kafka has
+    // every acked message) and stop the cluster threads.
+    if let Some(cluster) = cluster {
+        cluster.stop();
+    }
     // Every core has stopped, so these are the last handles: the writer
     // commits what is queued before its thread ends.
     writer.shutdown();
@@ -235,6 +249,7 @@ fn run_cores(
     admin: Option<SocketAddr>,
     grpc: Option<SocketAddr>,
     bridge_ends: BridgeEnds,
+    inbox_ends: InboxEnds,
     on_ready: impl FnOnce(&Listening),
 ) -> Result<(), ServeError> {
     let cores = shared.cores;
@@ -250,7 +265,7 @@ fn run_cores(
             let shared = executor_shared.clone();
             let mesh = mesh.clone();
             let ready = ready_tx.clone();
-            let ends = bridge_ends.clone();
+            let ends = (bridge_ends.clone(), inbox_ends.clone());
             async move { run_core(shared, mesh, ends, ready).await }
         })
         .map_err(|e| ServeError::Core(e.to_string()))?;
@@ -294,7 +309,7 @@ fn run_cores(
 async fn run_core(
     shared: Arc<Shared>,
     mesh: MeshBuilder<CoreMsg, Full>,
-    bridge_ends: BridgeEnds,
+    (bridge_ends, inbox_ends): (BridgeEnds, InboxEnds),
     ready: std::sync::mpsc::Sender<Result<CoreAddrs, String>>,
 ) {
     let (senders, mut receivers) = match mesh.join().await {
@@ -322,6 +337,13 @@ async fn run_core(
         .and_then(|mut ends| ends.get_mut(id).and_then(Option::take));
     let bridge = bridge_end
         .map(|calls| glommio::spawn_local(crate::grpc::serve_bridge(core.clone(), calls)).detach());
+    let inbox_end = inbox_ends
+        .lock()
+        .ok()
+        .and_then(|mut ends| ends.get_mut(id).and_then(Option::take));
+    let inbox = inbox_end.map(|inbox| {
+        glommio::spawn_local(crate::cluster::serve_inbox(core.clone(), inbox)).detach()
+    });
 
     let (plain, tls) = match bind_listeners(&shared) {
         Ok(listeners) => listeners,
@@ -353,6 +375,9 @@ async fn run_core(
     sweeper.cancel();
     if let Some(bridge) = bridge {
         bridge.cancel();
+    }
+    if let Some(inbox) = inbox {
+        inbox.cancel();
     }
     core.close_all("server shutting down");
     let deadline = Instant::now() + Duration::from_secs(shared.config.server.shutdown_grace_secs);

@@ -36,6 +36,29 @@ pub const GROUP_EVENTS_TOPIC: &str = "im_group_events";
 
 const ORIGIN_HEADER: &str = "origin";
 
+/// One deployment's topic names: the standard ones behind an optional
+/// prefix (several deployments, or test runs, can share one Kafka).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Every accepted message.
+    pub messages: String,
+    /// Presence changes.
+    pub presence: String,
+    /// Group changes.
+    pub group_events: String,
+}
+
+impl Topics {
+    /// The standard names behind `prefix` ("" for exactly the standard ones).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Topics {
+            messages: format!("{prefix}{MESSAGES_TOPIC}"),
+            presence: format!("{prefix}{PRESENCE_TOPIC}"),
+            group_events: format!("{prefix}{GROUP_EVENTS_TOPIC}"),
+        }
+    }
+}
+
 impl From<rdkafka::error::KafkaError> for StoreError {
     fn from(err: rdkafka::error::KafkaError) -> Self {
         StoreError::Unavailable {
@@ -46,12 +69,12 @@ impl From<rdkafka::error::KafkaError> for StoreError {
 }
 
 /// Creates the topics when missing (`partitions` each).
-pub fn ensure_topics(brokers: &str, partitions: i32) -> Result<(), StoreError> {
+pub fn ensure_topics(brokers: &str, topics: &Topics, partitions: i32) -> Result<(), StoreError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
-    let topics: Vec<NewTopic<'_>> = [MESSAGES_TOPIC, PRESENCE_TOPIC, GROUP_EVENTS_TOPIC]
-        .iter()
+    let topics: Vec<NewTopic<'_>> = [&topics.messages, &topics.presence, &topics.group_events]
+        .into_iter()
         .map(|name| NewTopic::new(name, partitions.max(1), TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -95,6 +118,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 pub struct MessageLog {
     producer: FutureProducer,
     origin: String,
+    topics: Topics,
 }
 
 impl MessageLog {
@@ -102,6 +126,7 @@ impl MessageLog {
     /// broker has not acknowledged within `send_timeout`.
     pub fn connect(
         brokers: &str,
+        topics: Topics,
         node_id: u16,
         send_timeout: Duration,
     ) -> Result<Self, StoreError> {
@@ -118,6 +143,7 @@ impl MessageLog {
         Ok(MessageLog {
             producer,
             origin: node_id.to_string(),
+            topics,
         })
     }
 
@@ -130,10 +156,14 @@ impl MessageLog {
         let mut pending = Vec::new();
         for message in messages {
             let payload = message.encode_to_vec();
-            pending.push(self.produce(MESSAGES_TOPIC, &message.conversation_id, &payload)?);
+            pending.push(self.produce(
+                &self.topics.messages,
+                &message.conversation_id,
+                &payload,
+            )?);
             if message.group_event.is_some() {
                 pending.push(self.produce(
-                    GROUP_EVENTS_TOPIC,
+                    &self.topics.group_events,
                     &message.conversation_id,
                     &payload,
                 )?);

@@ -92,10 +92,11 @@ fn kafka_log_keeps_messages_with_their_origin() {
     let Some(brokers) = engine("OURCHAT_TEST_KAFKA", "kafka_log") else {
         return;
     };
-    kafka::ensure_topics(&brokers, 4).unwrap();
-    kafka::ensure_topics(&brokers, 4).unwrap();
-    let tail = kafka::tail_consumer(&brokers, &[kafka::MESSAGES_TOPIC]).unwrap();
-    let log = MessageLog::connect(&brokers, 7, Duration::from_secs(5)).unwrap();
+    let topics = kafka::Topics::with_prefix(&format!("t{}-", std::process::id()));
+    kafka::ensure_topics(&brokers, &topics, 4).unwrap();
+    kafka::ensure_topics(&brokers, &topics, 4).unwrap();
+    let tail = kafka::tail_consumer(&brokers, &[&topics.messages]).unwrap();
+    let log = MessageLog::connect(&brokers, topics.clone(), 7, Duration::from_secs(5)).unwrap();
     let conv = format!("si_2_{}", std::process::id());
     let messages: Vec<ChatMessage> = (1..=3)
         .map(|seq| ChatMessage {

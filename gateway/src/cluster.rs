@@ -1,0 +1,321 @@
+//! Cluster mode on one node: what it starts beside the cores and how
+//! records from the other nodes come in.
+//!
+//! - The message writer is a [`LoggedWriter`]: accepted messages go to
+//!   Kafka (`im_message_raw`, keyed by conversation); the sender's ack
+//!   waits for Kafka's.
+//! - Seqs come from Redis ([`RedisSeq`]) on a small thread pool; a core
+//!   keeps at most one request per conversation in flight and hands the
+//!   sends queued meanwhile one contiguous batch.
+//! - The *store feeder* thread reads `im_message_raw` in the consumer group
+//!   `ourchat-store` (one member per node; partitions move to the living)
+//!   and writes MySQL in multi-row batches, committing offsets only after
+//!   MySQL committed: a crash replays, and replays insert nothing twice.
+//!   While MySQL is away it retries and the log keeps everything.
+//! - The *tail* thread reads every partition of `im_message_raw` and
+//!   `im_group_events` from their ends, in no group, and hands each record
+//!   from another node to a core, which pushes it to this node's devices.
+//!   Cross-node delivery therefore rides the log itself: no node-to-node
+//!   connections, no routing table to keep right when nodes die; each node
+//!   reads every message (fine for a handful of nodes; per-node topics
+//!   chosen from a Redis directory are the step after).
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc;
+use futures::StreamExt;
+use ourchat_protocol::pb::ChatMessage;
+use ourchat_protocol::{Body, ConversationId, Envelope};
+use ourchat_storage::kafka::{self, LoggedWriter, MessageLog};
+use ourchat_storage::redis::RedisSeq;
+use ourchat_storage::{Backend, WriteOp, WriteStore};
+use ourchat_workers::{JobHandle, JobPool, WriterConfig, WriterHandle, WriterPool};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+
+use crate::config::Config;
+use crate::core::{encode_frame, Core};
+use crate::server::ServeError;
+
+/// Records waiting for a core before the tail thread waits.
+const INBOX_QUEUE: usize = 4096;
+/// Consumer group of the MySQL feeders.
+const STORE_GROUP: &str = "ourchat-store";
+/// How long the feeder gathers a batch before writing what it has.
+const FEED_LINGER: Duration = Duration::from_millis(5);
+
+/// What the cores use in cluster mode.
+#[derive(Clone)]
+pub struct ClusterShared {
+    /// Where sequenced messages and group changes are written.
+    pub log_writer: WriterHandle,
+    /// Seq allocation.
+    pub redis: JobHandle<RedisSeq>,
+}
+
+/// A record from another node, for a core.
+pub enum Inbound {
+    /// A message (or group event) to push to this node's devices.
+    Message(ChatMessage),
+}
+
+/// Each core's end of the inbox, taken once by the core at start.
+pub type InboxEnds = Arc<std::sync::Mutex<Vec<Option<mpsc::Receiver<Inbound>>>>>;
+
+/// The cluster machinery of one node.
+pub struct ClusterNode {
+    /// Handles for the cores.
+    pub shared: ClusterShared,
+    log_pool: WriterPool,
+    redis_pool: JobPool<RedisSeq>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ClusterNode {
+    /// Connects to Redis and Kafka (creating the topics when missing) and
+    /// starts the feeder and tail threads; returns the cores' inbox ends.
+    pub fn start(
+        config: &Config,
+        backend: &dyn Backend,
+        cores: usize,
+    ) -> Result<(ClusterNode, InboxEnds), ServeError> {
+        let cluster = &config.cluster;
+        let storage = &config.storage;
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            ServeError::Core(format!("cluster: {what}: {e}"))
+        };
+        let mut probe = RedisSeq::new(&cluster.redis, cluster.dedupe_ttl_secs)
+            .map_err(|e| unavailable("redis", &e))?;
+        probe.ping().map_err(|e| unavailable("redis", &e))?;
+        let topics = kafka::Topics::with_prefix(&cluster.topic_prefix);
+        kafka::ensure_topics(&cluster.kafka, &topics, cluster.partitions)
+            .map_err(|e| unavailable("kafka topics", &e))?;
+        let log = Arc::new(
+            MessageLog::connect(
+                &cluster.kafka,
+                topics.clone(),
+                config.server.node_id,
+                Duration::from_millis(cluster.send_timeout_ms),
+            )
+            .map_err(|e| unavailable("kafka producer", &e))?,
+        );
+        let log_pool = WriterPool::start(
+            Box::new(LoggedWriter::new(log, backend.writer()?)),
+            WriterConfig {
+                queue_capacity: storage.writer_queue,
+                max_batch: storage.max_batch,
+                cpus: storage.worker_cpus.clone(),
+            },
+        )?;
+        let (url, ttl) = (cluster.redis.clone(), cluster.dedupe_ttl_secs);
+        let redis_pool = JobPool::start(
+            "ourchat-redis",
+            cluster.redis_threads,
+            crate::server::JOB_QUEUE,
+            &storage.worker_cpus,
+            move |_| RedisSeq::new(&url, ttl),
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+
+        let group = format!("{}{STORE_GROUP}", cluster.topic_prefix);
+        let feeder = kafka::group_consumer(&cluster.kafka, &group, &[&topics.messages])
+            .map_err(|e| unavailable("kafka consumer", &e))?;
+        let store = backend.writer()?;
+        let (flag, batch) = (stop.clone(), cluster.store_batch);
+        threads.push(
+            std::thread::Builder::new()
+                .name("ourchat-feeder".into())
+                .spawn(move || feed_store(feeder, store, batch, &flag))?,
+        );
+
+        let tail = kafka::tail_consumer(&cluster.kafka, &[&topics.messages])
+            .map_err(|e| unavailable("kafka tail", &e))?;
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..cores).map(|_| mpsc::channel(INBOX_QUEUE)).unzip();
+        let (flag, node) = (stop.clone(), config.server.node_id);
+        threads.push(
+            std::thread::Builder::new()
+                .name("ourchat-tail".into())
+                .spawn(move || tail_log(tail, node, senders, &flag))?,
+        );
+        tracing::info!(redis = %cluster.redis, kafka = %cluster.kafka, "cluster mode on");
+        let node = ClusterNode {
+            shared: ClusterShared {
+                log_writer: log_pool.handle(),
+                redis: redis_pool.handle(),
+            },
+            log_pool,
+            redis_pool,
+            stop,
+            threads,
+        };
+        let ends = Arc::new(std::sync::Mutex::new(
+            receivers.into_iter().map(Some).collect(),
+        ));
+        Ok((node, ends))
+    }
+
+    /// Flushes the message writer (Kafka has every acked message), then
+    /// stops the threads.
+    pub fn stop(self) {
+        self.log_pool.shutdown();
+        self.redis_pool.shutdown();
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes the log to MySQL: gather up to `max_batch` records (or what
+/// came within [`FEED_LINGER`]), write them in one batch until MySQL takes
+/// it, then commit the offsets.
+fn feed_store(
+    consumer: BaseConsumer,
+    mut store: Box<dyn WriteStore>,
+    max_batch: usize,
+    stop: &AtomicBool,
+) {
+    let mut ops: Vec<WriteOp> = Vec::with_capacity(max_batch);
+    while !stop.load(Ordering::Relaxed) {
+        let gather_until = Instant::now() + FEED_LINGER;
+        let mut wait = Duration::from_millis(100);
+        while ops.len() < max_batch {
+            match consumer.poll(wait) {
+                Some(Ok(record)) => {
+                    if let Some(record) = kafka::decode_record(&record) {
+                        ops.push(WriteOp::AppendMessage(record.message));
+                    }
+                }
+                Some(Err(error)) => tracing::debug!(%error, "feeder poll"),
+                None => break,
+            }
+            wait = gather_until.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                break;
+            }
+        }
+        if ops.is_empty() {
+            continue;
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match store.apply_batch(&ops) {
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, records = ops.len(), "MySQL refused the log batch; retrying");
+                    if stop.load(Ordering::Relaxed) {
+                        // Uncommitted: the group replays it to whoever is next.
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        tracing::debug!(records = ops.len(), "log batch stored");
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+            // The batch will be replayed; replays insert nothing twice.
+            tracing::debug!(%error, "feeder offset commit");
+        }
+        ops.clear();
+    }
+}
+
+/// Hands every record another node accepted to the core that delivers
+/// its conversation (one core per conversation keeps its order).
+fn tail_log(
+    consumer: BaseConsumer,
+    node_id: u16,
+    mut cores: Vec<mpsc::Sender<Inbound>>,
+    stop: &AtomicBool,
+) {
+    let count = cores.len().max(1);
+    while !stop.load(Ordering::Relaxed) {
+        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let record = match polled {
+            Ok(record) => kafka::decode_record(&record),
+            Err(error) => {
+                tracing::debug!(%error, "tail poll");
+                continue;
+            }
+        };
+        let Some(record) = record.filter(|r| r.origin != Some(node_id)) else {
+            continue;
+        };
+        let core = match record.message.conversation_id.parse::<ConversationId>() {
+            Ok(conv) => (crate::core::mix(conv.shard_hash()) % count as u64) as usize,
+            Err(_) => continue,
+        };
+        let Some(sender) = cores.get_mut(core) else {
+            continue;
+        };
+        let mut inbound = Inbound::Message(record.message);
+        loop {
+            match sender.try_send(inbound) {
+                Ok(()) => break,
+                Err(full) if full.is_full() && !stop.load(Ordering::Relaxed) => {
+                    inbound = full.into_inner();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// A core's side of the inbox: pushes each record to this node's online
+/// devices of its recipients.
+pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Inbound>) {
+    while let Some(Inbound::Message(message)) = inbox.next().await {
+        core.deliver_from_another_node(message).await;
+    }
+}
+
+impl Core {
+    async fn deliver_from_another_node(self: &Rc<Self>, message: ChatMessage) {
+        let recipients: Vec<i64> = if message.group_id != 0 {
+            let group_id = message.group_id;
+            if message.group_event.is_some() {
+                // The group changed elsewhere: this node's copy of its
+                // roster is stale.
+                self.forget_conversation(ConversationId::Group(group_id))
+                    .await;
+            }
+            match self
+                .read(move |store| store.group_members(group_id, 0, usize::MAX))
+                .await
+            {
+                // Those an event names (a removed member) hear of it too.
+                Ok(members) => {
+                    let mut users: Vec<i64> = members.iter().map(|m| m.user_id).collect();
+                    if let Some(event) = &message.group_event {
+                        let named: Vec<i64> = event
+                            .user_ids
+                            .iter()
+                            .filter(|id| !users.contains(id))
+                            .copied()
+                            .collect();
+                        users.extend(named);
+                    }
+                    users
+                }
+                Err(error) => {
+                    tracing::warn!(code = error.code, group_id, "remote group push skipped");
+                    return;
+                }
+            }
+        } else {
+            vec![message.receiver_id, message.sender_id]
+        };
+        let frame = encode_frame(&Envelope::new(0, Body::PushMessage(message)));
+        self.deliver_to_users(&recipients, frame, 0, None).await;
+    }
+}

@@ -1,0 +1,238 @@
+//! Two gateway nodes in cluster mode on one machine, on the real engines
+//! `make test` starts (MariaDB with two shard databases, Redis, tansu):
+//! users on different nodes chat 1:1 and in a group, order per
+//! conversation holds with senders on both nodes, and after kill -9 of a
+//! node its users reconnect to the other and sync every acked message,
+//! none twice, no seq reused.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ourchat_client::{Client, Push, SeqTracker};
+use ourchat_protocol::pb::{self, ChatMessage};
+use ourchat_testkit::{device_of, user_on, Engines, ServerOptions, ServerProcess};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A node of the deployment whose MySQL shards are `shards` (their names
+/// also keep its Kafka topics apart from other tests').
+fn cluster_node(engines: &Engines, shards: &[String], node_id: u16) -> ServerProcess {
+    let mut set = Engines::mysql_store(shards);
+    let deployment = shards[0].rsplit('/').next().unwrap_or("x");
+    set.extend([
+        ("cluster.topic_prefix".into(), format!("{deployment}-")),
+        ("cluster.enabled".into(), "true".into()),
+        ("cluster.redis".into(), engines.redis.clone()),
+        ("cluster.kafka".into(), engines.kafka.clone()),
+        ("cluster.partitions".into(), "4".into()),
+        ("server.node_id".into(), node_id.to_string()),
+    ]);
+    ServerProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_ourchat")),
+        ServerOptions {
+            cores: 2,
+            set,
+            env: vec![(
+                "OURCHAT_AUTH__JWT_SECRET".into(),
+                "cluster-test-secret-0123".into(),
+            )],
+            ..Default::default()
+        },
+    )
+}
+
+/// The next pushed chat message, skipping other pushes.
+async fn next_message(client: &Client) -> ChatMessage {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.next_push(left).await {
+            Some(Push::Message(m)) => return *m,
+            Some(Push::Closed) | None => panic!("no message within {WAIT:?}"),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Messages of a conversation as the store has them, once it has at least
+/// `count` (the log reaches MySQL a moment after the acks).
+async fn history_with(client: &Client, conversation_id: &str, count: usize) -> Vec<ChatMessage> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = client
+            .history_of(pb::HistoryRequest {
+                conversation_id: conversation_id.into(),
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if page.messages.len() >= count || Instant::now() > deadline {
+            let mut messages = page.messages;
+            messages.sort_by_key(|m| m.seq);
+            return messages;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_two_nodes_chat_one_to_one_and_in_groups_in_order() {
+    let Some(engines) = Engines::from_env("cluster chat") else {
+        return;
+    };
+    let shards = engines.fresh_shards("cluster", 2);
+    let a = cluster_node(&engines, &shards, 1);
+    let b = cluster_node(&engines, &shards, 2);
+    let (alice, sa) = user_on(a.addr, "alice", "d").await;
+    let (bob, sb) = user_on(b.addr, "bob", "d").await;
+    let (carol, sc) = user_on(b.addr, "carol", "d").await;
+
+    // 1:1 across nodes, both ways.
+    let ack = alice.send_text(sb.user_id, "hello from a").await.unwrap();
+    let got = next_message(&bob).await;
+    assert_eq!((got.content.as_str(), got.seq), ("hello from a", ack.seq));
+    bob.send_text(sa.user_id, "hello from b").await.unwrap();
+    assert_eq!(next_message(&alice).await.content, "hello from b");
+
+    // A group created on node A, a member on node B speaks.
+    let group = alice
+        .create_group("across", &[sb.user_id, sc.user_id], "")
+        .await
+        .unwrap();
+    carol.send_group_text(group, "carol here").await.unwrap();
+    for client in [&alice, &bob] {
+        loop {
+            let m = next_message(client).await;
+            if m.content == "carol here" {
+                break;
+            }
+        }
+    }
+
+    // Senders on both nodes in one conversation at once.
+    let conversation = ack.conversation_id.clone();
+    let sends = 40;
+    let alice = Arc::new(alice);
+    let bob = Arc::new(bob);
+    let spawn_sender = |client: Arc<Client>, to: i64, tag: &'static str| {
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..sends {
+                let ack = client.send_text(to, &format!("{tag}{i}")).await.unwrap();
+                seqs.push(ack.seq);
+            }
+            seqs
+        })
+    };
+    let from_a = spawn_sender(alice.clone(), sb.user_id, "a");
+    let from_b = spawn_sender(bob.clone(), sa.user_id, "b");
+    let (seqs_a, seqs_b) = (from_a.await.unwrap(), from_b.await.unwrap());
+    // Each sender's messages got increasing seqs, and no seq twice.
+    assert!(seqs_a.windows(2).all(|w| w[0] < w[1]), "{seqs_a:?}");
+    assert!(seqs_b.windows(2).all(|w| w[0] < w[1]), "{seqs_b:?}");
+    let all: HashSet<i64> = seqs_a.iter().chain(&seqs_b).copied().collect();
+    assert_eq!(all.len(), 2 * sends);
+    // Each side receives every message of the other, each sender's in order.
+    for (client, tag) in [(&bob, "a"), (&alice, "b")] {
+        let mut received = Vec::new();
+        while received.len() < sends {
+            let m = next_message(client).await;
+            if m.content.starts_with(tag) {
+                received.push(m.content.clone());
+            }
+        }
+        let expected: Vec<String> = (0..sends).map(|i| format!("{tag}{i}")).collect();
+        assert_eq!(received, expected);
+    }
+    // The stored conversation: every message once, in seq order, in the
+    // order each sender sent.
+    let history = history_with(&alice, &conversation, 2 * sends + 2).await;
+    assert_eq!(history.len(), 2 * sends + 2);
+    let seqs: Vec<i64> = history.iter().map(|m| m.seq).collect();
+    let distinct: HashSet<i64> = seqs.iter().copied().collect();
+    assert_eq!(distinct.len(), seqs.len());
+    for tag in ["a", "b"] {
+        let in_seq_order: Vec<&str> = history
+            .iter()
+            .map(|m| m.content.as_str())
+            .filter(|c| c.starts_with(tag) && c.len() <= 3)
+            .collect();
+        let expected: Vec<String> = (0..sends).map(|i| format!("{tag}{i}")).collect();
+        assert_eq!(in_seq_order, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_users_move_to_the_other_node_and_lose_nothing() {
+    let Some(engines) = Engines::from_env("cluster kill") else {
+        return;
+    };
+    let shards = engines.fresh_shards("failover", 2);
+    let mut a = cluster_node(&engines, &shards, 3);
+    let b = cluster_node(&engines, &shards, 4);
+    let (bob, sb) = user_on(b.addr, "bob", "phone").await;
+    drop(bob);
+    let (alice, _) = user_on(a.addr, "alice", "d").await;
+    let alice = Arc::new(alice);
+    let count = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let (alice, count) = (alice.clone(), count.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..100_000 {
+                match alice.send_text(sb.user_id, &format!("m{i}")).await {
+                    Ok(ack) => acked.push((ack.seq, format!("m{i}"))),
+                    Err(_) => break,
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            acked
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::Relaxed) < 50 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill9();
+    let acked = sender.await.unwrap();
+    assert!(
+        acked.len() >= 50,
+        "too few sends before the kill: {}",
+        acked.len()
+    );
+
+    // Alice reconnects to node B and goes on; no seq is reused.
+    let alice = device_of(b.addr, "alice", "d").await;
+    let next = alice.send_text(sb.user_id, "after failover").await.unwrap();
+    let last_acked = acked.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+    assert!(
+        next.seq > last_acked,
+        "seq {} reused (last acked {last_acked})",
+        next.seq
+    );
+
+    // Bob syncs from node B: every acked message, none twice after dedupe.
+    let bob = device_of(b.addr, "bob", "phone").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut tracker = SeqTracker::default();
+    let mut synced: Vec<ChatMessage> = Vec::new();
+    loop {
+        synced.extend(bob.sync_all(&mut tracker).await.unwrap());
+        let have: HashSet<i64> = synced.iter().map(|m| m.seq).collect();
+        let missing = acked.iter().filter(|(seq, _)| !have.contains(seq)).count();
+        if missing == 0 || Instant::now() > deadline {
+            assert_eq!(missing, 0, "acked messages missing after failover");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (seq, text) in &acked {
+        let copies: Vec<&ChatMessage> = synced.iter().filter(|m| m.seq == *seq).collect();
+        assert_eq!(copies.len(), 1, "seq {seq} synced {} times", copies.len());
+        assert_eq!(&copies[0].content, text);
+    }
+}
