@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::StreamExt;
-use ourchat_protocol::pb::ChatMessage;
+use ourchat_protocol::pb::{self, ChatMessage};
+use prost::Message as _;
+use rdkafka::Message as _;
 use ourchat_protocol::{Body, ConversationId, Envelope};
 use ourchat_storage::kafka::{self, LoggedWriter, MessageLog};
 use ourchat_storage::redis::RedisSeq;
@@ -52,14 +54,19 @@ const FEED_LINGER: Duration = Duration::from_millis(5);
 pub struct ClusterShared {
     /// Where sequenced messages and group changes are written.
     pub log_writer: WriterHandle,
-    /// Seq allocation.
+    /// Seq allocation, and the threads that publish to Kafka off the
+    /// reactors.
     pub redis: JobHandle<RedisSeq>,
+    /// The log, for presence changes.
+    pub log: Arc<MessageLog>,
 }
 
 /// A record from another node, for a core.
 pub enum Inbound {
     /// A message (or group event) to push to this node's devices.
     Message(ChatMessage),
+    /// A user's presence changed: tell their friends' devices here.
+    Presence(pb::PresenceInfo),
 }
 
 /// Each core's end of the inbox, taken once by the core at start.
@@ -104,7 +111,7 @@ impl ClusterNode {
             .map_err(|e| unavailable("kafka producer", &e))?,
         );
         let log_pool = WriterPool::start(
-            Box::new(LoggedWriter::new(log, backend.writer()?)),
+            Box::new(LoggedWriter::new(log.clone(), backend.writer()?)),
             WriterConfig {
                 queue_capacity: storage.writer_queue,
                 max_batch: storage.max_batch,
@@ -133,21 +140,23 @@ impl ClusterNode {
                 .spawn(move || feed_store(feeder, store, batch, &flag))?,
         );
 
-        let tail = kafka::tail_consumer(&cluster.kafka, &[&topics.messages])
+        let tail = kafka::tail_consumer(&cluster.kafka, &[&topics.messages, &topics.presence])
             .map_err(|e| unavailable("kafka tail", &e))?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..cores).map(|_| mpsc::channel(INBOX_QUEUE)).unzip();
         let (flag, node) = (stop.clone(), config.server.node_id);
+        let presence_topic = topics.presence.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("ourchat-tail".into())
-                .spawn(move || tail_log(tail, node, senders, &flag))?,
+                .spawn(move || tail_log(tail, node, &presence_topic, senders, &flag))?,
         );
         tracing::info!(redis = %cluster.redis, kafka = %cluster.kafka, "cluster mode on");
         let node = ClusterNode {
             shared: ClusterShared {
                 log_writer: log_pool.handle(),
                 redis: redis_pool.handle(),
+                log,
             },
             log_pool,
             redis_pool,
@@ -227,11 +236,13 @@ fn feed_store(
     }
 }
 
-/// Hands every record another node accepted to the core that delivers
-/// its conversation (one core per conversation keeps its order).
+/// Hands every record another node published to a core: a message to
+/// the core that delivers its conversation (one core per conversation
+/// keeps its order), a presence change to the user's.
 fn tail_log(
     consumer: BaseConsumer,
     node_id: u16,
+    presence_topic: &str,
     mut cores: Vec<mpsc::Sender<Inbound>>,
     stop: &AtomicBool,
 ) {
@@ -241,23 +252,33 @@ fn tail_log(
             continue;
         };
         let record = match polled {
-            Ok(record) => kafka::decode_record(&record),
+            Ok(record) => record,
             Err(error) => {
                 tracing::debug!(%error, "tail poll");
                 continue;
             }
         };
-        let Some(record) = record.filter(|r| r.origin != Some(node_id)) else {
+        if kafka::origin_of(&record) == Some(node_id) {
+            continue;
+        }
+        let routed = if record.topic() == presence_topic {
+            record
+                .payload()
+                .and_then(|payload| pb::PresenceInfo::decode(payload).ok())
+                .map(|info| (info.user_id as u64, Inbound::Presence(info)))
+        } else {
+            kafka::decode_record(&record).and_then(|record| {
+                let conv = record.message.conversation_id.parse::<ConversationId>().ok()?;
+                Some((conv.shard_hash(), Inbound::Message(record.message)))
+            })
+        };
+        let Some((hash, mut inbound)) = routed else {
             continue;
         };
-        let core = match record.message.conversation_id.parse::<ConversationId>() {
-            Ok(conv) => (crate::core::mix(conv.shard_hash()) % count as u64) as usize,
-            Err(_) => continue,
-        };
+        let core = (crate::core::mix(hash) % count as u64) as usize;
         let Some(sender) = cores.get_mut(core) else {
             continue;
         };
-        let mut inbound = Inbound::Message(record.message);
         loop {
             match sender.try_send(inbound) {
                 Ok(()) => break,
@@ -274,8 +295,11 @@ fn tail_log(
 /// A core's side of the inbox: pushes each record to this node's online
 /// devices of its recipients.
 pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Inbound>) {
-    while let Some(Inbound::Message(message)) = inbox.next().await {
-        core.deliver_from_another_node(message).await;
+    while let Some(inbound) = inbox.next().await {
+        match inbound {
+            Inbound::Message(message) => core.deliver_from_another_node(message).await,
+            Inbound::Presence(info) => core.clone().tell_friends(info).await,
+        }
     }
 }
 

@@ -1293,20 +1293,34 @@ impl Core {
         let mut info = self.presence_info(user_id);
         // Stamped with the change, so clients keep the newest if two pushes cross.
         info.last_seen_ms = now_ms() as i64;
-        let core = self.clone();
-        glommio::spawn_local(async move {
-            let Ok(friends) = core.read(move |store| store.friends(user_id)).await else {
-                return;
-            };
-            if friends.is_empty() {
-                return;
+        if let Some(cluster) = &self.shared.cluster {
+            // Friends on other nodes hear of it through the log.
+            let (log, payload) = (cluster.log.clone(), prost::Message::encode_to_vec(&info));
+            let published = cluster.redis.try_run(move |_| {
+                if let Err(error) = log.publish_presence(user_id, &payload) {
+                    tracing::warn!(%error, user_id, "presence not published");
+                }
+            });
+            if published.is_err() {
+                tracing::warn!(user_id, "presence not published: cluster threads busy");
             }
-            let frame = encode_frame(&Envelope::new(0, Body::Presence(info)));
-            for (friend, _) in friends {
-                core.push_to_user(friend, frame.clone(), 0).await;
-            }
-        })
-        .detach();
+        }
+        glommio::spawn_local(self.clone().tell_friends(info)).detach();
+    }
+
+    /// Pushes a presence change to the user's friends' devices on this node.
+    pub(crate) async fn tell_friends(self: Rc<Self>, info: pb::PresenceInfo) {
+        let user_id = info.user_id;
+        let Ok(friends) = self.read(move |store| store.friends(user_id)).await else {
+            return;
+        };
+        if friends.is_empty() {
+            return;
+        }
+        let frame = encode_frame(&Envelope::new(0, Body::Presence(info)));
+        for (friend, _) in friends {
+            self.push_to_user(friend, frame.clone(), 0).await;
+        }
     }
 
     /// A user's aggregated presence, from their owner core.

@@ -236,3 +236,40 @@ async fn after_kill_9_users_move_to_the_other_node_and_lose_nothing() {
         assert_eq!(&copies[0].content, text);
     }
 }
+
+/// Waits for a presence push saying `user_id` is now `state` (an earlier
+/// change may still be on its way: the log is read asynchronously).
+async fn presence_becomes(client: &Client, user_id: i64, state: pb::PresenceState) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.next_push(left).await {
+            Some(Push::Presence(info)) if info.user_id == user_id && info.state == state as i32 => {
+                return
+            }
+            Some(Push::Closed) | None => panic!("no presence push within {WAIT:?}"),
+            Some(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_friends_presence_on_the_other_node_is_pushed() {
+    let Some(engines) = Engines::from_env("cluster presence") else {
+        return;
+    };
+    let shards = engines.fresh_shards("presence", 2);
+    let a = cluster_node(&engines, &shards, 5);
+    let b = cluster_node(&engines, &shards, 6);
+    let (alice, sa) = user_on(a.addr, "alice", "d").await;
+    let (bob, sb) = user_on(b.addr, "bob", "d").await;
+    bob.request_friend(sa.user_id, "hi").await.unwrap();
+    alice.answer_friend(sb.user_id, true).await.unwrap();
+
+    bob.set_presence(pb::PresenceState::Away).await.unwrap();
+    presence_becomes(&alice, sb.user_id, pb::PresenceState::Away).await;
+    drop(bob);
+    presence_becomes(&alice, sb.user_id, pb::PresenceState::Offline).await;
+    let _bob = device_of(b.addr, "bob", "d").await;
+    presence_becomes(&alice, sb.user_id, pb::PresenceState::Online).await;
+}

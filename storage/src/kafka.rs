@@ -172,9 +172,10 @@ impl MessageLog {
         self.wait(pending)
     }
 
-    /// Publishes one record on `topic` and waits for Kafka's ack.
-    pub fn publish(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), StoreError> {
-        let delivery = self.produce(topic, key, payload)?;
+    /// Publishes a user's presence change (`payload`: a `PresenceInfo`) and
+    /// waits for Kafka's ack.
+    pub fn publish_presence(&self, user_id: i64, payload: &[u8]) -> Result<(), StoreError> {
+        let delivery = self.produce(&self.topics.presence, &user_id.to_string(), payload)?;
         self.wait(vec![delivery])
     }
 
@@ -231,15 +232,23 @@ pub struct LogRecord {
 pub fn decode_record(record: &BorrowedMessage<'_>) -> Option<LogRecord> {
     use rdkafka::Message as _;
     let message = ChatMessage::decode(record.payload()?).ok()?;
-    let origin = record.headers().and_then(|headers| {
+    Some(LogRecord {
+        origin: origin_of(record),
+        message,
+    })
+}
+
+/// The node that published a record (its `origin` header).
+pub fn origin_of(record: &BorrowedMessage<'_>) -> Option<u16> {
+    use rdkafka::Message as _;
+    record.headers().and_then(|headers| {
         headers
             .iter()
             .find(|h| h.key == ORIGIN_HEADER)
             .and_then(|h| h.value)
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse().ok())
-    });
-    Some(LogRecord { origin, message })
+    })
 }
 
 /// A consumer in group `group_id` on `topics` (offsets committed by the
