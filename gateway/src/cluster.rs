@@ -29,14 +29,14 @@ use std::time::{Duration, Instant};
 use futures::channel::mpsc;
 use futures::StreamExt;
 use ourchat_protocol::pb::{self, ChatMessage};
-use prost::Message as _;
-use rdkafka::Message as _;
 use ourchat_protocol::{Body, ConversationId, Envelope};
 use ourchat_storage::kafka::{self, LoggedWriter, MessageLog};
 use ourchat_storage::redis::RedisSeq;
 use ourchat_storage::{Backend, WriteOp, WriteStore};
 use ourchat_workers::{JobHandle, JobPool, WriterConfig, WriterHandle, WriterPool};
+use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::Message as _;
 
 use crate::config::Config;
 use crate::core::{encode_frame, Core};
@@ -268,7 +268,11 @@ fn tail_log(
                 .map(|info| (info.user_id as u64, Inbound::Presence(info)))
         } else {
             kafka::decode_record(&record).and_then(|record| {
-                let conv = record.message.conversation_id.parse::<ConversationId>().ok()?;
+                let conv = record
+                    .message
+                    .conversation_id
+                    .parse::<ConversationId>()
+                    .ok()?;
                 Some((conv.shard_hash(), Inbound::Message(record.message)))
             })
         };

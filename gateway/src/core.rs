@@ -1535,10 +1535,16 @@ pub fn pool_error(err: PoolError) -> pb::Error {
         PoolError::Closed => pb::Error::new(ErrorCode::StoreUnavailable, "server shutting down"),
         PoolError::Store { message, .. } => {
             tracing::warn!(%message, "store error reached a client");
-            pb::Error::new(
-                ErrorCode::StoreUnavailable,
-                "store unavailable, retry later",
-            )
+            // Cluster mode: say which engine, so an operator reading a
+            // client's report knows where to look.
+            let what = if message.contains("kafka:") {
+                "message log (Kafka) unavailable, not accepted: retry later"
+            } else if message.contains("redis:") {
+                "sequencer (Redis) unavailable, not accepted: retry later"
+            } else {
+                "store unavailable, retry later"
+            };
+            pb::Error::new(ErrorCode::StoreUnavailable, what)
         }
     }
 }

@@ -13,7 +13,7 @@
 //! already).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -96,6 +96,16 @@ pub fn ensure_topics(brokers: &str, topics: &Topics, partitions: i32) -> Result<
 /// Runs a future to completion on this thread (rdkafka's futures are
 /// runtime-free: librdkafka's own threads complete them).
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    loop {
+        if let Some(output) = block_until(future, None) {
+            return output;
+        }
+        unreachable!("a wait without deadline ends only with the output");
+    }
+}
+
+/// Like [`block_on`], giving up at `deadline` (`None`: never).
+fn block_until<F: std::future::Future>(future: F, deadline: Option<Instant>) -> Option<F::Output> {
     use std::task::{Context, Poll, Wake, Waker};
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {
@@ -107,9 +117,18 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let mut context = Context::from_waker(&waker);
     let mut future = std::pin::pin!(future);
     loop {
-        match future.as_mut().poll(&mut context) {
-            Poll::Ready(output) => return output,
-            Poll::Pending => std::thread::park(),
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return Some(output);
+        }
+        match deadline {
+            None => std::thread::park(),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                std::thread::park_timeout(left);
+            }
         }
     }
 }
@@ -119,6 +138,7 @@ pub struct MessageLog {
     producer: FutureProducer,
     origin: String,
     topics: Topics,
+    send_timeout: Duration,
 }
 
 impl MessageLog {
@@ -138,12 +158,14 @@ impl MessageLog {
             .set("linger.ms", "1")
             .set("message.timeout.ms", &timeout_ms)
             .set("request.timeout.ms", &timeout_ms)
+            .set("socket.timeout.ms", &timeout_ms)
             .set("reconnect.backoff.max.ms", "1000")
             .create()?;
         Ok(MessageLog {
             producer,
             origin: node_id.to_string(),
             topics,
+            send_timeout,
         })
     }
 
@@ -198,17 +220,30 @@ impl MessageLog {
             .map_err(|(error, _)| error.into())
     }
 
+    /// Waits for every delivery, at most the send timeout in all: an
+    /// idempotent producer facing a hung broker may hold a record well past
+    /// `message.timeout.ms` while it re-establishes its producer id. A
+    /// record given up on here may still land later; its sender was told
+    /// "not accepted" and retries with the same client id, which gets the
+    /// same seq, so the log may hold it twice and MySQL keeps one.
     fn wait(&self, pending: Vec<rdkafka::producer::DeliveryFuture>) -> Result<(), StoreError> {
+        let deadline = Instant::now() + self.send_timeout;
         let mut first_error = None;
+        // Not retryable by the writer: librdkafka has retried within the
+        // timeout already, and the sender should hear "not accepted" now.
+        let refused = |message: String| StoreError::Unavailable {
+            message,
+            retryable: false,
+        };
         for delivery in pending {
-            let outcome = block_on(delivery);
-            let error = match outcome {
-                Ok(Ok(_)) => continue,
-                Ok(Err((error, _))) => StoreError::from(error),
-                Err(_) => StoreError::Unavailable {
-                    message: "kafka: producer closed".into(),
-                    retryable: true,
-                },
+            let error = match block_until(delivery, Some(deadline)) {
+                Some(Ok(Ok(_))) => continue,
+                Some(Ok(Err((error, _)))) => refused(format!("kafka: {error}")),
+                Some(Err(_)) => refused("kafka: producer closed".into()),
+                None => refused(format!(
+                    "kafka: no acknowledgement within {:?}",
+                    self.send_timeout
+                )),
             };
             first_error.get_or_insert(error);
         }

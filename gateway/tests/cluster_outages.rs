@@ -1,0 +1,164 @@
+//! Cluster mode while an engine is away (the engines `make test` starts;
+//! one test, so nothing else in this binary runs while an engine is
+//! frozen). An engine is stopped with SIGSTOP: it keeps its data but
+//! answers nobody, like a host that hangs.
+//!
+//! - Kafka away: sends fail within the send timeout with a clear error and
+//!   are not acked; once it is back, sends work again, no restart.
+//! - MySQL away: acked messages still reach their recipients (they are in
+//!   Kafka) and land in MySQL once it is back.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ourchat_client::{Client, ErrorCode, Push};
+use ourchat_protocol::pb;
+use ourchat_testkit::{user_on, Engines, ServerOptions, ServerProcess};
+
+fn cluster_node(engines: &Engines, shards: &[String], node_id: u16) -> ServerProcess {
+    let mut set = Engines::mysql_store(shards);
+    let deployment = shards[0].rsplit('/').next().unwrap_or("x");
+    set.extend([
+        ("cluster.topic_prefix".into(), format!("{deployment}-")),
+        ("cluster.enabled".into(), "true".into()),
+        ("cluster.redis".into(), engines.redis.clone()),
+        ("cluster.kafka".into(), engines.kafka.clone()),
+        ("cluster.partitions".into(), "2".into()),
+        ("cluster.send_timeout_ms".into(), "2000".into()),
+        ("server.node_id".into(), node_id.to_string()),
+    ]);
+    ServerProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_ourchat")),
+        ServerOptions {
+            cores: 2,
+            set,
+            ..Default::default()
+        },
+    )
+}
+
+/// Freezes an engine (SIGSTOP) until dropped (SIGCONT).
+struct Frozen(i32);
+
+impl Frozen {
+    fn engine(pid_file: PathBuf) -> Frozen {
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+            .trim()
+            .parse()
+            .unwrap();
+        signal(pid, "-STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: i32, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+async fn next_text(client: &Client) -> String {
+    loop {
+        match client.next_push(Duration::from_secs(10)).await {
+            Some(Push::Message(m)) => return m.content,
+            Some(Push::Closed) | None => panic!("no message pushed"),
+            Some(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_survive_kafka_and_mysql_outages() {
+    let Some(engines) = Engines::from_env("cluster outages") else {
+        return;
+    };
+    let dir = PathBuf::from(std::env::var("OURCHAT_TEST_ENGINES_DIR").unwrap());
+    let shards = engines.fresh_shards("outage", 2);
+    let a = cluster_node(&engines, &shards, 7);
+    let b = cluster_node(&engines, &shards, 8);
+    let (alice, _) = user_on(a.addr, "alice", "d").await;
+    let (bob, sb) = user_on(b.addr, "bob", "d").await;
+    alice.send_text(sb.user_id, "before").await.unwrap();
+    assert_eq!(next_text(&bob).await, "before");
+
+    // Kafka away: a clear refusal within the send timeout, nothing acked.
+    {
+        let _kafka = Frozen::engine(dir.join("tansu.pid"));
+        let started = Instant::now();
+        let refused = alice.send_text(sb.user_id, "while kafka is away").await;
+        let error = refused.expect_err("a send Kafka never took must not be acked");
+        assert_eq!(error.code(), Some(ErrorCode::StoreUnavailable), "{error}");
+        assert!(error.to_string().contains("Kafka"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Back: sending works again without restarting anything.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after_kafka = loop {
+        match alice.send_text(sb.user_id, "kafka is back").await {
+            Ok(ack) => break ack,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("sends still fail after Kafka came back: {e}"),
+        }
+    };
+    loop {
+        if next_text(&bob).await == "kafka is back" {
+            break;
+        }
+    }
+
+    // MySQL away: sends are acked and delivered all the same...
+    let mut acked = Vec::new();
+    {
+        let _mysql = Frozen::engine(dir.join("mariadb.pid"));
+        for i in 0..5 {
+            let text = format!("while mysql is away {i}");
+            let ack = alice.send_text(sb.user_id, &text).await.unwrap();
+            assert!(ack.seq > after_kafka.seq);
+            assert_eq!(next_text(&bob).await, text);
+            acked.push((ack.seq, text));
+        }
+    }
+    // ...and land in MySQL once it is back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = bob
+            .history_of(pb::HistoryRequest {
+                conversation_id: after_kafka.conversation_id.clone(),
+                limit: 100,
+                ..Default::default()
+            })
+            .await;
+        let stored: Vec<(i64, String)> = match page {
+            Ok(page) => page
+                .messages
+                .into_iter()
+                .map(|m| (m.seq, m.content))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if acked.iter().all(|a| stored.contains(a)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acked messages never reached MySQL: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
