@@ -63,8 +63,9 @@ pub struct ClusterShared {
 
 /// A record from another node, for a core.
 pub enum Inbound {
-    /// A message (or group event) to push to this node's devices.
-    Message(ChatMessage),
+    /// A message (or group event) to push to this node's devices (boxed:
+    /// it is the large one).
+    Message(Box<ChatMessage>),
     /// A user's presence changed: tell their friends' devices here.
     Presence(pb::PresenceInfo),
 }
@@ -273,7 +274,10 @@ fn tail_log(
                     .conversation_id
                     .parse::<ConversationId>()
                     .ok()?;
-                Some((conv.shard_hash(), Inbound::Message(record.message)))
+                Some((
+                    conv.shard_hash(),
+                    Inbound::Message(Box::new(record.message)),
+                ))
             })
         };
         let Some((hash, mut inbound)) = routed else {
@@ -301,7 +305,7 @@ fn tail_log(
 pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Inbound>) {
     while let Some(inbound) = inbox.next().await {
         match inbound {
-            Inbound::Message(message) => core.deliver_from_another_node(message).await,
+            Inbound::Message(message) => core.deliver_from_another_node(*message).await,
             Inbound::Presence(info) => core.clone().tell_friends(info).await,
         }
     }

@@ -78,7 +78,13 @@ pub fn ensure_topics(brokers: &str, topics: &Topics, partitions: i32) -> Result<
         .map(|name| NewTopic::new(name, partitions.max(1), TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = block_on(admin.create_topics(&topics, &options))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let results = block_until(admin.create_topics(&topics, &options), Some(deadline)).ok_or_else(
+        || StoreError::Unavailable {
+            message: "kafka: no answer to CreateTopics within 30 s".into(),
+            retryable: true,
+        },
+    )??;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -93,18 +99,9 @@ pub fn ensure_topics(brokers: &str, topics: &Topics, partitions: i32) -> Result<
     Ok(())
 }
 
-/// Runs a future to completion on this thread (rdkafka's futures are
-/// runtime-free: librdkafka's own threads complete them).
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    loop {
-        if let Some(output) = block_until(future, None) {
-            return output;
-        }
-        unreachable!("a wait without deadline ends only with the output");
-    }
-}
-
-/// Like [`block_on`], giving up at `deadline` (`None`: never).
+/// Runs a future on this thread until it ends or `deadline` passes
+/// (`None`: never). rdkafka's futures are runtime-free: librdkafka's own
+/// threads complete them.
 fn block_until<F: std::future::Future>(future: F, deadline: Option<Instant>) -> Option<F::Output> {
     use std::task::{Context, Poll, Wake, Waker};
     struct Unpark(std::thread::Thread);
