@@ -21,7 +21,7 @@
 //!   chosen from a Redis directory are the step after).
 
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -59,6 +59,27 @@ pub struct ClusterShared {
     pub redis: JobHandle<RedisSeq>,
     /// The log, for presence changes.
     pub log: Arc<MessageLog>,
+    /// What the cluster threads did, for `/metrics`.
+    pub stats: Arc<ClusterStats>,
+}
+
+/// Counters of the cluster machinery.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Log records the feeder wrote to MySQL.
+    pub stored_records: AtomicU64,
+    /// Batches it wrote them in.
+    pub store_batches: AtomicU64,
+    /// Times MySQL refused a batch (each retried).
+    pub store_retries: AtomicU64,
+    /// Messages from other nodes handed to this node's cores.
+    pub remote_messages: AtomicU64,
+    /// Presence changes from other nodes.
+    pub remote_presence: AtomicU64,
+    /// Redis seq requests.
+    pub seq_requests: AtomicU64,
+    /// Sends those requests sequenced.
+    pub seq_sends: AtomicU64,
 }
 
 /// A record from another node, for a core.
@@ -128,17 +149,18 @@ impl ClusterNode {
             move |_| RedisSeq::new(&url, ttl),
         )?;
         let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ClusterStats::default());
         let mut threads = Vec::new();
 
         let group = format!("{}{STORE_GROUP}", cluster.topic_prefix);
         let feeder = kafka::group_consumer(&cluster.kafka, &group, &[&topics.messages])
             .map_err(|e| unavailable("kafka consumer", &e))?;
         let store = backend.writer()?;
-        let (flag, batch) = (stop.clone(), cluster.store_batch);
+        let (flag, batch, counters) = (stop.clone(), cluster.store_batch, stats.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("ourchat-feeder".into())
-                .spawn(move || feed_store(feeder, store, batch, &flag))?,
+                .spawn(move || feed_store(feeder, store, batch, &counters, &flag))?,
         );
 
         let tail = kafka::tail_consumer(&cluster.kafka, &[&topics.messages, &topics.presence])
@@ -146,11 +168,11 @@ impl ClusterNode {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..cores).map(|_| mpsc::channel(INBOX_QUEUE)).unzip();
         let (flag, node) = (stop.clone(), config.server.node_id);
-        let presence_topic = topics.presence.clone();
+        let (presence_topic, counters) = (topics.presence.clone(), stats.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("ourchat-tail".into())
-                .spawn(move || tail_log(tail, node, &presence_topic, senders, &flag))?,
+                .spawn(move || tail_log(tail, node, &presence_topic, senders, &counters, &flag))?,
         );
         tracing::info!(redis = %cluster.redis, kafka = %cluster.kafka, "cluster mode on");
         let node = ClusterNode {
@@ -158,6 +180,7 @@ impl ClusterNode {
                 log_writer: log_pool.handle(),
                 redis: redis_pool.handle(),
                 log,
+                stats,
             },
             log_pool,
             redis_pool,
@@ -189,6 +212,7 @@ fn feed_store(
     consumer: BaseConsumer,
     mut store: Box<dyn WriteStore>,
     max_batch: usize,
+    stats: &ClusterStats,
     stop: &AtomicBool,
 ) {
     let mut ops: Vec<WriteOp> = Vec::with_capacity(max_batch);
@@ -218,6 +242,7 @@ fn feed_store(
             match store.apply_batch(&ops) {
                 Ok(_) => break,
                 Err(error) => {
+                    stats.store_retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, records = ops.len(), "MySQL refused the log batch; retrying");
                     if stop.load(Ordering::Relaxed) {
                         // Uncommitted: the group replays it to whoever is next.
@@ -228,6 +253,10 @@ fn feed_store(
                 }
             }
         }
+        stats.store_batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .stored_records
+            .fetch_add(ops.len() as u64, Ordering::Relaxed);
         tracing::debug!(records = ops.len(), "log batch stored");
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
             // The batch will be replayed; replays insert nothing twice.
@@ -245,6 +274,7 @@ fn tail_log(
     node_id: u16,
     presence_topic: &str,
     mut cores: Vec<mpsc::Sender<Inbound>>,
+    stats: &ClusterStats,
     stop: &AtomicBool,
 ) {
     let count = cores.len().max(1);
@@ -283,6 +313,11 @@ fn tail_log(
         let Some((hash, mut inbound)) = routed else {
             continue;
         };
+        let counter = match inbound {
+            Inbound::Message(_) => &stats.remote_messages,
+            Inbound::Presence(_) => &stats.remote_presence,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let core = (crate::core::mix(hash) % count as u64) as usize;
         let Some(sender) = cores.get_mut(core) else {
             continue;

@@ -1018,6 +1018,15 @@ impl Core {
                     sent_at_ms: *sent_at_ms,
                 })
                 .collect();
+            if let Some(cluster) = &self.shared.cluster {
+                let stats = &cluster.stats;
+                stats
+                    .seq_requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .seq_sends
+                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             let key = id.clone();
             let grants = self
                 .redis(move |redis| redis.allocate(&key, floor, &requests))

@@ -311,16 +311,91 @@ pub fn render(shared: &Shared) -> String {
         );
     }
     let _ = writeln!(out, "# HELP ourchat_queue_depth Items waiting in a worker queue.\n# TYPE ourchat_queue_depth gauge");
-    for (queue, depth) in [
+    let mut queues = vec![
         ("writer", shared.writer.depth()),
         ("readers", shared.readers.depth()),
         ("hasher", shared.hasher.depth()),
-    ] {
+    ];
+    if let Some(cluster) = &shared.cluster {
+        queues.push(("log_writer", cluster.log_writer.depth()));
+        queues.push(("redis", cluster.redis.depth()));
+    }
+    for (queue, depth) in queues {
         let _ = writeln!(out, "ourchat_queue_depth{{queue=\"{queue}\"}} {depth}");
+    }
+    if let Some(cluster) = &shared.cluster {
+        render_cluster(&mut out, cluster);
     }
     let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", resident_bytes());
     let _ = writeln!(out, "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}", open_fds());
     out
+}
+
+/// Cluster mode: the message log writer (Kafka acks), the MySQL feeder,
+/// records from other nodes, Redis sequencing.
+fn render_cluster(out: &mut String, cluster: &crate::cluster::ClusterShared) {
+    let log = cluster.log_writer.stats();
+    histogram(
+        out,
+        "ourchat_log_commit_latency_us",
+        "Message log batch until Kafka acknowledged it (µs).",
+        [&log.commit_us],
+    );
+    histogram(
+        out,
+        "ourchat_log_batch_size",
+        "Messages per message log batch.",
+        [&log.batch_sizes],
+    );
+    let stats = &cluster.stats;
+    for (name, help, value) in [
+        (
+            "ourchat_log_failed_batches_total",
+            "Message log batches Kafka did not take.",
+            &log.failed_batches,
+        ),
+        (
+            "ourchat_feeder_records_total",
+            "Log records the feeder wrote to MySQL.",
+            &stats.stored_records,
+        ),
+        (
+            "ourchat_feeder_batches_total",
+            "MySQL batches the feeder wrote.",
+            &stats.store_batches,
+        ),
+        (
+            "ourchat_feeder_retries_total",
+            "Feeder batches MySQL refused (retried).",
+            &stats.store_retries,
+        ),
+        (
+            "ourchat_remote_messages_total",
+            "Messages from other nodes pushed here.",
+            &stats.remote_messages,
+        ),
+        (
+            "ourchat_remote_presence_total",
+            "Presence changes from other nodes.",
+            &stats.remote_presence,
+        ),
+        (
+            "ourchat_seq_requests_total",
+            "Redis seq requests.",
+            &stats.seq_requests,
+        ),
+        (
+            "ourchat_seq_sends_total",
+            "Sends those requests sequenced.",
+            &stats.seq_sends,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
 }
 
 fn histogram<'a>(

@@ -164,6 +164,17 @@ async fn users_on_two_nodes_chat_one_to_one_and_in_groups_in_order() {
         let expected: Vec<String> = (0..sends).map(|i| format!("{tag}{i}")).collect();
         assert_eq!(in_seq_order, expected);
     }
+    // The machinery shows in /metrics.
+    for node in [&a, &b] {
+        assert!(node.metric("ourchat_remote_messages_total") > 0.0);
+        assert!(node.metric("ourchat_seq_requests_total") > 0.0);
+        assert!(
+            node.metric("ourchat_seq_sends_total") >= node.metric("ourchat_seq_requests_total")
+        );
+    }
+    let stored =
+        a.metric("ourchat_feeder_records_total") + b.metric("ourchat_feeder_records_total");
+    assert!(stored >= (2 * sends) as f64, "feeders stored {stored}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
