@@ -5,6 +5,7 @@
 # $OUT (default target/bench). Usage:
 #   scripts/bench.sh           # short: a few minutes, what `make bench` runs
 #   scripts/bench.sh full      # the BENCHMARKS.md figures
+#   ONLY="idle tls" scripts/bench.sh full   # some of them: idle p2p group storm tls
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-short}
@@ -54,6 +55,7 @@ run() {
 }
 
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
+want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
 
 if [[ $MODE == full ]]; then
   IDLE_SIZES="1000 5000 19000"; TLS_USERS=19000; P2P_USERS=10000; P2P_RATES="2000 5000 7500 10000"
@@ -63,15 +65,15 @@ else
   GROUP_SIZE=1000; GROUP_RATES="20"
 fi
 
-for n in $IDLE_SIZES; do
+want idle && for n in $IDLE_SIZES; do
   start_node "$n" --cores 2
   run "idle-$n" idle --users "$n" --procs "$(procs_for "$n")" --threads 1 --ramp 20000 --duration 3 --drain 0
 done
-for rate in $P2P_RATES; do
+want p2p && for rate in $P2P_RATES; do
   start_node "$P2P_USERS" --cores 2
   run "p2p-$rate" p2p --users "$P2P_USERS" --procs 2 --rate "$rate" --duration "$P2P_SECS" --drain 3 --ramp 20000 --heartbeat 30
 done
-if [[ $MODE == full ]]; then
+if [[ $MODE == full ]] && want p2p; then
   # Acks that survive a process crash but not power loss (no fsync per commit).
   start_node "$P2P_USERS" --cores 2 --set storage.durability=normal
   run "p2pnormal-10000" p2p --users "$P2P_USERS" --procs 2 --rate 10000 --duration "$P2P_SECS" --drain 3 --ramp 20000
@@ -81,18 +83,18 @@ if [[ $MODE == full ]]; then
 fi
 # One group of GROUP_SIZE members, all online: each send fans out to all
 # but the sender.
-for rate in $GROUP_RATES; do
+want group && for rate in $GROUP_RATES; do
   start_node "$GROUP_SIZE" --cores 2
   run "group-$rate" group --users "$GROUP_SIZE" --group-size "$GROUP_SIZE" --procs 2 --rate "$rate" \
     --duration "$P2P_SECS" --drain 5 --ramp 20000
 done
-start_node "$STORM_USERS" --cores 2
-run "storm-$STORM_USERS" storm --users "$STORM_USERS" --procs "$(procs_for "$STORM_USERS")" --ramp 20000 --duration 60 --drain 0
+want storm && start_node "$STORM_USERS" --cores 2
+want storm && run "storm-$STORM_USERS" storm --users "$STORM_USERS" --procs "$(procs_for "$STORM_USERS")" --ramp 20000 --duration 60 --drain 0
 # The same over TLS (ourchat gen-cert's ECDSA P-256 pair): memory per idle
 # TLS connection, and full handshakes + token logins per second in a storm.
 CERTS=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-certs.XXXXXX")
 "$BIN/ourchat" gen-cert --out "$CERTS" >/dev/null
-for scenario in idle storm; do
+want tls && for scenario in idle storm; do
   TLS_PORT=$(free_port)
   start_node "$TLS_USERS" --cores 2 --set "tls.listen=127.0.0.1:$TLS_PORT" \
     --set "tls.cert_file=$CERTS/cert.pem" --set "tls.key_file=$CERTS/key.pem"

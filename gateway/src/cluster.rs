@@ -7,11 +7,14 @@
 //! - Seqs come from Redis ([`RedisSeq`]) on a small thread pool; a core
 //!   keeps at most one request per conversation in flight and hands the
 //!   sends queued meanwhile one contiguous batch.
-//! - The *store feeder* thread reads `im_message_raw` in the consumer group
-//!   `ourchat-store` (one member per node; partitions move to the living)
-//!   and writes MySQL in multi-row batches, committing offsets only after
-//!   MySQL committed: a crash replays, and replays insert nothing twice.
-//!   While MySQL is away it retries and the log keeps everything.
+//! - The *store feeder* thread reads `im_message_raw` and writes MySQL in
+//!   multi-row batches, committing offsets only after MySQL committed: a
+//!   crash replays, and replays insert nothing twice. While MySQL is away
+//!   it retries and the log keeps everything. By default every node feeds
+//!   the whole log (its own consumer group `ourchat-store-node<id>`), so
+//!   the log reaches MySQL while any node lives, whatever the broker does
+//!   with a dead member's partitions; `cluster.shared_feeder` splits it
+//!   over one group `ourchat-store` instead.
 //! - The *tail* thread reads every partition of `im_message_raw` and
 //!   `im_group_events` from their ends, in no group, and hands each record
 //!   from another node to a core, which pushes it to this node's devices.
@@ -32,7 +35,7 @@ use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{Body, ConversationId, Envelope};
 use ourchat_storage::kafka::{self, LoggedWriter, MessageLog};
 use ourchat_storage::redis::RedisSeq;
-use ourchat_storage::{Backend, WriteOp, WriteStore};
+use ourchat_storage::{Backend, WriteStore};
 use ourchat_workers::{JobHandle, JobPool, WriterConfig, WriterHandle, WriterPool};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -80,6 +83,8 @@ pub struct ClusterStats {
     pub seq_requests: AtomicU64,
     /// Sends those requests sequenced.
     pub seq_sends: AtomicU64,
+    /// Partitions of the message log this node's feeder holds now.
+    pub feeder_partitions: AtomicU64,
 }
 
 /// A record from another node, for a core.
@@ -152,7 +157,13 @@ impl ClusterNode {
         let stats = Arc::new(ClusterStats::default());
         let mut threads = Vec::new();
 
-        let group = format!("{}{STORE_GROUP}", cluster.topic_prefix);
+        let group = match cluster.shared_feeder {
+            true => format!("{}{STORE_GROUP}", cluster.topic_prefix),
+            false => format!(
+                "{}{STORE_GROUP}-node{}",
+                cluster.topic_prefix, config.server.node_id
+            ),
+        };
         let feeder = kafka::group_consumer(&cluster.kafka, &group, &[&topics.messages])
             .map_err(|e| unavailable("kafka consumer", &e))?;
         let store = backend.writer()?;
@@ -215,15 +226,20 @@ fn feed_store(
     stats: &ClusterStats,
     stop: &AtomicBool,
 ) {
-    let mut ops: Vec<WriteOp> = Vec::with_capacity(max_batch);
+    let mut ops: Vec<ChatMessage> = Vec::with_capacity(max_batch);
     while !stop.load(Ordering::Relaxed) {
+        if let Ok(assignment) = consumer.assignment() {
+            stats
+                .feeder_partitions
+                .store(assignment.count() as u64, Ordering::Relaxed);
+        }
         let gather_until = Instant::now() + FEED_LINGER;
         let mut wait = Duration::from_millis(100);
         while ops.len() < max_batch {
             match consumer.poll(wait) {
                 Some(Ok(record)) => {
                     if let Some(record) = kafka::decode_record(&record) {
-                        ops.push(WriteOp::AppendMessage(record.message));
+                        ops.push(record.message);
                     }
                 }
                 Some(Err(error)) => tracing::debug!(%error, "feeder poll"),
@@ -239,7 +255,7 @@ fn feed_store(
         }
         let mut backoff = Duration::from_millis(50);
         loop {
-            match store.apply_batch(&ops) {
+            match store.append_log(&ops) {
                 Ok(_) => break,
                 Err(error) => {
                     stats.store_retries.fetch_add(1, Ordering::Relaxed);

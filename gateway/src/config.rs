@@ -80,6 +80,13 @@ pub struct ClusterConfig {
     pub redis_threads: usize,
     /// Most log records written to MySQL in one batch.
     pub store_batch: usize,
+    /// `false`: every node's feeder writes the whole log to MySQL (each in
+    /// its own consumer group; writing a record twice is a no-op), so the
+    /// log keeps reaching MySQL while any one node lives. `true`: the nodes
+    /// split the log in one consumer group (less MySQL work), which needs a
+    /// broker that hands a dead member's partitions to the living: Kafka
+    /// does; tansu 0.6 does not.
+    pub shared_feeder: bool,
 }
 
 impl Default for ClusterConfig {
@@ -94,6 +101,7 @@ impl Default for ClusterConfig {
             dedupe_ttl_secs: 86_400,
             redis_threads: 2,
             store_batch: 1_000,
+            shared_feeder: false,
         }
     }
 }
@@ -583,6 +591,38 @@ mod tests {
             toml::to_string(&example).unwrap(),
             toml::to_string(&defaults).unwrap()
         );
+    }
+
+    #[test]
+    fn the_cluster_example_is_valid_and_cluster_mode_needs_its_engines() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/cluster.toml");
+        let example = Config::load(Some(std::path::Path::new(path)), [], &[]).unwrap();
+        assert!(example.cluster.enabled);
+        assert_eq!(example.storage.backend, StoreKind::Mysql);
+        assert_eq!(example.storage.mysql_shards.len(), 2);
+        let set = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        for refused in [
+            set(&[("cluster.enabled", "true")]),
+            set(&[
+                ("cluster.enabled", "true"),
+                ("storage.backend", "mysql"),
+                ("storage.mysql_shards", "[\"mysql://u:p@h/db\"]"),
+            ]),
+            set(&[("storage.backend", "mysql")]),
+        ] {
+            assert!(
+                matches!(
+                    Config::load(None, [], &refused),
+                    Err(ConfigError::Invalid(_))
+                ),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]

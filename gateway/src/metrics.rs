@@ -396,6 +396,12 @@ fn render_cluster(out: &mut String, cluster: &crate::cluster::ClusterShared) {
             value.load(Ordering::Relaxed)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP ourchat_feeder_partitions Message log partitions this node's feeder holds.\n\
+         # TYPE ourchat_feeder_partitions gauge\nourchat_feeder_partitions {}",
+        stats.feeder_partitions.load(Ordering::Relaxed)
+    );
 }
 
 fn histogram<'a>(

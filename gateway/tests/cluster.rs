@@ -44,6 +44,26 @@ fn cluster_node(engines: &Engines, shards: &[String], node_id: u16) -> ServerPro
     )
 }
 
+/// Waits until every node's feeder reads every partition of the log: the
+/// state a running cluster is in.
+async fn feeders_settled(nodes: &[&ServerProcess], partitions: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held: Vec<f64> = nodes
+            .iter()
+            .map(|n| n.metric("ourchat_feeder_partitions"))
+            .collect();
+        if held.iter().all(|&h| h == partitions) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "feeder group never formed: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The next pushed chat message, skipping other pushes.
 async fn next_message(client: &Client) -> ChatMessage {
     let deadline = Instant::now() + WAIT;
@@ -185,6 +205,7 @@ async fn after_kill_9_users_move_to_the_other_node_and_lose_nothing() {
     let shards = engines.fresh_shards("failover", 2);
     let mut a = cluster_node(&engines, &shards, 3);
     let b = cluster_node(&engines, &shards, 4);
+    feeders_settled(&[&a, &b], 4.0).await;
     let (bob, sb) = user_on(b.addr, "bob", "phone").await;
     drop(bob);
     let (alice, _) = user_on(a.addr, "alice", "d").await;
@@ -227,6 +248,8 @@ async fn after_kill_9_users_move_to_the_other_node_and_lose_nothing() {
     );
 
     // Bob syncs from node B: every acked message, none twice after dedupe.
+    // Node B's feeder writes the whole log too, so what A had not stored
+    // yet reaches MySQL without A.
     let bob = device_of(b.addr, "bob", "phone").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut tracker = SeqTracker::default();

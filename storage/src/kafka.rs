@@ -295,7 +295,7 @@ pub fn group_consumer(
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .create()?;
     consumer.subscribe(topics)?;

@@ -468,6 +468,18 @@ pub trait WriteStore: Send {
     /// Commits every op in one transaction and reports one outcome per op,
     /// in order. On `Err` nothing of the batch is written.
     fn apply_batch(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// Stores messages read back from the message log, in one transaction;
+    /// any already stored are skipped (replays are normal). A backend may
+    /// do this faster than one `AppendMessage` per message.
+    fn append_log(&mut self, messages: &[ChatMessage]) -> Result<(), StoreError> {
+        let ops: Vec<WriteOp> = messages
+            .iter()
+            .cloned()
+            .map(WriteOp::AppendMessage)
+            .collect();
+        self.apply_batch(&ops).map(|_| ())
+    }
 }
 
 /// Reads; one reader per backend connection, on a worker thread.

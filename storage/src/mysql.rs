@@ -540,13 +540,25 @@ struct MysqlWriter {
     shards: Shards,
 }
 
-impl WriteStore for MysqlWriter {
-    fn apply_batch(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+/// What one writer transaction does.
+enum Work<'o> {
+    Batch(&'o [WriteOp]),
+    Log(&'o [ChatMessage]),
+}
+
+impl MysqlWriter {
+    /// Runs `work` in one transaction per shard it touches: all commit, or
+    /// (on an error before the commits) all roll back.
+    fn transaction(&mut self, work: Work<'_>) -> Result<Vec<WriteOutcome>, StoreError> {
         let shards = &mut self.shards;
         self.runtime.block_on(async {
             shards.transactional = true;
-            let result = match apply_batch(shards, ops).await {
-                Ok(outcomes) => shards.commit_all().await.map(|()| outcomes),
+            let done = match work {
+                Work::Batch(ops) => apply_batch(shards, ops).await,
+                Work::Log(messages) => append_log(shards, messages).await.map(|()| Vec::new()),
+            };
+            let result = match done {
+                Ok(value) => shards.commit_all().await.map(|()| value),
                 Err(error) => Err(error),
             };
             if let Err(error) = &result {
@@ -557,6 +569,84 @@ impl WriteStore for MysqlWriter {
             result
         })
     }
+}
+
+impl WriteStore for MysqlWriter {
+    fn apply_batch(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.transaction(Work::Batch(ops))
+    }
+
+    fn append_log(&mut self, messages: &[ChatMessage]) -> Result<(), StoreError> {
+        self.transaction(Work::Log(messages)).map(|_| ())
+    }
+}
+
+/// Rows per multi-row INSERT of log records.
+const LOG_ROWS_PER_INSERT: usize = 200;
+
+/// The feeder's path: messages from the log in multi-row inserts per
+/// shard; a row already there (a replay, or a group event stored with its
+/// change) is left as it is.
+async fn append_log(s: &mut Shards, messages: &[ChatMessage]) -> Result<(), StoreError> {
+    let mut by_shard: BTreeMap<usize, Vec<&ChatMessage>> = BTreeMap::new();
+    for message in messages {
+        by_shard
+            .entry(s.placement.conversation(&message.conversation_id))
+            .or_default()
+            .push(message);
+    }
+    for (shard, rows) in by_shard {
+        for chunk in rows.chunks(LOG_ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO messages (conversation_id, seq, server_msg_id, sender_id,
+                     receiver_id, message_type, content, client_message_id, sent_at_ms,
+                     sender_device, media, location, group_event)
+                 VALUES {}
+                 ON DUPLICATE KEY UPDATE seq = seq",
+                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            );
+            let values: Vec<Value> = chunk.iter().flat_map(|msg| message_values(msg)).collect();
+            s.exec(shard, &sql, Params::Positional(values)).await?;
+        }
+    }
+    let mut heads: HashMap<&str, &ChatMessage> = HashMap::new();
+    let mut own_reads: HashMap<(i64, &str), i64> = HashMap::new();
+    for msg in messages {
+        let head = heads.entry(&msg.conversation_id).or_insert(msg);
+        if msg.seq >= head.seq {
+            *head = msg;
+        }
+        let read = own_reads
+            .entry((msg.sender_id, &msg.conversation_id))
+            .or_insert(msg.seq);
+        *read = (*read).max(msg.seq);
+    }
+    for msg in heads.into_values() {
+        record_conversation_head(s, msg).await?;
+    }
+    for ((user_id, conversation_id), seq) in own_reads {
+        advance_read_cursor(s, user_id, conversation_id, seq).await?;
+    }
+    Ok(())
+}
+
+/// A message's column values, in `messages` insert order.
+fn message_values(msg: &ChatMessage) -> Vec<Value> {
+    vec![
+        msg.conversation_id.as_str().into(),
+        msg.seq.into(),
+        msg.server_msg_id.into(),
+        msg.sender_id.into(),
+        msg.receiver_id.into(),
+        msg.message_type.into(),
+        msg.content.as_str().into(),
+        msg.client_message_id.into(),
+        msg.sent_at_ms.into(),
+        msg.sender_device.as_str().into(),
+        msg.media.as_ref().map(Message::encode_to_vec).into(),
+        msg.location.as_ref().map(Message::encode_to_vec).into(),
+        msg.group_event.as_ref().map(Message::encode_to_vec).into(),
+    ]
 }
 
 async fn apply_batch(s: &mut Shards, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
@@ -947,21 +1037,7 @@ async fn unfriend(s: &mut Shards, a: i64, b: i64) -> Result<u64, StoreError> {
 
 async fn append_message(s: &mut Shards, msg: &ChatMessage) -> Result<WriteOutcome, StoreError> {
     let shard = s.placement.conversation(&msg.conversation_id);
-    let values: Vec<Value> = vec![
-        msg.conversation_id.as_str().into(),
-        msg.seq.into(),
-        msg.server_msg_id.into(),
-        msg.sender_id.into(),
-        msg.receiver_id.into(),
-        msg.message_type.into(),
-        msg.content.as_str().into(),
-        msg.client_message_id.into(),
-        msg.sent_at_ms.into(),
-        msg.sender_device.as_str().into(),
-        msg.media.as_ref().map(Message::encode_to_vec).into(),
-        msg.location.as_ref().map(Message::encode_to_vec).into(),
-        msg.group_event.as_ref().map(Message::encode_to_vec).into(),
-    ];
+    let values = message_values(msg);
     let inserted = s
         .insert_new(
             shard,

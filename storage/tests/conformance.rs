@@ -509,3 +509,31 @@ fn mysql_connections_lost_are_redialled_and_a_failed_batch_writes_nothing() {
     assert!(reader.account_by_id(13).unwrap().is_none());
     assert!(reader.account_by_username("thirteen").unwrap().is_none());
 }
+
+#[test]
+fn log_replays_store_each_message_once() {
+    each_backend("replay", log_replays_store_each_message_once_on);
+}
+
+fn log_replays_store_each_message_once_on(backend: &dyn Backend) {
+    let mut writer = backend.writer().unwrap();
+    let log: Vec<ChatMessage> = (1..=5).map(|seq| message("si_1_2", seq, 1, seq)).collect();
+    writer.append_log(&log[..3]).unwrap();
+    // A replay overlapping what is stored, out of order, with a repeat.
+    let replay = vec![
+        log[4].clone(),
+        log[1].clone(),
+        log[3].clone(),
+        log[3].clone(),
+    ];
+    writer.append_log(&replay).unwrap();
+    let mut reader = backend.reader().unwrap();
+    let history = reader.history("si_1_2", 0, 10).unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![5, 4, 3, 2, 1]
+    );
+    assert_eq!(reader.conversation_head("si_1_2", 0).unwrap().last_seq, 5);
+    assert_eq!(reader.conversations(2, None, 10).unwrap()[0].last_seq, 5);
+    assert_eq!(reader.read_seq(1, "si_1_2").unwrap(), 5);
+}
