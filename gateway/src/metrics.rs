@@ -287,29 +287,26 @@ pub fn render(shared: &Shared) -> String {
         "Ops per store batch.",
         [&writer.batch_sizes],
     );
-    for (name, help, value) in [
-        (
-            "ourchat_store_batches_total",
-            "Store batches committed or failed.",
-            &writer.batches,
-        ),
-        (
-            "ourchat_store_ops_total",
-            "Ops in those batches.",
-            &writer.ops,
-        ),
-        (
-            "ourchat_store_failed_batches_total",
-            "Batches that failed after retries.",
-            &writer.failed_batches,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            value.load(Ordering::Relaxed)
-        );
-    }
+    counters(
+        &mut out,
+        &[
+            (
+                "ourchat_store_batches_total",
+                "Store batches committed or failed.",
+                &writer.batches,
+            ),
+            (
+                "ourchat_store_ops_total",
+                "Ops in those batches.",
+                &writer.ops,
+            ),
+            (
+                "ourchat_store_failed_batches_total",
+                "Batches that failed after retries.",
+                &writer.failed_batches,
+            ),
+        ],
+    );
     let _ = writeln!(out, "# HELP ourchat_queue_depth Items waiting in a worker queue.\n# TYPE ourchat_queue_depth gauge");
     let mut queues = vec![
         ("writer", shared.writer.depth()),
@@ -348,60 +345,68 @@ fn render_cluster(out: &mut String, cluster: &crate::cluster::ClusterShared) {
         [&log.batch_sizes],
     );
     let stats = &cluster.stats;
-    for (name, help, value) in [
-        (
-            "ourchat_log_failed_batches_total",
-            "Message log batches Kafka did not take.",
-            &log.failed_batches,
-        ),
-        (
-            "ourchat_feeder_records_total",
-            "Log records the feeder wrote to MySQL.",
-            &stats.stored_records,
-        ),
-        (
-            "ourchat_feeder_batches_total",
-            "MySQL batches the feeder wrote.",
-            &stats.store_batches,
-        ),
-        (
-            "ourchat_feeder_retries_total",
-            "Feeder batches MySQL refused (retried).",
-            &stats.store_retries,
-        ),
-        (
-            "ourchat_remote_messages_total",
-            "Messages from other nodes pushed here.",
-            &stats.remote_messages,
-        ),
-        (
-            "ourchat_remote_presence_total",
-            "Presence changes from other nodes.",
-            &stats.remote_presence,
-        ),
-        (
-            "ourchat_seq_requests_total",
-            "Redis seq requests.",
-            &stats.seq_requests,
-        ),
-        (
-            "ourchat_seq_sends_total",
-            "Sends those requests sequenced.",
-            &stats.seq_sends,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            value.load(Ordering::Relaxed)
-        );
-    }
+    counters(
+        out,
+        &[
+            (
+                "ourchat_log_failed_batches_total",
+                "Message log batches Kafka did not take.",
+                &log.failed_batches,
+            ),
+            (
+                "ourchat_feeder_records_total",
+                "Log records the feeder wrote to MySQL.",
+                &stats.stored_records,
+            ),
+            (
+                "ourchat_feeder_batches_total",
+                "MySQL batches the feeder wrote.",
+                &stats.store_batches,
+            ),
+            (
+                "ourchat_feeder_retries_total",
+                "Feeder batches MySQL refused (retried).",
+                &stats.store_retries,
+            ),
+            (
+                "ourchat_remote_messages_total",
+                "Messages from other nodes pushed here.",
+                &stats.remote_messages,
+            ),
+            (
+                "ourchat_remote_presence_total",
+                "Presence changes from other nodes.",
+                &stats.remote_presence,
+            ),
+            (
+                "ourchat_seq_requests_total",
+                "Redis seq requests.",
+                &stats.seq_requests,
+            ),
+            (
+                "ourchat_seq_sends_total",
+                "Sends those requests sequenced.",
+                &stats.seq_sends,
+            ),
+        ],
+    );
     let _ = writeln!(
         out,
         "# HELP ourchat_feeder_partitions Message log partitions this node's feeder holds.\n\
          # TYPE ourchat_feeder_partitions gauge\nourchat_feeder_partitions {}",
         stats.feeder_partitions.load(Ordering::Relaxed)
     );
+}
+
+/// One Prometheus counter per row: (name, help, value).
+fn counters(out: &mut String, rows: &[(&str, &str, &AtomicU64)]) {
+    for (name, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
 }
 
 fn histogram<'a>(

@@ -7,40 +7,21 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ourchat_client::{Client, Push, SeqTracker};
 use ourchat_protocol::pb::{self, ChatMessage};
-use ourchat_testkit::{device_of, user_on, Engines, ServerOptions, ServerProcess};
+use ourchat_testkit::{device_of, user_on, Engines, SendLoop, ServerProcess};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A node of the deployment whose MySQL shards are `shards` (their names
-/// also keep its Kafka topics apart from other tests').
 fn cluster_node(engines: &Engines, shards: &[String], node_id: u16) -> ServerProcess {
-    let mut set = Engines::mysql_store(shards);
-    let deployment = shards[0].rsplit('/').next().unwrap_or("x");
-    set.extend([
-        ("cluster.topic_prefix".into(), format!("{deployment}-")),
-        ("cluster.enabled".into(), "true".into()),
-        ("cluster.redis".into(), engines.redis.clone()),
-        ("cluster.kafka".into(), engines.kafka.clone()),
-        ("cluster.partitions".into(), "4".into()),
-        ("server.node_id".into(), node_id.to_string()),
-    ]);
-    ServerProcess::start(
+    engines.cluster_node(
         Path::new(env!("CARGO_BIN_EXE_ourchat")),
-        ServerOptions {
-            cores: 2,
-            set,
-            env: vec![(
-                "OURCHAT_AUTH__JWT_SECRET".into(),
-                "cluster-test-secret-0123".into(),
-            )],
-            ..Default::default()
-        },
+        shards,
+        node_id,
+        &[],
     )
 }
 
@@ -209,28 +190,10 @@ async fn after_kill_9_users_move_to_the_other_node_and_lose_nothing() {
     let (bob, sb) = user_on(b.addr, "bob", "phone").await;
     drop(bob);
     let (alice, _) = user_on(a.addr, "alice", "d").await;
-    let alice = Arc::new(alice);
-    let count = Arc::new(AtomicUsize::new(0));
-    let sender = {
-        let (alice, count) = (alice.clone(), count.clone());
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..100_000 {
-                match alice.send_text(sb.user_id, &format!("m{i}")).await {
-                    Ok(ack) => acked.push((ack.seq, format!("m{i}"))),
-                    Err(_) => break,
-                }
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            acked
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count.load(Ordering::Relaxed) < 50 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let sends = SendLoop::start(Arc::new(alice), sb.user_id);
+    sends.wait_for(50, Duration::from_secs(30)).await;
     a.kill9();
-    let acked = sender.await.unwrap();
+    let acked = sends.acked().await;
     assert!(
         acked.len() >= 50,
         "too few sends before the kill: {}",

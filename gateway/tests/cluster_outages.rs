@@ -13,27 +13,14 @@ use std::time::{Duration, Instant};
 
 use ourchat_client::{Client, ErrorCode, Push};
 use ourchat_protocol::pb;
-use ourchat_testkit::{user_on, Engines, ServerOptions, ServerProcess};
+use ourchat_testkit::{user_on, Engines, ServerProcess};
 
 fn cluster_node(engines: &Engines, shards: &[String], node_id: u16) -> ServerProcess {
-    let mut set = Engines::mysql_store(shards);
-    let deployment = shards[0].rsplit('/').next().unwrap_or("x");
-    set.extend([
-        ("cluster.topic_prefix".into(), format!("{deployment}-")),
-        ("cluster.enabled".into(), "true".into()),
-        ("cluster.redis".into(), engines.redis.clone()),
-        ("cluster.kafka".into(), engines.kafka.clone()),
-        ("cluster.partitions".into(), "2".into()),
-        ("cluster.send_timeout_ms".into(), "2000".into()),
-        ("server.node_id".into(), node_id.to_string()),
-    ]);
-    ServerProcess::start(
+    engines.cluster_node(
         Path::new(env!("CARGO_BIN_EXE_ourchat")),
-        ServerOptions {
-            cores: 2,
-            set,
-            ..Default::default()
-        },
+        shards,
+        node_id,
+        &[("cluster.send_timeout_ms", "2000")],
     )
 }
 

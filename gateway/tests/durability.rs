@@ -2,10 +2,11 @@
 //! same data directory, and every acked message is in history and syncs.
 //! And a graceful SIGTERM flushes and exits cleanly.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ourchat_client::SeqTracker;
-use ourchat_testkit::{device_of, start_node, user_on};
+use ourchat_testkit::{device_of, start_node, user_on, SendLoop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_survive_kill_9() {
@@ -13,34 +14,12 @@ async fn acked_messages_survive_kill_9() {
     let (_bob, sb) = user_on(server.addr, "bob", "phone").await;
     drop(_bob);
     let (alice, _) = user_on(server.addr, "alice", "d").await;
-    let alice = std::sync::Arc::new(alice);
-    // Keep sending until killed; remember every ack that arrived.
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let sender = {
-        let alice = alice.clone();
-        let count = count.clone();
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..100_000 {
-                match alice.send_text(sb.user_id, &format!("m{i}")).await {
-                    Ok(ack) => acked.push((ack.seq, format!("m{i}"))),
-                    Err(_) => break,
-                }
-                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            acked
-        })
-    };
+    let sends = SendLoop::start(Arc::new(alice), sb.user_id);
     // Kill mid-traffic: once some acks are in (however loaded the machine),
     // and before the per-user send burst (200) could run out.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while count.load(std::sync::atomic::Ordering::Relaxed) < 50
-        && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    sends.wait_for(50, Duration::from_secs(20)).await;
     server.kill9();
-    let acked = sender.await.unwrap();
+    let acked = sends.acked().await;
     assert!(
         acked.len() > 10,
         "too few sends before the kill: {}",

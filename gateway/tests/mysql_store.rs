@@ -5,12 +5,11 @@
 //! syncs, gapless, with sequencing continuing after it.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ourchat_client::{Push, SeqTracker};
-use ourchat_testkit::{device_of, user_on, Engines, ServerOptions, ServerProcess};
+use ourchat_testkit::{device_of, user_on, Engines, SendLoop, ServerOptions, ServerProcess};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -97,29 +96,17 @@ async fn acked_messages_survive_kill_9_on_mysql() {
     let (bob, sb) = user_on(server.addr, "bob", "phone").await;
     drop(bob);
     let (alice, _) = user_on(server.addr, "alice", "d").await;
-    let alice = Arc::new(alice);
-    let count = Arc::new(AtomicUsize::new(0));
-    let sender = {
-        let (alice, count) = (alice.clone(), count.clone());
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..100_000 {
-                match alice.send_text(sb.user_id, &format!("m{i}")).await {
-                    Ok(ack) => acked.push((ack.seq, format!("m{i}"))),
-                    Err(_) => break,
-                }
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            acked
-        })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while count.load(Ordering::Relaxed) < 50 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let sends = SendLoop::start(Arc::new(alice), sb.user_id);
+    // Kill mid-traffic: once some acks are in (however loaded the machine),
+    // and before the per-user send burst (200) could run out.
+    sends.wait_for(50, Duration::from_secs(20)).await;
     server.kill9();
-    let acked = sender.await.unwrap();
-    assert!(acked.len() > 10, "too few sends: {}", acked.len());
+    let acked = sends.acked().await;
+    assert!(
+        acked.len() > 10,
+        "too few sends before the kill: {}",
+        acked.len()
+    );
 
     server.restart();
     let bob = device_of(server.addr, "bob", "phone").await;

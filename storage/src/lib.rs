@@ -463,6 +463,20 @@ pub struct ConversationCursor {
     pub visible: Visibility,
 }
 
+/// A `LIKE` pattern (backslash escapes) matching what starts with
+/// `prefix`: its own `%` and `_` match only themselves.
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 /// Batched writes; one writer per backend connection, on a worker thread.
 pub trait WriteStore: Send {
     /// Commits every op in one transaction and reports one outcome per op,

@@ -1591,15 +1591,7 @@ impl ReadStore for MysqlReader {
         after_user_id: i64,
         limit: usize,
     ) -> Result<Vec<Account>, StoreError> {
-        // Escape LIKE's wildcards so a user's "%" matches only "%".
-        let escaped: String = prefix
-            .chars()
-            .flat_map(|c| match c {
-                '%' | '_' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        let pattern = format!("{escaped}%");
+        let pattern = crate::like_prefix(prefix);
         self.run(true, |s| {
             Box::pin(async move {
                 let sql = format!(

@@ -996,15 +996,7 @@ impl ReadStore for SqliteReader {
         after_user_id: i64,
         limit: usize,
     ) -> Result<Vec<Account>, StoreError> {
-        // Escape LIKE's wildcards so a user's "%" matches only "%".
-        let escaped: String = prefix
-            .chars()
-            .flat_map(|c| match c {
-                '%' | '_' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        let pattern = format!("{escaped}%");
+        let pattern = crate::like_prefix(prefix);
         let sql = format!(
             "SELECT {ACCOUNT_COLUMNS} FROM users
              WHERE user_id > ?2 AND (username LIKE ?1 ESCAPE '\\' OR nickname LIKE ?1 ESCAPE '\\'

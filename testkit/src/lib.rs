@@ -394,3 +394,87 @@ impl Engines {
         ]
     }
 }
+
+impl Engines {
+    /// Starts node `node_id` of the cluster whose MySQL shards are `shards`
+    /// (their names also keep its Kafka topics apart from other tests'),
+    /// with `extra` overrides.
+    pub fn cluster_node(
+        &self,
+        binary: &Path,
+        shards: &[String],
+        node_id: u16,
+        extra: &[(&str, &str)],
+    ) -> ServerProcess {
+        let mut set = Engines::mysql_store(shards);
+        let deployment = shards
+            .first()
+            .and_then(|url| url.rsplit('/').next())
+            .unwrap_or("x");
+        set.extend([
+            ("cluster.topic_prefix".into(), format!("{deployment}-")),
+            ("cluster.enabled".into(), "true".into()),
+            ("cluster.redis".into(), self.redis.clone()),
+            ("cluster.kafka".into(), self.kafka.clone()),
+            ("cluster.partitions".into(), "4".into()),
+            ("server.node_id".into(), node_id.to_string()),
+        ]);
+        set.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        ServerProcess::start(
+            binary,
+            ServerOptions {
+                cores: 2,
+                set,
+                env: vec![(
+                    "OURCHAT_AUTH__JWT_SECRET".into(),
+                    "cluster-test-secret-0123".into(),
+                )],
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// Texts `m0, m1, ...` sent one after another from a client to a user
+/// until a send fails (its server was killed, say), remembering each ack.
+pub struct SendLoop {
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<Vec<(i64, String)>>,
+}
+
+impl SendLoop {
+    /// Starts sending from `client` to `to`.
+    pub fn start(client: std::sync::Arc<ourchat_client::Client>, to: i64) -> SendLoop {
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = acked.clone();
+        let task = tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for i in 0..100_000 {
+                let text = format!("m{i}");
+                match client.send_text(to, &text).await {
+                    Ok(ack) => acks.push((ack.seq, text)),
+                    Err(_) => break,
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            acks
+        });
+        SendLoop { acked, task }
+    }
+
+    /// Waits until `acks` sends were acked (at most `within`): mid-traffic
+    /// on a machine however loaded.
+    pub async fn wait_for(&self, acks: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.acked.load(std::sync::atomic::Ordering::Relaxed) < acks
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Every `(seq, text)` acked before the loop stopped.
+    pub async fn acked(self) -> Vec<(i64, String)> {
+        self.task.await.expect("send loop panicked")
+    }
+}
