@@ -96,15 +96,18 @@ pub async fn accept(
     let Some(acceptor) = tls else {
         return serve(core, stream, fd, peer, slot).await;
     };
+    // Boxed, both: this function's future is as large as its largest
+    // state, and a TLS session's is kilobytes; unboxed, every plain
+    // connection would carry room for one.
     let deadline = std::time::Duration::from_millis(core.shared.config.server.login_timeout_ms);
-    let handshake = async {
+    let handshake = Box::pin(async {
         acceptor
             .accept(stream)
             .await
             .map_err(glommio::GlommioError::IoError)
-    };
+    });
     match glommio::timer::timeout(deadline, handshake).await {
-        Ok(stream) => serve(core, stream, fd, peer, slot).await,
+        Ok(stream) => Box::pin(serve(core, stream, fd, peer, slot)).await,
         Err(e) => {
             CoreMetrics::inc(&core.metrics().tls_handshake_failures);
             tracing::debug!(error = %e, "TLS handshake failed");

@@ -153,6 +153,7 @@ impl MessageLog {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
+            .set("socket.nagle.disable", "true")
             .set("message.timeout.ms", &timeout_ms)
             .set("request.timeout.ms", &timeout_ms)
             .set("socket.timeout.ms", &timeout_ms)
@@ -296,6 +297,10 @@ pub fn group_consumer(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
+        // Low latency over batching: a fetch returns as soon as a record is
+        // there (librdkafka's default waits up to 500 ms for more).
+        .set("fetch.wait.max.ms", "10")
+        .set("socket.nagle.disable", "true")
         .set("heartbeat.interval.ms", "1000")
         .create()?;
     consumer.subscribe(topics)?;
@@ -309,6 +314,8 @@ pub fn tail_consumer(brokers: &str, topics: &[&str]) -> Result<BaseConsumer, Sto
         .set("bootstrap.servers", brokers)
         .set("group.id", "ourchat-tail-unused")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("socket.nagle.disable", "true")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for topic in topics {
