@@ -94,6 +94,9 @@ pub enum Inbound {
     Message(Box<ChatMessage>),
     /// A user's presence changed: tell their friends' devices here.
     Presence(pb::PresenceInfo),
+    /// Who may send in a conversation changed on another node: drop what
+    /// this node keeps of it.
+    Changed(ConversationId),
 }
 
 /// Each core's end of the inbox, taken once by the core at start.
@@ -174,16 +177,19 @@ impl ClusterNode {
                 .spawn(move || feed_store(feeder, store, batch, &counters, &flag))?,
         );
 
-        let tail = kafka::tail_consumer(&cluster.kafka, &[&topics.messages, &topics.presence])
-            .map_err(|e| unavailable("kafka tail", &e))?;
+        let tail = kafka::tail_consumer(
+            &cluster.kafka,
+            &[&topics.messages, &topics.presence, &topics.group_events],
+        )
+        .map_err(|e| unavailable("kafka tail", &e))?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..cores).map(|_| mpsc::channel(INBOX_QUEUE)).unzip();
         let (flag, node) = (stop.clone(), config.server.node_id);
-        let (presence_topic, counters) = (topics.presence.clone(), stats.clone());
+        let (tail_topics, counters) = (topics.clone(), stats.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("ourchat-tail".into())
-                .spawn(move || tail_log(tail, node, &presence_topic, senders, &counters, &flag))?,
+                .spawn(move || tail_log(tail, node, &tail_topics, senders, &counters, &flag))?,
         );
         tracing::info!(redis = %cluster.redis, kafka = %cluster.kafka, "cluster mode on");
         let node = ClusterNode {
@@ -288,7 +294,7 @@ fn feed_store(
 fn tail_log(
     consumer: BaseConsumer,
     node_id: u16,
-    presence_topic: &str,
+    topics: &kafka::Topics,
     mut cores: Vec<mpsc::Sender<Inbound>>,
     stats: &ClusterStats,
     stop: &AtomicBool,
@@ -308,11 +314,20 @@ fn tail_log(
         if kafka::origin_of(&record) == Some(node_id) {
             continue;
         }
-        let routed = if record.topic() == presence_topic {
+        let routed = if record.topic() == topics.presence {
             record
                 .payload()
                 .and_then(|payload| pb::PresenceInfo::decode(payload).ok())
                 .map(|info| (info.user_id as u64, Inbound::Presence(info)))
+        } else if record.topic() == topics.group_events {
+            kafka::decode_record(&record).and_then(|record| {
+                let conv = record
+                    .message
+                    .conversation_id
+                    .parse::<ConversationId>()
+                    .ok()?;
+                Some((conv.shard_hash(), Inbound::Changed(conv)))
+            })
         } else {
             kafka::decode_record(&record).and_then(|record| {
                 let conv = record
@@ -330,10 +345,13 @@ fn tail_log(
             continue;
         };
         let counter = match inbound {
-            Inbound::Message(_) => &stats.remote_messages,
-            Inbound::Presence(_) => &stats.remote_presence,
+            Inbound::Message(_) => Some(&stats.remote_messages),
+            Inbound::Presence(_) => Some(&stats.remote_presence),
+            Inbound::Changed(_) => None,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         let core = (crate::core::mix(hash) % count as u64) as usize;
         let Some(sender) = cores.get_mut(core) else {
             continue;
@@ -358,11 +376,29 @@ pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Inbound>) {
         match inbound {
             Inbound::Message(message) => core.deliver_from_another_node(*message).await,
             Inbound::Presence(info) => core.clone().tell_friends(info).await,
+            Inbound::Changed(conv) => core.forget_conversation(conv).await,
         }
     }
 }
 
 impl Core {
+    /// Cluster mode: tells the other nodes that who may send in `conv`
+    /// changed (a block), from the cluster threads, never the reactor.
+    pub(crate) fn announce_change(&self, conv: ConversationId) {
+        let Some(cluster) = &self.shared.cluster else {
+            return;
+        };
+        let (log, id) = (cluster.log.clone(), conv.to_string());
+        let queued = cluster.redis.try_run(move |_| {
+            if let Err(error) = log.publish_changed(&id) {
+                tracing::warn!(%error, conv = %id, "conversation change not published");
+            }
+        });
+        if queued.is_err() {
+            tracing::warn!(conv = %conv, "conversation change not published: cluster threads busy");
+        }
+    }
+
     async fn deliver_from_another_node(self: &Rc<Self>, message: ChatMessage) {
         let recipients: Vec<i64> = if message.group_id != 0 {
             let group_id = message.group_id;

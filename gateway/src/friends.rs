@@ -239,6 +239,7 @@ impl Connection {
                 };
                 self.core.route(owner, set).await;
                 let _ = applied.await;
+                self.core.announce_change(conversation);
             }
             Ok(())
         }

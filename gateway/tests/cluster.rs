@@ -270,3 +270,40 @@ async fn a_friends_presence_on_the_other_node_is_pushed() {
     let _bob = device_of(b.addr, "bob", "d").await;
     presence_becomes(&alice, sb.user_id, pb::PresenceState::Online).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_on_one_node_stops_sends_on_the_other() {
+    let Some(engines) = Engines::from_env("cluster block") else {
+        return;
+    };
+    let shards = engines.fresh_shards("block", 2);
+    let a = cluster_node(&engines, &shards, 9);
+    let b = cluster_node(&engines, &shards, 10);
+    let (alice, sa) = user_on(a.addr, "alice", "d").await;
+    let (bob, sb) = user_on(b.addr, "bob", "d").await;
+    // Node B sequences bob's sends and keeps the conversation's state.
+    bob.send_text(sa.user_id, "hi").await.unwrap();
+    alice.block(sb.user_id, true).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match bob.send_text(sa.user_id, "still there?").await {
+            Err(e) if e.code() == Some(ourchat_client::ErrorCode::Forbidden) => break,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("the block never reached node B: {other:?}"),
+        }
+    }
+    alice.block(sb.user_id, false).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match bob.send_text(sa.user_id, "friends again?").await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.code(), Some(ourchat_client::ErrorCode::Forbidden), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the unblock never reached node B: {e}"),
+        }
+    }
+}

@@ -31,7 +31,9 @@ use crate::{ChatMessage, StoreError, WriteOp, WriteOutcome, WriteStore};
 pub const MESSAGES_TOPIC: &str = "im_message_raw";
 /// Presence changes, keyed by user.
 pub const PRESENCE_TOPIC: &str = "im_presence";
-/// Group changes (their event messages), keyed by group conversation.
+/// Group changes (their event messages) and other changes to what nodes
+/// keep of a conversation (a block between its users), keyed by
+/// conversation.
 pub const GROUP_EVENTS_TOPIC: &str = "im_group_events";
 
 const ORIGIN_HEADER: &str = "origin";
@@ -190,6 +192,22 @@ impl MessageLog {
             }
         }
         self.wait(pending)
+    }
+
+    /// Tells the other nodes that what they keep of a conversation (who
+    /// may send in it) changed outside its message stream, and waits for
+    /// Kafka's ack.
+    pub fn publish_changed(&self, conversation_id: &str) -> Result<(), StoreError> {
+        let notice = ChatMessage {
+            conversation_id: conversation_id.to_string(),
+            ..Default::default()
+        };
+        let delivery = self.produce(
+            &self.topics.group_events,
+            conversation_id,
+            &notice.encode_to_vec(),
+        )?;
+        self.wait(vec![delivery])
     }
 
     /// Publishes a user's presence change (`payload`: a `PresenceInfo`) and
