@@ -69,7 +69,7 @@ enum ReadEnd {
 /// it holds nothing but its socket meanwhile).
 pub async fn accept(
     core: Rc<Core>,
-    mut stream: TcpStream,
+    mut stream: Box<TcpStream>,
     tls: Option<futures_rustls::TlsAcceptor>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -96,18 +96,31 @@ pub async fn accept(
     let Some(acceptor) = tls else {
         return serve(core, stream, fd, peer, slot).await;
     };
-    // Boxed, both: this function's future is as large as its largest
-    // state, and a TLS session's is kilobytes; unboxed, every plain
-    // connection would carry room for one.
+    // Boxed: this function's future is as large as its largest state, and
+    // the handshake's timer and TLS session are large; unboxed, every plain
+    // connection would carry room for them.
+    Box::pin(handshake_then_serve(core, stream, acceptor, fd, peer, slot)).await
+}
+
+/// The TLS path of [`accept`]: the handshake under the login deadline, then
+/// the connection.
+async fn handshake_then_serve(
+    core: Rc<Core>,
+    stream: Box<TcpStream>,
+    acceptor: futures_rustls::TlsAcceptor,
+    fd: RawFd,
+    peer: Option<IpAddr>,
+    slot: Option<IpSlot>,
+) {
     let deadline = std::time::Duration::from_millis(core.shared.config.server.login_timeout_ms);
-    let handshake = Box::pin(async {
+    let handshake = async {
         acceptor
-            .accept(stream)
+            .accept(*stream)
             .await
             .map_err(glommio::GlommioError::IoError)
-    });
+    };
     match glommio::timer::timeout(deadline, handshake).await {
-        Ok(stream) => Box::pin(serve(core, stream, fd, peer, slot)).await,
+        Ok(stream) => Box::pin(serve(core, Box::new(stream), fd, peer, slot)).await,
         Err(e) => {
             CoreMetrics::inc(&core.metrics().tls_handshake_failures);
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -116,17 +129,23 @@ pub async fn accept(
 }
 
 /// Serves one connection until it closes. `fd` is its socket, under
-/// whatever `stream` wraps it in; `_slot` counts it against its address
+/// whatever `stream` wraps it in (boxed, so that this future does not keep
+/// room for it once it is split); `_slot` counts it against its address
 /// until it ends.
-async fn serve<S>(core: Rc<Core>, stream: S, fd: RawFd, peer: Option<IpAddr>, _slot: Option<IpSlot>)
-where
+async fn serve<S>(
+    core: Rc<Core>,
+    stream: Box<S>,
+    fd: RawFd,
+    peer: Option<IpAddr>,
+    _slot: Option<IpSlot>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let config = &core.shared.config.server;
     let limits = &core.shared.config.limits;
     let outbox = Rc::new(Outbox::new(config.outbound_queue_frames));
     let conn_id = core.add_connection(outbox.clone());
-    let (reader, writer) = stream.split();
+    let (reader, writer) = (*stream).split();
     let writer_task =
         glommio::spawn_local(write_loop(writer, fd, outbox.clone(), core.clone())).detach();
     let mut conn = Connection {

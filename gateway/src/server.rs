@@ -439,6 +439,9 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                // Boxed: an async fn keeps its arguments for its whole life,
+                // moved-out or not, and a glommio stream is the largest.
+                let stream = Box::new(stream);
                 let connection = crate::connection::accept(core.clone(), stream, tls.clone());
                 glommio::spawn_local(connection).detach();
             }
