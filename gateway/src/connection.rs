@@ -113,12 +113,15 @@ async fn handshake_then_serve(
     slot: Option<IpSlot>,
 ) {
     let deadline = std::time::Duration::from_millis(core.shared.config.server.login_timeout_ms);
-    let handshake = async {
+    // Boxed too: its TLS session in the making is kilobytes, and this
+    // future lives as long as the connection; the box goes with the
+    // handshake.
+    let handshake = Box::pin(async {
         acceptor
             .accept(*stream)
             .await
             .map_err(glommio::GlommioError::IoError)
-    };
+    });
     match glommio::timer::timeout(deadline, handshake).await {
         Ok(stream) => Box::pin(serve(core, Box::new(stream), fd, peer, slot)).await,
         Err(e) => {
