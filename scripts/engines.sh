@@ -50,7 +50,7 @@ install_missing() {
   fi
   if ! command -v tansu >/dev/null && [[ ! -x "$HOME/.cargo/bin/tansu" ]]; then
     echo "installing tansu (a Kafka-API broker; one-time build)" >&2
-    cargo install tansu --features dynostore >&2
+    cargo install tansu --features dynostore --locked >&2
   fi
 }
 
