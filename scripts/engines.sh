@@ -114,7 +114,7 @@ stop() {
   done
   # MariaDB flushes on TERM; give it a moment before the directory goes.
   for _ in $(seq 1 50); do
-    [[ -f "$dir/mariadb.pid" ]] && kill -0 "$(cat "$dir/mariadb.pid")" 2>/dev/null || break
+    [[ -f "$dir/mariadb.pid" ]] && kill -0 "$(cat "$dir/mariadb.pid" 2>/dev/null)" 2>/dev/null || break
     sleep 0.1
   done
   rm -rf "$dir"
