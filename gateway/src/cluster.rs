@@ -369,6 +369,12 @@ fn tail_log(
     }
 }
 
+/// How long a user's directory entry outlives their last heartbeat: a
+/// connection silent that long is closed anyway.
+fn directory_ttl(config: &Config) -> u64 {
+    config.server.idle_timeout_secs.max(1)
+}
+
 /// A core's side of the inbox: pushes each record to this node's online
 /// devices of its recipients.
 pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Inbound>) {
@@ -382,6 +388,68 @@ pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Inbound>) {
 }
 
 impl Core {
+    /// Cluster mode: records a device of this node in the Redis directory
+    /// (`Some(away)`), or removes it (`None`); off the reactor, and a
+    /// failure only costs other nodes' presence queries their accuracy.
+    pub(crate) fn publish_device(&self, user_id: i64, device_id: &str, state: Option<bool>) {
+        let Some(cluster) = &self.shared.cluster else {
+            return;
+        };
+        let (node, device) = (self.shared.config.server.node_id, device_id.to_string());
+        let ttl = directory_ttl(&self.shared.config);
+        let queued = cluster.redis.try_run(move |redis| {
+            let written = match state {
+                Some(away) => redis.put_device(user_id, &device, node, away, ttl),
+                None => redis.remove_device(user_id, &device),
+            };
+            if let Err(error) = written {
+                tracing::debug!(%error, user_id, "directory not updated");
+            }
+        });
+        if queued.is_err() {
+            tracing::debug!(user_id, "directory not updated: cluster threads busy");
+        }
+    }
+
+    /// Cluster mode: a heartbeat keeps the user's directory entry alive.
+    pub(crate) fn touch_directory(&self, user_id: i64) {
+        let Some(cluster) = &self.shared.cluster else {
+            return;
+        };
+        let ttl = directory_ttl(&self.shared.config);
+        let _ = cluster.redis.try_run(move |redis| {
+            if let Err(error) = redis.touch_user(user_id, ttl) {
+                tracing::debug!(%error, user_id, "directory entry not refreshed");
+            }
+        });
+    }
+
+    /// Cluster mode: completes what this node knows of a user's presence
+    /// (`here`) with their devices online on other nodes.
+    pub(crate) async fn presence_elsewhere(&self, mut here: pb::PresenceInfo) -> pb::PresenceInfo {
+        if self.shared.cluster.is_none() {
+            return here;
+        }
+        let (user_id, node) = (here.user_id, self.shared.config.server.node_id);
+        let Ok(devices) = self.redis(move |redis| redis.online_devices(user_id)).await else {
+            return here;
+        };
+        let elsewhere: Vec<_> = devices.into_iter().filter(|d| d.node_id != node).collect();
+        if elsewhere.is_empty() {
+            return here;
+        }
+        let online_elsewhere = elsewhere.iter().any(|d| !d.away);
+        here.devices_online += elsewhere.len() as u32;
+        let online_here = here.state == pb::PresenceState::Online as i32;
+        here.state = if online_here || online_elsewhere {
+            pb::PresenceState::Online as i32
+        } else {
+            pb::PresenceState::Away as i32
+        };
+        here.last_seen_ms = ourchat_protocol::ids::now_ms() as i64;
+        here
+    }
+
     /// Cluster mode: tells the other nodes that who may send in `conv`
     /// changed (a block), from the cluster threads, never the reactor.
     pub(crate) fn announce_change(&self, conv: ConversationId) {

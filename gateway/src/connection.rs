@@ -421,12 +421,15 @@ impl Connection {
             };
         };
         match body {
-            Body::Heartbeat(_) => self.reply(
-                req_id,
-                Body::HeartbeatAck(pb::HeartbeatAck {
-                    server_time_ms: now_ms() as i64,
-                }),
-            ),
+            Body::Heartbeat(_) => {
+                self.core.touch_directory(session.user_id);
+                self.reply(
+                    req_id,
+                    Body::HeartbeatAck(pb::HeartbeatAck {
+                        server_time_ms: now_ms() as i64,
+                    }),
+                )
+            }
             Body::Send(request) => self.send(req_id, &session, request).await,
             Body::DeliveryAck(ack) => self.delivery_ack(req_id, &session, ack).await,
             Body::Sync(request) => self.sync(req_id, &session, request).await,

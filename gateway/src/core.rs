@@ -487,6 +487,7 @@ impl Core {
                 done,
             } => {
                 let before = self.presence_of(user_id);
+                self.publish_device(user_id, &device_id, Some(false));
                 let replaced = {
                     let mut directory = self.directory.borrow_mut();
                     let devices = directory.entry(user_id).or_default();
@@ -534,6 +535,14 @@ impl Core {
                         }
                     }
                 }
+                let still_here = self
+                    .directory
+                    .borrow()
+                    .get(&user_id)
+                    .is_some_and(|devices| devices.iter().any(|d| *d.device_id == *device_id));
+                if !still_here {
+                    self.publish_device(user_id, &device_id, None);
+                }
                 self.announce_presence(user_id, before);
             }
             CoreMsg::SetAway {
@@ -543,13 +552,17 @@ impl Core {
                 done,
             } => {
                 let before = self.presence_of(user_id);
-                if let Some(device) = self
+                let changed = self
                     .directory
                     .borrow_mut()
                     .get_mut(&user_id)
                     .and_then(|devices| devices.iter_mut().find(|d| d.conn_id == conn_id))
-                {
-                    device.away = away;
+                    .map(|device| {
+                        device.away = away;
+                        device.device_id.to_string()
+                    });
+                if let Some(device_id) = changed {
+                    self.publish_device(user_id, &device_id, Some(away));
                 }
                 let _ = done.send(());
                 self.announce_presence(user_id, before);
@@ -1089,7 +1102,7 @@ impl Core {
     }
 
     /// Runs a Redis call on the cluster's Redis threads.
-    async fn redis<T, F>(&self, job: F) -> Result<T, pb::Error>
+    pub(crate) async fn redis<T, F>(&self, job: F) -> Result<T, pb::Error>
     where
         T: Send + 'static,
         F: FnOnce(&mut RedisSeq) -> Result<T, StoreError> + Send + 'static,
@@ -1340,10 +1353,11 @@ impl Core {
             CoreMsg::Presence { user_id, reply },
         )
         .await;
-        answer.await.unwrap_or(pb::PresenceInfo {
+        let here = answer.await.unwrap_or(pb::PresenceInfo {
             user_id,
             ..Default::default()
-        })
+        });
+        self.presence_elsewhere(here).await
     }
 
     /// The user's online device ids.

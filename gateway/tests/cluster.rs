@@ -307,3 +307,50 @@ async fn a_block_on_one_node_stops_sends_on_the_other() {
         }
     }
 }
+
+/// `user_id`'s presence as `client` asks for it.
+async fn presence_of(client: &Client, user_id: i64) -> pb::PresenceInfo {
+    let answer = client.presence(&[user_id]).await.unwrap();
+    answer.into_iter().next().expect("one answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_queries_see_devices_on_other_nodes() {
+    let Some(engines) = Engines::from_env("cluster presence queries") else {
+        return;
+    };
+    let shards = engines.fresh_shards("query", 2);
+    let a = cluster_node(&engines, &shards, 11);
+    let b = cluster_node(&engines, &shards, 12);
+    let (alice, sa) = user_on(a.addr, "alice", "d").await;
+    let (bob, sb) = user_on(b.addr, "bob", "phone").await;
+    bob.request_friend(sa.user_id, "hi").await.unwrap();
+    alice.answer_friend(sb.user_id, true).await.unwrap();
+
+    // The directory is written off the reactors: allow it a moment.
+    let became = |want: pb::PresenceState| {
+        let alice = &alice;
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let info = presence_of(alice, sb.user_id).await;
+                if info.state == want as i32 {
+                    return info;
+                }
+                assert!(Instant::now() < deadline, "never {want:?}: {info:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let online = became(pb::PresenceState::Online).await;
+    assert_eq!(online.devices_online, 1);
+    bob.set_presence(pb::PresenceState::Away).await.unwrap();
+    became(pb::PresenceState::Away).await;
+    // A second device on node A: online wins over away, both counted.
+    let _tablet = device_of(a.addr, "bob", "tablet").await;
+    let both = became(pb::PresenceState::Online).await;
+    assert_eq!(both.devices_online, 2);
+    drop(_tablet);
+    drop(bob);
+    became(pb::PresenceState::Offline).await;
+}

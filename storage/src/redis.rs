@@ -1,4 +1,7 @@
-//! Sequence numbers in cluster mode, from Redis: one atomic script call
+//! Cluster mode's Redis: sequence numbers, and the directory of devices
+//! online on each node (for presence across nodes).
+//!
+//! Sequence numbers: one atomic script call
 //! hands a batch of sends their seqs (`INCR` on the conversation's counter)
 //! and records each `(sender, client_message_id)` with what it got, so a
 //! resend — on this node or, after a failover, on another — gets the same
@@ -167,6 +170,77 @@ impl RedisSeq {
         let key = format!("ourchat:seq:{{{conversation_id}}}");
         let value: Option<i64> = self.conn()?.get(key)?;
         Ok(value.unwrap_or(0))
+    }
+}
+
+/// One device online on some node, as the directory holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlineDevice {
+    /// The device.
+    pub device_id: String,
+    /// The node its connection is on.
+    pub node_id: u16,
+    /// The device said it is away.
+    pub away: bool,
+}
+
+fn directory_key(user_id: i64) -> String {
+    format!("ourchat:online:{{{user_id}}}")
+}
+
+impl RedisSeq {
+    /// Records `device_id` of `user_id` as online on `node_id`; the user's
+    /// whole entry expires `ttl_secs` after its last write or touch, so a
+    /// dead node's devices fade out once nobody refreshes them.
+    pub fn put_device(
+        &mut self,
+        user_id: i64,
+        device_id: &str,
+        node_id: u16,
+        away: bool,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        let key = directory_key(user_id);
+        let value = format!("{node_id}:{}", u8::from(away));
+        let conn = self.conn()?;
+        redis::pipe()
+            .hset(&key, device_id, value)
+            .ignore()
+            .expire(&key, ttl_secs as i64)
+            .ignore()
+            .query::<()>(conn)?;
+        Ok(())
+    }
+
+    /// Keeps the user's entry alive (a heartbeat of one of their devices).
+    pub fn touch_user(&mut self, user_id: i64, ttl_secs: u64) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let _: bool = conn.expire(directory_key(user_id), ttl_secs as i64)?;
+        Ok(())
+    }
+
+    /// Forgets `device_id` of `user_id` (it disconnected).
+    pub fn remove_device(&mut self, user_id: i64, device_id: &str) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let _: i64 = conn.hdel(directory_key(user_id), device_id)?;
+        Ok(())
+    }
+
+    /// The user's devices online on any node.
+    pub fn online_devices(&mut self, user_id: i64) -> Result<Vec<OnlineDevice>, StoreError> {
+        let conn = self.conn()?;
+        let entries: Vec<(String, String)> = conn.hgetall(directory_key(user_id))?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(device_id, value)| {
+                let (node, away) = value.split_once(':')?;
+                Some(OnlineDevice {
+                    device_id,
+                    node_id: node.parse().ok()?,
+                    away: away == "1",
+                })
+            })
+            .collect())
     }
 }
 

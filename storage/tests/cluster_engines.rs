@@ -124,3 +124,39 @@ fn kafka_log_keeps_messages_with_their_origin() {
     assert_eq!(seen, messages, "in order, one partition per conversation");
     let _ = tail.unassign();
 }
+
+#[test]
+fn redis_directory_holds_each_device_until_it_leaves_or_expires() {
+    let Some(url) = engine("OURCHAT_TEST_REDIS", "redis_directory") else {
+        return;
+    };
+    let mut redis = RedisSeq::new(&url, 60).unwrap();
+    let user = 9_000_000 + i64::from(std::process::id());
+    redis.put_device(user, "phone", 1, false, 60).unwrap();
+    redis.put_device(user, "tablet", 2, true, 60).unwrap();
+    let mut devices = redis.online_devices(user).unwrap();
+    devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    assert_eq!(devices.len(), 2);
+    assert_eq!(
+        (
+            devices[0].device_id.as_str(),
+            devices[0].node_id,
+            devices[0].away
+        ),
+        ("phone", 1, false)
+    );
+    assert_eq!(
+        (
+            devices[1].device_id.as_str(),
+            devices[1].node_id,
+            devices[1].away
+        ),
+        ("tablet", 2, true)
+    );
+    redis.remove_device(user, "phone").unwrap();
+    assert_eq!(redis.online_devices(user).unwrap().len(), 1);
+    // Nobody refreshes it: the entry runs out.
+    redis.touch_user(user, 1).unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    assert!(redis.online_devices(user).unwrap().is_empty());
+}
