@@ -5,11 +5,12 @@
 //! syncs, gapless, with sequencing continuing after it.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ourchat_client::{Push, SeqTracker};
-use ourchat_testkit::{device_of, user_on, Engines, SendLoop, ServerOptions, ServerProcess};
+use ourchat_client::Push;
+use ourchat_testkit::{
+    acked_messages_survive_kill_9_of, user_on, Engines, ServerOptions, ServerProcess,
+};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -93,36 +94,5 @@ async fn acked_messages_survive_kill_9_on_mysql() {
         return;
     };
     let mut server = node_on(&engines.fresh_shards("kill", 2));
-    let (bob, sb) = user_on(server.addr, "bob", "phone").await;
-    drop(bob);
-    let (alice, _) = user_on(server.addr, "alice", "d").await;
-    let sends = SendLoop::start(Arc::new(alice), sb.user_id);
-    // Kill mid-traffic: once some acks are in (however loaded the machine),
-    // and before the per-user send burst (200) could run out.
-    sends.wait_for(50, Duration::from_secs(20)).await;
-    server.kill9();
-    let acked = sends.acked().await;
-    assert!(
-        acked.len() > 10,
-        "too few sends before the kill: {}",
-        acked.len()
-    );
-
-    server.restart();
-    let bob = device_of(server.addr, "bob", "phone").await;
-    let mut tracker = SeqTracker::default();
-    let synced = bob.sync_all(&mut tracker).await.unwrap();
-    for (seq, text) in &acked {
-        let found = synced.iter().find(|m| m.seq == *seq);
-        assert_eq!(
-            found.map(|m| &m.content),
-            Some(text),
-            "acked seq {seq} lost"
-        );
-    }
-    let seqs: Vec<i64> = synced.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
-    let alice = device_of(server.addr, "alice", "d").await;
-    let next = alice.send_text(sb.user_id, "after restart").await.unwrap();
-    assert_eq!(next.seq, seqs.len() as i64 + 1);
+    acked_messages_survive_kill_9_of(&mut server).await;
 }

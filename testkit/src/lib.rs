@@ -478,3 +478,46 @@ impl SendLoop {
         self.task.await.expect("send loop panicked")
     }
 }
+
+/// An ack means durable, on whatever store `server` runs: bob is offline,
+/// alice sends until the node is killed with `kill -9` mid-traffic; after a
+/// restart bob syncs every acked message, seqs gapless from 1, and the next
+/// send continues after the last stored seq.
+pub async fn acked_messages_survive_kill_9_of(server: &mut ServerProcess) {
+    use std::sync::Arc;
+    let (_bob, sb) = user_on(server.addr, "bob", "phone").await;
+    drop(_bob);
+    let (alice, _) = user_on(server.addr, "alice", "d").await;
+    let sends = SendLoop::start(Arc::new(alice), sb.user_id);
+    // Kill mid-traffic: once some acks are in (however loaded the machine),
+    // and before the per-user send burst (200) could run out.
+    sends.wait_for(50, Duration::from_secs(20)).await;
+    server.kill9();
+    let acked = sends.acked().await;
+    assert!(
+        acked.len() > 10,
+        "too few sends before the kill: {}",
+        acked.len()
+    );
+
+    server.restart();
+    let bob = device_of(server.addr, "bob", "phone").await;
+    let mut tracker = ourchat_client::SeqTracker::default();
+    let synced = bob.sync_all(&mut tracker).await.unwrap();
+    for (seq, text) in &acked {
+        let found = synced.iter().find(|m| m.seq == *seq);
+        assert_eq!(
+            found.map(|m| &m.content),
+            Some(text),
+            "acked seq {seq} lost"
+        );
+    }
+    // Gapless from 1, nothing twice.
+    let seqs: Vec<i64> = synced.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+
+    // Sequencing continues after the last stored seq, never reusing one.
+    let alice = device_of(server.addr, "alice", "d").await;
+    let next = alice.send_text(sb.user_id, "after restart").await.unwrap();
+    assert_eq!(next.seq, seqs.len() as i64 + 1);
+}
