@@ -22,8 +22,7 @@ trap cleanup EXIT
 . "$ENGINES/env"
 DATA=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-cluster-bench.XXXXXX")
 export OURCHAT_AUTH__JWT_SECRET=cluster-bench-secret-0123456789
-SHARDS=$(echo "$OURCHAT_TEST_MYSQL" | sed 's/[^,]*/"&"/g; s/^/[/; s/$/]/')
-COMMON=(--config config/cluster.toml --set "storage.mysql_shards=$SHARDS"
+COMMON=(--config config/cluster.toml --set "storage.mysql_shards=$OURCHAT_ENGINES_SHARDS"
   --set "cluster.redis=$OURCHAT_TEST_REDIS" --set "cluster.kafka=$OURCHAT_TEST_KAFKA"
   --set server.pin_cores=false --set storage.readers=1)
 target/release/ourchat admin provision --count "$USERS" --out "$DATA/tokens" \

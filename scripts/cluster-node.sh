@@ -17,7 +17,6 @@ if [[ ! -f "$env_file" ]]; then
 fi
 # shellcheck disable=SC1090
 . "$env_file"
-shards=$(echo "$OURCHAT_TEST_MYSQL" | sed 's/[^,]*/"&"/g; s/^/[/; s/$/]/')
 binary=target/release/ourchat
 [[ -x $binary ]] || cargo build --release --bin ourchat
 # Every node of a deployment shares one token secret.
@@ -28,7 +27,7 @@ exec "$binary" serve --config config/cluster.toml \
   --set "server.grpc_listen=127.0.0.1:500${node}4" \
   --set "server.admin_listen=127.0.0.1:91${node}0" \
   --set "server.node_id=$node" \
-  --set "storage.mysql_shards=$shards" \
+  --set "storage.mysql_shards=$OURCHAT_ENGINES_SHARDS" \
   --set "cluster.redis=$OURCHAT_TEST_REDIS" \
   --set "cluster.kafka=$OURCHAT_TEST_KAFKA" \
   "$@"

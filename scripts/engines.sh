@@ -6,7 +6,8 @@
 #   scripts/engines.sh start DIR   install what is missing, start, write DIR/env
 #   scripts/engines.sh stop DIR    stop everything started in DIR and delete it
 #
-# DIR/env exports OURCHAT_TEST_MYSQL (comma-separated shard URLs),
+# DIR/env exports OURCHAT_TEST_MYSQL (comma-separated shard URLs; the same
+# as a TOML list for storage.mysql_shards in OURCHAT_ENGINES_SHARDS),
 # OURCHAT_TEST_REDIS and OURCHAT_TEST_KAFKA; tests read those, so a developer
 # can also start the engines once and point many test runs at them.
 set -euo pipefail
@@ -98,6 +99,7 @@ SQL
   local mysql="mysql://ourchat:ourchat@127.0.0.1:$mysql_port"
   cat >"$dir/env" <<ENV
 export OURCHAT_TEST_MYSQL=$mysql/ourchat_shard0,$mysql/ourchat_shard1
+export OURCHAT_ENGINES_SHARDS='["$mysql/ourchat_shard0", "$mysql/ourchat_shard1"]'
 export OURCHAT_TEST_REDIS=redis://127.0.0.1:$redis_port
 export OURCHAT_TEST_KAFKA=127.0.0.1:$kafka_port
 export OURCHAT_TEST_ENGINES_DIR=$dir

@@ -319,26 +319,22 @@ fn tail_log(
                 .payload()
                 .and_then(|payload| pb::PresenceInfo::decode(payload).ok())
                 .map(|info| (info.user_id as u64, Inbound::Presence(info)))
-        } else if record.topic() == topics.group_events {
-            kafka::decode_record(&record).and_then(|record| {
-                let conv = record
-                    .message
-                    .conversation_id
-                    .parse::<ConversationId>()
-                    .ok()?;
-                Some((conv.shard_hash(), Inbound::Changed(conv)))
-            })
         } else {
+            // A message, or a change notice: both name their conversation,
+            // and its owner core takes them, in log order.
+            let change_notice = record.topic() == topics.group_events;
             kafka::decode_record(&record).and_then(|record| {
                 let conv = record
                     .message
                     .conversation_id
                     .parse::<ConversationId>()
                     .ok()?;
-                Some((
-                    conv.shard_hash(),
-                    Inbound::Message(Box::new(record.message)),
-                ))
+                let inbound = if change_notice {
+                    Inbound::Changed(conv)
+                } else {
+                    Inbound::Message(Box::new(record.message))
+                };
+                Some((conv.shard_hash(), inbound))
             })
         };
         let Some((hash, mut inbound)) = routed else {
@@ -470,11 +466,16 @@ impl Core {
     async fn deliver_from_another_node(self: &Rc<Self>, message: ChatMessage) {
         let recipients: Vec<i64> = if message.group_id != 0 {
             let group_id = message.group_id;
+            let conv = ConversationId::Group(group_id);
             if message.group_event.is_some() {
                 // The group changed elsewhere: this node's copy of its
                 // roster is stale.
-                self.forget_conversation(ConversationId::Group(group_id))
-                    .await;
+                self.forget_conversation(conv).await;
+            } else if let Some(members) = self.loaded_members(&conv) {
+                // The log orders a group's changes before its later
+                // messages, so a roster this core holds is current.
+                let frame = encode_frame(&Envelope::new(0, Body::PushMessage(message)));
+                return self.deliver_to_users(&members, frame, 0, None).await;
             }
             match self
                 .read(move |store| store.group_members(group_id, 0, usize::MAX))

@@ -1120,6 +1120,18 @@ impl Core {
         }
     }
 
+    /// The members of a group whose conversation this core sequences and
+    /// has in memory (`None`: not here, so ask the store).
+    pub(crate) fn loaded_members(&self, conv: &ConversationId) -> Option<Rc<[i64]>> {
+        if self.owner_of_conversation(conv) != self.id {
+            return None;
+        }
+        match self.sequencer.borrow().convs.get(conv) {
+            Some(Slot::Ready(state)) => state.group.as_ref().map(GroupState::members),
+            _ => None,
+        }
+    }
+
     /// Drops the owner's state of `conv` (it changed on another node).
     pub(crate) async fn forget_conversation(self: &Rc<Self>, conv: ConversationId) {
         self.route(
