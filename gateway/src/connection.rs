@@ -822,14 +822,7 @@ impl Connection {
             )
         };
         if !self.core.take_send(session.user_id) {
-            let limits = &self.core.shared.config.limits;
-            return refuse(pb::Error::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "slow down: {} messages per second allowed",
-                    limits.user_sends_per_sec
-                ),
-            ));
+            return refuse(self.core.slow_down());
         }
         let server = &self.core.shared.config.server;
         let limits = payload::Limits {

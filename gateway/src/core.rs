@@ -424,6 +424,17 @@ impl Core {
         taken
     }
 
+    /// The refusal of a send over the user's rate.
+    pub fn slow_down(&self) -> pb::Error {
+        pb::Error::new(
+            ErrorCode::RateLimited,
+            format!(
+                "slow down: {} messages per second allowed",
+                self.shared.config.limits.user_sends_per_sec
+            ),
+        )
+    }
+
     /// Closes every connection on this core with a reason (shutdown).
     pub fn close_all(&self, reason: &str) {
         let frame = kicked_frame(reason);
@@ -1040,9 +1051,26 @@ impl Core {
                     .seq_sends
                     .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
+            // Chat sends also draw on the sender's budget shared by every
+            // node (this core's bucket only knows this core's share).
+            let budgeted: Vec<bool> = batch.iter().map(|s| s.change.is_none()).collect();
+            let rate = self.shared.config.limits.user_send_rate();
             let key = id.clone();
             let grants = self
-                .redis(move |redis| redis.allocate(&key, floor, &requests))
+                .redis(move |redis| {
+                    let admitted = admit_within_budgets(redis, &requests, &budgeted, rate)?;
+                    let wanted: Vec<SeqRequest> = requests
+                        .iter()
+                        .zip(&admitted)
+                        .filter(|(_, admitted)| **admitted)
+                        .map(|(request, _)| *request)
+                        .collect();
+                    let mut granted = redis.allocate(&key, floor, &wanted)?.into_iter();
+                    Ok(admitted
+                        .into_iter()
+                        .map(|admitted| if admitted { granted.next() } else { None })
+                        .collect::<Vec<_>>())
+                })
                 .await;
             let mut sequencer = self.sequencer.borrow_mut();
             let state = match sequencer.convs.get_mut(&conv) {
@@ -1059,16 +1087,21 @@ impl Core {
                         // does, and if it did, MySQL keeps one and clients
                         // drop the repeated push by seq.
                         let accepted = match grant {
-                            SeqGrant::New { seq } => Accepted {
+                            None => {
+                                self.metrics().limited(Limit::UserSendRate);
+                                let _ = staged.reply.send(Err(self.slow_down()));
+                                continue;
+                            }
+                            Some(SeqGrant::New { seq }) => Accepted {
                                 seq,
                                 server_msg_id,
                                 sent_at_ms,
                             },
-                            SeqGrant::Resend {
+                            Some(SeqGrant::Resend {
                                 seq,
                                 server_msg_id,
                                 sent_at_ms,
-                            } => Accepted {
+                            }) => Accepted {
                                 seq,
                                 server_msg_id,
                                 sent_at_ms,
@@ -1426,6 +1459,47 @@ struct Sequencer {
     /// Block changes that arrived while their conversation was loading.
     block_overrides: HashMap<ConversationId, bool>,
     max: usize,
+}
+
+/// Which of `requests` their senders' cluster-wide budgets admit (those
+/// not `budgeted` always are); a sender's earliest sends go first, so
+/// what is admitted keeps their order.
+fn admit_within_budgets(
+    redis: &mut RedisSeq,
+    requests: &[SeqRequest],
+    budgeted: &[bool],
+    rate: crate::limits::Rate,
+) -> Result<Vec<bool>, StoreError> {
+    let mut wants: Vec<(i64, u32)> = Vec::new();
+    for (request, _) in requests.iter().zip(budgeted).filter(|(_, b)| **b) {
+        match wants
+            .iter_mut()
+            .find(|(user, _)| *user == request.sender_id)
+        {
+            Some((_, count)) => *count += 1,
+            None => wants.push((request.sender_id, 1)),
+        }
+    }
+    let mut left = redis.take_sends(&wants, rate.per_sec, rate.burst)?;
+    Ok(requests
+        .iter()
+        .zip(budgeted)
+        .map(|(request, budgeted)| {
+            if !budgeted {
+                return true;
+            }
+            let slot = wants
+                .iter()
+                .position(|(user, _)| *user == request.sender_id);
+            match slot.and_then(|slot| left.get_mut(slot)) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    true
+                }
+                _ => false,
+            }
+        })
+        .collect())
 }
 
 enum Slot {

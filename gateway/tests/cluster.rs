@@ -354,3 +354,65 @@ async fn presence_queries_see_devices_on_other_nodes() {
     drop(bob);
     became(pb::PresenceState::Offline).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_send_rate_holds_across_nodes() {
+    let Some(engines) = Engines::from_env("cluster send rate") else {
+        return;
+    };
+    let shards = engines.fresh_shards("sendrate", 2);
+    // One send per second after a burst of ten, per user, cluster-wide.
+    let limits = [
+        ("limits.user_sends_per_sec", "1"),
+        ("limits.user_send_burst", "10"),
+    ];
+    let binary = Path::new(env!("CARGO_BIN_EXE_ourchat"));
+    let a = engines.cluster_node(binary, &shards, 1, &limits);
+    let b = engines.cluster_node(binary, &shards, 2, &limits);
+    let (bob, sb) = user_on(a.addr, "bob", "d").await;
+    let (phone, _) = user_on(a.addr, "alice", "phone").await;
+    let laptop = device_of(b.addr, "alice", "laptop").await;
+    let started = Instant::now();
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    // Each node's own bucket would let each device send ten.
+    for (device, client) in [("phone", &phone), ("laptop", &laptop)] {
+        for i in 0..8 {
+            match client.send_text(sb.user_id, &format!("{device}{i}")).await {
+                Ok(ack) => accepted.push(ack.seq),
+                Err(e) => {
+                    assert_eq!(
+                        e.code(),
+                        Some(ourchat_client::ErrorCode::RateLimited),
+                        "{e}"
+                    );
+                    assert!(e.to_string().contains("slow down"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    let allowed = 10.0 + started.elapsed().as_secs_f64() + 1.0;
+    assert!(
+        refused > 0,
+        "16 sends in {:?}, none refused",
+        started.elapsed()
+    );
+    assert!(
+        (accepted.len() as f64) <= allowed,
+        "{} accepted, at most {allowed} allowed",
+        accepted.len()
+    );
+    // Refused sends took no seq and store nothing: the seqs run unbroken
+    // and bob's history holds exactly the accepted ones.
+    accepted.sort_unstable();
+    assert!(
+        accepted.windows(2).all(|w| w[1] == w[0] + 1),
+        "{accepted:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let later = laptop.send_text(sb.user_id, "after a pause").await.unwrap();
+    assert_eq!(later.seq, accepted.last().copied().unwrap_or(0) + 1);
+    let history = history_with(&bob, &later.conversation_id, accepted.len() + 1).await;
+    assert_eq!(history.len(), accepted.len() + 1);
+    assert!(a.metric("ourchat_limited_total") + b.metric("ourchat_limited_total") > 0.0);
+}

@@ -1,5 +1,6 @@
-//! Cluster mode's Redis: sequence numbers, and the directory of devices
-//! online on each node (for presence across nodes).
+//! Cluster mode's Redis: sequence numbers, each user's send budget across
+//! every node, and the directory of devices online on each node (for
+//! presence and sign-outs across nodes).
 //!
 //! Sequence numbers: one atomic script call
 //! hands a batch of sends their seqs (`INCR` on the conversation's counter)
@@ -43,6 +44,29 @@ end
 return out
 ";
 
+/// Takes up to `ARGV[3]` sends from the user's token bucket (`ARGV[1]`
+/// per second, at most `ARGV[2]`); answers how many it took. Redis's own
+/// clock refills it, so nodes' clocks need not agree. The key expires once
+/// the bucket would be full again: idle users cost nothing.
+const TAKE_SENDS: &str = r"
+local rate = math.max(tonumber(ARGV[1]), 0.001)
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+local saved = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(saved[1]) or burst
+local at = tonumber(saved[2]) or now
+if now > at then
+  tokens = math.min(burst, tokens + (now - at) * rate / 1000)
+end
+local taken = math.max(0, math.min(want, math.floor(tokens)))
+tokens = tokens - taken
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return taken
+";
+
 /// One send asking for a seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqRequest {
@@ -80,6 +104,7 @@ pub struct RedisSeq {
     client: redis::Client,
     conn: Option<redis::Connection>,
     script: Script,
+    take_sends: Script,
     dedupe_ttl_secs: u64,
 }
 
@@ -99,6 +124,7 @@ impl RedisSeq {
             client: redis::Client::open(url)?,
             conn: None,
             script: Script::new(ALLOCATE),
+            take_sends: Script::new(TAKE_SENDS),
             dedupe_ttl_secs: dedupe_ttl_secs.max(1),
         })
     }
@@ -163,6 +189,56 @@ impl RedisSeq {
             )));
         }
         replies.iter().map(|reply| parse_grant(reply)).collect()
+    }
+
+    /// Takes each user's sends from their budget, shared by every node
+    /// (`per_sec` refill, at most `burst`): how many of `wants[i].1` sends
+    /// user `wants[i].0` may make now. One round trip for the lot.
+    pub fn take_sends(
+        &mut self,
+        wants: &[(i64, u32)],
+        per_sec: f64,
+        burst: f64,
+    ) -> Result<Vec<u32>, StoreError> {
+        if wants.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Pipelined EVALSHA, one key each (a bucket per user); a Redis that
+        // lost its scripts (restart, SCRIPT FLUSH) gets it once more.
+        let mut pipe = redis::pipe();
+        for (user_id, count) in wants {
+            pipe.cmd("EVALSHA")
+                .arg(self.take_sends.get_hash())
+                .arg(1)
+                .arg(format!("ourchat:sends:{{{user_id}}}"))
+                .arg(per_sec)
+                .arg(burst)
+                .arg(*count);
+        }
+        self.conn()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::Corrupt("redis connection vanished".into()));
+        };
+        let mut answered: redis::RedisResult<Vec<u32>> = pipe.query(conn);
+        if matches!(&answered, Err(e) if e.kind() == redis::ErrorKind::NoScriptError) {
+            answered = self
+                .take_sends
+                .prepare_invoke()
+                .load(conn)
+                .and_then(|_| pipe.query(conn));
+        }
+        match answered {
+            Ok(taken) if taken.len() == wants.len() => Ok(taken),
+            Ok(taken) => Err(StoreError::Corrupt(format!(
+                "redis answered {} budgets for {} users",
+                taken.len(),
+                wants.len()
+            ))),
+            Err(error) => {
+                self.conn = None;
+                Err(error.into())
+            }
+        }
     }
 
     /// The counter's current value (0: none), for tests and tools.

@@ -160,3 +160,51 @@ fn redis_directory_holds_each_device_until_it_leaves_or_expires() {
     std::thread::sleep(Duration::from_millis(2100));
     assert!(redis.online_devices(user).unwrap().is_empty());
 }
+
+#[test]
+fn redis_send_budget_is_shared_by_every_connection_and_refills() {
+    let Some(url) = engine("OURCHAT_TEST_REDIS", "redis_send_budget") else {
+        return;
+    };
+    let user = 8_000_000 + i64::from(std::process::id());
+    let (other, per_sec, burst) = (user + 1, 20.0, 5.0);
+    let mut node_a = RedisSeq::new(&url, 60).unwrap();
+    let mut node_b = RedisSeq::new(&url, 60).unwrap();
+    // Two "nodes" draw from one bucket: 3 + 2 fit the burst, then nothing;
+    // another user's bucket is untouched.
+    assert_eq!(
+        node_a.take_sends(&[(user, 3)], per_sec, burst).unwrap(),
+        [3]
+    );
+    assert_eq!(
+        node_b
+            .take_sends(&[(user, 4), (other, 4)], per_sec, burst)
+            .unwrap(),
+        [2, 4]
+    );
+    assert_eq!(
+        node_a.take_sends(&[(user, 1)], per_sec, burst).unwrap(),
+        [0]
+    );
+    assert_eq!(
+        node_a.take_sends(&[], per_sec, burst).unwrap(),
+        Vec::<u32>::new()
+    );
+    // 20 per second: about 4 tokens after 200 ms, never more than the burst.
+    std::thread::sleep(Duration::from_millis(220));
+    let refilled = node_b.take_sends(&[(user, 10)], per_sec, burst).unwrap()[0];
+    assert!((4..=5).contains(&refilled), "refilled {refilled}");
+    // A Redis that forgot its scripts (restart, SCRIPT FLUSH) still answers.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut raw = client.get_connection().unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let after_flush = node_a.take_sends(&[(user, 1)], per_sec, burst).unwrap();
+    assert_eq!(after_flush, [1]);
+    // The bucket expires once it would be full again.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("ourchat:sends:{{{user}}}"))
+        .query(&mut raw)
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 1_300, "ttl {ttl} ms");
+}
