@@ -97,6 +97,20 @@ pub enum Inbound {
     /// Who may send in a conversation changed on another node: drop what
     /// this node keeps of it.
     Changed(ConversationId),
+    /// Another node revoked a device, or it logged in there: close its
+    /// connection here.
+    SignOut(pb::DeviceSignOut),
+}
+
+/// What happened to a device of this node, for the Redis directory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DeviceChange {
+    /// It logged in here.
+    LoggedIn,
+    /// It said it is away (`true`) or back.
+    Away(bool),
+    /// Its connection closed.
+    Gone,
 }
 
 /// Each core's end of the inbox, taken once by the core at start.
@@ -314,7 +328,12 @@ fn tail_log(
         if kafka::origin_of(&record) == Some(node_id) {
             continue;
         }
-        let routed = if record.topic() == topics.presence {
+        let routed = if record.topic() == topics.presence && kafka::is_sign_out(&record) {
+            record
+                .payload()
+                .and_then(|payload| pb::DeviceSignOut::decode(payload).ok())
+                .map(|sign_out| (sign_out.user_id as u64, Inbound::SignOut(sign_out)))
+        } else if record.topic() == topics.presence {
             record
                 .payload()
                 .and_then(|payload| pb::PresenceInfo::decode(payload).ok())
@@ -343,7 +362,7 @@ fn tail_log(
         let counter = match inbound {
             Inbound::Message(_) => Some(&stats.remote_messages),
             Inbound::Presence(_) => Some(&stats.remote_presence),
-            Inbound::Changed(_) => None,
+            Inbound::Changed(_) | Inbound::SignOut(_) => None,
         };
         if let Some(counter) = counter {
             counter.fetch_add(1, Ordering::Relaxed);
@@ -379,24 +398,45 @@ pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Inbound>) {
             Inbound::Message(message) => core.deliver_from_another_node(*message).await,
             Inbound::Presence(info) => core.clone().tell_friends(info).await,
             Inbound::Changed(conv) => core.forget_conversation(conv).await,
+            Inbound::SignOut(sign_out) => core.sign_out_here(sign_out).await,
         }
     }
 }
 
 impl Core {
-    /// Cluster mode: records a device of this node in the Redis directory
-    /// (`Some(away)`), or removes it (`None`); off the reactor, and a
-    /// failure only costs other nodes' presence queries their accuracy.
-    pub(crate) fn publish_device(&self, user_id: i64, device_id: &str, state: Option<bool>) {
+    /// Cluster mode: records a device of this node in the Redis directory,
+    /// or removes it; off the reactor, and a failure only costs other
+    /// nodes' presence queries their accuracy. A device that logs in here
+    /// while the directory has it on another node is signed out there (it
+    /// logged in again elsewhere: that connection is stale).
+    pub(crate) fn publish_device(&self, user_id: i64, device_id: &str, change: DeviceChange) {
         let Some(cluster) = &self.shared.cluster else {
             return;
         };
         let (node, device) = (self.shared.config.server.node_id, device_id.to_string());
         let ttl = directory_ttl(&self.shared.config);
+        let log = cluster.log.clone();
+        let logged_in_at = ourchat_protocol::ids::now_ms() as i64;
         let queued = cluster.redis.try_run(move |redis| {
-            let written = match state {
-                Some(away) => redis.put_device(user_id, &device, node, away, ttl),
-                None => redis.remove_device(user_id, &device),
+            let written = match change {
+                DeviceChange::LoggedIn => redis
+                    .put_device(user_id, &device, node, false, ttl)
+                    .and_then(|moved_from| match moved_from {
+                        Some(_) => {
+                            let sign_out = pb::DeviceSignOut {
+                                user_id,
+                                device_id: device.clone(),
+                                reason: "this device logged in again elsewhere".into(),
+                                registered_before_ms: logged_in_at,
+                            };
+                            log.publish_sign_out(user_id, &sign_out.encode_to_vec())
+                        }
+                        None => Ok(()),
+                    }),
+                DeviceChange::Away(away) => redis
+                    .put_device(user_id, &device, node, away, ttl)
+                    .map(|_| ()),
+                DeviceChange::Gone => redis.remove_device(user_id, &device, node),
             };
             if let Err(error) = written {
                 tracing::debug!(%error, user_id, "directory not updated");
@@ -404,6 +444,46 @@ impl Core {
         });
         if queued.is_err() {
             tracing::debug!(user_id, "directory not updated: cluster threads busy");
+        }
+    }
+
+    /// Cluster mode: signs `device_id` out on whichever other node holds
+    /// its connection (its token was just revoked); whether the directory
+    /// had it online on another node.
+    pub(crate) async fn sign_out_elsewhere(
+        &self,
+        user_id: i64,
+        device_id: &str,
+        reason: &str,
+    ) -> bool {
+        let Some(cluster) = &self.shared.cluster else {
+            return false;
+        };
+        let node = self.shared.config.server.node_id;
+        let log = cluster.log.clone();
+        let sign_out = pb::DeviceSignOut {
+            user_id,
+            device_id: device_id.to_string(),
+            reason: reason.to_string(),
+            registered_before_ms: 0,
+        };
+        let signed_out = self
+            .redis(move |redis| {
+                // Published whatever the directory says: it may lag, and a
+                // revoked device must not stay connected anywhere.
+                log.publish_sign_out(user_id, &sign_out.encode_to_vec())?;
+                let devices = redis.online_devices(user_id)?;
+                Ok(devices
+                    .iter()
+                    .any(|d| d.device_id == sign_out.device_id && d.node_id != node))
+            })
+            .await;
+        match signed_out {
+            Ok(elsewhere) => elsewhere,
+            Err(error) => {
+                tracing::warn!(code = error.code, user_id, "sign-out not published");
+                false
+            }
         }
     }
 

@@ -34,7 +34,7 @@ use ourchat_storage::{
 use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
 
 use crate::auth::TokenKeys;
-use crate::cluster::ClusterShared;
+use crate::cluster::{ClusterShared, DeviceChange};
 use crate::config::Config;
 use crate::group_state::{self, GroupCommand, GroupState};
 use crate::limits::{Limit, NodeLimits, TokenBucket};
@@ -174,6 +174,9 @@ pub enum CoreMsg {
         device_id: String,
         /// Shown to the client.
         reason: String,
+        /// Only a connection registered before this (ms since the epoch;
+        /// 0: any).
+        registered_before_ms: i64,
         /// Answered with whether it was online.
         reply: Option<oneshot::Sender<bool>>,
     },
@@ -289,6 +292,9 @@ pub struct Core {
 struct DeviceConn {
     device_id: Box<str>,
     conn_id: u64,
+    /// When this connection registered (ms since the epoch): a sign-out
+    /// from another node spares a connection newer than itself.
+    registered_ms: i64,
     /// The device said it is away (still connected).
     away: bool,
 }
@@ -498,16 +504,21 @@ impl Core {
                 done,
             } => {
                 let before = self.presence_of(user_id);
-                self.publish_device(user_id, &device_id, Some(false));
+                self.publish_device(user_id, &device_id, DeviceChange::LoggedIn);
+                let registered_ms = now_ms() as i64;
                 let replaced = {
                     let mut directory = self.directory.borrow_mut();
                     let devices = directory.entry(user_id).or_default();
                     match devices.iter_mut().find(|d| *d.device_id == *device_id) {
-                        Some(existing) => Some(std::mem::replace(&mut existing.conn_id, conn_id)),
+                        Some(existing) => {
+                            existing.registered_ms = registered_ms;
+                            Some(std::mem::replace(&mut existing.conn_id, conn_id))
+                        }
                         None => {
                             devices.push(DeviceConn {
                                 device_id: device_id.into_boxed_str(),
                                 conn_id,
+                                registered_ms,
                                 away: false,
                             });
                             None
@@ -552,7 +563,7 @@ impl Core {
                     .get(&user_id)
                     .is_some_and(|devices| devices.iter().any(|d| *d.device_id == *device_id));
                 if !still_here {
-                    self.publish_device(user_id, &device_id, None);
+                    self.publish_device(user_id, &device_id, DeviceChange::Gone);
                 }
                 self.announce_presence(user_id, before);
             }
@@ -573,7 +584,7 @@ impl Core {
                         device.device_id.to_string()
                     });
                 if let Some(device_id) = changed {
-                    self.publish_device(user_id, &device_id, Some(away));
+                    self.publish_device(user_id, &device_id, DeviceChange::Away(away));
                 }
                 let _ = done.send(());
                 self.announce_presence(user_id, before);
@@ -594,12 +605,16 @@ impl Core {
                 user_id,
                 device_id,
                 reason,
+                registered_before_ms,
                 reply,
             } => {
                 let conn = self.directory.borrow().get(&user_id).and_then(|devices| {
                     devices
                         .iter()
                         .find(|d| *d.device_id == *device_id)
+                        .filter(|d| {
+                            registered_before_ms == 0 || d.registered_ms < registered_before_ms
+                        })
                         .map(|d| d.conn_id)
                 });
                 if let Some(reply) = reply {
@@ -1421,14 +1436,28 @@ impl Core {
         reason: &str,
     ) -> bool {
         let (reply, answer) = oneshot::channel();
+        let elsewhere = self.sign_out_elsewhere(user_id, &device_id, reason).await;
         let kick = CoreMsg::KickDevice {
             user_id,
             device_id,
             reason: reason.to_string(),
+            registered_before_ms: 0,
             reply: Some(reply),
         };
         self.route(self.owner_of_user(user_id), kick).await;
-        answer.await.unwrap_or(false)
+        answer.await.unwrap_or(false) || elsewhere
+    }
+
+    /// Closes this node's connection of a device another node signed out.
+    pub(crate) async fn sign_out_here(self: &Rc<Self>, sign_out: pb::DeviceSignOut) {
+        let kick = CoreMsg::KickDevice {
+            user_id: sign_out.user_id,
+            device_id: sign_out.device_id,
+            reason: sign_out.reason,
+            registered_before_ms: sign_out.registered_before_ms,
+            reply: None,
+        };
+        self.route(self.owner_of_user(sign_out.user_id), kick).await;
     }
 
     /// Sends still waiting for their commit on this core.

@@ -367,8 +367,8 @@ async fn a_users_send_rate_holds_across_nodes() {
         ("limits.user_send_burst", "10"),
     ];
     let binary = Path::new(env!("CARGO_BIN_EXE_ourchat"));
-    let a = engines.cluster_node(binary, &shards, 1, &limits);
-    let b = engines.cluster_node(binary, &shards, 2, &limits);
+    let a = engines.cluster_node(binary, &shards, 13, &limits);
+    let b = engines.cluster_node(binary, &shards, 14, &limits);
     let (bob, sb) = user_on(a.addr, "bob", "d").await;
     let (phone, _) = user_on(a.addr, "alice", "phone").await;
     let laptop = device_of(b.addr, "alice", "laptop").await;
@@ -415,4 +415,80 @@ async fn a_users_send_rate_holds_across_nodes() {
     let history = history_with(&bob, &later.conversation_id, accepted.len() + 1).await;
     assert_eq!(history.len(), accepted.len() + 1);
     assert!(a.metric("ourchat_limited_total") + b.metric("ourchat_limited_total") > 0.0);
+}
+
+/// Waits for the server to close `client`'s connection, with its reason.
+async fn kicked(client: &Client) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.next_push(left).await {
+            Some(Push::Kicked(reason)) => return reason,
+            Some(Push::Closed) | None => panic!("closed without a Kicked within {WAIT:?}"),
+            Some(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_outs_reach_the_node_holding_the_device() {
+    let Some(engines) = Engines::from_env("cluster sign-out") else {
+        return;
+    };
+    let shards = engines.fresh_shards("signout", 2);
+    let a = cluster_node(&engines, &shards, 15);
+    let b = cluster_node(&engines, &shards, 16);
+    let (phone, sa) = user_on(a.addr, "alice", "phone").await;
+    let (bob, sb) = user_on(a.addr, "bob", "d").await;
+    bob.request_friend(sa.user_id, "hi").await.unwrap();
+    phone.answer_friend(sb.user_id, true).await.unwrap();
+
+    // A device that logs in again on another node: its old connection is
+    // closed, the new one works, and the old one's goodbye leaves the
+    // directory saying where the device is now.
+    let old_tablet = device_of(a.addr, "alice", "tablet").await;
+    let tablet = device_of(b.addr, "alice", "tablet").await;
+    assert_eq!(
+        kicked(&old_tablet).await,
+        "this device logged in again elsewhere"
+    );
+    tablet
+        .send_text(sb.user_id, "from the tablet")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(presence_of(&bob, sa.user_id).await.devices_online, 2);
+
+    // Kicked from node A, the laptop on node B is closed and its token is
+    // dead on both nodes.
+    let laptop_client = Client::connect(b.addr).await.unwrap();
+    let laptop = laptop_client
+        .login("alice", ourchat_testkit::TEST_PASSWORD, "laptop")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(phone.kick_device("laptop").await.unwrap(), "online on B");
+    assert_eq!(
+        kicked(&laptop_client).await,
+        "signed out from another device"
+    );
+    for node in [&a, &b] {
+        let again = Client::connect(node.addr).await.unwrap();
+        let refused = again.login_token(&laptop.token).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(ourchat_client::ErrorCode::Unauthenticated),
+            "{refused}"
+        );
+    }
+
+    // A password change on node A signs the tablet on node B out.
+    let signed_out = phone
+        .change_password(ourchat_testkit::TEST_PASSWORD, "a-new-password-123")
+        .await
+        .unwrap();
+    assert_eq!(signed_out, 1, "only the tablet was still signed in");
+    assert_eq!(kicked(&tablet).await, "signed out: password changed");
+    // The device that changed it stays.
+    phone.send_text(sb.user_id, "still here").await.unwrap();
 }

@@ -37,6 +37,9 @@ pub const PRESENCE_TOPIC: &str = "im_presence";
 pub const GROUP_EVENTS_TOPIC: &str = "im_group_events";
 
 const ORIGIN_HEADER: &str = "origin";
+/// The header that marks a presence-topic record as a sign-out.
+const KIND_HEADER: &str = "kind";
+const SIGN_OUT: &[u8] = b"sign-out";
 
 /// One deployment's topic names: the standard ones behind an optional
 /// prefix (several deployments, or test runs, can share one Kafka).
@@ -217,16 +220,45 @@ impl MessageLog {
         self.wait(vec![delivery])
     }
 
+    /// Publishes a device's sign-out for the node holding its connection
+    /// (`payload`: a `DeviceSignOut`), on the user's presence partition,
+    /// and waits for Kafka's ack.
+    pub fn publish_sign_out(&self, user_id: i64, payload: &[u8]) -> Result<(), StoreError> {
+        let delivery = self.produce_marked(
+            &self.topics.presence,
+            &user_id.to_string(),
+            payload,
+            Some(SIGN_OUT),
+        )?;
+        self.wait(vec![delivery])
+    }
+
     fn produce(
         &self,
         topic: &str,
         key: &str,
         payload: &[u8],
     ) -> Result<rdkafka::producer::DeliveryFuture, StoreError> {
-        let headers = OwnedHeaders::new().insert(Header {
+        self.produce_marked(topic, key, payload, None)
+    }
+
+    fn produce_marked(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        kind: Option<&[u8]>,
+    ) -> Result<rdkafka::producer::DeliveryFuture, StoreError> {
+        let mut headers = OwnedHeaders::new().insert(Header {
             key: ORIGIN_HEADER,
             value: Some(self.origin.as_bytes()),
         });
+        if let Some(kind) = kind {
+            headers = headers.insert(Header {
+                key: KIND_HEADER,
+                value: Some(kind),
+            });
+        }
         let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)
@@ -299,6 +331,17 @@ pub fn origin_of(record: &BorrowedMessage<'_>) -> Option<u16> {
             .and_then(|h| h.value)
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse().ok())
+    })
+}
+
+/// Whether a presence-topic record is a device's sign-out (else it is a
+/// presence change).
+pub fn is_sign_out(record: &BorrowedMessage<'_>) -> bool {
+    use rdkafka::Message as _;
+    record.headers().is_some_and(|headers| {
+        headers
+            .iter()
+            .any(|h| h.key == KIND_HEADER && h.value == Some(SIGN_OUT))
     })
 }
 

@@ -67,6 +67,25 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return taken
 ";
 
+/// Sets a device's directory entry (`ARGV`: device, `node:away`, ttl) and
+/// answers what it was.
+const PUT_DEVICE: &str = r"
+local before = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return before
+";
+
+/// Removes a device's entry only if it still names this node (`ARGV[2]`,
+/// `node:`): a device that moved to another node stays listed there.
+const REMOVE_DEVICE: &str = r"
+local before = redis.call('HGET', KEYS[1], ARGV[1])
+if before and string.sub(before, 1, #ARGV[2]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+";
+
 /// One send asking for a seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqRequest {
@@ -105,6 +124,8 @@ pub struct RedisSeq {
     conn: Option<redis::Connection>,
     script: Script,
     take_sends: Script,
+    put_device: Script,
+    remove_device: Script,
     dedupe_ttl_secs: u64,
 }
 
@@ -125,6 +146,8 @@ impl RedisSeq {
             conn: None,
             script: Script::new(ALLOCATE),
             take_sends: Script::new(TAKE_SENDS),
+            put_device: Script::new(PUT_DEVICE),
+            remove_device: Script::new(REMOVE_DEVICE),
             dedupe_ttl_secs: dedupe_ttl_secs.max(1),
         })
     }
@@ -267,7 +290,9 @@ fn directory_key(user_id: i64) -> String {
 impl RedisSeq {
     /// Records `device_id` of `user_id` as online on `node_id`; the user's
     /// whole entry expires `ttl_secs` after its last write or touch, so a
-    /// dead node's devices fade out once nobody refreshes them.
+    /// dead node's devices fade out once nobody refreshes them. Answers the
+    /// node the device was on before, if another: it logged in again here,
+    /// and that node should close its old connection.
     pub fn put_device(
         &mut self,
         user_id: i64,
@@ -275,17 +300,23 @@ impl RedisSeq {
         node_id: u16,
         away: bool,
         ttl_secs: u64,
-    ) -> Result<(), StoreError> {
-        let key = directory_key(user_id);
+    ) -> Result<Option<u16>, StoreError> {
         let value = format!("{node_id}:{}", u8::from(away));
-        let conn = self.conn()?;
-        redis::pipe()
-            .hset(&key, device_id, value)
-            .ignore()
-            .expire(&key, ttl_secs as i64)
-            .ignore()
-            .query::<()>(conn)?;
-        Ok(())
+        self.conn()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::Corrupt("redis connection vanished".into()));
+        };
+        let before: Option<String> = self
+            .put_device
+            .key(directory_key(user_id))
+            .arg(device_id)
+            .arg(value)
+            .arg(ttl_secs)
+            .invoke(conn)?;
+        Ok(before
+            .and_then(|before| parse_entry(&before))
+            .map(|(node, _)| node)
+            .filter(|node| *node != node_id))
     }
 
     /// Keeps the user's entry alive (a heartbeat of one of their devices).
@@ -295,10 +326,24 @@ impl RedisSeq {
         Ok(())
     }
 
-    /// Forgets `device_id` of `user_id` (it disconnected).
-    pub fn remove_device(&mut self, user_id: i64, device_id: &str) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        let _: i64 = conn.hdel(directory_key(user_id), device_id)?;
+    /// Forgets `device_id` of `user_id` (it disconnected from `node_id`),
+    /// unless it is online on another node by now.
+    pub fn remove_device(
+        &mut self,
+        user_id: i64,
+        device_id: &str,
+        node_id: u16,
+    ) -> Result<(), StoreError> {
+        self.conn()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::Corrupt("redis connection vanished".into()));
+        };
+        let _: i64 = self
+            .remove_device
+            .key(directory_key(user_id))
+            .arg(device_id)
+            .arg(format!("{node_id}:"))
+            .invoke(conn)?;
         Ok(())
     }
 
@@ -309,15 +354,21 @@ impl RedisSeq {
         Ok(entries
             .into_iter()
             .filter_map(|(device_id, value)| {
-                let (node, away) = value.split_once(':')?;
+                let (node_id, away) = parse_entry(&value)?;
                 Some(OnlineDevice {
                     device_id,
-                    node_id: node.parse().ok()?,
-                    away: away == "1",
+                    node_id,
+                    away,
                 })
             })
             .collect())
     }
+}
+
+/// A directory entry: `node:away`.
+fn parse_entry(value: &str) -> Option<(u16, bool)> {
+    let (node, away) = value.split_once(':')?;
+    Some((node.parse().ok()?, away == "1"))
 }
 
 fn parse_grant(reply: &str) -> Result<SeqGrant, StoreError> {

@@ -132,8 +132,14 @@ fn redis_directory_holds_each_device_until_it_leaves_or_expires() {
     };
     let mut redis = RedisSeq::new(&url, 60).unwrap();
     let user = 9_000_000 + i64::from(std::process::id());
-    redis.put_device(user, "phone", 1, false, 60).unwrap();
-    redis.put_device(user, "tablet", 2, true, 60).unwrap();
+    assert_eq!(redis.put_device(user, "phone", 1, false, 60).unwrap(), None);
+    assert_eq!(redis.put_device(user, "tablet", 2, true, 60).unwrap(), None);
+    // The same node again (away, back) is no move.
+    assert_eq!(
+        redis.put_device(user, "tablet", 2, false, 60).unwrap(),
+        None
+    );
+    assert_eq!(redis.put_device(user, "tablet", 2, true, 60).unwrap(), None);
     let mut devices = redis.online_devices(user).unwrap();
     devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     assert_eq!(devices.len(), 2);
@@ -153,7 +159,15 @@ fn redis_directory_holds_each_device_until_it_leaves_or_expires() {
         ),
         ("tablet", 2, true)
     );
-    redis.remove_device(user, "phone").unwrap();
+    // The phone logs in again on node 3: node 1 hears where it was; node
+    // 1's late goodbye for its old connection leaves the new entry alone.
+    assert_eq!(
+        redis.put_device(user, "phone", 3, false, 60).unwrap(),
+        Some(1)
+    );
+    redis.remove_device(user, "phone", 1).unwrap();
+    assert_eq!(redis.online_devices(user).unwrap().len(), 2);
+    redis.remove_device(user, "phone", 3).unwrap();
     assert_eq!(redis.online_devices(user).unwrap().len(), 1);
     // Nobody refreshes it: the entry runs out.
     redis.touch_user(user, 1).unwrap();
