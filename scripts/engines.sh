@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Throwaway cluster engines for tests and local cluster runs: MariaDB (two
-# databases = two shards), Redis and a Kafka-API broker (tansu, in memory),
-# each on a free loopback port, all state under one directory.
+# databases = two shards) with a read replica (a second MariaDB following
+# the first's binlog), Redis and a Kafka-API broker (tansu, in memory), each
+# on a free loopback port, all state under one directory.
 #
 #   scripts/engines.sh start DIR   install what is missing, start, write DIR/env
 #   scripts/engines.sh stop DIR    stop everything started in DIR and delete it
 #
 # DIR/env exports OURCHAT_TEST_MYSQL (comma-separated shard URLs; the same
 # as a TOML list for storage.mysql_shards in OURCHAT_ENGINES_SHARDS),
+# OURCHAT_TEST_MYSQL_REPLICA (the replica's server URL: same databases),
 # OURCHAT_TEST_REDIS and OURCHAT_TEST_KAFKA; tests read those, so a developer
 # can also start the engines once and point many test runs at them.
 set -euo pipefail
@@ -55,6 +57,18 @@ install_missing() {
   fi
 }
 
+# start_mariadb NAME PORT [OPTION...]: a small, fast MariaDB on DIR/NAME.
+start_mariadb() {
+  local name=$1 port=$2
+  shift 2
+  mariadbd --no-defaults --datadir="$dir/$name" --user="$(id -un)" \
+    --port="$port" --bind-address=127.0.0.1 --socket="$dir/$name.sock" \
+    --pid-file="$dir/$name.pid" --skip-name-resolve --innodb-buffer-pool-size=64M \
+    --innodb-log-file-size=32M --innodb-flush-log-at-trx-commit=2 --max-connections=500 \
+    "$@" >"$dir/$name.log" 2>&1 &
+  echo $! >"$dir/$name.pid.shell"
+}
+
 start() {
   install_missing
   export PATH="$HOME/.cargo/bin:/usr/sbin:$PATH"
@@ -62,28 +76,41 @@ start() {
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
 
-  local mysql_port redis_port kafka_port
+  local mysql_port replica_port redis_port kafka_port
   mysql_port=$(free_port)
+  replica_port=$(free_port)
   redis_port=$(free_port)
   kafka_port=$(free_port)
 
   # MariaDB: fast and small for tests (the durability of an engine is not
   # what these tests check; OurChat's own acks are).
-  mariadb-install-db --no-defaults --datadir="$dir/mysql" --user="$(id -un)" \
-    --auth-root-authentication-method=socket --skip-test-db >"$dir/mariadb-install.log" 2>&1
-  mariadbd --no-defaults --datadir="$dir/mysql" --user="$(id -un)" \
-    --port="$mysql_port" --bind-address=127.0.0.1 --socket="$dir/mysql.sock" \
-    --pid-file="$dir/mariadb.pid" --skip-name-resolve --innodb-buffer-pool-size=64M \
-    --innodb-log-file-size=32M --innodb-flush-log-at-trx-commit=2 --max-connections=500 \
-    >"$dir/mariadb.log" 2>&1 &
-  echo $! >"$dir/mariadb.pid.shell"
-  wait_for_port "$mysql_port" mariadb
+  # The replica replays the primary's binlog from its first statement, so
+  # databases, users and every test's shards reach it without set-up.
+  local name
+  for name in mysql replica; do
+    mariadb-install-db --no-defaults --datadir="$dir/$name" --user="$(id -un)" \
+      --auth-root-authentication-method=socket --skip-test-db >"$dir/$name-install.log" 2>&1 &
+  done
+  wait
+  start_mariadb mysql "$mysql_port" --server-id=1 --log-bin="$dir/mysql/binlog" --binlog-format=ROW
+  start_mariadb replica "$replica_port" --server-id=2 --read-only
+  wait_for_port "$mysql_port" mysql
   mariadb --no-defaults --socket="$dir/mysql.sock" -u root <<'SQL'
 CREATE DATABASE ourchat_shard0;
 CREATE DATABASE ourchat_shard1;
 CREATE USER 'ourchat'@'127.0.0.1' IDENTIFIED BY 'ourchat';
 CREATE USER 'ourchat'@'localhost' IDENTIFIED BY 'ourchat';
 GRANT ALL ON `ourchat%`.* TO 'ourchat'@'127.0.0.1', 'ourchat'@'localhost';
+-- Tests pause the replica's replication to see which server answered.
+GRANT REPLICATION SLAVE ADMIN ON *.* TO 'ourchat'@'127.0.0.1';
+CREATE USER 'replication'@'127.0.0.1' IDENTIFIED BY 'replication';
+GRANT REPLICATION SLAVE ON *.* TO 'replication'@'127.0.0.1';
+SQL
+  wait_for_port "$replica_port" replica
+  mariadb --no-defaults --socket="$dir/replica.sock" -u root <<SQL
+CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=$mysql_port,
+  MASTER_USER='replication', MASTER_PASSWORD='replication', MASTER_USE_GTID=slave_pos;
+START SLAVE;
 SQL
 
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --save '' \
@@ -100,24 +127,29 @@ SQL
   cat >"$dir/env" <<ENV
 export OURCHAT_TEST_MYSQL=$mysql/ourchat_shard0,$mysql/ourchat_shard1
 export OURCHAT_ENGINES_SHARDS='["$mysql/ourchat_shard0", "$mysql/ourchat_shard1"]'
+export OURCHAT_TEST_MYSQL_REPLICA=mysql://ourchat:ourchat@127.0.0.1:$replica_port
 export OURCHAT_TEST_REDIS=redis://127.0.0.1:$redis_port
 export OURCHAT_TEST_KAFKA=127.0.0.1:$kafka_port
 export OURCHAT_TEST_ENGINES_DIR=$dir
 ENV
-  echo "engines up in $dir: mariadb :$mysql_port, redis :$redis_port, tansu :$kafka_port" >&2
+  echo "engines up in $dir: mariadb :$mysql_port (replica :$replica_port)," \
+    "redis :$redis_port, tansu :$kafka_port" >&2
 }
 
 stop() {
   [[ -d "$dir" ]] || return 0
-  for pidfile in "$dir/tansu.pid" "$dir/redis.pid" "$dir/mariadb.pid.shell"; do
+  for pidfile in "$dir/tansu.pid" "$dir/redis.pid" "$dir/replica.pid.shell" "$dir/mysql.pid.shell"; do
     if [[ -f "$pidfile" ]]; then
       kill "$(cat "$pidfile")" 2>/dev/null || true
     fi
   done
   # MariaDB flushes on TERM; give it a moment before the directory goes.
-  for _ in $(seq 1 50); do
-    [[ -f "$dir/mariadb.pid" ]] && kill -0 "$(cat "$dir/mariadb.pid" 2>/dev/null)" 2>/dev/null || break
-    sleep 0.1
+  local name
+  for name in mysql replica; do
+    for _ in $(seq 1 50); do
+      [[ -f "$dir/$name.pid" ]] && kill -0 "$(cat "$dir/$name.pid" 2>/dev/null)" 2>/dev/null || break
+      sleep 0.1
+    done
   done
   rm -rf "$dir"
 }

@@ -112,7 +112,7 @@ async fn sends_survive_kafka_and_mysql_outages() {
     // MySQL away: sends are acked and delivered all the same...
     let mut acked = Vec::new();
     {
-        let _mysql = Frozen::engine(dir.join("mariadb.pid"));
+        let _mysql = Frozen::engine(dir.join("mysql.pid"));
         for i in 0..5 {
             let text = format!("while mysql is away {i}");
             let ack = alice.send_text(sb.user_id, &text).await.unwrap();

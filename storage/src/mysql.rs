@@ -20,6 +20,7 @@
 //! writer owns a single-threaded tokio runtime that drives its connections.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use mysql_async::prelude::{FromRow, FromValue, Queryable};
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Row, Value};
@@ -216,6 +217,7 @@ impl Backend for MysqlBackend {
             } else {
                 None
             },
+            replica_resting_until: None,
         }))
     }
 }
@@ -1232,30 +1234,53 @@ struct MysqlReader {
     primary: Shards,
     /// History and search go here when replicas are configured.
     replica: Option<Shards>,
+    /// After a replica fails, reads go to the primaries until then.
+    replica_resting_until: Option<Instant>,
 }
 
+/// How long reads avoid replicas after one failed: a dead replica must not
+/// cost every read a failed dial first.
+const REPLICA_REST: Duration = Duration::from_secs(5);
+
+type ShardRead<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + 'a>>;
+
 impl MysqlReader {
-    /// Runs `read` on the primaries (or, with `replica`, on the replicas
-    /// when there are any), dropping failed connections so the next read
-    /// dials again.
+    /// Runs `read` on the primaries, dropping failed connections so the
+    /// next read dials again.
     fn run<T>(
         &mut self,
-        replica: bool,
-        read: impl for<'a> FnOnce(
-            &'a mut Shards,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T, StoreError>> + 'a>,
-        >,
+        read: impl for<'a> FnOnce(&'a mut Shards) -> ShardRead<'a, T>,
     ) -> Result<T, StoreError> {
-        let shards = match (&mut self.replica, replica) {
-            (Some(replicas), true) => replicas,
-            _ => &mut self.primary,
-        };
-        let result = self.runtime.block_on(read(shards));
+        let result = self.runtime.block_on(read(&mut self.primary));
         if let Err(error) = &result {
-            shards.after_error(error);
+            self.primary.after_error(error);
         }
         result
+    }
+
+    /// Runs `read` on the replicas when there are any and they answer,
+    /// else on the primaries: a replica that is down or refuses costs
+    /// freshness of history and search, never the answer.
+    fn run_on_replica<T>(
+        &mut self,
+        read: impl for<'a> Fn(&'a mut Shards) -> ShardRead<'a, T>,
+    ) -> Result<T, StoreError> {
+        let resting = self
+            .replica_resting_until
+            .is_some_and(|until| Instant::now() < until);
+        let Some(replicas) = self.replica.as_mut().filter(|_| !resting) else {
+            return self.run(read);
+        };
+        match self.runtime.block_on(read(replicas)) {
+            Err(error @ StoreError::Unavailable { .. }) => {
+                replicas.after_error(&error);
+                tracing::warn!(%error, "replica read failed; reading the primaries for a while");
+                self.replica_resting_until = Some(Instant::now() + REPLICA_REST);
+                self.run(read)
+            }
+            answered => answered,
+        }
     }
 }
 
@@ -1358,7 +1383,7 @@ async fn messages(
 impl ReadStore for MysqlReader {
     fn account_by_username(&mut self, username: &str) -> Result<Option<Account>, StoreError> {
         let username = username.to_string();
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.username(&username);
                 let Some(user_id) = s
@@ -1379,7 +1404,7 @@ impl ReadStore for MysqlReader {
     }
 
     fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError> {
-        self.run(false, |s| Box::pin(account_by_id(s, user_id)))
+        self.run(|s| Box::pin(account_by_id(s, user_id)))
     }
 
     fn conversation_head(
@@ -1388,7 +1413,7 @@ impl ReadStore for MysqlReader {
         window: usize,
     ) -> Result<ConversationHead, StoreError> {
         let conversation_id = conversation_id.to_string();
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.conversation(&conversation_id);
                 let recent: Vec<RecentSend> = s
@@ -1461,7 +1486,8 @@ impl ReadStore for MysqlReader {
         } else {
             before_seq
         };
-        self.run(true, |s| {
+        self.run_on_replica(|s| {
+            let conversation_id = conversation_id.clone();
             Box::pin(async move {
                 messages(
                     s,
@@ -1482,7 +1508,7 @@ impl ReadStore for MysqlReader {
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
         let conversation_id = conversation_id.to_string();
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 messages(
                     s,
@@ -1497,7 +1523,7 @@ impl ReadStore for MysqlReader {
     }
 
     fn friends(&mut self, user_id: i64) -> Result<Vec<(i64, i64)>, StoreError> {
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.user(user_id);
                 s.rows(
@@ -1511,7 +1537,7 @@ impl ReadStore for MysqlReader {
     }
 
     fn friend_requests(&mut self, user_id: i64) -> Result<Vec<FriendRequestRow>, StoreError> {
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.user(user_id);
                 Ok(s.rows::<(i64, i64, String, i64)>(
@@ -1534,7 +1560,7 @@ impl ReadStore for MysqlReader {
     }
 
     fn relation(&mut self, a: i64, b: i64) -> Result<Relation, StoreError> {
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let (shard_a, shard_b) = (s.placement.user(a), s.placement.user(b));
                 Ok(Relation {
@@ -1572,7 +1598,7 @@ impl ReadStore for MysqlReader {
     }
 
     fn blocked_by(&mut self, user_id: i64) -> Result<Vec<i64>, StoreError> {
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.user(user_id);
                 s.rows(
@@ -1592,7 +1618,8 @@ impl ReadStore for MysqlReader {
         limit: usize,
     ) -> Result<Vec<Account>, StoreError> {
         let pattern = crate::like_prefix(prefix);
-        self.run(true, |s| {
+        self.run_on_replica(|s| {
+            let pattern = pattern.clone();
             Box::pin(async move {
                 let sql = format!(
                     "SELECT {ACCOUNT_COLUMNS} FROM users
@@ -1628,7 +1655,7 @@ impl ReadStore for MysqlReader {
     }
 
     fn devices(&mut self, user_id: i64) -> Result<Vec<Device>, StoreError> {
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.user(user_id);
                 let sql = format!(
@@ -1646,7 +1673,7 @@ impl ReadStore for MysqlReader {
 
     fn device(&mut self, user_id: i64, device_id: &str) -> Result<Option<Device>, StoreError> {
         let device_id = device_id.to_string();
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.user(user_id);
                 let sql = format!(
@@ -1665,7 +1692,7 @@ impl ReadStore for MysqlReader {
         seq: i64,
     ) -> Result<Option<ChatMessage>, StoreError> {
         let conversation_id = conversation_id.to_string();
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.conversation(&conversation_id);
                 let sql = format!(
@@ -1681,7 +1708,7 @@ impl ReadStore for MysqlReader {
 
     fn read_seq(&mut self, user_id: i64, conversation_id: &str) -> Result<i64, StoreError> {
         let conversation_id = conversation_id.to_string();
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.user(user_id);
                 Ok(s.first::<i64>(
@@ -1704,7 +1731,7 @@ impl ReadStore for MysqlReader {
         let (before_at, before_id) = before
             .map(|(at, id)| (at, id.to_string()))
             .unwrap_or((i64::MAX, String::new()));
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.user(user_id);
                 let listed = s
@@ -1747,7 +1774,7 @@ impl ReadStore for MysqlReader {
     }
 
     fn group(&mut self, group_id: i64, viewer: i64) -> Result<Option<GroupRow>, StoreError> {
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.group(group_id);
                 Ok(
@@ -1765,7 +1792,7 @@ impl ReadStore for MysqlReader {
         after_user_id: i64,
         limit: usize,
     ) -> Result<Vec<GroupMemberRow>, StoreError> {
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.group(group_id);
                 Ok(s.rows::<(i64, i32, i64, i64)>(
@@ -1793,7 +1820,7 @@ impl ReadStore for MysqlReader {
         after_group_id: i64,
         limit: usize,
     ) -> Result<Vec<GroupRow>, StoreError> {
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 // A member's window of a group conversation is open: the
                 // user's own shard knows their groups without asking others.
@@ -1840,7 +1867,7 @@ impl ReadStore for MysqlReader {
         conversation_id: &str,
     ) -> Result<Option<Visibility>, StoreError> {
         let conversation_id = conversation_id.to_string();
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.user(user_id);
                 Ok(s.first::<(i64, Option<i64>)>(
@@ -1857,7 +1884,7 @@ impl ReadStore for MysqlReader {
 
     fn existing_users(&mut self, user_ids: &[i64]) -> Result<Vec<i64>, StoreError> {
         let user_ids = user_ids.to_vec();
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let mut by_shard: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
                 for &id in &user_ids {
@@ -1891,7 +1918,7 @@ impl ReadStore for MysqlReader {
         device_id: &str,
     ) -> Result<Vec<ConversationCursor>, StoreError> {
         let device_id = device_id.to_string();
-        self.run(false, |s| {
+        self.run(|s| {
             Box::pin(async move {
                 let shard = s.placement.user(user_id);
                 let listed = s

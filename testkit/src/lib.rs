@@ -330,6 +330,8 @@ pub struct Engines {
     pub redis: String,
     /// Kafka bootstrap `host:port`.
     pub kafka: String,
+    /// A read replica of `mysql_server` (same databases), when started.
+    pub mysql_replica: Option<String>,
 }
 
 impl Engines {
@@ -350,6 +352,7 @@ impl Engines {
                     mysql_server: server.to_string(),
                     redis,
                     kafka,
+                    mysql_replica: var("OURCHAT_TEST_MYSQL_REPLICA"),
                 })
             }
             _ => {
@@ -379,6 +382,39 @@ impl Engines {
                 )
             })
             .collect()
+    }
+
+    /// The replica's URLs of `shards` (same databases, replica server);
+    /// under `OURCHAT_REQUIRE_ENGINES`, a missing replica panics.
+    pub fn replicas_of(&self, shards: &[String]) -> Option<Vec<String>> {
+        let Some(replica) = &self.mysql_replica else {
+            assert!(
+                std::env::var("OURCHAT_REQUIRE_ENGINES").is_err(),
+                "OURCHAT_TEST_MYSQL_REPLICA is not set but OURCHAT_REQUIRE_ENGINES is"
+            );
+            eprintln!("no MySQL replica configured; skipped");
+            return None;
+        };
+        Some(
+            shards
+                .iter()
+                .map(|url| url.replace(&self.mysql_server, replica))
+                .collect(),
+        )
+    }
+
+    /// Runs `sql` on the replica with the `mariadb` client (as the test
+    /// user, who may stop and start replication there).
+    pub fn on_replica(&self, sql: &str) {
+        let replica = self.mysql_replica.as_deref().expect("a replica");
+        let port = replica.rsplit(':').next().expect("replica port");
+        let status = std::process::Command::new("mariadb")
+            .args(["--no-defaults", "-h127.0.0.1", "-uourchat", "-pourchat"])
+            .arg(format!("-P{port}"))
+            .args(["-e", sql])
+            .status()
+            .expect("run the mariadb client");
+        assert!(status.success(), "{sql} on the replica: {status}");
     }
 
     /// `--set` overrides that put a node's store on `shards`.
