@@ -115,7 +115,8 @@ pub struct LimitsConfig {
     pub frames_per_sec: f64,
     /// ...and in a burst after a quiet spell. Past it: RATE_LIMITED.
     pub frame_burst: f64,
-    /// Messages one user may send per second (per core their devices are on)...
+    /// Messages one user may send per second (per core their devices are
+    /// on; in cluster mode also across every node)...
     pub user_sends_per_sec: f64,
     /// ...and in a burst.
     pub user_send_burst: f64,
