@@ -10,7 +10,7 @@ USERS=${1:-2000}; RATE=${2:-2000}; SECS=${3:-15}
 ENGINES=target/bench-engines
 OUT=target/bench; mkdir -p "$OUT"
 cargo build --release --bin ourchat --bin ourchat-loadgen >&2
-scripts/engines.sh start "$ENGINES"
+REPLICA=no scripts/engines.sh start "$ENGINES"
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

@@ -7,6 +7,9 @@
 #   scripts/engines.sh start DIR   install what is missing, start, write DIR/env
 #   scripts/engines.sh stop DIR    stop everything started in DIR and delete it
 #
+# REPLICA=no skips the replica and the primary's binlog (benchmarks: on two
+# cores a replica replaying every insert is a third engine in the way).
+#
 # DIR/env exports OURCHAT_TEST_MYSQL (comma-separated shard URLs; the same
 # as a TOML list for storage.mysql_shards in OURCHAT_ENGINES_SHARDS),
 # OURCHAT_TEST_MYSQL_REPLICA (the replica's server URL: same databases),
@@ -86,14 +89,17 @@ start() {
   # what these tests check; OurChat's own acks are).
   # The replica replays the primary's binlog from its first statement, so
   # databases, users and every test's shards reach it without set-up.
-  local name
-  for name in mysql replica; do
+  local name names=(mysql) binlog=() with_replica=${REPLICA:-yes}
+  if [[ "$with_replica" != no ]]; then
+    names+=(replica)
+    binlog=(--log-bin="$dir/mysql/binlog" --binlog-format=ROW)
+  fi
+  for name in "${names[@]}"; do
     mariadb-install-db --no-defaults --datadir="$dir/$name" --user="$(id -un)" \
       --auth-root-authentication-method=socket --skip-test-db >"$dir/$name-install.log" 2>&1 &
   done
   wait
-  start_mariadb mysql "$mysql_port" --server-id=1 --log-bin="$dir/mysql/binlog" --binlog-format=ROW
-  start_mariadb replica "$replica_port" --server-id=2 --read-only
+  start_mariadb mysql "$mysql_port" --server-id=1 "${binlog[@]}"
   wait_for_port "$mysql_port" mysql
   mariadb --no-defaults --socket="$dir/mysql.sock" -u root <<'SQL'
 CREATE DATABASE ourchat_shard0;
@@ -106,12 +112,17 @@ GRANT REPLICATION SLAVE ADMIN ON *.* TO 'ourchat'@'127.0.0.1';
 CREATE USER 'replication'@'127.0.0.1' IDENTIFIED BY 'replication';
 GRANT REPLICATION SLAVE ON *.* TO 'replication'@'127.0.0.1';
 SQL
-  wait_for_port "$replica_port" replica
-  mariadb --no-defaults --socket="$dir/replica.sock" -u root <<SQL
+  local replica_env=""
+  if [[ "$with_replica" != no ]]; then
+    start_mariadb replica "$replica_port" --server-id=2 --read-only
+    wait_for_port "$replica_port" replica
+    mariadb --no-defaults --socket="$dir/replica.sock" -u root <<SQL
 CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=$mysql_port,
   MASTER_USER='replication', MASTER_PASSWORD='replication', MASTER_USE_GTID=slave_pos;
 START SLAVE;
 SQL
+    replica_env="export OURCHAT_TEST_MYSQL_REPLICA=mysql://ourchat:ourchat@127.0.0.1:$replica_port"
+  fi
 
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --save '' \
     --appendonly no --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
@@ -127,12 +138,14 @@ SQL
   cat >"$dir/env" <<ENV
 export OURCHAT_TEST_MYSQL=$mysql/ourchat_shard0,$mysql/ourchat_shard1
 export OURCHAT_ENGINES_SHARDS='["$mysql/ourchat_shard0", "$mysql/ourchat_shard1"]'
-export OURCHAT_TEST_MYSQL_REPLICA=mysql://ourchat:ourchat@127.0.0.1:$replica_port
+$replica_env
 export OURCHAT_TEST_REDIS=redis://127.0.0.1:$redis_port
 export OURCHAT_TEST_KAFKA=127.0.0.1:$kafka_port
 export OURCHAT_TEST_ENGINES_DIR=$dir
 ENV
-  echo "engines up in $dir: mariadb :$mysql_port (replica :$replica_port)," \
+  local replica_note=""
+  [[ "$with_replica" != no ]] && replica_note=" (replica :$replica_port)"
+  echo "engines up in $dir: mariadb :$mysql_port$replica_note," \
     "redis :$redis_port, tansu :$kafka_port" >&2
 }
 
