@@ -27,7 +27,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use ourchat_protocol::ids::{now_ms, IdGenerator};
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{codec, Body, ConversationId, Envelope, ErrorCode};
-use ourchat_storage::redis::{RedisSeq, SeqGrant, SeqRequest};
+use ourchat_storage::redis::{RedisSeq, SendBudget, SeqGrant, SeqRequest};
 use ourchat_storage::{
     ConversationHead, GroupChange, ReadStore, StoreError, WriteOp, WriteOutcome,
 };
@@ -1055,6 +1055,9 @@ impl Core {
                     client_message_id: staged.message.client_message_id,
                     server_msg_id: *server_msg_id,
                     sent_at_ms: *sent_at_ms,
+                    // Chat sends also draw on the sender's budget shared by
+                    // every node (this core's bucket knows this core only).
+                    budgeted: staged.change.is_none(),
                 })
                 .collect();
             if let Some(cluster) = &self.shared.cluster {
@@ -1066,26 +1069,14 @@ impl Core {
                     .seq_sends
                     .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
-            // Chat sends also draw on the sender's budget shared by every
-            // node (this core's bucket only knows this core's share).
-            let budgeted: Vec<bool> = batch.iter().map(|s| s.change.is_none()).collect();
             let rate = self.shared.config.limits.user_send_rate();
+            let budget = SendBudget {
+                per_sec: rate.per_sec,
+                burst: rate.burst,
+            };
             let key = id.clone();
             let grants = self
-                .redis(move |redis| {
-                    let admitted = admit_within_budgets(redis, &requests, &budgeted, rate)?;
-                    let wanted: Vec<SeqRequest> = requests
-                        .iter()
-                        .zip(&admitted)
-                        .filter(|(_, admitted)| **admitted)
-                        .map(|(request, _)| *request)
-                        .collect();
-                    let mut granted = redis.allocate(&key, floor, &wanted)?.into_iter();
-                    Ok(admitted
-                        .into_iter()
-                        .map(|admitted| if admitted { granted.next() } else { None })
-                        .collect::<Vec<_>>())
-                })
+                .redis(move |redis| redis.allocate(&key, floor, &requests, budget))
                 .await;
             let mut sequencer = self.sequencer.borrow_mut();
             let state = match sequencer.convs.get_mut(&conv) {
@@ -1102,21 +1093,21 @@ impl Core {
                         // does, and if it did, MySQL keeps one and clients
                         // drop the repeated push by seq.
                         let accepted = match grant {
-                            None => {
+                            SeqGrant::Limited => {
                                 self.metrics().limited(Limit::UserSendRate);
                                 let _ = staged.reply.send(Err(self.slow_down()));
                                 continue;
                             }
-                            Some(SeqGrant::New { seq }) => Accepted {
+                            SeqGrant::New { seq } => Accepted {
                                 seq,
                                 server_msg_id,
                                 sent_at_ms,
                             },
-                            Some(SeqGrant::Resend {
+                            SeqGrant::Resend {
                                 seq,
                                 server_msg_id,
                                 sent_at_ms,
-                            }) => Accepted {
+                            } => Accepted {
                                 seq,
                                 server_msg_id,
                                 sent_at_ms,
@@ -1488,47 +1479,6 @@ struct Sequencer {
     /// Block changes that arrived while their conversation was loading.
     block_overrides: HashMap<ConversationId, bool>,
     max: usize,
-}
-
-/// Which of `requests` their senders' cluster-wide budgets admit (those
-/// not `budgeted` always are); a sender's earliest sends go first, so
-/// what is admitted keeps their order.
-fn admit_within_budgets(
-    redis: &mut RedisSeq,
-    requests: &[SeqRequest],
-    budgeted: &[bool],
-    rate: crate::limits::Rate,
-) -> Result<Vec<bool>, StoreError> {
-    let mut wants: Vec<(i64, u32)> = Vec::new();
-    for (request, _) in requests.iter().zip(budgeted).filter(|(_, b)| **b) {
-        match wants
-            .iter_mut()
-            .find(|(user, _)| *user == request.sender_id)
-        {
-            Some((_, count)) => *count += 1,
-            None => wants.push((request.sender_id, 1)),
-        }
-    }
-    let mut left = redis.take_sends(&wants, rate.per_sec, rate.burst)?;
-    Ok(requests
-        .iter()
-        .zip(budgeted)
-        .map(|(request, budgeted)| {
-            if !budgeted {
-                return true;
-            }
-            let slot = wants
-                .iter()
-                .position(|(user, _)| *user == request.sender_id);
-            match slot.and_then(|slot| left.get_mut(slot)) {
-                Some(left) if *left > 0 => {
-                    *left -= 1;
-                    true
-                }
-                _ => false,
-            }
-        })
-        .collect())
 }
 
 enum Slot {

@@ -10,6 +10,8 @@
 //! the node that asked dies before using it (that leaves a gap, never a
 //! reuse). Redis must persist (`appendonly yes`) for this to survive a
 //! Redis restart; a missing counter restarts from the store's last seq.
+//! The same call first takes each chat send from its sender's token bucket,
+//! so a user's send rate holds across every node at no extra round trip.
 
 use redis::{Commands, Script};
 
@@ -18,22 +20,55 @@ use crate::StoreError;
 /// How long a resend is recognised across nodes.
 pub const DEFAULT_DEDUPE_TTL_SECS: u64 = 86_400;
 
-/// Gives each send in `ARGV[3..]` (sender, client id, server id, time) the
-/// counter's next value unless it was seen: then what it got before.
-/// Every key shares the conversation's hash tag, so this also runs on
-/// Redis Cluster.
+/// Gives each send in `ARGV[5..]` (sender, client id, server id, time,
+/// budget key index) the counter's next value unless it was seen: then what
+/// it got before. A send with a budget key (`KEYS[i]`, i > 1: its sender's
+/// token bucket, `ARGV[3]` per second, at most `ARGV[4]`) first takes a
+/// token, or is refused (`l`) and takes no seq; resends cost nothing.
+/// Redis's clock refills the buckets, so nodes' clocks need not agree, and a
+/// bucket's key expires once it would be full again. One call, one round
+/// trip, for the seqs and the budgets of a whole batch. (The buckets are
+/// keyed by user, so on Redis Cluster they would cross slots: one Redis.)
 const ALLOCATE: &str = r"
 local counter = KEYS[1]
 if redis.call('EXISTS', counter) == 0 then
   redis.call('SET', counter, ARGV[1])
 end
 local ttl = tonumber(ARGV[2])
+local rate = math.max(tonumber(ARGV[3]), 0.001)
+local burst = tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+local tokens = {}
+local function take(bucket)
+  if tokens[bucket] == nil then
+    local left, at = burst, now
+    local saved = redis.call('GET', KEYS[bucket])
+    local split = saved and string.find(saved, ':', 1, true)
+    if split then
+      left = tonumber(string.sub(saved, 1, split - 1)) or burst
+      at = tonumber(string.sub(saved, split + 1)) or now
+    end
+    if now > at then
+      left = math.min(burst, left + (now - at) * rate / 1000)
+    end
+    tokens[bucket] = left
+  end
+  if tokens[bucket] < 1 then
+    return false
+  end
+  tokens[bucket] = tokens[bucket] - 1
+  return true
+end
 local out = {}
-for i = 3, #ARGV, 4 do
+for i = 5, #ARGV, 5 do
   local seen = counter .. ':sent:' .. ARGV[i] .. ':' .. ARGV[i + 1]
   local before = redis.call('GET', seen)
+  local bucket = tonumber(ARGV[i + 4])
   if before then
     out[#out + 1] = 'r:' .. before
+  elseif bucket > 1 and not take(bucket) then
+    out[#out + 1] = 'l'
   else
     local seq = redis.call('INCR', counter)
     local value = seq .. ':' .. ARGV[i + 2] .. ':' .. ARGV[i + 3]
@@ -41,30 +76,11 @@ for i = 3, #ARGV, 4 do
     out[#out + 1] = 'n:' .. value
   end
 end
-return out
-";
-
-/// Takes up to `ARGV[3]` sends from the user's token bucket (`ARGV[1]`
-/// per second, at most `ARGV[2]`); answers how many it took. Redis's own
-/// clock refills it, so nodes' clocks need not agree. The key expires once
-/// the bucket would be full again: idle users cost nothing.
-const TAKE_SENDS: &str = r"
-local rate = math.max(tonumber(ARGV[1]), 0.001)
-local burst = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local clock = redis.call('TIME')
-local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
-local saved = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(saved[1]) or burst
-local at = tonumber(saved[2]) or now
-if now > at then
-  tokens = math.min(burst, tokens + (now - at) * rate / 1000)
+for bucket, left in pairs(tokens) do
+  local full_in = math.ceil((burst - left) / rate * 1000) + 1000
+  redis.call('SET', KEYS[bucket], tostring(left) .. ':' .. tostring(now), 'PX', full_in)
 end
-local taken = math.max(0, math.min(want, math.floor(tokens)))
-tokens = tokens - taken
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return taken
+return out
 ";
 
 /// Sets a device's directory entry (`ARGV`: device, `node:away`, ttl) and
@@ -97,6 +113,18 @@ pub struct SeqRequest {
     pub server_msg_id: i64,
     /// The time this node gave it.
     pub sent_at_ms: i64,
+    /// It draws on its sender's send budget (a chat message; not a group
+    /// change).
+    pub budgeted: bool,
+}
+
+/// Each user's send rate across every node: a token bucket per user.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SendBudget {
+    /// Sends per second.
+    pub per_sec: f64,
+    /// Sends after a quiet spell.
+    pub burst: f64,
 }
 
 /// What a send got.
@@ -116,6 +144,8 @@ pub enum SeqGrant {
         /// Its time.
         sent_at_ms: i64,
     },
+    /// Over its sender's send budget: refused, no seq taken.
+    Limited,
 }
 
 /// One Redis connection for sequencing (one per worker thread).
@@ -123,7 +153,6 @@ pub struct RedisSeq {
     client: redis::Client,
     conn: Option<redis::Connection>,
     script: Script,
-    take_sends: Script,
     put_device: Script,
     remove_device: Script,
     dedupe_ttl_secs: u64,
@@ -145,7 +174,6 @@ impl RedisSeq {
             client: redis::Client::open(url)?,
             conn: None,
             script: Script::new(ALLOCATE),
-            take_sends: Script::new(TAKE_SENDS),
             put_device: Script::new(PUT_DEVICE),
             remove_device: Script::new(REMOVE_DEVICE),
             dedupe_ttl_secs: dedupe_ttl_secs.max(1),
@@ -174,12 +202,14 @@ impl RedisSeq {
     }
 
     /// Seqs for `requests` in `conversation_id`, in order; `floor` is the
-    /// store's last seq, the counter's start when Redis has none.
+    /// store's last seq, the counter's start when Redis has none. Budgeted
+    /// requests first take a token from their sender's `budget`.
     pub fn allocate(
         &mut self,
         conversation_id: &str,
         floor: i64,
         requests: &[SeqRequest],
+        budget: SendBudget,
     ) -> Result<Vec<SeqGrant>, StoreError> {
         let key = format!("ourchat:seq:{{{conversation_id}}}");
         let ttl = self.dedupe_ttl_secs;
@@ -188,13 +218,33 @@ impl RedisSeq {
             return Err(StoreError::Corrupt("redis connection vanished".into()));
         };
         let mut invocation = self.script.key(key);
-        invocation.arg(floor).arg(ttl);
+        invocation
+            .arg(floor)
+            .arg(ttl)
+            .arg(budget.per_sec)
+            .arg(budget.burst);
+        // KEYS[1] is the counter; each budgeted sender's bucket follows once.
+        let mut buckets: Vec<i64> = Vec::new();
         for request in requests {
+            let bucket = if request.budgeted {
+                let index = match buckets.iter().position(|u| *u == request.sender_id) {
+                    Some(index) => index,
+                    None => {
+                        buckets.push(request.sender_id);
+                        invocation.key(format!("ourchat:sends:{{{}}}", request.sender_id));
+                        buckets.len() - 1
+                    }
+                };
+                index + 2
+            } else {
+                0
+            };
             invocation
                 .arg(request.sender_id)
                 .arg(request.client_message_id)
                 .arg(request.server_msg_id)
-                .arg(request.sent_at_ms);
+                .arg(request.sent_at_ms)
+                .arg(bucket);
         }
         let replies: Result<Vec<String>, _> = invocation.invoke(conn);
         let replies = match replies {
@@ -212,56 +262,6 @@ impl RedisSeq {
             )));
         }
         replies.iter().map(|reply| parse_grant(reply)).collect()
-    }
-
-    /// Takes each user's sends from their budget, shared by every node
-    /// (`per_sec` refill, at most `burst`): how many of `wants[i].1` sends
-    /// user `wants[i].0` may make now. One round trip for the lot.
-    pub fn take_sends(
-        &mut self,
-        wants: &[(i64, u32)],
-        per_sec: f64,
-        burst: f64,
-    ) -> Result<Vec<u32>, StoreError> {
-        if wants.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Pipelined EVALSHA, one key each (a bucket per user); a Redis that
-        // lost its scripts (restart, SCRIPT FLUSH) gets it once more.
-        let mut pipe = redis::pipe();
-        for (user_id, count) in wants {
-            pipe.cmd("EVALSHA")
-                .arg(self.take_sends.get_hash())
-                .arg(1)
-                .arg(format!("ourchat:sends:{{{user_id}}}"))
-                .arg(per_sec)
-                .arg(burst)
-                .arg(*count);
-        }
-        self.conn()?;
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::Corrupt("redis connection vanished".into()));
-        };
-        let mut answered: redis::RedisResult<Vec<u32>> = pipe.query(conn);
-        if matches!(&answered, Err(e) if e.kind() == redis::ErrorKind::NoScriptError) {
-            answered = self
-                .take_sends
-                .prepare_invoke()
-                .load(conn)
-                .and_then(|_| pipe.query(conn));
-        }
-        match answered {
-            Ok(taken) if taken.len() == wants.len() => Ok(taken),
-            Ok(taken) => Err(StoreError::Corrupt(format!(
-                "redis answered {} budgets for {} users",
-                taken.len(),
-                wants.len()
-            ))),
-            Err(error) => {
-                self.conn = None;
-                Err(error.into())
-            }
-        }
     }
 
     /// The counter's current value (0: none), for tests and tools.
@@ -373,6 +373,9 @@ fn parse_entry(value: &str) -> Option<(u16, bool)> {
 
 fn parse_grant(reply: &str) -> Result<SeqGrant, StoreError> {
     let bad = || StoreError::Corrupt(format!("unexpected seq grant {reply:?}"));
+    if reply == "l" {
+        return Ok(SeqGrant::Limited);
+    }
     let (kind, rest) = reply.split_once(':').ok_or_else(bad)?;
     let mut parts = rest.split(':').map(|p| p.parse::<i64>().map_err(|_| bad()));
     let (seq, server_msg_id, sent_at_ms) = match (parts.next(), parts.next(), parts.next()) {
@@ -397,6 +400,7 @@ mod tests {
     #[test]
     fn grants_parse_and_garbage_is_refused() {
         assert_eq!(parse_grant("n:5:77:9").unwrap(), SeqGrant::New { seq: 5 });
+        assert_eq!(parse_grant("l").unwrap(), SeqGrant::Limited);
         assert_eq!(
             parse_grant("r:4:70:8").unwrap(),
             SeqGrant::Resend {
@@ -405,7 +409,7 @@ mod tests {
                 sent_at_ms: 8
             }
         );
-        for garbage in ["", "n", "n:1:2", "x:1:2:3", "n:a:2:3"] {
+        for garbage in ["", "n", "l:1", "n:1:2", "x:1:2:3", "n:a:2:3"] {
             assert!(parse_grant(garbage).is_err(), "{garbage}");
         }
     }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use ourchat_storage::kafka::{self, MessageLog};
-use ourchat_storage::redis::{RedisSeq, SeqGrant, SeqRequest};
+use ourchat_storage::redis::{RedisSeq, SendBudget, SeqGrant, SeqRequest};
 use ourchat_storage::ChatMessage;
 use rdkafka::consumer::Consumer;
 
@@ -28,8 +28,15 @@ fn request(sender_id: i64, client_message_id: i64) -> SeqRequest {
         client_message_id,
         server_msg_id: 1000 + client_message_id,
         sent_at_ms: 77,
+        budgeted: false,
     }
 }
+
+/// Budgets generous enough never to refuse.
+const UNLIMITED: SendBudget = SendBudget {
+    per_sec: 1e9,
+    burst: 1e9,
+};
 
 #[test]
 fn redis_hands_out_each_seq_once_and_answers_resends_with_the_first() {
@@ -41,7 +48,12 @@ fn redis_hands_out_each_seq_once_and_answers_resends_with_the_first() {
     seq.ping().unwrap();
     // The store's last seq is the floor of a counter Redis does not have.
     let grants = seq
-        .allocate(&conv, 10, &[request(1, 1), request(1, 2), request(1, 1)])
+        .allocate(
+            &conv,
+            10,
+            &[request(1, 1), request(1, 2), request(1, 1)],
+            UNLIMITED,
+        )
         .unwrap();
     assert_eq!(grants[0], SeqGrant::New { seq: 11 });
     assert_eq!(grants[1], SeqGrant::New { seq: 12 });
@@ -55,7 +67,7 @@ fn redis_hands_out_each_seq_once_and_answers_resends_with_the_first() {
     );
     // A floor never moves an existing counter back.
     assert_eq!(
-        seq.allocate(&conv, 0, &[request(2, 1)]).unwrap(),
+        seq.allocate(&conv, 0, &[request(2, 1)], UNLIMITED).unwrap(),
         vec![SeqGrant::New { seq: 13 }]
     );
     // Four "nodes" racing on one conversation: every seq once, no gaps.
@@ -67,7 +79,7 @@ fn redis_hands_out_each_seq_once_and_answers_resends_with_the_first() {
                 let mut got = Vec::new();
                 for i in 0..50 {
                     let batch = [request(10 + node, 2 * i), request(10 + node, 2 * i + 1)];
-                    for grant in seq.allocate(&conv, 0, &batch).unwrap() {
+                    for grant in seq.allocate(&conv, 0, &batch, UNLIMITED).unwrap() {
                         match grant {
                             SeqGrant::New { seq } => got.push(seq),
                             other => panic!("unexpected {other:?}"),
@@ -176,45 +188,83 @@ fn redis_directory_holds_each_device_until_it_leaves_or_expires() {
 }
 
 #[test]
-fn redis_send_budget_is_shared_by_every_connection_and_refills() {
+fn redis_send_budgets_are_shared_by_every_node_and_refill() {
     let Some(url) = engine("OURCHAT_TEST_REDIS", "redis_send_budget") else {
         return;
     };
-    let user = 8_000_000 + i64::from(std::process::id());
-    let (other, per_sec, burst) = (user + 1, 20.0, 5.0);
+    let pid = i64::from(std::process::id());
+    let (user, other) = (8_000_000 + 2 * pid, 8_000_001 + 2 * pid);
+    let conv = format!("si_{user}_{other}");
+    let budget = SendBudget {
+        per_sec: 20.0,
+        burst: 5.0,
+    };
+    let mut next_id = 0;
+    let mut sends = |sender_id: i64, count: usize| -> Vec<SeqRequest> {
+        (0..count)
+            .map(|_| {
+                next_id += 1;
+                SeqRequest {
+                    budgeted: true,
+                    ..request(sender_id, next_id)
+                }
+            })
+            .collect()
+    };
+    let kinds = |grants: &[SeqGrant]| -> String {
+        grants
+            .iter()
+            .map(|g| match g {
+                SeqGrant::New { .. } => 'n',
+                SeqGrant::Resend { .. } => 'r',
+                SeqGrant::Limited => 'l',
+            })
+            .collect()
+    };
     let mut node_a = RedisSeq::new(&url, 60).unwrap();
     let mut node_b = RedisSeq::new(&url, 60).unwrap();
-    // Two "nodes" draw from one bucket: 3 + 2 fit the burst, then nothing;
-    // another user's bucket is untouched.
+    // Two "nodes" draw from one bucket: 3 + 2 fit the burst of 5, then
+    // nothing; the other user's bucket is their own. Refused sends take
+    // no seq: the seqs run 1..=9 without a gap.
+    let first = node_a.allocate(&conv, 0, &sends(user, 3), budget).unwrap();
+    assert_eq!(kinds(&first), "nnn");
+    let mut batch = sends(user, 4);
+    batch.extend(sends(other, 4));
+    let second = node_b.allocate(&conv, 0, &batch, budget).unwrap();
+    assert_eq!(kinds(&second), "nnllnnnn");
+    let seqs: Vec<i64> = first
+        .iter()
+        .chain(&second)
+        .filter_map(|g| match g {
+            SeqGrant::New { seq } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+    // A resend of an accepted message costs nothing, even out of budget;
+    // a group change (not budgeted) passes too.
+    let resend = request(user, 1);
+    let change = request(user, 10_000);
+    let third = node_a
+        .allocate(&conv, 0, &[resend, change], budget)
+        .unwrap();
+    assert_eq!(kinds(&third), "rn");
     assert_eq!(
-        node_a.take_sends(&[(user, 3)], per_sec, burst).unwrap(),
-        [3]
+        kinds(&node_a.allocate(&conv, 0, &sends(user, 1), budget).unwrap()),
+        "l"
     );
-    assert_eq!(
-        node_b
-            .take_sends(&[(user, 4), (other, 4)], per_sec, burst)
-            .unwrap(),
-        [2, 4]
-    );
-    assert_eq!(
-        node_a.take_sends(&[(user, 1)], per_sec, burst).unwrap(),
-        [0]
-    );
-    assert_eq!(
-        node_a.take_sends(&[], per_sec, burst).unwrap(),
-        Vec::<u32>::new()
-    );
-    // 20 per second: about 4 tokens after 200 ms, never more than the burst.
+    // 20 per second: about 4 tokens after 220 ms, never more than the burst.
     std::thread::sleep(Duration::from_millis(220));
-    let refilled = node_b.take_sends(&[(user, 10)], per_sec, burst).unwrap()[0];
-    assert!((4..=5).contains(&refilled), "refilled {refilled}");
+    let refilled = node_b.allocate(&conv, 0, &sends(user, 10), budget).unwrap();
+    let admitted = kinds(&refilled).matches('n').count();
+    assert!((4..=5).contains(&admitted), "refilled {}", kinds(&refilled));
     // A Redis that forgot its scripts (restart, SCRIPT FLUSH) still answers.
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut raw = client.get_connection().unwrap();
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let after_flush = node_a.take_sends(&[(user, 1)], per_sec, burst).unwrap();
-    assert_eq!(after_flush, [1]);
+    let after_flush = node_a.allocate(&conv, 0, &sends(user, 1), budget).unwrap();
+    assert_eq!(kinds(&after_flush), "n");
     // The bucket expires once it would be full again.
     let ttl: i64 = redis::cmd("PTTL")
         .arg(format!("ourchat:sends:{{{user}}}"))

@@ -259,6 +259,9 @@
 //! });
 //! ```
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+// OurChat patch: as a path dependency its two upstream warnings would show
+// in every build; from crates.io they were capped.
+#![allow(dead_code, unused_must_use)]
 #![cfg_attr(doc, deny(rustdoc::broken_intra_doc_links))]
 #![cfg_attr(feature = "native-tls", feature(thread_local))]
 
