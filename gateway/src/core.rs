@@ -321,6 +321,7 @@ impl Core {
             sequencer: RefCell::new(Sequencer {
                 convs: HashMap::new(),
                 block_overrides: HashMap::new(),
+                stale_loads: HashSet::new(),
                 max: shared.config.storage.max_conversations_per_core,
             }),
             commits,
@@ -644,10 +645,17 @@ impl Core {
             }
             CoreMsg::Forget { conversation } => {
                 let mut sequencer = self.sequencer.borrow_mut();
-                if let Some(Slot::Ready(state)) = sequencer.convs.get(&conversation) {
-                    if !state.has_pending() {
+                match sequencer.convs.get_mut(&conversation) {
+                    // In-flight sends hold on to the state: drop it once
+                    // they are answered (`reload_if_stale`).
+                    Some(Slot::Ready(state)) if state.has_pending() => state.stale = true,
+                    Some(Slot::Ready(_)) => {
                         sequencer.convs.remove(&conversation);
                     }
+                    Some(Slot::Loading(_)) => {
+                        sequencer.stale_loads.insert(conversation);
+                    }
+                    None => {}
                 }
             }
             CoreMsg::Broadcast { frame, reply } => {
@@ -830,6 +838,7 @@ impl Core {
         };
         let mut sequencer = self.sequencer.borrow_mut();
         match sequencer.convs.get_mut(&conv) {
+            Some(Slot::Ready(state)) if state.stale => state.held.push(job),
             Some(Slot::Ready(state)) => self.assign(conv, state, job),
             Some(Slot::Loading(queue)) => queue.push(job),
             None => {
@@ -858,6 +867,12 @@ impl Core {
             }
             None => return,
         };
+        if sequencer.stale_loads.remove(&conv) {
+            sequencer.convs.insert(conv, Slot::Loading(queued));
+            drop(sequencer);
+            glommio::spawn_local(async move { self.load_conversation(conv).await }).detach();
+            return;
+        }
         match head {
             Ok(head) => {
                 let mut state = ConvState::from_head(head);
@@ -1039,6 +1054,8 @@ impl Core {
                 };
                 if state.awaiting.is_empty() {
                     state.allocating = false;
+                    drop(sequencer);
+                    self.reload_if_stale(conv);
                     return;
                 }
                 (std::mem::take(&mut state.awaiting), state.last_seq)
@@ -1180,6 +1197,30 @@ impl Core {
         .await;
     }
 
+    /// Drops a conversation's state that another node changed, once its
+    /// in-flight sends are answered, and reads it again for the sends held
+    /// meanwhile.
+    fn reload_if_stale(self: &Rc<Self>, conv: ConversationId) {
+        let mut sequencer = self.sequencer.borrow_mut();
+        let settled = matches!(
+            sequencer.convs.get(&conv),
+            Some(Slot::Ready(state)) if state.stale && !state.in_flight()
+        );
+        if !settled {
+            return;
+        }
+        let Some(Slot::Ready(state)) = sequencer.convs.remove(&conv) else {
+            return;
+        };
+        if state.held.is_empty() {
+            return;
+        }
+        sequencer.convs.insert(conv, Slot::Loading(state.held));
+        drop(sequencer);
+        let core = self.clone();
+        glommio::spawn_local(async move { core.load_conversation(conv).await }).detach();
+    }
+
     fn sequencer_window(&self) -> usize {
         self.shared.config.storage.dedupe_window
     }
@@ -1223,18 +1264,26 @@ impl Core {
             Ok(Err(err)) => Err(pool_error(err)),
             Err(_) => Err(pool_error(PoolError::Closed)),
         };
-        {
+        if let Some(conv) = conv {
             let mut sequencer = self.sequencer.borrow_mut();
-            if let Some(conv) = conv {
-                match (&result, sequencer.convs.get_mut(&conv)) {
-                    (Ok(_), Some(Slot::Ready(state))) => state.mark_committed(message.seq),
-                    (Err(_), Some(Slot::Ready(_))) => {
-                        // The seq may be half-known to the store: start over
-                        // from what it holds on the next send.
-                        sequencer.convs.remove(&conv);
-                    }
-                    _ => {}
+            let dropped = match (&result, sequencer.convs.get_mut(&conv)) {
+                (Ok(_), Some(Slot::Ready(state))) => {
+                    state.mark_committed(message.seq);
+                    None
                 }
+                // The seq may be half-known to the store: start over from
+                // what it holds on the next send.
+                (Err(_), Some(Slot::Ready(_))) => sequencer.convs.remove(&conv),
+                _ => None,
+            };
+            drop(sequencer);
+            match dropped {
+                Some(Slot::Ready(state)) => {
+                    for job in state.held {
+                        self.sequence(job);
+                    }
+                }
+                _ => self.reload_if_stale(conv),
             }
         }
         for waiter in waiters.borrow_mut().drain(..) {
@@ -1478,6 +1527,9 @@ struct Sequencer {
     convs: HashMap<ConversationId, Slot>,
     /// Block changes that arrived while their conversation was loading.
     block_overrides: HashMap<ConversationId, bool>,
+    /// Conversations another node changed while they were loading: the
+    /// load may have read the store before the change, so it runs again.
+    stale_loads: HashSet<ConversationId>,
     max: usize,
 }
 
@@ -1511,6 +1563,11 @@ struct ConvState {
     /// A group conversation's membership (`None`: not a group, or no such
     /// group yet).
     group: Option<GroupState>,
+    /// Another node changed who may send here while sends were in flight:
+    /// once they are answered, this state is dropped and read again.
+    stale: bool,
+    /// Sends that arrived while stale, for the reloaded state, in order.
+    held: Vec<SendJob>,
 }
 
 struct RecentSend {
@@ -1545,6 +1602,8 @@ impl ConvState {
             recent,
             blocked: head.blocked,
             group: head.group.map(GroupState::from_roster),
+            stale: false,
+            held: Vec::new(),
         }
     }
 
@@ -1555,6 +1614,11 @@ impl ConvState {
     }
 
     fn has_pending(&self) -> bool {
+        self.in_flight() || !self.held.is_empty()
+    }
+
+    /// Sends checked against this state and not yet answered.
+    fn in_flight(&self) -> bool {
         self.allocating
             || !self.awaiting.is_empty()
             || self.recent.iter().any(|r| r.waiters.is_some())

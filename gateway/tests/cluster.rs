@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ourchat_client::{Client, Push, SeqTracker};
 use ourchat_protocol::pb::{self, ChatMessage};
-use ourchat_testkit::{device_of, user_on, Engines, SendLoop, ServerProcess};
+use ourchat_testkit::{device_of, push_where, user_on, Engines, SendLoop, ServerProcess};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -47,15 +47,11 @@ async fn feeders_settled(nodes: &[&ServerProcess], partitions: f64) {
 
 /// The next pushed chat message, skipping other pushes.
 async fn next_message(client: &Client) -> ChatMessage {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.next_push(left).await {
-            Some(Push::Message(m)) => return *m,
-            Some(Push::Closed) | None => panic!("no message within {WAIT:?}"),
-            Some(_) => {}
-        }
-    }
+    push_where(client, WAIT, "message", |push| match push {
+        Push::Message(m) => Some(*m),
+        _ => None,
+    })
+    .await
 }
 
 /// Messages of a conversation as the store has them, once it has at least
@@ -237,17 +233,11 @@ async fn after_kill_9_users_move_to_the_other_node_and_lose_nothing() {
 /// Waits for a presence push saying `user_id` is now `state` (an earlier
 /// change may still be on its way: the log is read asynchronously).
 async fn presence_becomes(client: &Client, user_id: i64, state: pb::PresenceState) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.next_push(left).await {
-            Some(Push::Presence(info)) if info.user_id == user_id && info.state == state as i32 => {
-                return
-            }
-            Some(Push::Closed) | None => panic!("no presence push within {WAIT:?}"),
-            Some(_) => {}
-        }
-    }
+    push_where(client, WAIT, "presence push", |push| match push {
+        Push::Presence(info) if info.user_id == user_id && info.state == state as i32 => Some(()),
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,15 +409,11 @@ async fn a_users_send_rate_holds_across_nodes() {
 
 /// Waits for the server to close `client`'s connection, with its reason.
 async fn kicked(client: &Client) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.next_push(left).await {
-            Some(Push::Kicked(reason)) => return reason,
-            Some(Push::Closed) | None => panic!("closed without a Kicked within {WAIT:?}"),
-            Some(_) => {}
-        }
-    }
+    push_where(client, WAIT, "Kicked before the close", |push| match push {
+        Push::Kicked(reason) => Some(reason),
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

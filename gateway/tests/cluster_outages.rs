@@ -7,13 +7,16 @@
 //!   are not acked; once it is back, sends work again, no restart.
 //! - MySQL away: acked messages still reach their recipients (they are in
 //!   Kafka) and land in MySQL once it is back.
+//! - Redis slow (frozen for a moment): a block made on one node while the
+//!   other has a send in flight in that conversation still lands there once
+//!   the send is answered.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ourchat_client::{Client, ErrorCode, Push};
 use ourchat_protocol::pb;
-use ourchat_testkit::{user_on, Engines, ServerProcess};
+use ourchat_testkit::{push_where, user_on, Engines, ServerProcess};
 
 fn cluster_node(engines: &Engines, shards: &[String], node_id: u16) -> ServerProcess {
     engines.cluster_node(
@@ -54,13 +57,16 @@ fn signal(pid: i32, which: &str) {
 }
 
 async fn next_text(client: &Client) -> String {
-    loop {
-        match client.next_push(Duration::from_secs(10)).await {
-            Some(Push::Message(m)) => return m.content,
-            Some(Push::Closed) | None => panic!("no message pushed"),
-            Some(_) => {}
-        }
-    }
+    push_where(
+        client,
+        Duration::from_secs(10),
+        "message",
+        |push| match push {
+            Push::Message(m) => Some(m.content),
+            _ => None,
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,4 +154,36 @@ async fn sends_survive_kafka_and_mysql_outages() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // A block on node A while node B has a send of that conversation in
+    // flight (its seq request waits on a frozen Redis): node B keeps the
+    // notice and reads the conversation again once the send is answered,
+    // so the very next send is refused.
+    let (dave, sd) = user_on(a.addr, "dave", "d").await;
+    let (carol, sc) = user_on(b.addr, "carol", "d").await;
+    carol.send_text(sd.user_id, "hi dave").await.unwrap();
+    let carol = std::sync::Arc::new(carol);
+    {
+        let _redis = Frozen::engine(dir.join("redis.pid"));
+        let in_flight = tokio::spawn({
+            let carol = carol.clone();
+            async move { carol.send_text(sd.user_id, "in flight").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        dave.block(sc.user_id, true).await.unwrap();
+        // The notice reaches node B while the send still waits.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            !in_flight.is_finished(),
+            "the send was meant to wait on Redis"
+        );
+        drop(_redis);
+        // Checked before the block: accepted, or refused by the timeout.
+        let _ = in_flight.await.unwrap();
+    }
+    let refused = carol
+        .send_text(sd.user_id, "after the block")
+        .await
+        .expect_err("the block must hold on node B");
+    assert_eq!(refused.code(), Some(ErrorCode::Forbidden), "{refused}");
 }

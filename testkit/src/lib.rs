@@ -290,6 +290,28 @@ pub async fn user_on(
     (client, session)
 }
 
+/// The first push within `wait` that `pick` takes, skipping the others;
+/// panics, naming `what`, if the connection closes or nothing comes.
+pub async fn push_where<T>(
+    client: &ourchat_client::Client,
+    wait: Duration,
+    what: &str,
+    mut pick: impl FnMut(ourchat_client::Push) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.next_push(left).await {
+            Some(ourchat_client::Push::Closed) | None => panic!("no {what} within {wait:?}"),
+            Some(push) => {
+                if let Some(found) = pick(push) {
+                    return found;
+                }
+            }
+        }
+    }
+}
+
 /// A second connection of an existing user, logged in on `device`.
 pub async fn device_of(addr: SocketAddr, username: &str, device: &str) -> ourchat_client::Client {
     let client = ourchat_client::Client::connect(addr)
