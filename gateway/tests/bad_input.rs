@@ -24,7 +24,10 @@ fn server() -> ServerProcess {
             set: vec![
                 ("server.max_frame_bytes".into(), "4096".into()),
                 ("server.max_content_bytes".into(), "1024".into()),
-                ("server.login_timeout_ms".into(), "500".into()),
+                // Long enough for the healthy pair's register + login (two
+                // argon2 hashes) on a loaded two-core machine: at 500 ms a
+                // make test run once closed one mid-register.
+                ("server.login_timeout_ms".into(), "2000".into()),
                 ("server.heartbeat_secs".into(), "1".into()),
                 ("server.idle_timeout_secs".into(), "2".into()),
             ],
