@@ -75,6 +75,8 @@ start_mariadb() {
 start() {
   install_missing
   export PATH="$HOME/.cargo/bin:/usr/sbin:$PATH"
+  # Engines left running in DIR by an interrupted run would hold its files.
+  stop
   rm -rf "$dir"
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
@@ -151,14 +153,16 @@ ENV
 
 stop() {
   [[ -d "$dir" ]] || return 0
-  for pidfile in "$dir/tansu.pid" "$dir/redis.pid" "$dir/replica.pid.shell" "$dir/mysql.pid.shell"; do
+  # mariadb.pid.shell: the primary's name before the replica came.
+  for pidfile in "$dir/tansu.pid" "$dir/redis.pid" "$dir/replica.pid.shell" \
+    "$dir/mysql.pid.shell" "$dir/mariadb.pid.shell"; do
     if [[ -f "$pidfile" ]]; then
       kill "$(cat "$pidfile")" 2>/dev/null || true
     fi
   done
   # MariaDB flushes on TERM; give it a moment before the directory goes.
   local name
-  for name in mysql replica; do
+  for name in mysql replica mariadb; do
     for _ in $(seq 1 50); do
       [[ -f "$dir/$name.pid" ]] && kill -0 "$(cat "$dir/$name.pid" 2>/dev/null)" 2>/dev/null || break
       sleep 0.1
