@@ -96,11 +96,13 @@ start() {
     names+=(replica)
     binlog=(--log-bin="$dir/mysql/binlog" --binlog-format=ROW)
   fi
+  # One after the other: two bootstraps at once collide on temporary
+  # tables in /tmp (measured: "Unknown table 'mysql.tmp_user_sys'").
   for name in "${names[@]}"; do
     mariadb-install-db --no-defaults --datadir="$dir/$name" --user="$(id -un)" \
-      --auth-root-authentication-method=socket --skip-test-db >"$dir/$name-install.log" 2>&1 &
+      --auth-root-authentication-method=socket --skip-test-db >"$dir/$name-install.log" 2>&1 ||
+      { echo "mariadb-install-db failed; its log:" >&2; tail -n 20 "$dir/$name-install.log" >&2; return 1; }
   done
-  wait
   start_mariadb mysql "$mysql_port" --server-id=1 "${binlog[@]}"
   wait_for_port "$mysql_port" mysql
   mariadb --no-defaults --socket="$dir/mysql.sock" -u root <<'SQL'
