@@ -838,7 +838,13 @@ impl Core {
         };
         let mut sequencer = self.sequencer.borrow_mut();
         match sequencer.convs.get_mut(&conv) {
-            Some(Slot::Ready(state)) if state.stale => state.held.push(job),
+            Some(Slot::Ready(state)) if state.stale => {
+                state.held.push(job);
+                // Normally the last in-flight answer reloads it; if none is
+                // left, nothing else would.
+                drop(sequencer);
+                self.reload_if_stale(conv);
+            }
             Some(Slot::Ready(state)) => self.assign(conv, state, job),
             Some(Slot::Loading(queue)) => queue.push(job),
             None => {
