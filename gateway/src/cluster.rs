@@ -328,16 +328,20 @@ fn tail_log(
         if kafka::origin_of(&record) == Some(node_id) {
             continue;
         }
-        let routed = if record.topic() == topics.presence && kafka::is_sign_out(&record) {
-            record
-                .payload()
-                .and_then(|payload| pb::DeviceSignOut::decode(payload).ok())
-                .map(|sign_out| (sign_out.user_id as u64, Inbound::SignOut(sign_out)))
-        } else if record.topic() == topics.presence {
-            record
-                .payload()
-                .and_then(|payload| pb::PresenceInfo::decode(payload).ok())
-                .map(|info| (info.user_id as u64, Inbound::Presence(info)))
+        let routed = if record.topic() == topics.presence {
+            // A user's record: their owner core takes it.
+            let Some(payload) = record.payload() else {
+                continue;
+            };
+            if kafka::is_sign_out(&record) {
+                pb::DeviceSignOut::decode(payload)
+                    .ok()
+                    .map(|sign_out| (sign_out.user_id as u64, Inbound::SignOut(sign_out)))
+            } else {
+                pb::PresenceInfo::decode(payload)
+                    .ok()
+                    .map(|info| (info.user_id as u64, Inbound::Presence(info)))
+            }
         } else {
             // A message, or a change notice: both name their conversation,
             // and its owner core takes them, in log order.

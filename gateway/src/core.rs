@@ -774,14 +774,7 @@ impl Core {
         T: Send + 'static,
         F: FnOnce(&mut Box<dyn ReadStore>) -> Result<T, StoreError> + Send + 'static,
     {
-        let readers = &self.shared.readers;
-        wait_for_room(|| readers.is_full()).await?;
-        let result = readers.try_run(job).map_err(pool_error)?;
-        match result.await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(pool_error(PoolError::from(err))),
-            Err(_) => Err(pool_error(PoolError::Closed)),
-        }
+        run_store_job(&self.shared.readers, job).await
     }
 
     /// Runs a password hash or check on the hashing pool.
@@ -1172,14 +1165,7 @@ impl Core {
         let Some(cluster) = &self.shared.cluster else {
             return Err(pb::Error::new(ErrorCode::Internal, "not in cluster mode"));
         };
-        let redis = &cluster.redis;
-        wait_for_room(|| redis.is_full()).await?;
-        let result = redis.try_run(job).map_err(pool_error)?;
-        match result.await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(pool_error(PoolError::from(err))),
-            Err(_) => Err(pool_error(PoolError::Closed)),
-        }
+        run_store_job(&cluster.redis, job).await
     }
 
     /// The members of a group whose conversation this core sequences and
@@ -1673,6 +1659,23 @@ async fn yield_once() {
         }
     })
     .await
+}
+
+/// Runs a store call on `pool`'s threads, waiting for queue room; its
+/// error, or the pool's, as a client error.
+async fn run_store_job<S, T, F>(pool: &JobHandle<S>, job: F) -> Result<T, pb::Error>
+where
+    S: 'static,
+    T: Send + 'static,
+    F: FnOnce(&mut S) -> Result<T, StoreError> + Send + 'static,
+{
+    wait_for_room(|| pool.is_full()).await?;
+    let result = pool.try_run(job).map_err(pool_error)?;
+    match result.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(pool_error(PoolError::from(err))),
+        Err(_) => Err(pool_error(PoolError::Closed)),
+    }
 }
 
 async fn wait_for_room(is_full: impl Fn() -> bool) -> Result<(), pb::Error> {

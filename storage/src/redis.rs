@@ -152,10 +152,16 @@ pub enum SeqGrant {
 pub struct RedisSeq {
     client: redis::Client,
     conn: Option<redis::Connection>,
-    script: Script,
+    scripts: Scripts,
+    dedupe_ttl_secs: u64,
+}
+
+/// The Lua scripts, loaded into Redis on first use (and again after a
+/// Redis restart: `invoke` handles `NOSCRIPT`).
+struct Scripts {
+    allocate: Script,
     put_device: Script,
     remove_device: Script,
-    dedupe_ttl_secs: u64,
 }
 
 impl From<redis::RedisError> for StoreError {
@@ -173,32 +179,44 @@ impl RedisSeq {
         Ok(RedisSeq {
             client: redis::Client::open(url)?,
             conn: None,
-            script: Script::new(ALLOCATE),
-            put_device: Script::new(PUT_DEVICE),
-            remove_device: Script::new(REMOVE_DEVICE),
+            scripts: Scripts {
+                allocate: Script::new(ALLOCATE),
+                put_device: Script::new(PUT_DEVICE),
+                remove_device: Script::new(REMOVE_DEVICE),
+            },
             dedupe_ttl_secs: dedupe_ttl_secs.max(1),
         })
     }
 
     /// Checks that Redis answers.
     pub fn ping(&mut self) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        let _: String = redis::cmd("PING").query(conn)?;
-        Ok(())
+        self.with_conn(|conn, _| redis::cmd("PING").query::<String>(conn).map(|_| ()))
     }
 
-    fn conn(&mut self) -> Result<&mut redis::Connection, StoreError> {
-        if self.conn.is_none() {
-            let conn = self
-                .client
-                .get_connection_with_timeout(std::time::Duration::from_secs(2))?;
-            conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-            conn.set_write_timeout(Some(std::time::Duration::from_secs(2)))?;
-            self.conn = Some(conn);
+    /// Runs `call` on the connection, dialled on first use; a call that
+    /// fails drops it, so the next one dials again (a sync connection that
+    /// lost its socket never recovers by itself).
+    fn with_conn<T>(
+        &mut self,
+        call: impl FnOnce(&mut redis::Connection, &Scripts) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            empty => {
+                let timeout = Some(std::time::Duration::from_secs(2));
+                let conn = self
+                    .client
+                    .get_connection_with_timeout(std::time::Duration::from_secs(2))?;
+                conn.set_read_timeout(timeout)?;
+                conn.set_write_timeout(timeout)?;
+                empty.insert(conn)
+            }
+        };
+        let result = call(conn, &self.scripts);
+        if result.is_err() {
+            self.conn = None;
         }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| StoreError::Corrupt("redis connection vanished".into()))
+        result.map_err(StoreError::from)
     }
 
     /// Seqs for `requests` in `conversation_id`, in order; `floor` is the
@@ -213,47 +231,38 @@ impl RedisSeq {
     ) -> Result<Vec<SeqGrant>, StoreError> {
         let key = format!("ourchat:seq:{{{conversation_id}}}");
         let ttl = self.dedupe_ttl_secs;
-        self.conn()?;
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::Corrupt("redis connection vanished".into()));
-        };
-        let mut invocation = self.script.key(key);
-        invocation
-            .arg(floor)
-            .arg(ttl)
-            .arg(budget.per_sec)
-            .arg(budget.burst);
-        // KEYS[1] is the counter; each budgeted sender's bucket follows once.
-        let mut buckets: Vec<i64> = Vec::new();
-        for request in requests {
-            let bucket = if request.budgeted {
-                let index = match buckets.iter().position(|u| *u == request.sender_id) {
-                    Some(index) => index,
-                    None => {
-                        buckets.push(request.sender_id);
-                        invocation.key(format!("ourchat:sends:{{{}}}", request.sender_id));
-                        buckets.len() - 1
-                    }
-                };
-                index + 2
-            } else {
-                0
-            };
+        let replies: Vec<String> = self.with_conn(|conn, scripts| {
+            let mut invocation = scripts.allocate.key(key);
             invocation
-                .arg(request.sender_id)
-                .arg(request.client_message_id)
-                .arg(request.server_msg_id)
-                .arg(request.sent_at_ms)
-                .arg(bucket);
-        }
-        let replies: Result<Vec<String>, _> = invocation.invoke(conn);
-        let replies = match replies {
-            Ok(replies) => replies,
-            Err(error) => {
-                self.conn = None;
-                return Err(error.into());
+                .arg(floor)
+                .arg(ttl)
+                .arg(budget.per_sec)
+                .arg(budget.burst);
+            // KEYS[1] is the counter; each budgeted sender's bucket follows once.
+            let mut buckets: Vec<i64> = Vec::new();
+            for request in requests {
+                let bucket = if request.budgeted {
+                    let index = match buckets.iter().position(|u| *u == request.sender_id) {
+                        Some(index) => index,
+                        None => {
+                            buckets.push(request.sender_id);
+                            invocation.key(format!("ourchat:sends:{{{}}}", request.sender_id));
+                            buckets.len() - 1
+                        }
+                    };
+                    index + 2
+                } else {
+                    0
+                };
+                invocation
+                    .arg(request.sender_id)
+                    .arg(request.client_message_id)
+                    .arg(request.server_msg_id)
+                    .arg(request.sent_at_ms)
+                    .arg(bucket);
             }
-        };
+            invocation.invoke(conn)
+        })?;
         if replies.len() != requests.len() {
             return Err(StoreError::Corrupt(format!(
                 "redis answered {} grants for {} sends",
@@ -267,7 +276,7 @@ impl RedisSeq {
     /// The counter's current value (0: none), for tests and tools.
     pub fn current(&mut self, conversation_id: &str) -> Result<i64, StoreError> {
         let key = format!("ourchat:seq:{{{conversation_id}}}");
-        let value: Option<i64> = self.conn()?.get(key)?;
+        let value: Option<i64> = self.with_conn(|conn, _| conn.get(key))?;
         Ok(value.unwrap_or(0))
     }
 }
@@ -302,17 +311,15 @@ impl RedisSeq {
         ttl_secs: u64,
     ) -> Result<Option<u16>, StoreError> {
         let value = format!("{node_id}:{}", u8::from(away));
-        self.conn()?;
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::Corrupt("redis connection vanished".into()));
-        };
-        let before: Option<String> = self
-            .put_device
-            .key(directory_key(user_id))
-            .arg(device_id)
-            .arg(value)
-            .arg(ttl_secs)
-            .invoke(conn)?;
+        let before: Option<String> = self.with_conn(|conn, scripts| {
+            scripts
+                .put_device
+                .key(directory_key(user_id))
+                .arg(device_id)
+                .arg(value)
+                .arg(ttl_secs)
+                .invoke(conn)
+        })?;
         Ok(before
             .and_then(|before| parse_entry(&before))
             .map(|(node, _)| node)
@@ -321,9 +328,10 @@ impl RedisSeq {
 
     /// Keeps the user's entry alive (a heartbeat of one of their devices).
     pub fn touch_user(&mut self, user_id: i64, ttl_secs: u64) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        let _: bool = conn.expire(directory_key(user_id), ttl_secs as i64)?;
-        Ok(())
+        self.with_conn(|conn, _| {
+            conn.expire::<_, bool>(directory_key(user_id), ttl_secs as i64)
+                .map(|_| ())
+        })
     }
 
     /// Forgets `device_id` of `user_id` (it disconnected from `node_id`),
@@ -334,23 +342,21 @@ impl RedisSeq {
         device_id: &str,
         node_id: u16,
     ) -> Result<(), StoreError> {
-        self.conn()?;
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::Corrupt("redis connection vanished".into()));
-        };
-        let _: i64 = self
-            .remove_device
-            .key(directory_key(user_id))
-            .arg(device_id)
-            .arg(format!("{node_id}:"))
-            .invoke(conn)?;
-        Ok(())
+        self.with_conn(|conn, scripts| {
+            scripts
+                .remove_device
+                .key(directory_key(user_id))
+                .arg(device_id)
+                .arg(format!("{node_id}:"))
+                .invoke::<i64>(conn)
+                .map(|_| ())
+        })
     }
 
     /// The user's devices online on any node.
     pub fn online_devices(&mut self, user_id: i64) -> Result<Vec<OnlineDevice>, StoreError> {
-        let conn = self.conn()?;
-        let entries: Vec<(String, String)> = conn.hgetall(directory_key(user_id))?;
+        let entries: Vec<(String, String)> =
+            self.with_conn(|conn, _| conn.hgetall(directory_key(user_id)))?;
         Ok(entries
             .into_iter()
             .filter_map(|(device_id, value)| {

@@ -272,3 +272,26 @@ fn redis_send_budgets_are_shared_by_every_node_and_refill() {
         .unwrap();
     assert!(ttl > 0 && ttl <= 1_300, "ttl {ttl} ms");
 }
+
+#[test]
+fn a_redis_connection_lost_under_any_call_is_dialled_again() {
+    let Some(url) = engine("OURCHAT_TEST_REDIS", "redis_redial") else {
+        return;
+    };
+    let user = 7_000_000 + i64::from(std::process::id());
+    let mut redis = RedisSeq::new(&url, 60).unwrap();
+    redis.put_device(user, "phone", 1, false, 60).unwrap();
+    // Redis drops every client (a restart or failover looks the same).
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut admin = client.get_connection().unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .query(&mut admin)
+        .unwrap();
+    // The call that finds the dead socket fails; the next one dials again.
+    let first = redis.online_devices(user);
+    let second = redis.online_devices(user).unwrap();
+    assert!(first.is_err() || first.as_ref().is_ok_and(|d| d == &second));
+    assert_eq!(second.len(), 1);
+    redis.touch_user(user, 60).unwrap();
+}
