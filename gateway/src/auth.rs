@@ -216,21 +216,51 @@ pub fn rotate_data_dir_key(data_dir: &Path) -> std::io::Result<String> {
 }
 
 /// The secret kept in `path`, created with 32 random bytes (hex) on first
-/// use so restarts keep it; readable by the owner only.
+/// use so restarts keep it; readable by the owner only. A file that is
+/// there but damaged (empty, short, not hex) is an error naming it: quietly
+/// replacing it would invalidate every outstanding token without a word.
 pub fn load_or_create_secret(path: &Path) -> std::io::Result<String> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        let text = text.trim();
-        if text.len() >= 32 {
-            return Ok(text.to_string());
+    match std::fs::read(path) {
+        Ok(bytes) => return parse_secret(path, &bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            ))
         }
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if crate::data_dir::is_initialised(dir) {
+        tracing::warn!(file = %path.display(),
+            "key file missing from an initialised data directory: created a new one; \
+             everything signed with the old key is no longer accepted");
     }
     let secret: [u8; 32] = rand::random();
     let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    std::fs::create_dir_all(dir)?;
     write_file(path, text.as_bytes(), 0o600)?;
     Ok(text)
+}
+
+/// Shortest secret accepted from a key file (the node writes 64 hex digits).
+const MIN_SECRET_HEX: usize = 32;
+
+fn parse_secret(path: &Path, bytes: &[u8]) -> std::io::Result<String> {
+    let text = std::str::from_utf8(bytes).map(str::trim).unwrap_or("");
+    if text.len() >= MIN_SECRET_HEX && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(text.to_string());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "{} is damaged ({} bytes, expected at least {MIN_SECRET_HEX} hex digits): restore \
+             it from a backup, or delete it to start with a new key (every token or client \
+             holding the old one is then refused)",
+            path.display(),
+            bytes.len()
+        ),
+    ))
 }
 
 /// Writes `bytes` to `path` with permission `mode` (for a new file) and
@@ -251,6 +281,24 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_key_file_is_refused_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt.secret");
+        let first = load_or_create_secret(&path).unwrap();
+        assert_eq!(
+            load_or_create_secret(&path).unwrap(),
+            first,
+            "kept across starts"
+        );
+        for damage in [&b""[..], b"short", &[0xff; 64], &[b'z'; 64]] {
+            std::fs::write(&path, damage).unwrap();
+            let err = load_or_create_secret(&path).unwrap_err().to_string();
+            assert!(err.contains("jwt.secret is damaged"), "{err}");
+            assert_eq!(std::fs::read(&path).unwrap(), damage, "left as found");
+        }
+    }
 
     #[test]
     fn issued_tokens_verify() {

@@ -54,6 +54,15 @@ struct LoginGrant {
     new_device: bool,
 }
 
+/// What the frame bucket says about the frame just read.
+enum FrameVerdict {
+    Handle,
+    /// Over the rate: answered RATE_LIMITED, not carried out.
+    Refuse,
+    /// A sustained flood: the connection closes.
+    Close,
+}
+
 /// Why reading stopped.
 enum ReadEnd {
     /// Peer closed, the socket failed, or we shut it down (kick, timeout,
@@ -250,8 +259,23 @@ impl Connection {
             match read_frame(&mut reader, max_frame).await {
                 Ok(envelope) => {
                     self.outbox.touch();
-                    if !self.within_frame_rate(envelope.req_id) {
-                        return;
+                    match self.frame_verdict() {
+                        FrameVerdict::Handle => {}
+                        // Refused frames are answered and never carried out.
+                        FrameVerdict::Refuse => {
+                            self.refuse_frame(envelope.req_id);
+                            continue;
+                        }
+                        FrameVerdict::Close => {
+                            self.core.metrics().limited(Limit::Flood);
+                            return self
+                                .close_after_inflight(
+                                    envelope.req_id,
+                                    ErrorCode::RateLimited,
+                                    "flooding: connection closed",
+                                )
+                                .await;
+                        }
                     }
                     // Boxed: the handlers' state lives on the heap only while
                     // a request is handled, so an idle connection's future
@@ -262,14 +286,18 @@ impl Connection {
                 }
                 Err(ReadEnd::Closed) => return,
                 Err(ReadEnd::Bad(FrameError::TooLarge { len, max })) => {
-                    return self.close_with_error(
-                        0,
-                        ErrorCode::FrameTooLarge,
-                        &format!("frame of {len} bytes exceeds the maximum of {max}"),
-                    )
+                    return self
+                        .close_after_inflight(
+                            0,
+                            ErrorCode::FrameTooLarge,
+                            &format!("frame of {len} bytes exceeds the maximum of {max}"),
+                        )
+                        .await
                 }
                 Err(ReadEnd::Bad(err)) => {
-                    return self.close_with_error(0, ErrorCode::Protocol, &err.to_string())
+                    return self
+                        .close_after_inflight(0, ErrorCode::Protocol, &err.to_string())
+                        .await
                 }
             }
         }
@@ -363,36 +391,40 @@ impl Connection {
             .close_with(Some(encode_frame(&Envelope::error(req_id, code, message))));
     }
 
-    /// Whether a frame may be handled: past the rate it is answered
-    /// RATE_LIMITED (`true`, carry on reading), and a sustained flood
-    /// closes the connection (`false`).
-    fn within_frame_rate(&mut self, req_id: u32) -> bool {
+    /// Takes a token from this connection's frame bucket.
+    fn frame_verdict(&mut self) -> FrameVerdict {
         let limits = &self.core.shared.config.limits;
-        let now = std::time::Instant::now();
-        match self
-            .frames
-            .check(limits.frame_rate(), limits.flood_refusals_per_sec, now)
-        {
-            Verdict::Allow => true,
-            Verdict::Refuse => {
-                self.core.metrics().limited(Limit::FrameRate);
-                let message = format!(
-                    "slow down: {} frames per second allowed",
-                    limits.frames_per_sec
-                );
-                self.reply_error(req_id, pb::Error::new(ErrorCode::RateLimited, message));
-                true
-            }
-            Verdict::Disconnect => {
-                self.core.metrics().limited(Limit::Flood);
-                self.close_with_error(
-                    req_id,
-                    ErrorCode::RateLimited,
-                    "flooding: connection closed",
-                );
-                false
-            }
+        match self.frames.check(
+            limits.frame_rate(),
+            limits.flood_refusals_per_sec,
+            std::time::Instant::now(),
+        ) {
+            Verdict::Allow => FrameVerdict::Handle,
+            Verdict::Refuse => FrameVerdict::Refuse,
+            Verdict::Disconnect => FrameVerdict::Close,
         }
+    }
+
+    /// The one answer a frame over the rate gets, naming its request.
+    fn refuse_frame(&self, req_id: u32) {
+        self.core.metrics().limited(Limit::FrameRate);
+        let message = format!(
+            "slow down: {} frames per second allowed; request {req_id} was not carried out",
+            self.core.shared.config.limits.frames_per_sec
+        );
+        self.reply_error(req_id, pb::Error::new(ErrorCode::RateLimited, message));
+    }
+
+    /// Closes with a reason once every send this connection has in flight
+    /// is answered: a message stored before the close is acked before it.
+    async fn close_after_inflight(&self, req_id: u32, code: ErrorCode, message: &str) {
+        if let Some(inflight) = &self.inflight {
+            let limit = self.core.shared.config.server.max_inflight_sends as u64;
+            // Every permit back means every ack is queued; the semaphore is
+            // never closed, so an error here only skips the wait.
+            let _ = inflight.acquire(limit).await;
+        }
+        self.close_with_error(req_id, code, message);
     }
 
     /// Handles one frame; `false` closes the connection.
@@ -400,7 +432,8 @@ impl Connection {
         CoreMetrics::inc(&self.core.metrics().frames_in);
         let req_id = envelope.req_id;
         let Some(body) = envelope.body else {
-            self.close_with_error(req_id, ErrorCode::Protocol, "frame has no body");
+            self.close_after_inflight(req_id, ErrorCode::Protocol, "frame has no body")
+                .await;
             return false;
         };
         let Some(session) = self.session.clone() else {
@@ -910,7 +943,6 @@ impl Connection {
                     ..Default::default()
                 },
             };
-            drop(permit);
             let metrics = core.metrics();
             match &response.error {
                 Some(error) => metrics.error(error.code),
@@ -924,6 +956,8 @@ impl Connection {
                     "outbound queue full: reconnect and sync",
                 )));
             }
+            // Released only once the ack is queued: a close waits for it.
+            drop(permit);
         })
         .detach();
     }
@@ -1011,6 +1045,15 @@ impl Connection {
     }
 
     async fn history(&self, req_id: u32, session: &Session, request: pb::HistoryRequest) {
+        if request.before_seq < 0 {
+            return self.reply_error(
+                req_id,
+                pb::Error::new(
+                    ErrorCode::BadRequest,
+                    "before_seq must be 0 (from the newest) or a positive seq",
+                ),
+            );
+        }
         let conv = if request.conversation_id.is_empty() {
             match ConversationId::direct(session.user_id, request.peer_id) {
                 Some(conv) if request.peer_id > 0 => Ok((conv, Visibility::default())),
@@ -1212,8 +1255,10 @@ fn validate_send(
             .ok_or_else(|| bad("cannot send a message to yourself"))?,
         _ => return Err(bad("give exactly one of receiver_id or group_id")),
     };
-    if request.client_message_id == 0 {
-        return Err(bad("client_message_id is required (it makes resends safe)"));
+    if request.client_message_id <= 0 {
+        return Err(bad(
+            "client_message_id must be a positive number (it makes resends safe)",
+        ));
     }
     payload::validate(request, limits).map_err(|e| bad(&e))?;
     Ok(conv)

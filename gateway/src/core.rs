@@ -29,7 +29,7 @@ use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{codec, Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::redis::{RedisSeq, SendBudget, SeqGrant, SeqRequest};
 use ourchat_storage::{
-    ConversationHead, GroupChange, ReadStore, StoreError, WriteOp, WriteOutcome,
+    fingerprint_of, ConversationHead, GroupChange, ReadStore, StoreError, WriteOp, WriteOutcome,
 };
 use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
 
@@ -900,10 +900,15 @@ impl Core {
             command,
             reply,
         } = job;
+        let fingerprint = fingerprint_of(&message);
         let resend = state.recent.iter().rev().find(|r| {
             r.sender_id == message.sender_id && r.client_message_id == message.client_message_id
         });
         if let Some(previous) = resend {
+            if previous.fingerprint != fingerprint {
+                let _ = reply.send(Err(reused_id(message.client_message_id)));
+                return;
+            }
             match &previous.waiters {
                 None => {
                     let _ = reply.send(Ok(previous.accepted));
@@ -955,6 +960,7 @@ impl Core {
         }
         let staged = Staged {
             message,
+            fingerprint,
             origin_conn,
             recipients,
             change,
@@ -972,8 +978,12 @@ impl Core {
             }
             return;
         }
+        // Seq 0: the store gives the seq when it writes the message, after
+        // checking its unique index for this (sender, client id), so a
+        // resend older than the window is answered with its first seq and
+        // takes none (no gap).
         let accepted = Accepted {
-            seq: state.last_seq + 1,
+            seq: 0,
             server_msg_id: self.next_id(),
             sent_at_ms: now_ms() as i64,
         };
@@ -985,6 +995,7 @@ impl Core {
     fn submit(&self, state: &mut ConvState, staged: Staged, accepted: Accepted) {
         let Staged {
             mut message,
+            fingerprint,
             origin_conn,
             recipients,
             change,
@@ -1021,6 +1032,7 @@ impl Core {
         state.recent.push_back(RecentSend {
             sender_id: message.sender_id,
             client_message_id: message.client_message_id,
+            fingerprint,
             accepted,
             waiters: Some(waiters.clone()),
         });
@@ -1094,6 +1106,10 @@ impl Core {
             let grants = self
                 .redis(move |redis| redis.allocate(&key, floor, &requests, budget))
                 .await;
+            let sent_before = match &grants {
+                Ok(grants) => self.sent_before_redis_window(&id, &batch, grants).await,
+                Err(_) => HashMap::new(),
+            };
             let mut sequencer = self.sequencer.borrow_mut();
             let state = match sequencer.convs.get_mut(&conv) {
                 Some(Slot::Ready(state)) => Some(state),
@@ -1114,11 +1130,29 @@ impl Core {
                                 let _ = staged.reply.send(Err(self.slow_down()));
                                 continue;
                             }
-                            SeqGrant::New { seq } => Accepted {
-                                seq,
-                                server_msg_id,
-                                sent_at_ms,
-                            },
+                            SeqGrant::New { seq } => {
+                                let message = &staged.message;
+                                let key = (message.sender_id, message.client_message_id);
+                                if let Some(first) = sent_before.get(&key) {
+                                    // Older than Redis's window: answered from
+                                    // the store; the seq Redis gave stays unused.
+                                    let answer = match first.fingerprint == staged.fingerprint {
+                                        true => Ok(Accepted {
+                                            seq: first.seq,
+                                            server_msg_id: first.server_msg_id,
+                                            sent_at_ms: first.sent_at_ms,
+                                        }),
+                                        false => Err(reused_id(message.client_message_id)),
+                                    };
+                                    let _ = staged.reply.send(answer);
+                                    continue;
+                                }
+                                Accepted {
+                                    seq,
+                                    server_msg_id,
+                                    sent_at_ms,
+                                }
+                            }
                             SeqGrant::Resend {
                                 seq,
                                 server_msg_id,
@@ -1152,6 +1186,50 @@ impl Core {
                         let _ = staged.reply.send(Err(error.clone()));
                     }
                 }
+            }
+        }
+    }
+
+    /// Cluster mode: the chat sends Redis took for new (its dedupe records
+    /// expire) that the store already holds, by (sender, client id). A
+    /// store that does not answer within `STORE_DEDUPE_WAIT` is not waited
+    /// for: sends keep flowing while MySQL is away (the log feeds it later),
+    /// at the price of such a resend being taken as new meanwhile.
+    async fn sent_before_redis_window(
+        &self,
+        conv: &str,
+        batch: &[Staged],
+        grants: &[SeqGrant],
+    ) -> HashMap<(i64, i64), ourchat_storage::RecentSend> {
+        let sends: Vec<(i64, i64)> = batch
+            .iter()
+            .zip(grants)
+            .filter(|(staged, grant)| {
+                staged.change.is_none() && matches!(grant, SeqGrant::New { .. })
+            })
+            .map(|(staged, _)| (staged.message.sender_id, staged.message.client_message_id))
+            .collect();
+        if sends.is_empty() {
+            return HashMap::new();
+        }
+        let conv = conv.to_string();
+        let lookup = Box::pin(self.read(move |store| store.sends_among(&conv, &sends)));
+        let wait = Box::pin(glommio::timer::sleep(STORE_DEDUPE_WAIT));
+        match futures::future::select(lookup, wait).await {
+            futures::future::Either::Left((Ok(found), _)) => found
+                .into_iter()
+                .map(|send| ((send.sender_id, send.client_message_id), send))
+                .collect(),
+            futures::future::Either::Left((Err(error), _)) => {
+                tracing::warn!(
+                    code = error.code,
+                    "store dedupe check failed; sends taken as new"
+                );
+                HashMap::new()
+            }
+            futures::future::Either::Right(_) => {
+                tracing::warn!("store dedupe check timed out; sends taken as new");
+                HashMap::new()
             }
         }
     }
@@ -1232,19 +1310,39 @@ impl Core {
         outcome: Result<Result<WriteOutcome, PoolError>, oneshot::Canceled>,
     ) {
         let PendingCommit {
-            message,
+            mut message,
             origin_conn,
             recipients,
             waiters,
             ..
         } = commit;
         let conv = message.conversation_id.parse::<ConversationId>().ok();
+        // A resend found by the store: answered with the first send, and
+        // not pushed again (it was delivered when it was first stored).
+        let mut sent_before = false;
         let result = match outcome {
+            Ok(Ok(WriteOutcome::Appended { seq })) => {
+                message.seq = seq;
+                Ok(Accepted {
+                    seq,
+                    server_msg_id: message.server_msg_id,
+                    sent_at_ms: message.sent_at_ms,
+                })
+            }
             Ok(Ok(WriteOutcome::Done)) => Ok(Accepted {
                 seq: message.seq,
                 server_msg_id: message.server_msg_id,
                 sent_at_ms: message.sent_at_ms,
             }),
+            Ok(Ok(WriteOutcome::SentBefore(first))) if first.same_content => {
+                sent_before = true;
+                Ok(Accepted {
+                    seq: first.seq,
+                    server_msg_id: first.server_msg_id,
+                    sent_at_ms: first.sent_at_ms,
+                })
+            }
+            Ok(Ok(WriteOutcome::SentBefore(_))) => Err(reused_id(message.client_message_id)),
             Ok(Ok(other)) => {
                 tracing::error!(?other, conv = %message.conversation_id, seq = message.seq,
                     "store already held this seq: sequencer out of step, reloading");
@@ -1258,9 +1356,12 @@ impl Core {
         };
         if let Some(conv) = conv {
             let mut sequencer = self.sequencer.borrow_mut();
+            // A group change the store did not take was applied in memory:
+            // read the group again.
+            let unstored_change = sent_before && message.group_event.is_some();
             let dropped = match (&result, sequencer.convs.get_mut(&conv)) {
-                (Ok(_), Some(Slot::Ready(state))) => {
-                    state.mark_committed(message.seq);
+                (Ok(accepted), Some(Slot::Ready(state))) if !unstored_change => {
+                    state.mark_committed(&message, *accepted);
                     None
                 }
                 // The seq may be half-known to the store: start over from
@@ -1281,7 +1382,7 @@ impl Core {
         for waiter in waiters.borrow_mut().drain(..) {
             let _ = waiter.send(result.clone());
         }
-        if result.is_err() {
+        if result.is_err() || sent_before {
             return;
         }
         CoreMetrics::inc(&self.metrics().messages_accepted);
@@ -1534,6 +1635,8 @@ enum Slot {
 /// A checked send waiting for its seq.
 struct Staged {
     message: ChatMessage,
+    /// Of the message's payload, to tell a resend from a reused id.
+    fingerprint: u64,
     origin_conn: u64,
     recipients: Recipients,
     change: Option<GroupChange>,
@@ -1565,6 +1668,7 @@ struct ConvState {
 struct RecentSend {
     sender_id: i64,
     client_message_id: i64,
+    fingerprint: u64,
     accepted: Accepted,
     /// `Some` while the write is in flight: resends wait with the original.
     waiters: Option<Rc<RefCell<Vec<oneshot::Sender<SendResult>>>>>,
@@ -1579,6 +1683,7 @@ impl ConvState {
             .map(|r| RecentSend {
                 sender_id: r.sender_id,
                 client_message_id: r.client_message_id,
+                fingerprint: r.fingerprint,
                 accepted: Accepted {
                     seq: r.seq,
                     server_msg_id: r.server_msg_id,
@@ -1599,8 +1704,15 @@ impl ConvState {
         }
     }
 
-    fn mark_committed(&mut self, seq: i64) {
-        if let Some(entry) = self.recent.iter_mut().rev().find(|r| r.accepted.seq == seq) {
+    /// Records the stored seq (or the first send's, for a resend) of an
+    /// in-flight send, so later resends are answered from the window.
+    fn mark_committed(&mut self, message: &ChatMessage, accepted: Accepted) {
+        self.last_seq = self.last_seq.max(accepted.seq);
+        let entry = self.recent.iter_mut().rev().find(|r| {
+            r.sender_id == message.sender_id && r.client_message_id == message.client_message_id
+        });
+        if let Some(entry) = entry {
+            entry.accepted = accepted;
             entry.waiters = None;
         }
     }
@@ -1687,6 +1799,22 @@ async fn wait_for_room(is_full: impl Fn() -> bool) -> Result<(), pb::Error> {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
+}
+
+/// How long cluster mode waits for the store to say whether a send Redis
+/// did not remember is an old resend.
+const STORE_DEDUPE_WAIT: Duration = Duration::from_millis(500);
+
+/// A send whose client id its sender already used for another payload in
+/// this conversation: not retryable, the client must pick a new id.
+fn reused_id(client_message_id: i64) -> pb::Error {
+    pb::Error::new(
+        ErrorCode::Conflict,
+        format!(
+            "client_message_id {client_message_id} already names another message of yours \
+             in this conversation: give a new message a new id"
+        ),
+    )
 }
 
 /// The client-facing error for a worker failure.

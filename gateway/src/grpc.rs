@@ -514,11 +514,17 @@ impl GrpcServer {
     }
 }
 
-/// Binds `addr` now (so a taken port fails the start) and serves the six
-/// services on a thread with a two-worker tokio runtime until the node's
-/// shutdown flag is set. With `tls.grpc` it serves TLS only, with the
-/// client listener's certificate.
-pub fn spawn(addr: SocketAddr, bridge: Bridge, shared: Arc<Shared>) -> std::io::Result<GrpcServer> {
+/// Serves the six services on `listener` (bound by the caller, so a taken
+/// port fails the start) on a thread with a two-worker tokio runtime until
+/// the node's shutdown flag is set. With `tls.grpc` it serves TLS only,
+/// with the client listener's certificate. GatewayService takes
+/// `admin_token`.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    bridge: Bridge,
+    shared: Arc<Shared>,
+    admin_token: Arc<str>,
+) -> std::io::Result<GrpcServer> {
     let shutdown = shared.shutdown.clone();
     let tls = &shared.config.tls;
     let identity = match tls.grpc {
@@ -534,10 +540,6 @@ pub fn spawn(addr: SocketAddr, bridge: Bridge, shared: Arc<Shared>) -> std::io::
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     }
-    let admin_token: Arc<str> =
-        crate::auth::load_or_create_secret(&shared.config.storage.data_dir.join("admin.token"))?
-            .into();
-    let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -17,6 +17,7 @@ pub mod config;
 pub mod connection;
 mod conversations;
 pub mod core;
+pub mod data_dir;
 mod friends;
 pub mod group_state;
 mod groups;

@@ -446,8 +446,7 @@ fn open_fds() -> usize {
 const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds the admin endpoint and serves it on a thread until shutdown.
-pub fn spawn_admin(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+pub fn spawn_admin(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
     let local = listener.local_addr()?;
     // Non-blocking accept so the thread notices shutdown.
     listener.set_nonblocking(true)?;
@@ -474,6 +473,33 @@ pub fn spawn_admin(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Soc
     Ok(local)
 }
 
+/// How long `/readyz` waits for the store to answer its probe.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ready: every core listens, the node is not shutting down, and the store
+/// answers a probe of every table and index (a damaged page shows here,
+/// not only in the logins that fail on it).
+fn readiness(shared: &Shared) -> Result<(), String> {
+    if shared.shutdown.load(Ordering::Relaxed) {
+        return Err("shutting down".into());
+    }
+    if !shared.ready.load(Ordering::Relaxed) {
+        return Err("starting".into());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let queued = shared.readers.try_run(move |store| {
+        let _ = tx.send(store.check_health());
+    });
+    if queued.is_err() {
+        return Err("store readers saturated".into());
+    }
+    match rx.recv_timeout(STORE_PROBE_TIMEOUT) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("store did not answer its probe in time".into()),
+    }
+}
+
 fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
@@ -497,16 +523,17 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         .and_then(|line| line.strip_prefix("GET "))
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or("");
-    let ready = shared.ready.load(Ordering::Relaxed) && !shared.shutdown.load(Ordering::Relaxed);
     let (status, content_type, body) = match path {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(shared)),
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-        "/readyz" if ready => ("200 OK", "text/plain", "ready\n".to_string()),
-        "/readyz" => (
-            "503 Service Unavailable",
-            "text/plain",
-            "not ready\n".to_string(),
-        ),
+        "/readyz" => match readiness(shared) {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+            Err(why) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         _ => (
             "404 Not Found",
             "text/plain",

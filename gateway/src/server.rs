@@ -7,6 +7,7 @@
 //! writer queue and close the store.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::auth::TokenKeys;
 use crate::cluster::{ClusterNode, InboxEnds};
 use crate::config::{Config, Durability, StorageConfig, StoreKind};
 use crate::core::{Core, CoreMsg, Shared};
+use crate::data_dir;
 use crate::grpc::{Bridge, BridgeCall};
 use crate::metrics::Metrics;
 
@@ -57,6 +59,19 @@ pub enum ServeError {
     /// An executor could not start or bind.
     #[error("core start-up failed: {0}")]
     Core(String),
+    /// The data directory does not hold the store it was initialised with.
+    #[error("data directory: {0}")]
+    DataDir(#[from] crate::data_dir::DataDirError),
+    /// A listener could not be opened.
+    #[error("cannot serve {what} on {addr}: {source}")]
+    Listen {
+        /// Which listener, and the setting that names its address.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
 }
 
 /// A running node's addresses, reported once every core listens.
@@ -146,7 +161,10 @@ pub fn serve(
         config,
     });
     let admin = match shared.config.server.admin_listen.parse::<SocketAddr>() {
-        Ok(addr) => Some(crate::metrics::spawn_admin(addr, shared.clone())?),
+        Ok(addr) => {
+            let listener = bind("the admin HTTP endpoint (server.admin_listen)", addr)?;
+            Some(crate::metrics::spawn_admin(listener, shared.clone())?)
+        }
         Err(_) => None,
     };
     let (bridge, ends) = Bridge::new(cores);
@@ -156,7 +174,16 @@ pub fn serve(
             let addr = listen
                 .parse::<SocketAddr>()
                 .map_err(|e| ServeError::Core(format!("server.grpc_listen {listen:?}: {e}")))?;
-            Some(crate::grpc::spawn(addr, bridge, shared.clone())?)
+            let admin_token = crate::auth::load_or_create_secret(
+                &shared.config.storage.data_dir.join("admin.token"),
+            )?;
+            let listener = bind("gRPC (server.grpc_listen)", addr)?;
+            Some(crate::grpc::spawn(
+                listener,
+                bridge,
+                shared.clone(),
+                admin_token.into(),
+            )?)
         }
     };
     let ends: BridgeEnds = Arc::new(std::sync::Mutex::new(ends.into_iter().map(Some).collect()));
@@ -223,8 +250,19 @@ pub fn open_store(
 ) -> Result<(Box<dyn Backend>, Option<sqlite::Checkpointer>), ServeError> {
     match storage.backend {
         StoreKind::Sqlite => {
-            let backend =
-                SqliteBackend::open(&storage.data_dir, durability_of(storage.durability))?;
+            let dir = &storage.data_dir;
+            let expected = data_dir::check_before_open(dir, sqlite::DB_FILE)?;
+            let backend = SqliteBackend::open(dir, durability_of(storage.durability))
+                .map_err(|e| damaged_store(&dir.join(sqlite::DB_FILE), e))?;
+            let identity = backend
+                .identity()
+                .map_err(|e| damaged_store(backend.path(), e))?;
+            data_dir::confirm_store(dir, sqlite::DB_FILE, &expected, &identity)?;
+            // A damaged page fails the start, not every later login.
+            backend
+                .reader()
+                .and_then(|mut reader| reader.check_health())
+                .map_err(|e| damaged_store(backend.path(), e))?;
             let checkpointer = backend.start_checkpointer()?;
             Ok((Box::new(backend), Some(checkpointer)))
         }
@@ -233,6 +271,24 @@ pub fn open_store(
             tracing::info!(shards = storage.mysql_shards.len(), "MySQL store connected");
             Ok((Box::new(backend), None))
         }
+    }
+}
+
+/// Binds a listener of the node's own (admin, gRPC), naming it and its
+/// address when the port is taken.
+fn bind(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
+    std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen { what, addr, source })
+}
+
+/// Names the database file and the way out in a store that cannot open.
+fn damaged_store(db: &Path, err: StoreError) -> ServeError {
+    match err {
+        StoreError::Corrupt(message) => ServeError::Core(format!(
+            "{} is damaged ({message}): restore it from a backup; the node will not start \
+             on it",
+            db.display()
+        )),
+        other => ServeError::Store(other),
     }
 }
 

@@ -9,7 +9,7 @@ use ourchat_gateway::auth::Claims;
 use ourchat_protocol::codec;
 use ourchat_protocol::pb;
 use ourchat_protocol::{Body, Envelope};
-use ourchat_testkit::{user_on, ServerOptions, ServerProcess};
+use ourchat_testkit::{raw_session, user_on, ServerOptions, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -39,15 +39,7 @@ fn server() -> ServerProcess {
 
 /// Reads frames until the server closes; returns them.
 async fn frames_until_close(stream: &mut TcpStream) -> Vec<Envelope> {
-    let mut bytes = Vec::new();
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut bytes)).await;
-    let decoder = codec::FrameDecoder::new(1 << 20);
-    let mut buf = bytes::BytesMut::from(&bytes[..]);
-    let mut out = Vec::new();
-    while let Ok(Some(envelope)) = decoder.decode(&mut buf) {
-        out.push(envelope);
-    }
-    out
+    ourchat_testkit::frames_until_close(stream, WAIT).await
 }
 
 fn error_code(envelope: &Envelope) -> Option<ErrorCode> {
@@ -198,6 +190,7 @@ async fn invalid_requests_are_refused_and_the_connection_stays() {
         (sb.user_id, "x".repeat(2000), 1, ErrorCode::BadRequest),
         (sb.user_id, String::new(), 2, ErrorCode::BadRequest),
         (sb.user_id, "no id".into(), 0, ErrorCode::BadRequest),
+        (sb.user_id, "negative id".into(), -5, ErrorCode::BadRequest),
         (sa.user_id, "to myself".into(), 3, ErrorCode::BadRequest),
         (987_654_321, "nobody".into(), 4, ErrorCode::NotFound),
     ];
@@ -247,6 +240,16 @@ async fn invalid_requests_are_refused_and_the_connection_stays() {
         .await
         .unwrap_err();
     assert_eq!(foreign.code(), Some(ErrorCode::Forbidden));
+    // A negative before_seq is refused, not read as "from the newest".
+    let negative = alice
+        .history_of(pb::HistoryRequest {
+            peer_id: sb.user_id,
+            before_seq: -5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(negative.code(), Some(ErrorCode::BadRequest));
     let bogus = alice
         .sync_page(&[("garbage".to_string(), 1)], 10)
         .await
@@ -274,28 +277,6 @@ async fn idle_connections_are_closed_heartbeating_ones_kept() {
         other => panic!("expected an idle kick, got {other:?}"),
     }
     beat.await.unwrap();
-}
-
-/// Logs a raw socket in with `token` and reads the reply.
-async fn raw_session(addr: std::net::SocketAddr, token: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let login = pb::LoginRequest {
-        token: token.into(),
-        ..Default::default()
-    };
-    stream
-        .write_all(&codec::encode_to_vec(&Envelope::new(1, Body::Login(login))))
-        .await
-        .unwrap();
-    let mut header = [0u8; codec::HEADER_LEN];
-    stream.read_exact(&mut header).await.unwrap();
-    let mut body = vec![0u8; codec::body_len(header, 1 << 20).unwrap()];
-    stream.read_exact(&mut body).await.unwrap();
-    match codec::decode_body(&body).unwrap().body {
-        Some(Body::LoginResp(reply)) => assert!(reply.success, "{reply:?}"),
-        other => panic!("token login: {other:?}"),
-    }
-    stream
 }
 
 /// The envelope fuzzer's first finding (`fuzz/regressions/`): a header

@@ -478,3 +478,53 @@ async fn sign_outs_reach_the_node_holding_the_device() {
     // The device that changed it stays.
     phone.send_text(sb.user_id, "still here").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_older_than_redis_remembers_gets_its_first_seq_on_either_node() {
+    let Some(engines) = Engines::from_env("cluster old resends") else {
+        return;
+    };
+    let shards = engines.fresh_shards("cluster_resend", 2);
+    // Redis forgets a send after a second; the store never does.
+    let forgetful = [("cluster.dedupe_ttl_secs", "1")];
+    let binary = Path::new(env!("CARGO_BIN_EXE_ourchat"));
+    let a = engines.cluster_node(binary, &shards, 1, &forgetful);
+    let b = engines.cluster_node(binary, &shards, 2, &forgetful);
+    let (alice, _) = user_on(a.addr, "alice", "d").await;
+    let (bob, sb) = user_on(b.addr, "bob", "d").await;
+    let text = pb::MessageType::Text;
+    let mut first = Vec::new();
+    for cmid in 1..=5 {
+        first.push(
+            alice
+                .send_message(sb.user_id, text, &format!("t{cmid}"), cmid)
+                .await
+                .unwrap(),
+        );
+    }
+    let conv = first[0].conversation_id.clone();
+    // In MySQL (fed from the log), and forgotten by Redis.
+    history_with(&bob, &conv, 5).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+    let alice_on_b = device_of(b.addr, "alice", "laptop").await;
+    for (client, cmid) in [(&alice, 1), (&alice_on_b, 3), (&alice, 5)] {
+        let again = client
+            .send_message(sb.user_id, text, &format!("t{cmid}"), cmid)
+            .await
+            .unwrap();
+        assert_eq!(again.seq, first[cmid as usize - 1].seq, "client id {cmid}");
+        assert_eq!(again.server_msg_id, first[cmid as usize - 1].server_msg_id);
+    }
+    let reused = alice
+        .send_message(sb.user_id, text, "another payload", 2)
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Some(ourchat_client::ErrorCode::Conflict));
+    // Stored once each: a new send lands after them, nothing doubled.
+    let next = alice.send_text(sb.user_id, "new").await.unwrap();
+    let stored = history_with(&bob, &conv, 6).await;
+    let contents: Vec<&str> = stored.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["t1", "t2", "t3", "t4", "t5", "new"]);
+    assert_eq!(stored.last().map(|m| m.seq), Some(next.seq));
+}

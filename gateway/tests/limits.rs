@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use ourchat_client::{Client, ClientError, ErrorCode, Push};
-use ourchat_protocol::{codec, Body, Envelope};
+use ourchat_protocol::{codec, pb, Body, Envelope};
 use ourchat_testkit::{start_node, user_on, TEST_PASSWORD};
+use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -171,4 +172,166 @@ async fn an_address_is_capped_on_registrations_and_connections() {
         .login("reg-b", TEST_PASSWORD, "d")
         .await
         .expect("a freed place is usable");
+}
+
+/// `count` sends from one raw socket in one write: request ids 2.., client
+/// ids 1.., contents `m<cmid>`.
+fn send_burst(to: i64, count: i64) -> Vec<u8> {
+    (1..=count)
+        .flat_map(|cmid| {
+            let send = pb::SendMessageRequest {
+                receiver_id: to,
+                content: format!("m{cmid}"),
+                client_message_id: cmid,
+                ..Default::default()
+            };
+            codec::encode_to_vec(&Envelope::new(cmid as u32 + 1, Body::Send(send)))
+        })
+        .collect()
+}
+
+/// Reads answers (frames with a request id) until `count` arrived, the
+/// connection closed, or `wait` passed without a frame.
+async fn answers(stream: &mut tokio::net::TcpStream, count: usize) -> Vec<Envelope> {
+    use tokio::io::AsyncReadExt;
+    let decoder = codec::FrameDecoder::new(1 << 20);
+    let mut buf = bytes::BytesMut::new();
+    let mut out = Vec::new();
+    while out.len() < count {
+        while let Ok(Some(envelope)) = decoder.decode(&mut buf) {
+            if envelope.req_id != 0 {
+                out.push(envelope);
+            }
+        }
+        if out.len() >= count {
+            break;
+        }
+        match tokio::time::timeout(WAIT, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+    }
+    out
+}
+
+/// The request ids answered with a successful SendResp.
+fn acked_request_ids(frames: &[Envelope]) -> std::collections::BTreeSet<u32> {
+    frames
+        .iter()
+        .filter(|f| matches!(&f.body, Some(Body::SendResp(r)) if r.success))
+        .map(|f| f.req_id)
+        .collect()
+}
+
+/// Request ids of the messages alice's conversation with bob holds.
+async fn stored_request_ids(alice: &Client, bob: i64) -> std::collections::BTreeSet<u32> {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut before = 0;
+    loop {
+        let page = alice.history(bob, before, 100).await.unwrap();
+        for m in &page.messages {
+            ids.insert(m.client_message_id as u32 + 1);
+            before = m.seq;
+        }
+        if !page.has_more {
+            return ids;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_frame_is_answered_once_and_never_carried_out() {
+    let server = start_node!(2,
+        "limits.frames_per_sec" => 50,
+        "limits.frame_burst" => 50,
+        "limits.flood_refusals_per_sec" => 1_000_000,
+        "limits.user_sends_per_sec" => 100_000,
+        "limits.user_send_burst" => 100_000,
+    );
+    let (alice, _) = user_on(server.addr, "alice", "d").await;
+    let (_bob, bob) = user_on(server.addr, "bob", "d").await;
+    // Another device of alice's: a login on "d" would close `alice`.
+    let (_, burst_device) = user_on(server.addr, "alice", "burst").await;
+    let mut raw = ourchat_testkit::raw_session(server.addr, &burst_device.token).await;
+    raw.write_all(&send_burst(bob.user_id, 200)).await.unwrap();
+    let frames = answers(&mut raw, 200).await;
+
+    // Exactly one answer per request, each naming its request.
+    let mut per_request = std::collections::BTreeMap::<u32, usize>::new();
+    for frame in &frames {
+        *per_request.entry(frame.req_id).or_default() += 1;
+    }
+    assert_eq!(per_request.len(), 200, "every request answered");
+    assert!(per_request.values().all(|&n| n == 1), "{per_request:?}");
+    let refused: Vec<&Envelope> = frames
+        .iter()
+        .filter(
+            |f| matches!(&f.body, Some(Body::Error(e)) if e.code == ErrorCode::RateLimited as i32),
+        )
+        .collect();
+    assert!(
+        refused.len() >= 100,
+        "most of a 200 burst over 50 refused: {}",
+        refused.len()
+    );
+    for frame in &refused {
+        let Some(Body::Error(e)) = &frame.body else {
+            unreachable!()
+        };
+        assert!(e.retryable);
+        assert!(
+            e.message.contains(&format!("request {}", frame.req_id)),
+            "{}",
+            e.message
+        );
+    }
+    let acked = acked_request_ids(&frames);
+    assert_eq!(acked.len() + refused.len(), 200);
+    // What was refused was not stored; what was acked was.
+    assert_eq!(stored_request_ids(&alice, bob.user_id).await, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_close_acks_every_message_it_stored_first() {
+    // Default limits: a 600-send burst stores the user's send burst and is
+    // then closed as a flood.
+    let server = start_node!(2);
+    let (alice, _) = user_on(server.addr, "alice", "d").await;
+    let (_bob, bob) = user_on(server.addr, "bob", "d").await;
+    // Another device of alice's: a login on "d" would close `alice`.
+    let (_, burst_device) = user_on(server.addr, "alice", "burst").await;
+    let mut raw = ourchat_testkit::raw_session(server.addr, &burst_device.token).await;
+    raw.write_all(&send_burst(bob.user_id, 600)).await.unwrap();
+    let frames = ourchat_testkit::frames_until_close(&mut raw, WAIT).await;
+    let last = frames.last().expect("told why before the close");
+    assert!(
+        matches!(&last.body, Some(Body::Error(e)) if e.message.contains("flooding")),
+        "{last:?}"
+    );
+    let acked = acked_request_ids(&frames);
+    let stored = stored_request_ids(&alice, bob.user_id).await;
+    assert!(!stored.is_empty());
+    assert_eq!(stored, acked, "every stored message acked before the close");
+
+    // Resending after the reconnect gets the original seqs.
+    let seq_of: std::collections::BTreeMap<u32, i64> = frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Some(Body::SendResp(r)) if r.success => Some((f.req_id, r.seq)),
+            _ => None,
+        })
+        .collect();
+    for req_id in [*acked.first().unwrap(), *acked.last().unwrap()] {
+        let cmid = i64::from(req_id) - 1;
+        let again = alice
+            .send_message(
+                bob.user_id,
+                pb::MessageType::Text,
+                &format!("m{cmid}"),
+                cmid,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.seq, seq_of[&req_id]);
+    }
 }

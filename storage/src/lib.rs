@@ -191,8 +191,13 @@ pub enum WriteOp {
         /// Login time.
         seen_at_ms: i64,
     },
-    /// Append a sequenced message; [`WriteOutcome::Duplicate`] if the
-    /// conversation already holds this seq or this sender's client id.
+    /// Append a message. With `seq` 0 the store gives it the
+    /// conversation's next seq ([`WriteOutcome::Appended`]; gapless, in op
+    /// order) unless the conversation already holds this sender's
+    /// `client_message_id`, however old ([`WriteOutcome::SentBefore`]:
+    /// nothing written, no seq taken). With a seq given (cluster mode:
+    /// Redis gave it) [`WriteOutcome::Done`], or
+    /// [`WriteOutcome::Duplicate`] if that seq or client id is stored.
     AppendMessage(ChatMessage),
     /// Change profile fields ([`WriteOutcome::Refused`]: no such user).
     UpdateProfile {
@@ -314,6 +319,61 @@ pub enum WriteOutcome {
     /// A conditional op's condition did not hold (`Recall`: no such message
     /// of this sender inside the window, or already recalled).
     Refused,
+    /// An append that asked for a seq (seq 0) was stored under this one.
+    Appended {
+        /// The seq the store gave it.
+        seq: i64,
+    },
+    /// An append that asked for a seq names a `client_message_id` its
+    /// sender already used in this conversation: nothing written.
+    SentBefore(SentBefore),
+}
+
+/// What an append found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Written under this seq.
+    At(i64),
+    /// The given seq is taken (a replay): nothing written.
+    SeqTaken,
+    /// The sender's client id is taken: nothing written.
+    SentBefore(SentBefore),
+}
+
+impl Stored {
+    pub(crate) fn seq(self) -> Option<i64> {
+        match self {
+            Stored::At(seq) => Some(seq),
+            _ => None,
+        }
+    }
+
+    /// The op's outcome: a given seq is `Done`, a store-given one is
+    /// reported back.
+    pub(crate) fn outcome(self, msg: &ChatMessage) -> WriteOutcome {
+        match self {
+            Stored::At(_) if msg.seq > 0 => WriteOutcome::Done,
+            Stored::At(seq) => WriteOutcome::Appended { seq },
+            Stored::SeqTaken => WriteOutcome::Duplicate,
+            Stored::SentBefore(_) if msg.seq > 0 => WriteOutcome::Duplicate,
+            Stored::SentBefore(first) => WriteOutcome::SentBefore(first),
+        }
+    }
+}
+
+/// The stored first send of a `(sender, client_message_id)` that was sent
+/// again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentBefore {
+    /// Its seq.
+    pub seq: i64,
+    /// Its server id.
+    pub server_msg_id: i64,
+    /// When it was accepted.
+    pub sent_at_ms: i64,
+    /// Whether the resend carries the same type and payload (a client
+    /// retrying) or different ones (a client reusing an id by mistake).
+    pub same_content: bool,
 }
 
 /// One conversation in a user's list.
@@ -448,6 +508,36 @@ pub struct RecentSend {
     pub server_msg_id: i64,
     /// Assigned time.
     pub sent_at_ms: i64,
+    /// [`content_fingerprint`] of what was sent, so a resend carrying
+    /// something else under the same id is told apart.
+    pub fingerprint: u64,
+}
+
+/// A hash of a message's type and payload, as stored (`media` and
+/// `location` in their protobuf encoding). Deterministic within a build.
+pub fn content_fingerprint(
+    message_type: i32,
+    content: &str,
+    media: Option<&[u8]>,
+    location: Option<&[u8]>,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (message_type, content, media, location).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// [`content_fingerprint`] of a message about to be sent.
+pub fn fingerprint_of(msg: &ChatMessage) -> u64 {
+    use prost::Message;
+    let media = msg.media.as_ref().map(Message::encode_to_vec);
+    let location = msg.location.as_ref().map(Message::encode_to_vec);
+    content_fingerprint(
+        msg.message_type,
+        &msg.content,
+        media.as_deref(),
+        location.as_deref(),
+    )
 }
 
 /// A conversation of a user with messages a device may not have yet.
@@ -498,10 +588,24 @@ pub trait WriteStore: Send {
 
 /// Reads; one reader per backend connection, on a worker thread.
 pub trait ReadStore: Send {
+    /// Reads a little of every table and index (their root pages), so a
+    /// damaged store is found by a probe rather than by the first client
+    /// whose request touches the damage.
+    fn check_health(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The account with this username.
     fn account_by_username(&mut self, username: &str) -> Result<Option<Account>, StoreError>;
     /// The account with this id.
     fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError>;
+    /// Those of `sends` (sender, client message id) that `conversation_id`
+    /// holds, as stored: how cluster mode recognises a resend older than
+    /// the sequencer's window (the embedded store checks while writing).
+    fn sends_among(
+        &mut self,
+        conversation_id: &str,
+        sends: &[(i64, i64)],
+    ) -> Result<Vec<RecentSend>, StoreError>;
     /// Last seq and up to `window` most recent sends of a conversation.
     fn conversation_head(
         &mut self,

@@ -27,9 +27,10 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Row, Value};
 use prost::Message;
 
 use crate::{
-    Account, Backend, ChatMessage, ConversationCursor, ConversationHead, ConversationRow, Device,
-    FriendRequestRow, GroupChange, GroupMemberRow, GroupRole, GroupRoster, GroupRow, ReadStore,
-    RecentSend, Relation, StoreError, Visibility, WriteOp, WriteOutcome, WriteStore,
+    content_fingerprint, Account, Backend, ChatMessage, ConversationCursor, ConversationHead,
+    ConversationRow, Device, FriendRequestRow, GroupChange, GroupMemberRow, GroupRole, GroupRoster,
+    GroupRow, ReadStore, RecentSend, Relation, SentBefore, StoreError, Stored, Visibility, WriteOp,
+    WriteOutcome, WriteStore,
 };
 use ourchat_protocol::ConversationId;
 
@@ -607,7 +608,10 @@ async fn append_log(s: &mut Shards, messages: &[ChatMessage]) -> Result<(), Stor
                  ON DUPLICATE KEY UPDATE seq = seq",
                 vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
             );
-            let values: Vec<Value> = chunk.iter().flat_map(|msg| message_values(msg)).collect();
+            let values: Vec<Value> = chunk
+                .iter()
+                .flat_map(|msg| message_values(msg, msg.seq))
+                .collect();
             s.exec(shard, &sql, Params::Positional(values)).await?;
         }
     }
@@ -624,7 +628,7 @@ async fn append_log(s: &mut Shards, messages: &[ChatMessage]) -> Result<(), Stor
         *read = (*read).max(msg.seq);
     }
     for msg in heads.into_values() {
-        record_conversation_head(s, msg).await?;
+        record_conversation_head(s, msg, msg.seq).await?;
     }
     for ((user_id, conversation_id), seq) in own_reads {
         advance_read_cursor(s, user_id, conversation_id, seq).await?;
@@ -633,10 +637,10 @@ async fn append_log(s: &mut Shards, messages: &[ChatMessage]) -> Result<(), Stor
 }
 
 /// A message's column values, in `messages` insert order.
-fn message_values(msg: &ChatMessage) -> Vec<Value> {
+fn message_values(msg: &ChatMessage, seq: i64) -> Vec<Value> {
     vec![
         msg.conversation_id.as_str().into(),
-        msg.seq.into(),
+        seq.into(),
         msg.server_msg_id.into(),
         msg.sender_id.into(),
         msg.receiver_id.into(),
@@ -654,30 +658,39 @@ fn message_values(msg: &ChatMessage) -> Vec<Value> {
 async fn apply_batch(s: &mut Shards, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
     let mut outcomes = Vec::with_capacity(ops.len());
     // Heads and the senders' own read cursors are written once per batch,
-    // as in the embedded store.
-    let mut heads: HashMap<&str, &ChatMessage> = HashMap::new();
+    // as in the embedded store; the heads also give the next seq of a
+    // conversation this batch already appended to.
+    let mut heads: HashMap<&str, (&ChatMessage, i64)> = HashMap::new();
     let mut own_reads: HashMap<(i64, &str), i64> = HashMap::new();
     for op in ops {
-        let outcome = apply_one(s, op).await?;
-        let appended = match op {
-            WriteOp::AppendMessage(msg) => Some(msg),
-            WriteOp::GroupChange { event, .. } => Some(event),
-            _ => None,
+        let (outcome, appended) = match op {
+            WriteOp::AppendMessage(msg) => {
+                let stored = append_message(s, msg, &heads).await?;
+                (stored.outcome(msg), stored.seq().map(|seq| (msg, seq)))
+            }
+            WriteOp::GroupChange { event, change } => {
+                let stored = append_message(s, event, &heads).await?;
+                if let Some(seq) = stored.seq() {
+                    apply_group_change(s, event, seq, change).await?;
+                }
+                (stored.outcome(event), stored.seq().map(|seq| (event, seq)))
+            }
+            other => (apply_one(s, other).await?, None),
         };
-        if let (Some(msg), WriteOutcome::Done) = (appended, &outcome) {
-            let head = heads.entry(&msg.conversation_id).or_insert(msg);
-            if msg.seq >= head.seq {
-                *head = msg;
+        if let Some((msg, seq)) = appended {
+            let head = heads.entry(&msg.conversation_id).or_insert((msg, seq));
+            if seq >= head.1 {
+                *head = (msg, seq);
             }
             let read = own_reads
                 .entry((msg.sender_id, &msg.conversation_id))
-                .or_insert(msg.seq);
-            *read = (*read).max(msg.seq);
+                .or_insert(seq);
+            *read = (*read).max(seq);
         }
         outcomes.push(outcome);
     }
-    for msg in heads.into_values() {
-        record_conversation_head(s, msg).await?;
+    for (msg, seq) in heads.into_values() {
+        record_conversation_head(s, msg, seq).await?;
     }
     for ((user_id, conversation_id), seq) in own_reads {
         advance_read_cursor(s, user_id, conversation_id, seq).await?;
@@ -705,14 +718,18 @@ async fn advance_read_cursor(
 /// Moves a conversation's head to `msg` and, for a 1:1 conversation, lists
 /// it for both users every time (idempotent: a replay after a half-applied
 /// batch completes the listing).
-async fn record_conversation_head(s: &mut Shards, msg: &ChatMessage) -> Result<(), StoreError> {
+async fn record_conversation_head(
+    s: &mut Shards,
+    msg: &ChatMessage,
+    seq: i64,
+) -> Result<(), StoreError> {
     let shard = s.placement.conversation(&msg.conversation_id);
     s.exec(
         shard,
         "INSERT INTO conversations (conversation_id, last_seq, last_at_ms) VALUES (?, ?, ?)
          ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq)),
              last_at_ms = GREATEST(last_at_ms, VALUES(last_at_ms))",
-        (&msg.conversation_id, msg.seq, msg.sent_at_ms),
+        (&msg.conversation_id, seq, msg.sent_at_ms),
     )
     .await?;
     if let Ok(ConversationId::Direct { low, high }) = msg.conversation_id.parse() {
@@ -803,7 +820,6 @@ async fn apply_one(s: &mut Shards, op: &WriteOp) -> Result<WriteOutcome, StoreEr
             .await?;
             Ok(WriteOutcome::Done)
         }
-        WriteOp::AppendMessage(msg) => append_message(s, msg).await,
         WriteOp::UpdateProfile { user_id, update } => {
             let shard = s.placement.user(*user_id);
             let matched = s
@@ -994,13 +1010,9 @@ async fn apply_one(s: &mut Shards, op: &WriteOp) -> Result<WriteOutcome, StoreEr
                 .await?;
             Ok(done_if(matched == 1))
         }
-        WriteOp::GroupChange { event, change } => {
-            if append_message(s, event).await? != WriteOutcome::Done {
-                return Ok(WriteOutcome::Duplicate);
-            }
-            apply_group_change(s, event, change).await?;
-            Ok(WriteOutcome::Done)
-        }
+        WriteOp::AppendMessage(_) | WriteOp::GroupChange { .. } => Err(StoreError::Corrupt(
+            "appends are applied by the batch, not one by one".into(),
+        )),
         WriteOp::AdvanceCursor {
             user_id,
             device_id,
@@ -1037,9 +1049,31 @@ async fn unfriend(s: &mut Shards, a: i64, b: i64) -> Result<u64, StoreError> {
     Ok(removed)
 }
 
-async fn append_message(s: &mut Shards, msg: &ChatMessage) -> Result<WriteOutcome, StoreError> {
+/// Appends `msg` under its given seq, or (seq 0) under the conversation's
+/// next one; `heads` knows the newest seq this batch gave each
+/// conversation so far.
+async fn append_message(
+    s: &mut Shards,
+    msg: &ChatMessage,
+    heads: &HashMap<&str, (&ChatMessage, i64)>,
+) -> Result<Stored, StoreError> {
     let shard = s.placement.conversation(&msg.conversation_id);
-    let values = message_values(msg);
+    let seq = match msg.seq {
+        0 => match heads.get(msg.conversation_id.as_str()) {
+            Some((_, seq)) => seq + 1,
+            None => {
+                let last: Option<i64> = s
+                    .first(
+                        shard,
+                        "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?",
+                        (&msg.conversation_id,),
+                    )
+                    .await?;
+                last.unwrap_or(0) + 1
+            }
+        },
+        given => given,
+    };
     let inserted = s
         .insert_new(
             shard,
@@ -1047,13 +1081,37 @@ async fn append_message(s: &mut Shards, msg: &ChatMessage) -> Result<WriteOutcom
                  receiver_id, message_type, content, client_message_id, sent_at_ms, sender_device,
                  media, location, group_event)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            Params::Positional(values),
+            Params::Positional(message_values(msg, seq)),
         )
         .await?;
-    Ok(if inserted {
-        WriteOutcome::Done
-    } else {
-        WriteOutcome::Duplicate
+    if inserted {
+        return Ok(Stored::At(seq));
+    }
+    // Nothing written: the client id is taken (a resend, however old), or
+    // a given seq is (a replay).
+    type FirstSend = (i64, i64, i64, i32, String, Option<Vec<u8>>, Option<Vec<u8>>);
+    let first: Option<FirstSend> = s
+        .first(
+            shard,
+            "SELECT seq, server_msg_id, sent_at_ms, message_type, content, media, location
+             FROM messages
+             WHERE conversation_id = ? AND sender_id = ? AND client_message_id = ?",
+            (&msg.conversation_id, msg.sender_id, msg.client_message_id),
+        )
+        .await?;
+    Ok(match first {
+        Some((seq, server_msg_id, sent_at_ms, message_type, content, media, location)) => {
+            Stored::SentBefore(SentBefore {
+                seq,
+                server_msg_id,
+                sent_at_ms,
+                same_content: message_type == msg.message_type
+                    && content == msg.content
+                    && media == msg.media.as_ref().map(Message::encode_to_vec)
+                    && location == msg.location.as_ref().map(Message::encode_to_vec),
+            })
+        }
+        None => Stored::SeqTaken,
     })
 }
 
@@ -1061,11 +1119,11 @@ async fn append_message(s: &mut Shards, msg: &ChatMessage) -> Result<WriteOutcom
 async fn apply_group_change(
     s: &mut Shards,
     event: &ChatMessage,
+    seq: i64,
     change: &GroupChange,
 ) -> Result<(), StoreError> {
     let group_id = event.group_id;
     let group_shard = s.placement.group(group_id);
-    let seq = event.seq;
     let conversation_id = event.conversation_id.as_str();
     match change {
         GroupChange::Create { group, members } => {
@@ -1245,6 +1303,32 @@ const REPLICA_REST: Duration = Duration::from_secs(5);
 type ShardRead<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + 'a>>;
 
+/// What answering a resend needs of a stored message.
+const SEND_COLUMNS: &str = "sender_id, client_message_id, seq, server_msg_id, sent_at_ms, \
+     message_type, content, media, location";
+type SendRow = (
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i32,
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
+
+fn recent_send(r: SendRow) -> RecentSend {
+    RecentSend {
+        sender_id: r.0,
+        client_message_id: r.1,
+        seq: r.2,
+        server_msg_id: r.3,
+        sent_at_ms: r.4,
+        fingerprint: content_fingerprint(r.5, &r.6, r.7.as_deref(), r.8.as_deref()),
+    }
+}
+
 impl MysqlReader {
     /// Runs `read` on the primaries, dropping failed connections so the
     /// next read dials again.
@@ -1407,6 +1491,32 @@ impl ReadStore for MysqlReader {
         self.run(|s| Box::pin(account_by_id(s, user_id)))
     }
 
+    fn sends_among(
+        &mut self,
+        conversation_id: &str,
+        sends: &[(i64, i64)],
+    ) -> Result<Vec<RecentSend>, StoreError> {
+        let conversation_id = conversation_id.to_string();
+        let sends = sends.to_vec();
+        self.run(|s| {
+            Box::pin(async move {
+                let shard = s.placement.conversation(&conversation_id);
+                let sql = format!(
+                    "SELECT {SEND_COLUMNS} FROM messages
+                     WHERE conversation_id = ? AND sender_id = ? AND client_message_id = ?"
+                );
+                let mut found = Vec::new();
+                for (sender, client_message_id) in sends {
+                    let row: Option<SendRow> = s
+                        .first(shard, &sql, (&conversation_id, sender, client_message_id))
+                        .await?;
+                    found.extend(row.map(recent_send));
+                }
+                Ok(found)
+            })
+        })
+    }
+
     fn conversation_head(
         &mut self,
         conversation_id: &str,
@@ -1417,21 +1527,17 @@ impl ReadStore for MysqlReader {
             Box::pin(async move {
                 let shard = s.placement.conversation(&conversation_id);
                 let recent: Vec<RecentSend> = s
-                    .rows::<(i64, i64, i64, i64, i64)>(
+                    .rows::<SendRow>(
                         shard,
-                        "SELECT sender_id, client_message_id, seq, server_msg_id, sent_at_ms
-                         FROM messages WHERE conversation_id = ? ORDER BY seq DESC LIMIT ?",
+                        &format!(
+                            "SELECT {SEND_COLUMNS} FROM messages WHERE conversation_id = ?
+                             ORDER BY seq DESC LIMIT ?"
+                        ),
                         (&conversation_id, window as u64),
                     )
                     .await?
                     .into_iter()
-                    .map(|r| RecentSend {
-                        sender_id: r.0,
-                        client_message_id: r.1,
-                        seq: r.2,
-                        server_msg_id: r.3,
-                        sent_at_ms: r.4,
-                    })
+                    .map(recent_send)
                     .collect();
                 let last_seq = match recent.first() {
                     Some(newest) => newest.seq,

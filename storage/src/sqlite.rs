@@ -14,9 +14,10 @@ use prost::Message;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::{
-    Account, Backend, ChatMessage, ConversationCursor, ConversationHead, ConversationRow, Device,
-    FriendRequestRow, GroupChange, GroupMemberRow, GroupRole, GroupRoster, GroupRow, ReadStore,
-    RecentSend, Relation, StoreError, Visibility, WriteOp, WriteOutcome, WriteStore,
+    content_fingerprint, Account, Backend, ChatMessage, ConversationCursor, ConversationHead,
+    ConversationRow, Device, FriendRequestRow, GroupChange, GroupMemberRow, GroupRole, GroupRoster,
+    GroupRow, ReadStore, RecentSend, Relation, SentBefore, StoreError, Stored, Visibility, WriteOp,
+    WriteOutcome, WriteStore,
 };
 use ourchat_protocol::ConversationId;
 
@@ -146,6 +147,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE user_conversations ADD COLUMN to_seq INTEGER;
     ALTER TABLE messages ADD COLUMN group_event BLOB;
     ",
+    // 6: the store's identity, so a data directory can tell its own store
+    // from a missing, empty or swapped one.
+    "
+    CREATE TABLE store_identity (id TEXT NOT NULL);
+    INSERT INTO store_identity (id) VALUES (lower(hex(randomblob(16))));
+    ",
 ];
 
 /// How hard a commit is made durable.
@@ -219,6 +226,19 @@ impl SqliteBackend {
         }
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
+    }
+
+    /// The identity written when this store was created (random, 32 hex
+    /// digits); the data directory's marker keeps a copy.
+    pub fn identity(&self) -> Result<String, StoreError> {
+        let conn = self.connect(true)?;
+        let id = conn.query_row("SELECT id FROM store_identity", [], |row| row.get(0))?;
+        Ok(id)
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Starts the thread that copies the WAL into the database file every
@@ -316,30 +336,42 @@ impl WriteStore for SqliteWriter {
         let mut outcomes = Vec::with_capacity(ops.len());
         // Conversation heads are written once per batch, not per message:
         // under load one batch holds many messages of the same conversations.
-        let mut heads: HashMap<&str, (&ChatMessage, i64)> = HashMap::new();
+        // They also give the next seq of a conversation already appended to.
+        let mut heads: HashMap<&str, Head<'_>> = HashMap::new();
         // A sender has read their own conversation up to what they sent.
         let mut own_reads: HashMap<(i64, &str), i64> = HashMap::new();
         for op in ops {
-            let outcome = apply_one(&tx, op)?;
-            let appended = match op {
-                WriteOp::AppendMessage(msg) => Some(msg),
-                WriteOp::GroupChange { event, .. } => Some(event),
-                _ => None,
+            let (outcome, appended) = match op {
+                WriteOp::AppendMessage(msg) => {
+                    let stored = append_message(&tx, msg, &heads)?;
+                    (stored.outcome(msg), stored.seq().map(|seq| (msg, seq)))
+                }
+                WriteOp::GroupChange { event, change } => {
+                    let stored = append_message(&tx, event, &heads)?;
+                    let seq = stored.seq();
+                    if let Some(seq) = seq {
+                        apply_group_change(&tx, event, seq, change)?;
+                    }
+                    (stored.outcome(event), seq.map(|seq| (event, seq)))
+                }
+                other => (apply_one(&tx, other)?, None),
             };
-            if let (Some(msg), WriteOutcome::Done) = (appended, &outcome) {
-                let head = heads.entry(&msg.conversation_id).or_insert((msg, msg.seq));
-                if msg.seq >= head.1 {
-                    *head = (msg, msg.seq);
+            if let Some((msg, seq)) = appended {
+                let head = heads
+                    .entry(&msg.conversation_id)
+                    .or_insert(Head { msg, seq });
+                if seq >= head.seq {
+                    *head = Head { msg, seq };
                 }
                 let read = own_reads
                     .entry((msg.sender_id, &msg.conversation_id))
-                    .or_insert(msg.seq);
-                *read = (*read).max(msg.seq);
+                    .or_insert(seq);
+                *read = (*read).max(seq);
             }
             outcomes.push(outcome);
         }
-        for (msg, _) in heads.into_values() {
-            record_conversation_head(&tx, msg)?;
+        for head in heads.into_values() {
+            record_conversation_head(&tx, head.msg, head.seq)?;
         }
         for ((user_id, conversation_id), seq) in own_reads {
             advance_read_cursor(&tx, user_id, conversation_id, seq)?;
@@ -347,6 +379,12 @@ impl WriteStore for SqliteWriter {
         tx.commit()?;
         Ok(outcomes)
     }
+}
+
+/// The newest message a batch appended to one conversation, and its seq.
+struct Head<'a> {
+    msg: &'a ChatMessage,
+    seq: i64,
 }
 
 fn advance_read_cursor(
@@ -370,13 +408,14 @@ fn advance_read_cursor(
 fn record_conversation_head(
     tx: &rusqlite::Transaction<'_>,
     msg: &ChatMessage,
+    seq: i64,
 ) -> Result<(), StoreError> {
     let created = tx
         .prepare_cached(
             "INSERT INTO conversations (conversation_id, last_seq, last_at_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (conversation_id) DO NOTHING",
         )?
-        .execute(params![msg.conversation_id, msg.seq, msg.sent_at_ms])?;
+        .execute(params![msg.conversation_id, seq, msg.sent_at_ms])?;
     let direct = matches!(
         msg.conversation_id.parse::<ConversationId>(),
         Ok(ConversationId::Direct { .. })
@@ -393,7 +432,7 @@ fn record_conversation_head(
             "UPDATE conversations SET last_seq = MAX(last_seq, ?2), last_at_ms = ?3
              WHERE conversation_id = ?1",
         )?
-        .execute(params![msg.conversation_id, msg.seq, msg.sent_at_ms])?;
+        .execute(params![msg.conversation_id, seq, msg.sent_at_ms])?;
     }
     Ok(())
 }
@@ -435,7 +474,6 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcom
             .execute(params![user_id, device_id, device_type, seen_at_ms])?;
             Ok(WriteOutcome::Done)
         }
-        WriteOp::AppendMessage(msg) => append_message(tx, msg),
         WriteOp::UpdateProfile { user_id, update } => {
             let changed = tx
                 .prepare_cached(
@@ -611,13 +649,9 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcom
                 WriteOutcome::Refused
             })
         }
-        WriteOp::GroupChange { event, change } => {
-            if append_message(tx, event)? != WriteOutcome::Done {
-                return Ok(WriteOutcome::Duplicate);
-            }
-            apply_group_change(tx, event, change)?;
-            Ok(WriteOutcome::Done)
-        }
+        WriteOp::AppendMessage(_) | WriteOp::GroupChange { .. } => Err(StoreError::Corrupt(
+            "appends are applied by the batch, not one by one".into(),
+        )),
         WriteOp::AdvanceCursor {
             user_id,
             device_id,
@@ -640,10 +674,10 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcom
 fn apply_group_change(
     tx: &rusqlite::Transaction<'_>,
     event: &ChatMessage,
+    seq: i64,
     change: &GroupChange,
 ) -> Result<(), StoreError> {
     let group_id = event.group_id;
-    let seq = event.seq;
     let conversation_id = &event.conversation_id;
     let join = |user_id: i64, role: GroupRole| -> Result<(), StoreError> {
         tx.prepare_cached(
@@ -749,10 +783,29 @@ fn apply_group_change(
     Ok(())
 }
 
+/// Appends `msg` under its given seq, or (seq 0) under the conversation's
+/// next one; `heads` knows the newest seq this batch gave each
+/// conversation so far.
 fn append_message(
     tx: &rusqlite::Transaction<'_>,
     msg: &ChatMessage,
-) -> Result<WriteOutcome, StoreError> {
+    heads: &HashMap<&str, Head<'_>>,
+) -> Result<Stored, StoreError> {
+    let seq = match msg.seq {
+        0 => match heads.get(msg.conversation_id.as_str()) {
+            Some(head) => head.seq + 1,
+            None => {
+                tx.prepare_cached(
+                    "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1",
+                )?
+                .query_row([&msg.conversation_id], |row| row.get::<_, i64>(0))?
+                    + 1
+            }
+        },
+        given => given,
+    };
+    let media = msg.media.as_ref().map(Message::encode_to_vec);
+    let location = msg.location.as_ref().map(Message::encode_to_vec);
     let inserted = tx
         .prepare_cached(
             "INSERT INTO messages (conversation_id, seq, server_msg_id, sender_id, receiver_id,
@@ -762,7 +815,7 @@ fn append_message(
         )?
         .execute(params![
             msg.conversation_id,
-            msg.seq,
+            seq,
             msg.server_msg_id,
             msg.sender_id,
             msg.receiver_id,
@@ -771,14 +824,59 @@ fn append_message(
             msg.client_message_id,
             msg.sent_at_ms,
             msg.sender_device,
-            msg.media.as_ref().map(Message::encode_to_vec),
-            msg.location.as_ref().map(Message::encode_to_vec),
+            media,
+            location,
             msg.group_event.as_ref().map(Message::encode_to_vec),
         ])?;
-    Ok(if inserted == 0 {
-        WriteOutcome::Duplicate
-    } else {
-        WriteOutcome::Done
+    if inserted == 1 {
+        return Ok(Stored::At(seq));
+    }
+    // Nothing written: the client id is taken (a resend, however old), or
+    // a given seq is (a replay).
+    let first = tx
+        .prepare_cached(
+            "SELECT seq, server_msg_id, sent_at_ms, message_type, content, media, location
+             FROM messages
+             WHERE conversation_id = ?1 AND sender_id = ?2 AND client_message_id = ?3",
+        )?
+        .query_row(
+            params![msg.conversation_id, msg.sender_id, msg.client_message_id],
+            |row| {
+                Ok(SentBefore {
+                    seq: row.get(0)?,
+                    server_msg_id: row.get(1)?,
+                    sent_at_ms: row.get(2)?,
+                    same_content: row.get::<_, i32>(3)? == msg.message_type
+                        && row.get::<_, String>(4)? == msg.content
+                        && row.get::<_, Option<Vec<u8>>>(5)? == media
+                        && row.get::<_, Option<Vec<u8>>>(6)? == location,
+                })
+            },
+        )
+        .optional()?;
+    Ok(match first {
+        Some(first) => Stored::SentBefore(first),
+        None => Stored::SeqTaken,
+    })
+}
+
+/// What answering a resend needs of a stored message.
+const SEND_COLUMNS: &str = "sender_id, client_message_id, seq, server_msg_id, sent_at_ms, \
+     message_type, content, media, location";
+
+fn recent_send(row: &rusqlite::Row<'_>) -> rusqlite::Result<RecentSend> {
+    Ok(RecentSend {
+        sender_id: row.get(0)?,
+        client_message_id: row.get(1)?,
+        seq: row.get(2)?,
+        server_msg_id: row.get(3)?,
+        sent_at_ms: row.get(4)?,
+        fingerprint: content_fingerprint(
+            row.get(5)?,
+            &row.get::<_, String>(6)?,
+            row.get::<_, Option<Vec<u8>>>(7)?.as_deref(),
+            row.get::<_, Option<Vec<u8>>>(8)?.as_deref(),
+        ),
     })
 }
 
@@ -910,6 +1008,45 @@ fn sql_limit(limit: usize) -> i64 {
 }
 
 impl ReadStore for SqliteReader {
+    fn check_health(&mut self) -> Result<(), StoreError> {
+        let conn = &self.conn;
+        conn.query_row("SELECT id FROM store_identity", [], |_| Ok(()))?;
+        let objects = conn
+            .prepare(
+                "SELECT type, name, tbl_name FROM sqlite_master WHERE type IN ('table', 'index')",
+            )?
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        for (kind, name, table) in objects {
+            let probe = if kind == "table" {
+                format!("SELECT * FROM \"{name}\" NOT INDEXED LIMIT 1")
+            } else {
+                let first_column: Option<String> = conn
+                    .query_row(&format!("PRAGMA index_info(\"{name}\")"), [], |row| {
+                        row.get(2)
+                    })
+                    .ok();
+                let Some(column) = first_column else { continue };
+                format!(
+                    "SELECT 1 FROM \"{table}\" INDEXED BY \"{name}\" ORDER BY \"{column}\" LIMIT 1"
+                )
+            };
+            // Only damage counts: a probe the planner cannot run is skipped.
+            if let Err(err) = conn.query_row(&probe, [], |_| Ok(())).optional() {
+                if let StoreError::Corrupt(message) = StoreError::from(err) {
+                    return Err(StoreError::Corrupt(format!("{name}: {message}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn account_by_username(&mut self, username: &str) -> Result<Option<Account>, StoreError> {
         let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM users WHERE username = ?1");
         Ok(self
@@ -1035,6 +1172,28 @@ impl ReadStore for SqliteReader {
             .optional()?)
     }
 
+    fn sends_among(
+        &mut self,
+        conversation_id: &str,
+        sends: &[(i64, i64)],
+    ) -> Result<Vec<RecentSend>, StoreError> {
+        let mut statement = self.conn.prepare_cached(&format!(
+            "SELECT {SEND_COLUMNS} FROM messages
+             WHERE conversation_id = ?1 AND sender_id = ?2 AND client_message_id = ?3"
+        ))?;
+        let mut found = Vec::new();
+        for (sender, client_message_id) in sends {
+            let row = statement
+                .query_row(
+                    params![conversation_id, sender, client_message_id],
+                    recent_send,
+                )
+                .optional()?;
+            found.extend(row);
+        }
+        Ok(found)
+    }
+
     fn conversation_head(
         &mut self,
         conversation_id: &str,
@@ -1042,19 +1201,11 @@ impl ReadStore for SqliteReader {
     ) -> Result<ConversationHead, StoreError> {
         let recent = self
             .conn
-            .prepare_cached(
-                "SELECT sender_id, client_message_id, seq, server_msg_id, sent_at_ms FROM messages
-                 WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT ?2",
-            )?
-            .query_map(params![conversation_id, sql_limit(window)], |row| {
-                Ok(RecentSend {
-                    sender_id: row.get(0)?,
-                    client_message_id: row.get(1)?,
-                    seq: row.get(2)?,
-                    server_msg_id: row.get(3)?,
-                    sent_at_ms: row.get(4)?,
-                })
-            })?
+            .prepare_cached(&format!(
+                "SELECT {SEND_COLUMNS} FROM messages WHERE conversation_id = ?1
+                     ORDER BY seq DESC LIMIT ?2"
+            ))?
+            .query_map(params![conversation_id, sql_limit(window)], recent_send)?
             .collect::<Result<Vec<_>, _>>()?;
         let blocked = match conversation_id.parse::<ourchat_protocol::ConversationId>() {
             Ok(ourchat_protocol::ConversationId::Direct { low, high }) => self

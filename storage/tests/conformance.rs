@@ -12,7 +12,7 @@ use ourchat_storage::mysql::{MysqlBackend, Placement};
 use ourchat_storage::sqlite::{Durability, SqliteBackend};
 use ourchat_storage::{
     Backend, ChatMessage, ConversationCursor, GroupChange, GroupRole, NewAccount, NewGroup,
-    StoreError, Visibility, WriteOp, WriteOutcome,
+    SentBefore, StoreError, Visibility, WriteOp, WriteOutcome,
 };
 
 /// Fresh MySQL shard URLs (databases created on connect), or `None` when
@@ -170,6 +170,90 @@ fn batch_reports_each_outcome_and_reads_back_on(backend: &dyn Backend) {
         reader.conversation_cursors(1, "other").unwrap()[0].delivered_seq,
         0
     );
+}
+
+#[test]
+fn the_store_gives_seqs_and_knows_every_client_id_however_old() {
+    each_backend(
+        "seqs",
+        the_store_gives_seqs_and_knows_every_client_id_however_old_on,
+    );
+}
+
+fn the_store_gives_seqs_and_knows_every_client_id_however_old_on(backend: &dyn Backend) {
+    let mut writer = backend.writer().unwrap();
+    let conv = "si_1_2";
+    let ask = |cmid: i64, content: &str| {
+        let mut m = message(conv, 0, 1, cmid);
+        m.content = content.into();
+        WriteOp::AppendMessage(m)
+    };
+    // 300 sends over several batches: seqs 1..=300 in op order.
+    let mut next = 1;
+    for chunk in (1..=300).collect::<Vec<i64>>().chunks(70) {
+        let ops: Vec<WriteOp> = chunk.iter().map(|&c| ask(c, &format!("c{c}"))).collect();
+        for outcome in writer.apply_batch(&ops).unwrap() {
+            assert_eq!(outcome, WriteOutcome::Appended { seq: next });
+            next += 1;
+        }
+    }
+    // The first, a middle and the last again, with a new send among them:
+    // the resends take no seq, so the new one gets 301 (no gap).
+    let outcomes = writer
+        .apply_batch(&[
+            ask(1, "c1"),
+            ask(150, "c150"),
+            ask(9_999, "new"),
+            ask(300, "c300"),
+        ])
+        .unwrap();
+    let first_of = |cmid: i64| {
+        let seq = cmid;
+        WriteOutcome::SentBefore(SentBefore {
+            seq,
+            server_msg_id: 1000,
+            sent_at_ms: 0,
+            same_content: true,
+        })
+    };
+    assert_eq!(outcomes[0], first_of(1));
+    assert_eq!(outcomes[1], first_of(150));
+    assert_eq!(outcomes[2], WriteOutcome::Appended { seq: 301 });
+    assert_eq!(outcomes[3], first_of(300));
+    // Another payload under a used id is told apart, and stores nothing.
+    let outcomes = writer.apply_batch(&[ask(7, "something else")]).unwrap();
+    assert!(
+        matches!(
+            outcomes[0],
+            WriteOutcome::SentBefore(SentBefore {
+                seq: 7,
+                same_content: false,
+                ..
+            })
+        ),
+        "{outcomes:?}"
+    );
+    // Another sender may use the same id.
+    let mut bob = message(conv, 0, 2, 1);
+    bob.content = "bob".into();
+    let outcomes = writer.apply_batch(&[WriteOp::AppendMessage(bob)]).unwrap();
+    assert_eq!(outcomes[0], WriteOutcome::Appended { seq: 302 });
+    let mut reader = backend.reader().unwrap();
+    let head = reader.conversation_head(conv, 0).unwrap();
+    assert_eq!(head.last_seq, 302);
+    // What cluster mode asks when Redis has forgotten a send.
+    let found = reader
+        .sends_among(conv, &[(1, 1), (1, 150), (1, 9_999_999), (2, 1)])
+        .unwrap();
+    let seqs: Vec<i64> = found.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, [1, 150, 302]);
+    assert_ne!(
+        found[0].fingerprint, found[2].fingerprint,
+        "payloads told apart"
+    );
+    let page = reader.history(conv, 0, 400).unwrap();
+    assert_eq!(page.len(), 302, "every seq once, nothing else");
+    assert!(page.windows(2).all(|w| w[0].seq == w[1].seq + 1), "gapless");
 }
 
 #[test]

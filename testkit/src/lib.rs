@@ -579,3 +579,46 @@ pub async fn acked_messages_survive_kill_9_of(server: &mut ServerProcess) {
     let next = alice.send_text(sb.user_id, "after restart").await.unwrap();
     assert_eq!(next.seq, seqs.len() as i64 + 1);
 }
+
+/// A socket logged in with `token` by hand, for tests that write what the
+/// SDK never would (bursts of frames in one write, floods, damage).
+pub async fn raw_session(addr: SocketAddr, token: &str) -> tokio::net::TcpStream {
+    use ourchat_protocol::{codec, pb, Body, Envelope};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let login = pb::LoginRequest {
+        token: token.into(),
+        ..Default::default()
+    };
+    stream
+        .write_all(&codec::encode_to_vec(&Envelope::new(1, Body::Login(login))))
+        .await
+        .unwrap();
+    let mut header = [0u8; codec::HEADER_LEN];
+    stream.read_exact(&mut header).await.unwrap();
+    let mut body = vec![0u8; codec::body_len(header, 1 << 20).unwrap()];
+    stream.read_exact(&mut body).await.unwrap();
+    match codec::decode_body(&body).unwrap().body {
+        Some(Body::LoginResp(reply)) => assert!(reply.success, "{reply:?}"),
+        other => panic!("token login: {other:?}"),
+    }
+    stream
+}
+
+/// Every frame the server writes until it closes the connection, or until
+/// `wait` passes.
+pub async fn frames_until_close(
+    stream: &mut tokio::net::TcpStream,
+    wait: Duration,
+) -> Vec<ourchat_protocol::Envelope> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut bytes)).await;
+    let decoder = ourchat_protocol::codec::FrameDecoder::new(1 << 20);
+    let mut buf = bytes::BytesMut::from(&bytes[..]);
+    let mut out = Vec::new();
+    while let Ok(Some(envelope)) = decoder.decode(&mut buf) {
+        out.push(envelope);
+    }
+    out
+}
