@@ -485,8 +485,12 @@ async fn a_resend_older_than_redis_remembers_gets_its_first_seq_on_either_node()
         return;
     };
     let shards = engines.fresh_shards("cluster_resend", 2);
-    // Redis forgets a send after a second; the store never does.
-    let forgetful = [("cluster.dedupe_ttl_secs", "1")];
+    // Redis forgets a send after a second and the cores keep no window of
+    // recent sends, so only the store can recognise these resends.
+    let forgetful = [
+        ("cluster.dedupe_ttl_secs", "1"),
+        ("storage.dedupe_window", "0"),
+    ];
     let binary = Path::new(env!("CARGO_BIN_EXE_ourchat"));
     let a = engines.cluster_node(binary, &shards, 1, &forgetful);
     let b = engines.cluster_node(binary, &shards, 2, &forgetful);
