@@ -2,12 +2,17 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench run test fmt-check lint unit build release clean fuzz engines engines-stop
+.PHONY: bench bench-store run test fmt-check lint unit build release clean fuzz engines engines-stop
 
 ## Short benchmark of every loadgen scenario (a few minutes); prints a table.
 ## `scripts/bench.sh full` produces the BENCHMARKS.md figures.
 bench:
 	scripts/bench.sh
+
+## The message store's candidate engines on the node's operation mix
+## (CPU per message by batch size, history, sync, recovery, bytes on disk).
+bench-store:
+	STORE_BENCH_DIR=$${TMPDIR:-/tmp} $(CARGO) bench -p ourchat-storage --bench store_mix
 
 ## Run a node on the embedded store in ./data, client TCP on :50003.
 run:

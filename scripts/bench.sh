@@ -5,7 +5,7 @@
 # $OUT (default target/bench). Usage:
 #   scripts/bench.sh           # short: a few minutes, what `make bench` runs
 #   scripts/bench.sh full      # the BENCHMARKS.md figures
-#   ONLY="idle tls" scripts/bench.sh full   # some of them: idle p2p group storm tls
+#   ONLY="idle tls" scripts/bench.sh full   # some of them: idle p2p group storm tls store
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-short}
@@ -122,3 +122,12 @@ for path in sorted(glob.glob(os.path.join(out, "*.json")), key=key):
           f"{(ms(dl['p50'])+'/'+ms(dl['p99'])+'/'+ms(dl['p999'])) if dl['count'] else '-':>24} "
           f"{str(r['lost'])+'/'+str(c['duplicates'])+'/'+str(c['out_of_order']):>12} {logins or '-':>9}")
 PY
+
+# The message store's candidates on the node's operation mix (storage
+# crate's store_mix bench): a quarter of the counts in the short mode.
+if want store; then
+  echo "== store" >&2
+  scale=0.25; [[ $MODE == full ]] && scale=1
+  STORE_BENCH_SCALE=$scale STORE_BENCH_DIR=${TMPDIR:-/tmp} \
+    cargo bench -q -p ourchat-storage --bench store_mix
+fi

@@ -1,0 +1,84 @@
+//! Today's embedded store, through the node's own writer and reader.
+
+use std::path::Path;
+
+use ourchat_storage::sqlite::{Durability, SqliteBackend};
+use ourchat_storage::{Backend, ChatMessage, ReadStore, WriteOp, WriteOutcome, WriteStore};
+
+use crate::{Cursor, Engine, Msg};
+
+struct SqliteNow {
+    writer: Box<dyn WriteStore>,
+    reader: Box<dyn ReadStore>,
+    /// As on the node: the WAL is folded in every 500 ms off the writer.
+    _checkpointer: ourchat_storage::sqlite::Checkpointer,
+}
+
+pub fn open(dir: &Path) -> Box<dyn Engine> {
+    let backend = SqliteBackend::open(dir, Durability::Full).expect("open");
+    Box::new(SqliteNow {
+        writer: backend.writer().expect("writer"),
+        reader: backend.reader().expect("reader"),
+        _checkpointer: backend.start_checkpointer().expect("checkpointer"),
+    })
+}
+
+fn message(msg: &Msg) -> ChatMessage {
+    ChatMessage {
+        conversation_id: msg.conv_id.clone(),
+        seq: 0,
+        server_msg_id: msg.server_msg_id,
+        sender_id: msg.sender,
+        receiver_id: msg.receiver,
+        content: msg.content.clone(),
+        client_message_id: msg.client_message_id,
+        sent_at_ms: msg.sent_at_ms,
+        sender_device: "phone".into(),
+        group_id: msg.group_id,
+        ..Default::default()
+    }
+}
+
+impl Engine for SqliteNow {
+    fn write_batch(&mut self, msgs: &[Msg], cursors: &[Cursor]) -> Vec<i64> {
+        let mut ops: Vec<WriteOp> = msgs
+            .iter()
+            .map(|m| WriteOp::AppendMessage(message(m)))
+            .collect();
+        let conv_of = |conv: u32| {
+            msgs.iter()
+                .find(|m| m.conv == conv)
+                .map(|m| m.conv_id.clone())
+                .unwrap_or_default()
+        };
+        ops.extend(cursors.iter().map(|c| WriteOp::AdvanceCursor {
+            user_id: c.user,
+            device_id: "phone".into(),
+            conversation_id: conv_of(c.conv),
+            seq: c.seq,
+        }));
+        let outcomes = self.writer.apply_batch(&ops).expect("batch");
+        outcomes[..msgs.len()]
+            .iter()
+            .map(|o| match o {
+                WriteOutcome::Appended { seq } => *seq,
+                WriteOutcome::SentBefore(first) => first.seq,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn history(&mut self, conv: &Msg, before: i64, limit: usize) -> usize {
+        self.reader
+            .history(&conv.conv_id, before, limit)
+            .expect("history")
+            .len()
+    }
+
+    fn after(&mut self, conv: &Msg, after: i64, limit: usize) -> usize {
+        self.reader
+            .messages_after(&conv.conv_id, after, limit)
+            .expect("after")
+            .len()
+    }
+}
