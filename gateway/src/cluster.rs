@@ -412,11 +412,18 @@ impl Core {
     /// or removes it; off the reactor, and a failure only costs other
     /// nodes' presence queries their accuracy. A device that logs in here
     /// while the directory has it on another node is signed out there (it
-    /// logged in again elsewhere: that connection is stale).
-    pub(crate) fn publish_device(&self, user_id: i64, device_id: &str, change: DeviceChange) {
-        let Some(cluster) = &self.shared.cluster else {
-            return;
-        };
+    /// logged in again elsewhere: that connection is stale). The receiver
+    /// completes once the directory is written (or the write failed): a
+    /// login is answered after it, so a client that moves to another node
+    /// after its answer finds this node in the directory.
+    pub(crate) fn publish_device(
+        &self,
+        user_id: i64,
+        device_id: &str,
+        change: DeviceChange,
+    ) -> Option<futures::channel::oneshot::Receiver<()>> {
+        let cluster = self.shared.cluster.as_ref()?;
+        let (written_tx, written_rx) = futures::channel::oneshot::channel();
         let (node, device) = (self.shared.config.server.node_id, device_id.to_string());
         let ttl = directory_ttl(&self.shared.config);
         let log = cluster.log.clone();
@@ -445,10 +452,13 @@ impl Core {
             if let Err(error) = written {
                 tracing::debug!(%error, user_id, "directory not updated");
             }
+            let _ = written_tx.send(());
         });
         if queued.is_err() {
             tracing::debug!(user_id, "directory not updated: cluster threads busy");
+            return None;
         }
+        Some(written_rx)
     }
 
     /// Cluster mode: signs `device_id` out on whichever other node holds

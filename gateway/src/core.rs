@@ -505,7 +505,7 @@ impl Core {
                 done,
             } => {
                 let before = self.presence_of(user_id);
-                self.publish_device(user_id, &device_id, DeviceChange::LoggedIn);
+                let published = self.publish_device(user_id, &device_id, DeviceChange::LoggedIn);
                 let registered_ms = now_ms() as i64;
                 let replaced = {
                     let mut directory = self.directory.borrow_mut();
@@ -526,7 +526,19 @@ impl Core {
                         }
                     }
                 };
-                let _ = done.send(());
+                match published {
+                    // Cluster mode: answered once the directory has it.
+                    Some(written) => {
+                        glommio::spawn_local(async move {
+                            let _ = written.await;
+                            let _ = done.send(());
+                        })
+                        .detach();
+                    }
+                    None => {
+                        let _ = done.send(());
+                    }
+                }
                 self.announce_presence(user_id, before);
                 if let Some(old) = replaced.filter(|old| *old != conn_id) {
                     let reason = "this device logged in again elsewhere".to_string();
@@ -564,7 +576,7 @@ impl Core {
                     .get(&user_id)
                     .is_some_and(|devices| devices.iter().any(|d| *d.device_id == *device_id));
                 if !still_here {
-                    self.publish_device(user_id, &device_id, DeviceChange::Gone);
+                    let _ = self.publish_device(user_id, &device_id, DeviceChange::Gone);
                 }
                 self.announce_presence(user_id, before);
             }
@@ -585,7 +597,7 @@ impl Core {
                         device.device_id.to_string()
                     });
                 if let Some(device_id) = changed {
-                    self.publish_device(user_id, &device_id, DeviceChange::Away(away));
+                    let _ = self.publish_device(user_id, &device_id, DeviceChange::Away(away));
                 }
                 let _ = done.send(());
                 self.announce_presence(user_id, before);
