@@ -16,6 +16,7 @@
 
 mod error;
 pub mod kafka;
+pub mod msglog;
 pub mod mysql;
 pub mod redis;
 pub mod sqlite;

@@ -1,0 +1,200 @@
+//! The few file operations the log needs, behind a trait so the crash
+//! tests can run the log on a disk that tears writes, fails fsyncs and
+//! fills up: `FileDisk` is a directory of segment files, `MemDisk` (tests)
+//! keeps what is durable apart from what is only written.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// Segments numbered from 1, each a fixed-size file.
+pub trait Disk {
+    /// Numbers of the segments that exist.
+    fn segments(&mut self) -> io::Result<Vec<u64>>;
+    /// A segment's length in bytes.
+    fn len(&mut self, segment: u64) -> io::Result<u64>;
+    /// Creates a segment of `size` zero bytes, durable (its directory
+    /// entry included) when this returns.
+    fn create(&mut self, segment: u64, size: u64) -> io::Result<()>;
+    /// Forgets a segment.
+    fn remove(&mut self, segment: u64) -> io::Result<()>;
+    /// Writes `bytes` at `at` (not yet durable).
+    fn write_at(&mut self, segment: u64, at: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Makes every write to the segment durable.
+    fn sync(&mut self, segment: u64) -> io::Result<()>;
+    /// Every byte of a segment.
+    fn read_all(&mut self, segment: u64) -> io::Result<Vec<u8>>;
+    /// `out.len()` bytes at `at`.
+    fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()>;
+}
+
+/// Segment files `NNNNNNNNNNNN.seg` in one directory.
+pub struct FileDisk {
+    dir: PathBuf,
+    open: Vec<(u64, File)>,
+}
+
+impl FileDisk {
+    /// The segments in `dir` (created if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(FileDisk {
+            dir,
+            open: Vec::new(),
+        })
+    }
+
+    fn path(&self, segment: u64) -> PathBuf {
+        self.dir.join(format!("{segment:012}.seg"))
+    }
+
+    fn file(&self, segment: u64) -> io::Result<&File> {
+        self.open
+            .iter()
+            .find(|(n, _)| *n == segment)
+            .map(|(_, f)| f)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("segment {segment} not open"),
+                )
+            })
+    }
+
+    fn opened(&mut self, segment: u64) -> io::Result<&File> {
+        if self.file(segment).is_err() {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.path(segment))?;
+            // Only the newest few are used; keep the handle count small.
+            if self.open.len() >= 4 {
+                self.open.remove(0);
+            }
+            self.open.push((segment, file));
+        }
+        self.file(segment)
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Disk for FileDisk {
+    fn segments(&mut self) -> io::Result<Vec<u64>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(number) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
+                found.push(number);
+            } else if name.ends_with(".making") {
+                // A creation a crash cut short: never used.
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn len(&mut self, segment: u64) -> io::Result<u64> {
+        Ok(std::fs::metadata(self.path(segment))?.len())
+    }
+
+    fn create(&mut self, segment: u64, size: u64) -> io::Result<()> {
+        // Made whole under another name, then renamed: a segment file is
+        // always full length, so a short one is damage, never a creation
+        // cut short.
+        let making = self.dir.join(format!("{segment:012}.making"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&making)?;
+        file.set_len(size)?;
+        file.sync_all()?;
+        std::fs::rename(&making, self.path(segment))?;
+        self.sync_dir()?;
+        self.open.push((segment, file));
+        Ok(())
+    }
+
+    fn remove(&mut self, segment: u64) -> io::Result<()> {
+        self.open.retain(|(n, _)| *n != segment);
+        std::fs::remove_file(self.path(segment))?;
+        self.sync_dir()
+    }
+
+    fn write_at(&mut self, segment: u64, at: u64, bytes: &[u8]) -> io::Result<()> {
+        self.opened(segment)?.write_all_at(bytes, at)
+    }
+
+    fn sync(&mut self, segment: u64) -> io::Result<()> {
+        self.opened(segment)?.sync_data()
+    }
+
+    fn read_all(&mut self, segment: u64) -> io::Result<Vec<u8>> {
+        std::fs::read(self.path(segment))
+    }
+
+    fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()> {
+        match self.file(segment) {
+            Ok(file) => file.read_exact_at(out, at),
+            Err(_) => File::open(self.path(segment))?.read_exact_at(out, at),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msglog::log::{Log, LogError};
+
+    const SEGMENT: u64 = 8 << 10;
+
+    fn replayed(dir: &std::path::Path) -> Result<Vec<Vec<u8>>, LogError> {
+        let mut bodies = Vec::new();
+        Log::open(FileDisk::new(dir).unwrap(), SEGMENT, |_, body| {
+            bodies.push(body.to_vec())
+        })?;
+        Ok(bodies)
+    }
+
+    #[test]
+    fn batches_survive_reopening_across_segment_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let bodies: Vec<Vec<u8>> = (1..60u8)
+            .map(|i| vec![i; 100 + usize::from(i) * 7])
+            .collect();
+        {
+            let mut log =
+                Log::open(FileDisk::new(dir.path()).unwrap(), SEGMENT, |_, _| {}).unwrap();
+            for body in &bodies {
+                let placed = log.append(1, body).unwrap();
+                let mut read = vec![0; body.len()];
+                log.read(placed.segment, placed.body_at, &mut read).unwrap();
+                assert_eq!(&read, body);
+            }
+        }
+        let segments = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(segments > 2, "rolled over several segments: {segments}");
+        std::fs::write(dir.path().join("000000000099.making"), b"cut short").unwrap();
+        assert_eq!(replayed(dir.path()).unwrap(), bodies);
+        assert!(
+            !dir.path().join("000000000099.making").exists(),
+            "a half-made segment is removed"
+        );
+
+        // A segment file cut short is refused, naming it.
+        let first = dir.path().join("000000000001.seg");
+        let file = OpenOptions::new().write(true).open(&first).unwrap();
+        file.set_len(SEGMENT / 2).unwrap();
+        let refused = replayed(dir.path()).unwrap_err().to_string();
+        assert!(refused.contains("segment 1 is damaged"), "{refused}");
+        assert!(refused.contains("truncated"), "{refused}");
+    }
+}

@@ -1,0 +1,210 @@
+//! The log: batches appended to fixed-size segments, one write and one
+//! fsync each, and recovery that proves how the data ends. It owns the
+//! segments' life (created full of zeros and made durable before use,
+//! rolled when full) and refuses to go on after a failed write or fsync
+//! (what reached the disk is unknown until a restart scans it). What the
+//! batches hold is the caller's.
+
+use std::io;
+
+use super::batch::{self, Ending, HEADER};
+use super::disk::Disk;
+
+/// Why the log cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Durable data no longer reads back: the store must not start.
+    #[error(
+        "segment {segment} is damaged at byte {offset}: {why}; restore the log from a backup \
+         (every acknowledged message is in it up to this point)"
+    )]
+    Damaged {
+        /// The segment's number.
+        segment: u64,
+        /// Where in it.
+        offset: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// The disk failed a read, write or fsync.
+    #[error("log I/O on segment {segment}: {source}")]
+    Io {
+        /// The segment's number.
+        segment: u64,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// An earlier write or fsync failed: nothing more is appended until a
+    /// restart has found what reached the disk.
+    #[error("the log stopped after a failed write or fsync; restart to recover it")]
+    Stopped,
+    /// A batch larger than a segment can hold.
+    #[error("a batch of {0} bytes does not fit in a segment")]
+    TooLarge(usize),
+}
+
+/// Where a batch's body was put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// The batch's number.
+    pub batch_no: u64,
+    /// The segment holding it.
+    pub segment: u64,
+    /// Offset of its body in the segment.
+    pub body_at: u64,
+}
+
+/// The log, open for appends.
+pub struct Log<D: Disk> {
+    disk: D,
+    segment_bytes: u64,
+    segment: u64,
+    end: u64,
+    next_no: u64,
+    stopped: bool,
+    buffer: Vec<u8>,
+}
+
+impl<D: Disk> Log<D> {
+    /// Opens the log on `disk`, calling `replay` with every whole batch in
+    /// order (where it is, and its body), drops a torn tail, and refuses
+    /// damage.
+    pub fn open(
+        mut disk: D,
+        segment_bytes: u64,
+        mut replay: impl FnMut(Placed, &[u8]),
+    ) -> Result<Self, LogError> {
+        let mut segments = disk
+            .segments()
+            .map_err(|source| LogError::Io { segment: 0, source })?;
+        segments.sort_unstable();
+        if segments.is_empty() {
+            disk.create(1, segment_bytes)
+                .map_err(|source| LogError::Io { segment: 1, source })?;
+            segments.push(1);
+        }
+        let mut next_no = 1;
+        let mut end = 0;
+        for (i, &segment) in segments.iter().enumerate() {
+            let io = |source| LogError::Io { segment, source };
+            if i > 0 && segment != segments[i - 1] + 1 {
+                return Err(LogError::Damaged {
+                    segment: segments[i - 1] + 1,
+                    offset: 0,
+                    why: "segment missing".into(),
+                });
+            }
+            let bytes = disk.read_all(segment).map_err(io)?;
+            if bytes.len() as u64 != segment_bytes {
+                return Err(LogError::Damaged {
+                    segment,
+                    offset: bytes.len() as u64,
+                    why: format!(
+                        "segment is {} bytes, not {segment_bytes}: truncated",
+                        bytes.len()
+                    ),
+                });
+            }
+            let last = i + 1 == segments.len();
+            let scanned = batch::scan(&bytes, next_no, last);
+            for (header, body) in &scanned.batches {
+                let placed = Placed {
+                    batch_no: header.batch_no,
+                    segment,
+                    body_at: body.start as u64,
+                };
+                replay(placed, &bytes[body.clone()]);
+            }
+            next_no += scanned.batches.len() as u64;
+            end = scanned.end as u64;
+            match scanned.ending {
+                Ending::Clean => {}
+                Ending::TornTail => {
+                    // Never acknowledged: zero it so the next batch is
+                    // written over nothing.
+                    let dirty_end = bytes
+                        .iter()
+                        .rposition(|b| *b != 0)
+                        .map_or(scanned.end, |p| p + 1);
+                    let zeros = vec![0; dirty_end - scanned.end];
+                    disk.write_at(segment, end, &zeros).map_err(io)?;
+                    disk.sync(segment).map_err(io)?;
+                }
+                Ending::Damage(why) => {
+                    return Err(LogError::Damaged {
+                        segment,
+                        offset: end,
+                        why: why.into(),
+                    })
+                }
+            }
+        }
+        Ok(Log {
+            disk,
+            segment_bytes,
+            segment: segments.last().copied().unwrap_or(1),
+            end,
+            next_no,
+            stopped: false,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Appends one batch of `records` records whose bytes are `body`, and
+    /// returns once it is durable.
+    pub fn append(&mut self, records: u32, body: &[u8]) -> Result<Placed, LogError> {
+        if self.stopped {
+            return Err(LogError::Stopped);
+        }
+        let room =
+            |end: u64| batch::header_offset(end as usize) as u64 + (HEADER + body.len()) as u64;
+        if room(0) > self.segment_bytes {
+            return Err(LogError::TooLarge(body.len()));
+        }
+        if room(self.end) > self.segment_bytes {
+            self.roll()?;
+        }
+        self.buffer.clear();
+        let batch_no = self.next_no;
+        let end = batch::encode(self.end as usize, batch_no, records, body, &mut self.buffer);
+        let segment = self.segment;
+        let written = self
+            .disk
+            .write_at(segment, self.end, &self.buffer)
+            .and_then(|()| self.disk.sync(segment));
+        if let Err(source) = written {
+            self.stopped = true;
+            return Err(LogError::Io { segment, source });
+        }
+        let placed = Placed {
+            batch_no,
+            segment,
+            body_at: (end - body.len()) as u64,
+        };
+        self.end = end as u64;
+        self.next_no += 1;
+        Ok(placed)
+    }
+
+    /// Reads `len` bytes of a body at `at` in `segment`.
+    pub fn read(&self, segment: u64, at: u64, out: &mut [u8]) -> Result<(), LogError> {
+        self.disk
+            .read_at(segment, at, out)
+            .map_err(|source| LogError::Io { segment, source })
+    }
+
+    /// The next segment, created full of zeros and durable before use.
+    fn roll(&mut self) -> Result<(), LogError> {
+        let next = self.segment + 1;
+        if let Err(source) = self.disk.create(next, self.segment_bytes) {
+            self.stopped = true;
+            return Err(LogError::Io {
+                segment: next,
+                source,
+            });
+        }
+        self.segment = next;
+        self.end = 0;
+        Ok(())
+    }
+}

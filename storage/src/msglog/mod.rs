@@ -1,0 +1,18 @@
+//! The embedded message log (issue 14's store, chosen by `store_mix`):
+//! batches of records appended to fixed-size segment files with one write
+//! and one fsync each, recovered by a scan that proves where the durable
+//! data ends — a torn final batch (never acknowledged) is dropped, damage
+//! to acknowledged data refuses to start. This layer knows batches, not
+//! messages: what a batch holds, and the indexes built from it, are the
+//! store's above it.
+//!
+//! `batch` is the on-disk format and the scanner, without I/O; `disk` the
+//! file operations (real files, or the crash tests' disk that tears
+//! writes); `log` the appends, segment rolls and recovery.
+
+pub mod batch;
+pub mod disk;
+pub mod log;
+
+#[cfg(test)]
+mod crash_tests;
