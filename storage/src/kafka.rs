@@ -137,7 +137,12 @@ fn block_until<F: std::future::Future>(future: F, deadline: Option<Instant>) -> 
 
 /// The producer side of the log, shared by a node's writer threads.
 pub struct MessageLog {
-    producer: FutureProducer,
+    /// Replaced when librdkafka declares it dead (a fatal error, such as
+    /// being fenced after an outage): a dead idempotent producer refuses
+    /// every later send, so without a new one the node could never log
+    /// again.
+    producer: std::sync::RwLock<FutureProducer>,
+    config: ClientConfig,
     origin: String,
     topics: Topics,
     send_timeout: Duration,
@@ -153,8 +158,11 @@ impl MessageLog {
         send_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let timeout_ms = send_timeout.as_millis().max(100).to_string();
-        let producer: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
+            // Names this node in the broker's logs and metrics.
+            .set("client.id", format!("ourchat-node-{node_id}"))
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
@@ -162,10 +170,11 @@ impl MessageLog {
             .set("message.timeout.ms", &timeout_ms)
             .set("request.timeout.ms", &timeout_ms)
             .set("socket.timeout.ms", &timeout_ms)
-            .set("reconnect.backoff.max.ms", "1000")
-            .create()?;
+            .set("reconnect.backoff.max.ms", "1000");
+        let producer: FutureProducer = config.create()?;
         Ok(MessageLog {
-            producer,
+            producer: std::sync::RwLock::new(producer),
+            config,
             origin: node_id.to_string(),
             topics,
             send_timeout,
@@ -263,9 +272,41 @@ impl MessageLog {
             .key(key)
             .payload(payload)
             .headers(headers);
-        self.producer
-            .send_result(record)
-            .map_err(|(error, _)| error.into())
+        let sent = {
+            let producer = self.producer.read().unwrap_or_else(|e| e.into_inner());
+            producer.send_result(record)
+        };
+        sent.map_err(|(error, _)| {
+            self.revive_if_dead(
+                error.rdkafka_error_code() == Some(RDKafkaErrorCode::ProducerFenced),
+            );
+            error.into()
+        })
+    }
+
+    /// Replaces a dead producer — one librdkafka declared fatally failed,
+    /// or one the broker fenced (after an outage the broker may bump its
+    /// epoch, and every later send is refused) — with a new one: a new
+    /// producer id; records the dead one had in flight may be in the log
+    /// once more, which readers already tolerate.
+    fn revive_if_dead(&self, fenced: bool) {
+        let mut producer = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        let fatal = rdkafka::producer::Producer::client(&*producer).fatal_error();
+        let (code, reason) = match fatal {
+            Some(fatal) => fatal,
+            None if fenced => (
+                RDKafkaErrorCode::ProducerFenced,
+                "fenced by the broker".into(),
+            ),
+            None => return,
+        };
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(?code, %reason, "Kafka producer died; replaced by a new one");
+                *producer = fresh;
+            }
+            Err(error) => tracing::error!(%error, "Kafka producer died and cannot be replaced"),
+        }
     }
 
     /// Waits for every delivery, at most the send timeout in all: an
@@ -277,6 +318,7 @@ impl MessageLog {
     fn wait(&self, pending: Vec<rdkafka::producer::DeliveryFuture>) -> Result<(), StoreError> {
         let deadline = Instant::now() + self.send_timeout;
         let mut first_error = None;
+        let mut fenced = false;
         // Not retryable by the writer: librdkafka has retried within the
         // timeout already, and the sender should hear "not accepted" now.
         let refused = |message: String| StoreError::Unavailable {
@@ -286,7 +328,10 @@ impl MessageLog {
         for delivery in pending {
             let error = match block_until(delivery, Some(deadline)) {
                 Some(Ok(Ok(_))) => continue,
-                Some(Ok(Err((error, _)))) => refused(format!("kafka: {error}")),
+                Some(Ok(Err((error, _)))) => {
+                    fenced |= error.rdkafka_error_code() == Some(RDKafkaErrorCode::ProducerFenced);
+                    refused(format!("kafka: {error}"))
+                }
                 Some(Err(_)) => refused("kafka: producer closed".into()),
                 None => refused(format!(
                     "kafka: no acknowledgement within {:?}",
@@ -297,7 +342,10 @@ impl MessageLog {
         }
         match first_error {
             None => Ok(()),
-            Some(error) => Err(error),
+            Some(error) => {
+                self.revive_if_dead(fenced);
+                Err(error)
+            }
         }
     }
 }

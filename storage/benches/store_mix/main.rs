@@ -411,6 +411,11 @@ impl Mix {
 /// The wire form every engine stores (the node's `ChatMessage`).
 pub fn encode(msg: &Msg, seq: i64) -> Vec<u8> {
     use prost::Message;
+    chat_message(msg, seq).encode_to_vec()
+}
+
+/// The node's form of a message.
+pub fn chat_message(msg: &Msg, seq: i64) -> ourchat_storage::ChatMessage {
     ourchat_storage::ChatMessage {
         conversation_id: msg.conv_id.clone(),
         seq,
@@ -424,7 +429,6 @@ pub fn encode(msg: &Msg, seq: i64) -> Vec<u8> {
         group_id: msg.group_id,
         ..Default::default()
     }
-    .encode_to_vec()
 }
 
 /// Decodes a stored message (what a read costs a reader).

@@ -97,33 +97,30 @@ impl Engine for SqliteInt {
 
     fn history(&mut self, conv: &Msg, before: i64, limit: usize) -> usize {
         let before = if before <= 0 { i64::MAX } else { before };
-        let mut statement = self
-            .conn
-            .prepare_cached(
-                "SELECT body FROM msgs WHERE conv = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-            )
-            .expect("prepare");
-        let rows = statement
-            .query_map(params![conv.conv, before, limit as i64], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })
-            .expect("query");
-        rows.map(|body| decode(&body.expect("row")))
-            .filter(|m| m.seq > 0)
-            .count()
+        self.read_page(
+            "SELECT body FROM msgs WHERE conv = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+            conv.conv,
+            before,
+            limit,
+        )
     }
 
     fn after(&mut self, conv: &Msg, after: i64, limit: usize) -> usize {
-        let mut statement = self
-            .conn
-            .prepare_cached(
-                "SELECT body FROM msgs WHERE conv = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )
-            .expect("prepare");
+        self.read_page(
+            "SELECT body FROM msgs WHERE conv = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            conv.conv,
+            after,
+            limit,
+        )
+    }
+}
+
+impl SqliteInt {
+    /// Runs a page query (conversation, seq bound, limit); decoded rows.
+    fn read_page(&mut self, sql: &str, conv: u32, seq: i64, limit: usize) -> usize {
+        let mut statement = self.conn.prepare_cached(sql).expect("prepare");
         let rows = statement
-            .query_map(params![conv.conv, after, limit as i64], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })
+            .query_map(params![conv, seq, limit as i64], |r| r.get::<_, Vec<u8>>(0))
             .expect("query");
         rows.map(|body| decode(&body.expect("row")))
             .filter(|m| m.seq > 0)

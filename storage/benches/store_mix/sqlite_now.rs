@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use ourchat_storage::sqlite::{Durability, SqliteBackend};
-use ourchat_storage::{Backend, ChatMessage, ReadStore, WriteOp, WriteOutcome, WriteStore};
+use ourchat_storage::{Backend, ReadStore, WriteOp, WriteOutcome, WriteStore};
 
-use crate::{Cursor, Engine, Msg};
+use crate::{chat_message, Cursor, Engine, Msg};
 
 struct SqliteNow {
     writer: Box<dyn WriteStore>,
@@ -23,27 +23,11 @@ pub fn open(dir: &Path) -> Box<dyn Engine> {
     })
 }
 
-fn message(msg: &Msg) -> ChatMessage {
-    ChatMessage {
-        conversation_id: msg.conv_id.clone(),
-        seq: 0,
-        server_msg_id: msg.server_msg_id,
-        sender_id: msg.sender,
-        receiver_id: msg.receiver,
-        content: msg.content.clone(),
-        client_message_id: msg.client_message_id,
-        sent_at_ms: msg.sent_at_ms,
-        sender_device: "phone".into(),
-        group_id: msg.group_id,
-        ..Default::default()
-    }
-}
-
 impl Engine for SqliteNow {
     fn write_batch(&mut self, msgs: &[Msg], cursors: &[Cursor]) -> Vec<i64> {
         let mut ops: Vec<WriteOp> = msgs
             .iter()
-            .map(|m| WriteOp::AppendMessage(message(m)))
+            .map(|m| WriteOp::AppendMessage(chat_message(m, 0)))
             .collect();
         let conv_of = |conv: u32| {
             msgs.iter()
