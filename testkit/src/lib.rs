@@ -35,6 +35,8 @@ pub struct ServerProcess {
     pub grpc: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Where its stderr goes (unless `OURCHAT_TEST_LOG` is set).
+    stderr: tempfile::NamedTempFile,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -62,17 +64,7 @@ impl ServerProcess {
                 (Some(temp), dir)
             }
         };
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut args = vec![
-            "serve".to_string(),
-            "--set".to_string(),
-            format!("server.admin_listen={admin}"),
-            "--set".to_string(),
-            format!("server.grpc_listen={grpc}"),
-            "--listen".to_string(),
-            addr.to_string(),
             "--data-dir".to_string(),
             data_dir.display().to_string(),
             // Tests share the machine's cores with their clients.
@@ -91,25 +83,69 @@ impl ServerProcess {
             args.push("--set".into());
             args.push(format!("{key}={value}"));
         }
+        let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let mut server = ServerProcess {
             binary: binary.to_path_buf(),
             args,
             envs: options.env,
             child: None,
-            addr,
-            admin,
-            grpc,
+            addr: loopback(free_port()),
+            admin: loopback(free_port()),
+            grpc: loopback(free_port()),
             data_dir,
+            stderr: tempfile::NamedTempFile::new().expect("stderr file"),
             _temp: temp,
         };
-        server.spawn();
+        // A port found free can be taken before the node binds it (by any
+        // process's outgoing connection): then start again on other ports.
+        for attempt in 1.. {
+            match server.try_spawn() {
+                Ok(()) => break,
+                Err(status) if attempt < 5 && server.printed().contains("in use") => {
+                    eprintln!("a test port was taken ({status}); starting on others");
+                    server.addr = loopback(free_port());
+                    server.admin = loopback(free_port());
+                    server.grpc = loopback(free_port());
+                }
+                Err(status) => panic!(
+                    "server exited during start-up: {status}\n{}",
+                    server.printed()
+                ),
+            }
+        }
         server
     }
 
     fn spawn(&mut self) {
+        if let Err(status) = self.try_spawn() {
+            panic!(
+                "server exited during start-up: {status}\n{}",
+                self.printed()
+            );
+        }
+    }
+
+    /// Starts the process and waits until it is ready; how it exited if it
+    /// did not get there.
+    fn try_spawn(&mut self) -> Result<(), ExitStatus> {
         let log = std::env::var("OURCHAT_TEST_LOG").is_ok();
+        let stderr = match log {
+            true => Stdio::inherit(),
+            false => std::fs::OpenOptions::new()
+                .append(true)
+                .open(self.stderr.path())
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        };
         let mut command = Command::new(&self.binary);
         command
+            .arg("serve")
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--set")
+            .arg(format!("server.admin_listen={}", self.admin))
+            .arg("--set")
+            .arg(format!("server.grpc_listen={}", self.grpc))
             .args(&self.args)
             .envs(self.envs.iter().cloned())
             .env(
@@ -118,23 +154,30 @@ impl ServerProcess {
             )
             .stdin(Stdio::null())
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
-            .stderr(if log { Stdio::inherit() } else { Stdio::null() });
+            .stderr(stderr);
         let child = command.spawn().expect("cannot start the ourchat binary");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
+    }
+
+    /// What the node wrote to stderr (empty with `OURCHAT_TEST_LOG`, which
+    /// sends it to the test's own output).
+    pub fn printed(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
     }
 
     /// Ready means `/readyz` says every core listens: a port that accepts
     /// is not enough (see [`ServerProcess::kill9`]).
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if matches!(self.admin_get("/readyz"), Ok((200, _))) {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("server exited during start-up: {status}");
+                    self.child = None;
+                    return Err(status);
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
