@@ -268,13 +268,14 @@ impl Connection {
                         }
                         FrameVerdict::Close => {
                             self.core.metrics().limited(Limit::Flood);
-                            return self
-                                .close_after_inflight(
-                                    envelope.req_id,
-                                    ErrorCode::RateLimited,
-                                    "flooding: connection closed",
-                                )
-                                .await;
+                            // Boxed, as the handlers are: an idle
+                            // connection's future stays small.
+                            return Box::pin(self.close_after_inflight(
+                                envelope.req_id,
+                                ErrorCode::RateLimited,
+                                "flooding: connection closed",
+                            ))
+                            .await;
                         }
                     }
                     // Boxed: the handlers' state lives on the heap only while
@@ -286,18 +287,18 @@ impl Connection {
                 }
                 Err(ReadEnd::Closed) => return,
                 Err(ReadEnd::Bad(FrameError::TooLarge { len, max })) => {
-                    return self
-                        .close_after_inflight(
-                            0,
-                            ErrorCode::FrameTooLarge,
-                            &format!("frame of {len} bytes exceeds the maximum of {max}"),
-                        )
-                        .await
+                    let message = format!("frame of {len} bytes exceeds the maximum of {max}");
+                    return Box::pin(self.close_after_inflight(
+                        0,
+                        ErrorCode::FrameTooLarge,
+                        &message,
+                    ))
+                    .await;
                 }
                 Err(ReadEnd::Bad(err)) => {
-                    return self
-                        .close_after_inflight(0, ErrorCode::Protocol, &err.to_string())
-                        .await
+                    let message = err.to_string();
+                    return Box::pin(self.close_after_inflight(0, ErrorCode::Protocol, &message))
+                        .await;
                 }
             }
         }

@@ -1095,6 +1095,7 @@ impl Core {
                     client_message_id: staged.message.client_message_id,
                     server_msg_id: *server_msg_id,
                     sent_at_ms: *sent_at_ms,
+                    fingerprint: staged.fingerprint,
                     // Chat sends also draw on the sender's budget shared by
                     // every node (this core's bucket knows this core only).
                     budgeted: staged.change.is_none(),
@@ -1166,9 +1167,18 @@ impl Core {
                                 }
                             }
                             SeqGrant::Resend {
+                                fingerprint: Some(first),
+                                ..
+                            } if first != staged.fingerprint => {
+                                let reused = reused_id(staged.message.client_message_id);
+                                let _ = staged.reply.send(Err(reused));
+                                continue;
+                            }
+                            SeqGrant::Resend {
                                 seq,
                                 server_msg_id,
                                 sent_at_ms,
+                                ..
                             } => Accepted {
                                 seq,
                                 server_msg_id,

@@ -507,11 +507,24 @@ async fn a_resend_older_than_redis_remembers_gets_its_first_seq_on_either_node()
         );
     }
     let conv = first[0].conversation_id.clone();
+    // While Redis remembers, from the other node (whose core has seen
+    // nothing of this conversation, so only Redis can tell): another
+    // payload under a used id is refused, the same one gets its first ack.
+    let alice_on_b = device_of(b.addr, "alice", "laptop").await;
+    let reused = alice_on_b
+        .send_message(sb.user_id, text, "not t4", 4)
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Some(ourchat_client::ErrorCode::Conflict));
+    let again = alice_on_b
+        .send_message(sb.user_id, text, "t4", 4)
+        .await
+        .unwrap();
+    assert_eq!(again, first[3]);
     // In MySQL (fed from the log), and forgotten by Redis.
     history_with(&bob, &conv, 5).await;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
 
-    let alice_on_b = device_of(b.addr, "alice", "laptop").await;
     for (client, cmid) in [(&alice, 1), (&alice_on_b, 3), (&alice, 5)] {
         let again = client
             .send_message(sb.user_id, text, &format!("t{cmid}"), cmid)

@@ -21,7 +21,8 @@ use crate::StoreError;
 pub const DEFAULT_DEDUPE_TTL_SECS: u64 = 86_400;
 
 /// Gives each send in `ARGV[5..]` (sender, client id, server id, time,
-/// budget key index) the counter's next value unless it was seen: then what
+/// payload fingerprint, budget key index) the counter's next value unless it
+/// was seen: then what
 /// it got before. A send with a budget key (`KEYS[i]`, i > 1: its sender's
 /// token bucket, `ARGV[3]` per second, at most `ARGV[4]`) first takes a
 /// token, or is refused (`l`) and takes no seq; resends cost nothing.
@@ -61,17 +62,17 @@ local function take(bucket)
   return true
 end
 local out = {}
-for i = 5, #ARGV, 5 do
+for i = 5, #ARGV, 6 do
   local seen = counter .. ':sent:' .. ARGV[i] .. ':' .. ARGV[i + 1]
   local before = redis.call('GET', seen)
-  local bucket = tonumber(ARGV[i + 4])
+  local bucket = tonumber(ARGV[i + 5])
   if before then
     out[#out + 1] = 'r:' .. before
   elseif bucket > 1 and not take(bucket) then
     out[#out + 1] = 'l'
   else
     local seq = redis.call('INCR', counter)
-    local value = seq .. ':' .. ARGV[i + 2] .. ':' .. ARGV[i + 3]
+    local value = seq .. ':' .. ARGV[i + 2] .. ':' .. ARGV[i + 3] .. ':' .. ARGV[i + 4]
     redis.call('SET', seen, value, 'EX', ttl)
     out[#out + 1] = 'n:' .. value
   end
@@ -113,6 +114,9 @@ pub struct SeqRequest {
     pub server_msg_id: i64,
     /// The time this node gave it.
     pub sent_at_ms: i64,
+    /// Of its payload, so a resend carrying another under the same id is
+    /// told apart.
+    pub fingerprint: u64,
     /// It draws on its sender's send budget (a chat message; not a group
     /// change).
     pub budgeted: bool,
@@ -143,6 +147,8 @@ pub enum SeqGrant {
         server_msg_id: i64,
         /// Its time.
         sent_at_ms: i64,
+        /// Its payload's fingerprint (`None`: recorded before they were).
+        fingerprint: Option<u64>,
     },
     /// Over its sender's send budget: refused, no seq taken.
     Limited,
@@ -259,6 +265,7 @@ impl RedisSeq {
                     .arg(request.client_message_id)
                     .arg(request.server_msg_id)
                     .arg(request.sent_at_ms)
+                    .arg(request.fingerprint)
                     .arg(bucket);
             }
             invocation.invoke(conn)
@@ -383,10 +390,15 @@ fn parse_grant(reply: &str) -> Result<SeqGrant, StoreError> {
         return Ok(SeqGrant::Limited);
     }
     let (kind, rest) = reply.split_once(':').ok_or_else(bad)?;
-    let mut parts = rest.split(':').map(|p| p.parse::<i64>().map_err(|_| bad()));
-    let (seq, server_msg_id, sent_at_ms) = match (parts.next(), parts.next(), parts.next()) {
+    let mut parts = rest.split(':');
+    let mut number = || parts.next().map(|p| p.parse::<i64>().map_err(|_| bad()));
+    let (seq, server_msg_id, sent_at_ms) = match (number(), number(), number()) {
         (Some(a), Some(b), Some(c)) => (a?, b?, c?),
         _ => return Err(bad()),
+    };
+    let fingerprint = match parts.next() {
+        Some(p) => Some(p.parse::<u64>().map_err(|_| bad())?),
+        None => None,
     };
     match kind {
         "n" => Ok(SeqGrant::New { seq }),
@@ -394,6 +406,7 @@ fn parse_grant(reply: &str) -> Result<SeqGrant, StoreError> {
             seq,
             server_msg_id,
             sent_at_ms,
+            fingerprint,
         }),
         _ => Err(bad()),
     }
@@ -412,10 +425,20 @@ mod tests {
             SeqGrant::Resend {
                 seq: 4,
                 server_msg_id: 70,
-                sent_at_ms: 8
+                sent_at_ms: 8,
+                fingerprint: None,
             }
         );
-        for garbage in ["", "n", "l:1", "n:1:2", "x:1:2:3", "n:a:2:3"] {
+        assert_eq!(
+            parse_grant("r:4:70:8:18446744073709551615").unwrap(),
+            SeqGrant::Resend {
+                seq: 4,
+                server_msg_id: 70,
+                sent_at_ms: 8,
+                fingerprint: Some(u64::MAX),
+            }
+        );
+        for garbage in ["", "n", "l:1", "n:1:2", "x:1:2:3", "n:a:2:3", "r:1:2:3:x"] {
             assert!(parse_grant(garbage).is_err(), "{garbage}");
         }
     }

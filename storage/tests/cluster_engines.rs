@@ -28,6 +28,7 @@ fn request(sender_id: i64, client_message_id: i64) -> SeqRequest {
         client_message_id,
         server_msg_id: 1000 + client_message_id,
         sent_at_ms: 77,
+        fingerprint: 5,
         budgeted: false,
     }
 }
@@ -62,7 +63,8 @@ fn redis_hands_out_each_seq_once_and_answers_resends_with_the_first() {
         SeqGrant::Resend {
             seq: 11,
             server_msg_id: 1001,
-            sent_at_ms: 77
+            sent_at_ms: 77,
+            fingerprint: Some(5),
         }
     );
     // A floor never moves an existing counter back.
