@@ -7,133 +7,15 @@
 //! holds. A flipped bit or a cut in acknowledged data must be refused,
 //! never read as a torn tail. A failing seed replays exactly.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io;
-use std::rc::Rc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::batch::SECTOR;
-use super::disk::Disk;
 use super::log::{Log, LogError};
+use super::testing::MemDisk;
 
 const SEGMENT: u64 = 16 << 10;
-
-#[derive(Default)]
-struct State {
-    /// What a crash keeps.
-    durable: BTreeMap<u64, Vec<u8>>,
-    /// What reads see (the page cache).
-    visible: BTreeMap<u64, Vec<u8>>,
-    fail_next_sync: bool,
-    fail_next_write: bool,
-}
-
-/// A disk shared with the test, which crashes it under the log.
-#[derive(Clone, Default)]
-struct MemDisk(Rc<RefCell<State>>);
-
-impl MemDisk {
-    /// Power cut: each sector written since its segment's last sync
-    /// reaches the disk or not, at random.
-    fn crash(&self, rng: &mut StdRng) {
-        let mut state = self.0.borrow_mut();
-        let state = &mut *state;
-        for (segment, visible) in &state.visible {
-            let durable = state.durable.entry(*segment).or_default();
-            for start in (0..visible.len()).step_by(SECTOR) {
-                let end = (start + SECTOR).min(visible.len());
-                if durable[start..end] != visible[start..end] && rng.gen_bool(0.5) {
-                    durable[start..end].copy_from_slice(&visible[start..end]);
-                }
-            }
-        }
-        state.visible = state.durable.clone();
-        state.fail_next_sync = false;
-        state.fail_next_write = false;
-    }
-
-    fn image(&self) -> BTreeMap<u64, Vec<u8>> {
-        self.0.borrow().durable.clone()
-    }
-
-    fn set_image(&self, image: BTreeMap<u64, Vec<u8>>) {
-        let mut state = self.0.borrow_mut();
-        state.durable = image.clone();
-        state.visible = image;
-    }
-}
-
-fn missing() -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, "no such segment")
-}
-
-impl Disk for MemDisk {
-    fn segments(&mut self) -> io::Result<Vec<u64>> {
-        Ok(self.0.borrow().visible.keys().copied().collect())
-    }
-
-    fn len(&mut self, segment: u64) -> io::Result<u64> {
-        self.0
-            .borrow()
-            .visible
-            .get(&segment)
-            .map(|s| s.len() as u64)
-            .ok_or_else(missing)
-    }
-
-    fn create(&mut self, segment: u64, size: u64) -> io::Result<()> {
-        let mut state = self.0.borrow_mut();
-        state.durable.insert(segment, vec![0; size as usize]);
-        state.visible.insert(segment, vec![0; size as usize]);
-        Ok(())
-    }
-
-    fn remove(&mut self, segment: u64) -> io::Result<()> {
-        let mut state = self.0.borrow_mut();
-        state.durable.remove(&segment);
-        state.visible.remove(&segment);
-        Ok(())
-    }
-
-    fn write_at(&mut self, segment: u64, at: u64, bytes: &[u8]) -> io::Result<()> {
-        let mut state = self.0.borrow_mut();
-        if std::mem::take(&mut state.fail_next_write) {
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
-        }
-        let data = state.visible.get_mut(&segment).ok_or_else(missing)?;
-        data[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
-        Ok(())
-    }
-
-    fn sync(&mut self, segment: u64) -> io::Result<()> {
-        let mut state = self.0.borrow_mut();
-        if std::mem::take(&mut state.fail_next_sync) {
-            return Err(io::Error::other("fsync failed"));
-        }
-        let visible = state.visible.get(&segment).cloned().ok_or_else(missing)?;
-        state.durable.insert(segment, visible);
-        Ok(())
-    }
-
-    fn read_all(&mut self, segment: u64) -> io::Result<Vec<u8>> {
-        self.0
-            .borrow()
-            .visible
-            .get(&segment)
-            .cloned()
-            .ok_or_else(missing)
-    }
-
-    fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()> {
-        let state = self.0.borrow();
-        let data = state.visible.get(&segment).ok_or_else(missing)?;
-        out.copy_from_slice(&data[at as usize..at as usize + out.len()]);
-        Ok(())
-    }
-}
 
 /// Batch bodies by batch number.
 type Batches = BTreeMap<u64, Vec<u8>>;

@@ -2,17 +2,21 @@
 //! batches of records appended to fixed-size segment files with one write
 //! and one fsync each, recovered by a scan that proves where the durable
 //! data ends — a torn final batch (never acknowledged) is dropped, damage
-//! to acknowledged data refuses to start. This layer knows batches, not
-//! messages: what a batch holds, and the indexes built from it, are the
-//! store's above it.
+//! to acknowledged data refuses to start. Above the batches, `store` keeps
+//! messages (numbered by conversation, deduplicated by sender and client
+//! id however old) and delivery cursors.
 //!
 //! `batch` is the on-disk format and the scanner, without I/O; `disk` the
 //! file operations (real files, or the crash tests' disk that tears
-//! writes); `log` the appends, segment rolls and recovery.
+//! writes); `log` the appends, segment rolls and recovery; `store` the
+//! messages and cursors in the batches and the indexes rebuilt from them.
 
 pub mod batch;
 pub mod disk;
 pub mod log;
+pub mod store;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod testing;
