@@ -11,6 +11,7 @@
 //! messages written before the kill. A measurement, not a test.
 
 mod fjall_kv;
+mod msglog;
 mod redb_kv;
 mod seglog;
 mod sqlite_int;
@@ -93,6 +94,11 @@ const ENGINES: &[(&str, &str, Open)] = &[
         "seglog",
         "append-only segment log, in-memory index",
         seglog::open,
+    ),
+    (
+        "msglog",
+        "the store being built on that choice (storage::msglog)",
+        msglog::open,
     ),
 ];
 

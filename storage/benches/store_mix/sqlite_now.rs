@@ -29,12 +29,9 @@ impl Engine for SqliteNow {
             .iter()
             .map(|m| WriteOp::AppendMessage(chat_message(m, 0)))
             .collect();
-        let conv_of = |conv: u32| {
-            msgs.iter()
-                .find(|m| m.conv == conv)
-                .map(|m| m.conv_id.clone())
-                .unwrap_or_default()
-        };
+        let conversations: std::collections::HashMap<u32, &str> =
+            msgs.iter().map(|m| (m.conv, m.conv_id.as_str())).collect();
+        let conv_of = |conv: u32| conversations[&conv].to_string();
         ops.extend(cursors.iter().map(|c| WriteOp::AdvanceCursor {
             user_id: c.user,
             device_id: "phone".into(),
