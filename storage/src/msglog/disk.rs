@@ -12,13 +12,14 @@ use std::path::PathBuf;
 pub trait Disk {
     /// Numbers of the segments that exist.
     fn segments(&mut self) -> io::Result<Vec<u64>>;
-    /// A segment's length in bytes.
-    fn len(&mut self, segment: u64) -> io::Result<u64>;
     /// Creates a segment of `size` zero bytes, durable (its directory
     /// entry included) when this returns.
     fn create(&mut self, segment: u64, size: u64) -> io::Result<()>;
-    /// Forgets a segment.
-    fn remove(&mut self, segment: u64) -> io::Result<()>;
+    /// The high-water marks file's bytes (`None`: never written).
+    fn read_marks(&mut self) -> io::Result<Option<Vec<u8>>>;
+    /// Replaces the high-water marks file, durably and whole (a crash
+    /// leaves the old one or the new one).
+    fn write_marks(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Writes `bytes` at `at` (not yet durable).
     fn write_at(&mut self, segment: u64, at: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes every write to the segment durable.
@@ -29,7 +30,10 @@ pub trait Disk {
     fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()>;
 }
 
-/// Segment files `NNNNNNNNNNNN.seg` in one directory.
+/// The high-water marks file's name, next to the segments.
+const MARKS: &str = "marks";
+
+/// Segment files `NNNNNNNNNNNN.seg` in one directory, and the marks.
 pub struct FileDisk {
     dir: PathBuf,
     open: Vec<(u64, File)>,
@@ -100,10 +104,6 @@ impl Disk for FileDisk {
         Ok(found)
     }
 
-    fn len(&mut self, segment: u64) -> io::Result<u64> {
-        Ok(std::fs::metadata(self.path(segment))?.len())
-    }
-
     fn create(&mut self, segment: u64, size: u64) -> io::Result<()> {
         // Made whole under another name, then renamed: a segment file is
         // always full length, so a short one is damage, never a creation
@@ -123,9 +123,20 @@ impl Disk for FileDisk {
         Ok(())
     }
 
-    fn remove(&mut self, segment: u64) -> io::Result<()> {
-        self.open.retain(|(n, _)| *n != segment);
-        std::fs::remove_file(self.path(segment))?;
+    fn read_marks(&mut self) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(self.dir.join(MARKS)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_marks(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let making = self.dir.join(format!("{MARKS}.making"));
+        let mut file = File::create(&making)?;
+        io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&making, self.dir.join(MARKS))?;
         self.sync_dir()
     }
 

@@ -41,6 +41,23 @@ pub enum LogError {
     /// A batch larger than a segment can hold.
     #[error("a batch of {0} bytes does not fit in a segment")]
     TooLarge(usize),
+    /// The log holds less than was acknowledged from it.
+    #[error(
+        "conversation {conversation} ends at seq {stored} in the log, but seq {acked} was \
+         acknowledged (the high-water marks say so): a segment is missing or was cut; restore \
+         the log from a backup"
+    )]
+    Lost {
+        /// The conversation.
+        conversation: String,
+        /// Its last seq in the log.
+        stored: i64,
+        /// Its last acknowledged seq.
+        acked: i64,
+    },
+    /// The high-water marks file does not read back.
+    #[error("the high-water marks file is damaged ({0}); restore it from a backup")]
+    BadMarks(&'static str),
 }
 
 /// Where a batch's body was put.
@@ -184,6 +201,20 @@ impl<D: Disk> Log<D> {
         self.end = end as u64;
         self.next_no += 1;
         Ok(placed)
+    }
+
+    /// The high-water marks file (`None`: never written).
+    pub fn read_marks(&mut self) -> Result<Option<Vec<u8>>, LogError> {
+        self.disk
+            .read_marks()
+            .map_err(|source| LogError::Io { segment: 0, source })
+    }
+
+    /// Replaces the high-water marks file, durably.
+    pub fn write_marks(&mut self, bytes: &[u8]) -> Result<(), LogError> {
+        self.disk
+            .write_marks(bytes)
+            .map_err(|source| LogError::Io { segment: 0, source })
     }
 
     /// Reads `len` bytes of a body at `at` in `segment`.

@@ -9,6 +9,12 @@
 //! In memory, per conversation: where each seq's record is (12 bytes a
 //! message) and its senders' client ids (a hash map: the next step keeps
 //! them per segment on disk behind a filter).
+//!
+//! High-water marks: every conversation's last seq, written to a file of
+//! their own (whole, durably) whenever the log starts a new segment and on
+//! `checkpoint`. At open the log must reach every mark: a log that lost
+//! acknowledged messages (a segment deleted or cut) refuses to start
+//! instead of handing their seqs out again.
 
 use std::collections::HashMap;
 
@@ -86,6 +92,8 @@ struct Conversation {
 /// The message store on a log.
 pub struct MessageStore<D: Disk> {
     log: Log<D>,
+    /// The segment the marks were last written for.
+    marked_segment: u64,
     conversations: HashMap<ConversationId, Conversation>,
     cursors: HashMap<(i64, Box<str>, ConversationId), i64>,
     body: Vec<u8>,
@@ -110,12 +118,42 @@ impl<D: Disk> MessageStore<D> {
                 why: why.into(),
             });
         }
-        Ok(MessageStore {
+        let mut store = MessageStore {
             log,
+            marked_segment: 0,
             conversations,
             cursors,
             body: Vec::new(),
-        })
+        };
+        if let Some(bytes) = store.log.read_marks()? {
+            for (conversation, acked) in decode_marks(&bytes)? {
+                let stored = store.last_seq(conversation);
+                if stored < acked {
+                    return Err(LogError::Lost {
+                        conversation: conversation.to_string(),
+                        stored,
+                        acked,
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Writes every conversation's last seq to the high-water marks file.
+    pub fn checkpoint(&mut self) -> Result<(), LogError> {
+        let mut bytes = Vec::with_capacity(8 + self.conversations.len() * 32);
+        bytes.extend_from_slice(MARKS_MAGIC);
+        bytes.extend_from_slice(&(self.conversations.len() as u32).to_le_bytes());
+        for (conversation, entry) in &self.conversations {
+            let id = conversation.to_string();
+            bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(id.as_bytes());
+            bytes.extend_from_slice(&(entry.locations.len() as i64).to_le_bytes());
+        }
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        self.log.write_marks(&bytes)
     }
 
     /// Writes `appends` as one durable batch and says what became of each.
@@ -189,6 +227,7 @@ impl<D: Disk> MessageStore<D> {
             return Ok(outcomes);
         }
         let placed = self.log.append(records, &self.body)?;
+        let new_segment = placed.segment != self.marked_segment;
         for pending in stored {
             let entry = self.conversations.entry(pending.conversation).or_default();
             entry
@@ -202,6 +241,12 @@ impl<D: Disk> MessageStore<D> {
                 .entry((user_id, device_id.into(), conversation))
                 .or_insert(0);
             *cursor = (*cursor).max(seq);
+        }
+        if new_segment {
+            // Marks lag the log by at most a segment: enough to catch a
+            // lost segment, and rare enough to cost nothing per batch.
+            self.checkpoint()?;
+            self.marked_segment = placed.segment;
         }
         Ok(outcomes)
     }
@@ -291,6 +336,40 @@ impl<D: Disk> MessageStore<D> {
             _ => Err(damaged("an index entry points at no message")),
         }
     }
+}
+
+/// "OCM1": the high-water marks file's first bytes.
+const MARKS_MAGIC: &[u8; 4] = b"OCM1";
+
+/// The marks file back to (conversation, last acknowledged seq) pairs.
+fn decode_marks(bytes: &[u8]) -> Result<Vec<(ConversationId, i64)>, LogError> {
+    let bad = LogError::BadMarks;
+    let (body, crc) = bytes.split_last_chunk::<4>().ok_or(bad("too short"))?;
+    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+        return Err(bad("checksum"));
+    }
+    let rest = body
+        .strip_prefix(MARKS_MAGIC)
+        .ok_or(bad("not a marks file"))?;
+    let (count, mut rest) = rest.split_first_chunk::<4>().ok_or(bad("too short"))?;
+    let mut marks = Vec::with_capacity(u32::from_le_bytes(*count) as usize);
+    while !rest.is_empty() {
+        let (len, after) = rest
+            .split_first_chunk::<2>()
+            .ok_or(bad("an entry is cut"))?;
+        let len = u16::from_le_bytes(*len) as usize;
+        let id = after.get(..len).ok_or(bad("an entry is cut"))?;
+        let (seq, after) = after[len..]
+            .split_first_chunk::<8>()
+            .ok_or(bad("an entry is cut"))?;
+        let conversation = std::str::from_utf8(id)
+            .ok()
+            .and_then(|id| id.parse().ok())
+            .ok_or(bad("an entry names no conversation"))?;
+        marks.push((conversation, i64::from_le_bytes(*seq)));
+        rest = after;
+    }
+    Ok(marks)
 }
 
 /// What a resend of `first` (stored under `seq`) is answered.
@@ -549,6 +628,43 @@ mod tests {
             append(&mut store, &[message("si_1_2", 2, 1, "bob's 1")]).unwrap()[0],
             Appended::Stored(202)
         );
+    }
+
+    #[test]
+    fn a_log_that_lost_acked_messages_refuses_to_open() {
+        let disk = MemDisk::default();
+        let mut store = MessageStore::open(disk.clone(), 4 << 10).unwrap();
+        for i in 1..=60 {
+            append(&mut store, &[message("si_1_2", 1, i, &"x".repeat(200))]).unwrap();
+        }
+        store.checkpoint().unwrap();
+        drop(store);
+        let image = disk.image();
+        assert!(image.len() > 3, "several segments: {}", image.len());
+        // The newest segment gone (the log alone would not notice).
+        let mut lost = image.clone();
+        lost.pop_last();
+        disk.set_image(lost);
+        let refused = MessageStore::open(disk.clone(), 4 << 10)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("but seq 60 was acknowledged")),
+            "{refused:?}"
+        );
+        // A garbled marks file is refused too.
+        disk.set_image(image);
+        let garbled = disk.0.borrow().marks.clone().map(|mut m| {
+            m[6] ^= 1;
+            m
+        });
+        disk.0.borrow_mut().marks = garbled;
+        assert!(matches!(
+            MessageStore::open(disk.clone(), 4 << 10),
+            Err(LogError::BadMarks("checksum"))
+        ));
     }
 
     #[test]

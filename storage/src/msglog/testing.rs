@@ -22,6 +22,8 @@ pub(crate) struct State {
     pub(crate) visible: BTreeMap<u64, Vec<u8>>,
     pub(crate) fail_next_sync: bool,
     pub(crate) fail_next_write: bool,
+    /// The marks file (written durably and whole).
+    pub(crate) marks: Option<Vec<u8>>,
 }
 
 /// A disk shared with the test, which crashes it under the log.
@@ -68,15 +70,6 @@ impl Disk for MemDisk {
         Ok(self.0.borrow().visible.keys().copied().collect())
     }
 
-    fn len(&mut self, segment: u64) -> io::Result<u64> {
-        self.0
-            .borrow()
-            .visible
-            .get(&segment)
-            .map(|s| s.len() as u64)
-            .ok_or_else(missing)
-    }
-
     fn create(&mut self, segment: u64, size: u64) -> io::Result<()> {
         let mut state = self.0.borrow_mut();
         state.durable.insert(segment, vec![0; size as usize]);
@@ -84,10 +77,12 @@ impl Disk for MemDisk {
         Ok(())
     }
 
-    fn remove(&mut self, segment: u64) -> io::Result<()> {
-        let mut state = self.0.borrow_mut();
-        state.durable.remove(&segment);
-        state.visible.remove(&segment);
+    fn read_marks(&mut self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.0.borrow().marks.clone())
+    }
+
+    fn write_marks(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.borrow_mut().marks = Some(bytes.to_vec());
         Ok(())
     }
 
