@@ -99,10 +99,34 @@ pub struct Scanned {
     pub ending: Ending,
 }
 
-/// Reads every batch of `segment` (all of its bytes). `first_no` is the
-/// number due for its first batch; `last` says whether this is the log's
-/// last segment, the only place a torn tail can be.
-pub fn scan(segment: &[u8], first_no: u64, last: bool) -> Scanned {
+/// A segment as read: `data` holds every byte that was ever written (it
+/// may stop short of the segment's `len`: the rest are zeros, known so
+/// without reading them).
+#[derive(Clone, Copy)]
+struct Segment<'a> {
+    data: &'a [u8],
+    len: usize,
+}
+
+impl Segment<'_> {
+    /// Whether `range` (clamped to the segment) holds only zeros.
+    fn zeros(&self, range: Range<usize>) -> bool {
+        let end = range.end.min(self.data.len());
+        range.start >= end || is_zero(&self.data[range.start..end])
+    }
+
+    /// The bytes of `range` when all of them were read.
+    fn get(&self, range: Range<usize>) -> Option<&[u8]> {
+        self.data.get(range)
+    }
+}
+
+/// Reads every batch of a segment of `len` bytes whose written part is
+/// `data` (the rest is zeros). `first_no` is the number due for its first
+/// batch; `last` says whether this is the log's last segment, the only
+/// place a torn tail can be.
+pub fn scan(data: &[u8], len: usize, first_no: u64, last: bool) -> Scanned {
+    let segment = Segment { data, len };
     let mut batches = Vec::new();
     let mut end = 0;
     let ending = loop {
@@ -112,7 +136,7 @@ pub fn scan(segment: &[u8], first_no: u64, last: bool) -> Scanned {
                 batches.push((header, body));
             }
             Err(Ending::Damage(why)) => break Ending::Damage(why),
-            Err(_) if is_zero(&segment[end..]) => break Ending::Clean,
+            Err(_) if segment.zeros(end..len) => break Ending::Clean,
             Err(_) if last && torn_final_batch(segment, end) => break Ending::TornTail,
             Err(_) => break Ending::Damage("a batch fails its checksum, or data follows the end"),
         }
@@ -128,20 +152,20 @@ pub fn scan(segment: &[u8], first_no: u64, last: bool) -> Scanned {
 /// batch here" (the caller proves which ending it is), `Damage` for a
 /// header that is there and wrong.
 fn batch_at(
-    segment: &[u8],
+    segment: Segment<'_>,
     end: usize,
     expected_no: u64,
 ) -> Result<(Header, Range<usize>), Ending> {
     let at = header_offset(end);
-    let Some(raw) = segment.get(at..at + HEADER) else {
+    if at + HEADER > segment.len {
         return Err(Ending::Clean);
-    };
-    if !is_zero(&segment[end..at]) {
+    }
+    if !segment.zeros(end..at) {
         return Err(Ending::Damage("bytes where a batch header was skipped"));
     }
-    if is_zero(raw) {
+    let Some(raw) = segment.get(at..at + HEADER).filter(|raw| !is_zero(raw)) else {
         return Err(Ending::Clean);
-    }
+    };
     let Some(header) = decode_header(raw) else {
         // A header is one sector's part, and sectors are written whole.
         return Err(Ending::Damage("a batch header fails its checksum"));
@@ -150,28 +174,31 @@ fn batch_at(
         return Err(Ending::Damage("batch numbers skip (a batch is missing)"));
     }
     let body = at + HEADER..at + HEADER + header.body_len as usize;
+    if body.end > segment.len {
+        return Err(Ending::Damage("a batch runs past the end of its segment"));
+    }
     match segment.get(body.clone()) {
-        None => Err(Ending::Damage("a batch runs past the end of its segment")),
         Some(bytes) if crc32fast::hash(bytes) == header.body_crc => Ok((header, body)),
-        Some(_) => Err(Ending::Clean),
+        // Fails its checksum, or ends among the never-written zeros.
+        _ => Err(Ending::Clean),
     }
 }
 
 /// Whether everything from `end` on can be one final batch caught
 /// half-written: some sector of its extent unwritten (zeros), and nothing
 /// after the extent.
-fn torn_final_batch(segment: &[u8], end: usize) -> bool {
+fn torn_final_batch(segment: Segment<'_>, end: usize) -> bool {
     let at = header_offset(end);
     let extent_end = match segment.get(at..at + HEADER).and_then(decode_header) {
         Some(header) => at + HEADER + header.body_len as usize,
         // Header sector unwritten: the batch was at most this long.
-        None => (at + HEADER + MAX_BODY).min(segment.len()),
+        None => at + HEADER + MAX_BODY,
     };
-    let extent_end = extent_end.min(segment.len());
+    let extent_end = extent_end.min(segment.len);
     let unwritten_sector = (at / SECTOR * SECTOR..extent_end)
         .step_by(SECTOR)
-        .any(|sector| is_zero(&segment[sector.max(at)..(sector + SECTOR).min(extent_end)]));
-    unwritten_sector && is_zero(&segment[extent_end..])
+        .any(|sector| segment.zeros(sector.max(at)..(sector + SECTOR).min(extent_end)));
+    unwritten_sector && segment.zeros(extent_end..segment.len)
 }
 
 /// The header in `bytes` if its magic and checksum hold.
@@ -221,7 +248,7 @@ mod tests {
         let bodies: Vec<Vec<u8>> = (1..40).map(|i| vec![i as u8; i * 37]).collect();
         let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
         let (bytes, ends) = segment(64 << 10, &refs);
-        let scanned = scan(&bytes, 1, true);
+        let scanned = scan(&bytes, bytes.len(), 1, true);
         assert_eq!(scanned.ending, Ending::Clean);
         assert_eq!(scanned.batches.len(), bodies.len());
         assert_eq!(scanned.end, *ends.last().unwrap());
@@ -238,7 +265,7 @@ mod tests {
         for at in 0..ends[2] {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x10;
-            let scanned = scan(&damaged, 1, true);
+            let scanned = scan(&damaged, damaged.len(), 1, true);
             // Not even the final batch reads as torn: every sector of it
             // is written, which a torn write cannot leave.
             assert!(
@@ -249,17 +276,53 @@ mod tests {
     }
 
     #[test]
+    fn the_never_written_rest_need_not_be_read() {
+        let (bytes, ends) = segment(16 << 10, &[&[7; 900], &[8; 3000]]);
+        let mut torn = bytes.clone();
+        torn[ends[1] - 700..ends[1]].fill(0);
+        let mut garbage = bytes.clone();
+        garbage[12_000] = 1;
+        for image in [&bytes, &torn, &garbage] {
+            let whole = scan(image, image.len(), 1, true);
+            // Cut anywhere past the last written byte: the same answer.
+            let written = image.iter().rposition(|b| *b != 0).unwrap() + 1;
+            for cut in [written, written + 1, written + 4_000] {
+                assert_eq!(
+                    scan(&image[..cut], image.len(), 1, true),
+                    whole,
+                    "cut {cut}"
+                );
+            }
+        }
+        assert_eq!(scan(&torn, torn.len(), 1, true).ending, Ending::TornTail);
+        // Stray bytes after the end: a torn header-less batch in the last
+        // segment (zeroed, harmless), damage in any other.
+        assert_eq!(
+            scan(&garbage, garbage.len(), 1, true).ending,
+            Ending::TornTail
+        );
+        let cut = &garbage[..12_001];
+        assert!(matches!(
+            scan(cut, garbage.len(), 1, false).ending,
+            Ending::Damage(_)
+        ));
+    }
+
+    #[test]
     fn an_unwritten_sector_of_the_final_batch_is_a_torn_tail() {
         let (bytes, ends) = segment(16 << 10, &[&[7; 900], &[8; 3000]]);
         for sector in (ends[0] / SECTOR * SECTOR..ends[1]).step_by(SECTOR) {
             let mut torn = bytes.clone();
             let from = sector.max(ends[0]);
             torn[from..(sector + SECTOR).min(ends[1])].fill(0);
-            let scanned = scan(&torn, 1, true);
+            let scanned = scan(&torn, torn.len(), 1, true);
             assert_eq!(scanned.ending, Ending::TornTail, "sector {sector}");
             assert_eq!(scanned.batches.len(), 1);
             assert_eq!(scanned.end, ends[0]);
-            assert!(matches!(scan(&torn, 1, false).ending, Ending::Damage(_)));
+            assert!(matches!(
+                scan(&torn, torn.len(), 1, false).ending,
+                Ending::Damage(_)
+            ));
         }
     }
 }

@@ -24,8 +24,9 @@ pub trait Disk {
     fn write_at(&mut self, segment: u64, at: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes every write to the segment durable.
     fn sync(&mut self, segment: u64) -> io::Result<()>;
-    /// Every byte of a segment.
-    fn read_all(&mut self, segment: u64) -> io::Result<Vec<u8>>;
+    /// A segment's length, and its bytes from the start to the end of the
+    /// last part ever written (the rest are zeros, not read).
+    fn read_written(&mut self, segment: u64) -> io::Result<(Vec<u8>, u64)>;
     /// `out.len()` bytes at `at`.
     fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()>;
 }
@@ -148,14 +149,44 @@ impl Disk for FileDisk {
         self.opened(segment)?.sync_data()
     }
 
-    fn read_all(&mut self, segment: u64) -> io::Result<Vec<u8>> {
-        std::fs::read(self.path(segment))
+    fn read_written(&mut self, segment: u64) -> io::Result<(Vec<u8>, u64)> {
+        let file = File::open(self.path(segment))?;
+        let len = file.metadata()?.len();
+        let mut bytes = vec![0; written_end(&file, len)? as usize];
+        file.read_exact_at(&mut bytes, 0)?;
+        Ok((bytes, len))
     }
 
     fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()> {
         match self.file(segment) {
             Ok(file) => file.read_exact_at(out, at),
             Err(_) => File::open(self.path(segment))?.read_exact_at(out, at),
+        }
+    }
+}
+
+/// Where the last data of `file` ends (rounded up to the file system's
+/// block): past it the file is one hole, which reads as zeros. Where the
+/// file system cannot say, the whole length.
+fn written_end(file: &File, len: u64) -> io::Result<u64> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut end = 0;
+    loop {
+        let data = match lseek(fd, end as i64, Whence::SeekData) {
+            Ok(at) => at as u64,
+            // No data at or after `end`.
+            Err(nix::errno::Errno::ENXIO) => return Ok(end),
+            Err(nix::errno::Errno::EINVAL) => return Ok(len),
+            Err(errno) => return Err(errno.into()),
+        };
+        end = match lseek(fd, data as i64, Whence::SeekHole) {
+            Ok(at) => (at as u64).min(len),
+            Err(errno) => return Err(errno.into()),
+        };
+        if end >= len {
+            return Ok(len);
         }
     }
 }
@@ -173,6 +204,28 @@ mod tests {
             bodies.push(body.to_vec())
         })?;
         Ok(bodies)
+    }
+
+    #[test]
+    fn only_the_written_part_of_a_segment_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = 4 << 20;
+        let mut log = Log::open(FileDisk::new(dir.path()).unwrap(), big, |_, _| {}).unwrap();
+        for i in 0..10u8 {
+            log.append(1, &[i + 1; 1_000]).unwrap();
+        }
+        drop(log);
+        let (written, len) = FileDisk::new(dir.path()).unwrap().read_written(1).unwrap();
+        assert_eq!(len, big);
+        assert!(written.len() >= 10_000, "{}", written.len());
+        assert!(
+            written.len() < 1 << 20,
+            "read {} of a 4 MiB segment",
+            written.len()
+        );
+        let mut bodies = 0;
+        Log::open(FileDisk::new(dir.path()).unwrap(), big, |_, _| bodies += 1).unwrap();
+        assert_eq!(bodies, 10);
     }
 
     #[test]

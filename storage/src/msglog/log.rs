@@ -111,19 +111,16 @@ impl<D: Disk> Log<D> {
                     why: "segment missing".into(),
                 });
             }
-            let bytes = disk.read_all(segment).map_err(io)?;
-            if bytes.len() as u64 != segment_bytes {
+            let (bytes, len) = disk.read_written(segment).map_err(io)?;
+            if len != segment_bytes {
                 return Err(LogError::Damaged {
                     segment,
-                    offset: bytes.len() as u64,
-                    why: format!(
-                        "segment is {} bytes, not {segment_bytes}: truncated",
-                        bytes.len()
-                    ),
+                    offset: len,
+                    why: format!("segment is {len} bytes, not {segment_bytes}: truncated"),
                 });
             }
             let last = i + 1 == segments.len();
-            let scanned = batch::scan(&bytes, next_no, last);
+            let scanned = batch::scan(&bytes, len as usize, next_no, last);
             for (header, body) in &scanned.batches {
                 let placed = Placed {
                     batch_no: header.batch_no,
@@ -143,7 +140,7 @@ impl<D: Disk> Log<D> {
                         .iter()
                         .rposition(|b| *b != 0)
                         .map_or(scanned.end, |p| p + 1);
-                    let zeros = vec![0; dirty_end - scanned.end];
+                    let zeros = vec![0; dirty_end.saturating_sub(scanned.end)];
                     disk.write_at(segment, end, &zeros).map_err(io)?;
                     disk.sync(segment).map_err(io)?;
                 }

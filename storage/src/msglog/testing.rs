@@ -106,13 +106,16 @@ impl Disk for MemDisk {
         Ok(())
     }
 
-    fn read_all(&mut self, segment: u64) -> io::Result<Vec<u8>> {
-        self.0
+    fn read_written(&mut self, segment: u64) -> io::Result<(Vec<u8>, u64)> {
+        let bytes = self
+            .0
             .borrow()
             .visible
             .get(&segment)
             .cloned()
-            .ok_or_else(missing)
+            .ok_or_else(missing)?;
+        let len = bytes.len() as u64;
+        Ok((bytes, len))
     }
 
     fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()> {
