@@ -18,6 +18,11 @@
 
 use std::collections::HashMap;
 
+/// The indexes' maps: foldhash, seeded per process (client ids are keys, so
+/// collisions must not be choosable), several times cheaper than SipHash
+/// on these small keys.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use ourchat_protocol::ConversationId;
 use prost::Message;
 
@@ -86,7 +91,7 @@ struct Conversation {
     /// Seq `i + 1` is at `locations[i]`.
     locations: Vec<Location>,
     /// (sender, client id) -> seq.
-    sends: HashMap<(i64, i64), i64>,
+    sends: Map<(i64, i64), i64>,
 }
 
 /// The message store on a log.
@@ -94,16 +99,16 @@ pub struct MessageStore<D: Disk> {
     log: Log<D>,
     /// The segment the marks were last written for.
     marked_segment: u64,
-    conversations: HashMap<ConversationId, Conversation>,
-    cursors: HashMap<(i64, Box<str>, ConversationId), i64>,
+    conversations: Map<ConversationId, Conversation>,
+    cursors: Map<(i64, Box<str>, ConversationId), i64>,
     body: Vec<u8>,
 }
 
 impl<D: Disk> MessageStore<D> {
     /// Opens the store on `disk`, rebuilding the indexes from every record.
     pub fn open(disk: D, segment_bytes: u64) -> Result<Self, LogError> {
-        let mut conversations: HashMap<ConversationId, Conversation> = HashMap::new();
-        let mut cursors = HashMap::new();
+        let mut conversations: Map<ConversationId, Conversation> = Map::default();
+        let mut cursors = Map::default();
         let mut broken = None;
         let log = Log::open(disk, segment_bytes, |placed, body| {
             let replayed = replay(placed, body, &mut conversations, &mut cursors);
@@ -432,8 +437,8 @@ fn encode_cursor(
 fn replay(
     placed: Placed,
     body: &[u8],
-    conversations: &mut HashMap<ConversationId, Conversation>,
-    cursors: &mut HashMap<(i64, Box<str>, ConversationId), i64>,
+    conversations: &mut Map<ConversationId, Conversation>,
+    cursors: &mut Map<(i64, Box<str>, ConversationId), i64>,
 ) -> Result<(), &'static str> {
     let mut at = 0;
     while at < body.len() {
