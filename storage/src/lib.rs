@@ -514,6 +514,11 @@ pub struct RecentSend {
     pub fingerprint: u64,
 }
 
+/// What answering a resend needs of a stored message, as both SQL stores
+/// select it (`RecentSend`'s fields, then what its fingerprint is of).
+pub(crate) const SEND_COLUMNS: &str = "sender_id, client_message_id, seq, server_msg_id, \
+     sent_at_ms, message_type, content, media, location";
+
 /// A hash of a message's type and payload, as stored (`media` and
 /// `location` in their protobuf encoding). Deterministic within a build.
 pub fn content_fingerprint(

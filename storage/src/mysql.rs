@@ -30,7 +30,7 @@ use crate::{
     content_fingerprint, Account, Backend, ChatMessage, ConversationCursor, ConversationHead,
     ConversationRow, Device, FriendRequestRow, GroupChange, GroupMemberRow, GroupRole, GroupRoster,
     GroupRow, ReadStore, RecentSend, Relation, SentBefore, StoreError, Stored, Visibility, WriteOp,
-    WriteOutcome, WriteStore,
+    WriteOutcome, WriteStore, SEND_COLUMNS,
 };
 use ourchat_protocol::ConversationId;
 
@@ -1303,9 +1303,6 @@ const REPLICA_REST: Duration = Duration::from_secs(5);
 type ShardRead<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + 'a>>;
 
-/// What answering a resend needs of a stored message.
-const SEND_COLUMNS: &str = "sender_id, client_message_id, seq, server_msg_id, sent_at_ms, \
-     message_type, content, media, location";
 type SendRow = (
     i64,
     i64,

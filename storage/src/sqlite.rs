@@ -17,7 +17,7 @@ use crate::{
     content_fingerprint, Account, Backend, ChatMessage, ConversationCursor, ConversationHead,
     ConversationRow, Device, FriendRequestRow, GroupChange, GroupMemberRow, GroupRole, GroupRoster,
     GroupRow, ReadStore, RecentSend, Relation, SentBefore, StoreError, Stored, Visibility, WriteOp,
-    WriteOutcome, WriteStore,
+    WriteOutcome, WriteStore, SEND_COLUMNS,
 };
 use ourchat_protocol::ConversationId;
 
@@ -859,10 +859,6 @@ fn append_message(
         None => Stored::SeqTaken,
     })
 }
-
-/// What answering a resend needs of a stored message.
-const SEND_COLUMNS: &str = "sender_id, client_message_id, seq, server_msg_id, sent_at_ms, \
-     message_type, content, media, location";
 
 fn recent_send(row: &rusqlite::Row<'_>) -> rusqlite::Result<RecentSend> {
     Ok(RecentSend {
