@@ -54,15 +54,6 @@ struct LoginGrant {
     new_device: bool,
 }
 
-/// What the frame bucket says about the frame just read.
-enum FrameVerdict {
-    Handle,
-    /// Over the rate: answered RATE_LIMITED, not carried out.
-    Refuse,
-    /// A sustained flood: the connection closes.
-    Close,
-}
-
 /// Why reading stopped.
 enum ReadEnd {
     /// Peer closed, the socket failed, or we shut it down (kick, timeout,
@@ -260,13 +251,13 @@ impl Connection {
                 Ok(envelope) => {
                     self.outbox.touch();
                     match self.frame_verdict() {
-                        FrameVerdict::Handle => {}
+                        Verdict::Allow => {}
                         // Refused frames are answered and never carried out.
-                        FrameVerdict::Refuse => {
+                        Verdict::Refuse => {
                             self.refuse_frame(envelope.req_id);
                             continue;
                         }
-                        FrameVerdict::Close => {
+                        Verdict::Disconnect => {
                             self.core.metrics().limited(Limit::Flood);
                             // Boxed, as the handlers are: an idle
                             // connection's future stays small.
@@ -393,17 +384,13 @@ impl Connection {
     }
 
     /// Takes a token from this connection's frame bucket.
-    fn frame_verdict(&mut self) -> FrameVerdict {
+    fn frame_verdict(&mut self) -> Verdict {
         let limits = &self.core.shared.config.limits;
-        match self.frames.check(
+        self.frames.check(
             limits.frame_rate(),
             limits.flood_refusals_per_sec,
             std::time::Instant::now(),
-        ) {
-            Verdict::Allow => FrameVerdict::Handle,
-            Verdict::Refuse => FrameVerdict::Refuse,
-            Verdict::Disconnect => FrameVerdict::Close,
-        }
+        )
     }
 
     /// The one answer a frame over the rate gets, naming its request.

@@ -3,6 +3,7 @@
 //! fills up: `FileDisk` is a directory of segment files, `MemDisk` (tests)
 //! keeps what is durable apart from what is only written.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -37,8 +38,13 @@ const MARKS: &str = "marks";
 /// Segment files `NNNNNNNNNNNN.seg` in one directory, and the marks.
 pub struct FileDisk {
     dir: PathBuf,
-    open: Vec<(u64, File)>,
+    /// Handles of the segments used last, newest at the end: reads of a
+    /// history page hit the same few files and must not open them per read.
+    open: RefCell<Vec<(u64, File)>>,
 }
+
+/// Segment handles kept open (the fds are shared with client sockets).
+const OPEN_SEGMENTS: usize = 16;
 
 impl FileDisk {
     /// The segments in `dir` (created if missing).
@@ -47,7 +53,7 @@ impl FileDisk {
         std::fs::create_dir_all(&dir)?;
         Ok(FileDisk {
             dir,
-            open: Vec::new(),
+            open: RefCell::new(Vec::new()),
         })
     }
 
@@ -55,32 +61,29 @@ impl FileDisk {
         self.dir.join(format!("{segment:012}.seg"))
     }
 
-    fn file(&self, segment: u64) -> io::Result<&File> {
-        self.open
-            .iter()
-            .find(|(n, _)| *n == segment)
-            .map(|(_, f)| f)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("segment {segment} not open"),
-                )
-            })
-    }
-
-    fn opened(&mut self, segment: u64) -> io::Result<&File> {
-        if self.file(segment).is_err() {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(self.path(segment))?;
-            // Only the newest few are used; keep the handle count small.
-            if self.open.len() >= 4 {
-                self.open.remove(0);
+    /// Runs `work` on the segment's handle, opening (and keeping) it first
+    /// if it is not among the recently used.
+    fn with_file<T>(
+        &self,
+        segment: u64,
+        work: impl FnOnce(&File) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut open = self.open.borrow_mut();
+        let index = match open.iter().position(|(n, _)| *n == segment) {
+            Some(index) => index,
+            None => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(self.path(segment))?;
+                if open.len() >= OPEN_SEGMENTS {
+                    open.remove(0);
+                }
+                open.push((segment, file));
+                open.len() - 1
             }
-            self.open.push((segment, file));
-        }
-        self.file(segment)
+        };
+        work(&open[index].1)
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -120,7 +123,11 @@ impl Disk for FileDisk {
         file.sync_all()?;
         std::fs::rename(&making, self.path(segment))?;
         self.sync_dir()?;
-        self.open.push((segment, file));
+        let open = self.open.get_mut();
+        if open.len() >= OPEN_SEGMENTS {
+            open.remove(0);
+        }
+        open.push((segment, file));
         Ok(())
     }
 
@@ -142,11 +149,11 @@ impl Disk for FileDisk {
     }
 
     fn write_at(&mut self, segment: u64, at: u64, bytes: &[u8]) -> io::Result<()> {
-        self.opened(segment)?.write_all_at(bytes, at)
+        self.with_file(segment, |file| file.write_all_at(bytes, at))
     }
 
     fn sync(&mut self, segment: u64) -> io::Result<()> {
-        self.opened(segment)?.sync_data()
+        self.with_file(segment, File::sync_data)
     }
 
     fn read_written(&mut self, segment: u64) -> io::Result<(Vec<u8>, u64)> {
@@ -158,10 +165,7 @@ impl Disk for FileDisk {
     }
 
     fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()> {
-        match self.file(segment) {
-            Ok(file) => file.read_exact_at(out, at),
-            Err(_) => File::open(self.path(segment))?.read_exact_at(out, at),
-        }
+        self.with_file(segment, |file| file.read_exact_at(out, at))
     }
 }
 
