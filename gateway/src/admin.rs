@@ -40,7 +40,7 @@ pub fn provision(
     out: &mut dyn Write,
 ) -> Result<ProvisionReport, ServeError> {
     let storage = &config.storage;
-    let (backend, _checkpointer) = crate::server::open_store(storage)?;
+    let backend = crate::server::open_account_store(storage)?;
     let mut writer = backend.writer()?;
     let mut reader = backend.reader()?;
     let tokens = TokenKeys::load(

@@ -278,7 +278,8 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Which store: the embedded SQLite file, or sharded MySQL.
+    /// Which store: the embedded one (message log + SQLite), the older
+    /// SQLite-only one, or sharded MySQL.
     pub backend: StoreKind,
     /// Directory of the embedded store (created if missing); with MySQL it
     /// still holds the node's generated token key.
@@ -309,7 +310,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            backend: StoreKind::Sqlite,
+            backend: StoreKind::Embedded,
             data_dir: PathBuf::from("./data"),
             mysql_shards: Vec::new(),
             mysql_replicas: Vec::new(),
@@ -328,7 +329,11 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
-    /// One SQLite file under `data_dir`.
+    /// Under `data_dir`: messages, cursors and read marks in the message
+    /// log (`messages/`), accounts, friends and groups in `ourchat.db`.
+    Embedded,
+    /// Everything in `ourchat.db` (the store before the message log; kept
+    /// for comparison and for directories not yet moved to the log).
     Sqlite,
     /// `mysql_shards`.
     Mysql,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use ourchat_storage::embedded::EmbeddedBackend;
 use ourchat_storage::mysql::MysqlBackend;
 use ourchat_storage::sqlite::{self, SqliteBackend};
 use ourchat_storage::{Backend, ReadStore, StoreError};
@@ -248,30 +249,84 @@ fn placement(config: &Config, cores: usize) -> Result<PoolPlacement, ServeError>
 pub fn open_store(
     storage: &StorageConfig,
 ) -> Result<(Box<dyn Backend>, Option<sqlite::Checkpointer>), ServeError> {
-    match storage.backend {
-        StoreKind::Sqlite => {
-            let dir = &storage.data_dir;
+    let dir = &storage.data_dir;
+    let durability = durability_of(storage.durability);
+    let (backend, sqlite): (Box<dyn Backend>, SqliteBackend) = match storage.backend {
+        StoreKind::Embedded => {
             let expected = data_dir::check_before_open(dir, sqlite::DB_FILE)?;
-            let backend = SqliteBackend::open(dir, durability_of(storage.durability))
+            let backend = EmbeddedBackend::open(dir, durability)
                 .map_err(|e| damaged_store(&dir.join(sqlite::DB_FILE), e))?;
-            let identity = backend
-                .identity()
-                .map_err(|e| damaged_store(backend.path(), e))?;
-            data_dir::confirm_store(dir, sqlite::DB_FILE, &expected, &identity)?;
-            // A damaged page fails the start, not every later login.
-            backend
-                .reader()
-                .and_then(|mut reader| reader.check_health())
-                .map_err(|e| damaged_store(backend.path(), e))?;
-            let checkpointer = backend.start_checkpointer()?;
-            Ok((Box::new(backend), Some(checkpointer)))
+            let sqlite = backend.sqlite().clone();
+            confirm_identity(dir, &expected, &sqlite)?;
+            (Box::new(backend), sqlite)
         }
-        StoreKind::Mysql => {
-            let backend = MysqlBackend::connect(&storage.mysql_shards, &storage.mysql_replicas)?;
-            tracing::info!(shards = storage.mysql_shards.len(), "MySQL store connected");
-            Ok((Box::new(backend), None))
+        StoreKind::Sqlite => {
+            let sqlite = open_sqlite(storage)?;
+            let moved = sqlite
+                .messages_in_log()
+                .map_err(|e| damaged_store(sqlite.path(), e))?;
+            if moved {
+                return Err(ServeError::Core(format!(
+                    "the messages of {} are in its message log: start it with \
+                     storage.backend = \"embedded\"",
+                    dir.display()
+                )));
+            }
+            (Box::new(sqlite.clone()), sqlite)
         }
+        StoreKind::Mysql => return open_mysql(storage),
+    };
+    // A damaged page fails the start, not every later login.
+    backend
+        .reader()
+        .and_then(|mut reader| reader.check_health())
+        .map_err(|e| damaged_store(sqlite.path(), e))?;
+    let checkpointer = sqlite.start_checkpointer()?;
+    Ok((backend, Some(checkpointer)))
+}
+
+/// The SQLite store of the data directory, checked against its marker.
+fn open_sqlite(storage: &StorageConfig) -> Result<SqliteBackend, ServeError> {
+    let dir = &storage.data_dir;
+    let expected = data_dir::check_before_open(dir, sqlite::DB_FILE)?;
+    let backend = SqliteBackend::open(dir, durability_of(storage.durability))
+        .map_err(|e| damaged_store(&dir.join(sqlite::DB_FILE), e))?;
+    confirm_identity(dir, &expected, &backend)?;
+    Ok(backend)
+}
+
+fn confirm_identity(
+    dir: &Path,
+    expected: &data_dir::Expected,
+    backend: &SqliteBackend,
+) -> Result<(), ServeError> {
+    let identity = backend
+        .identity()
+        .map_err(|e| damaged_store(backend.path(), e))?;
+    Ok(data_dir::confirm_store(
+        dir,
+        sqlite::DB_FILE,
+        expected,
+        &identity,
+    )?)
+}
+
+/// The part of the configured store that keeps accounts and devices, for
+/// the admin commands: with the embedded store that is its SQLite half,
+/// which (unlike the message log) may be opened while the node runs.
+pub fn open_account_store(storage: &StorageConfig) -> Result<Box<dyn Backend>, ServeError> {
+    match storage.backend {
+        StoreKind::Embedded | StoreKind::Sqlite => Ok(Box::new(open_sqlite(storage)?)),
+        StoreKind::Mysql => open_mysql(storage).map(|(backend, _)| backend),
     }
+}
+
+fn open_mysql(
+    storage: &StorageConfig,
+) -> Result<(Box<dyn Backend>, Option<sqlite::Checkpointer>), ServeError> {
+    let backend = MysqlBackend::connect(&storage.mysql_shards, &storage.mysql_replicas)?;
+    tracing::info!(shards = storage.mysql_shards.len(), "MySQL store connected");
+    Ok((Box::new(backend), None))
 }
 
 /// Binds a listener of the node's own (admin, gRPC), naming it and its
@@ -288,6 +343,9 @@ fn damaged_store(db: &Path, err: StoreError) -> ServeError {
              on it",
             db.display()
         )),
+        damaged @ StoreError::Damaged { .. } => {
+            ServeError::Core(format!("{damaged}; the node will not start on it"))
+        }
         other => ServeError::Store(other),
     }
 }

@@ -16,6 +16,15 @@ pub enum StoreError {
     /// The stored data contradicts what the code expects: our bug or corruption.
     #[error("store corrupt or out of step with the code: {0}")]
     Corrupt(String),
+    /// A file of the store is damaged or missing; `why` says what was found
+    /// and what to do.
+    #[error("{} is damaged: {why}", file.display())]
+    Damaged {
+        /// The file or directory.
+        file: std::path::PathBuf,
+        /// What is wrong, and the way out.
+        why: String,
+    },
 }
 
 impl StoreError {

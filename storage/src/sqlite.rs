@@ -153,6 +153,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE store_identity (id TEXT NOT NULL);
     INSERT INTO store_identity (id) VALUES (lower(hex(randomblob(16))));
     ",
+    // 7: messages and cursors move to the message log (`embedded`): how far
+    // the group tables have caught up with it, and whether this store's
+    // old message tables were moved into it.
+    "
+    CREATE TABLE message_log (applied_batch INTEGER NOT NULL, migrated INTEGER NOT NULL);
+    INSERT INTO message_log (applied_batch, migrated) VALUES (0, 0);
+    ",
 ];
 
 /// How hard a commit is made durable.
@@ -190,7 +197,7 @@ impl SqliteBackend {
         Ok(backend)
     }
 
-    fn connect(&self, read_only: bool) -> Result<Connection, StoreError> {
+    pub(crate) fn connect(&self, read_only: bool) -> Result<Connection, StoreError> {
         let flags = if read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
         } else {
@@ -234,6 +241,13 @@ impl SqliteBackend {
         let conn = self.connect(true)?;
         let id = conn.query_row("SELECT id FROM store_identity", [], |row| row.get(0))?;
         Ok(id)
+    }
+
+    /// Whether this store's messages were moved to the message log (then
+    /// only the embedded store may open it).
+    pub fn messages_in_log(&self) -> Result<bool, StoreError> {
+        let conn = self.connect(true)?;
+        Ok(conn.query_row("SELECT migrated FROM message_log", [], |row| row.get(0))?)
     }
 
     /// The database file's path.
@@ -302,9 +316,16 @@ impl Backend for SqliteBackend {
     }
 
     fn reader(&self) -> Result<Box<dyn ReadStore>, StoreError> {
-        Ok(Box::new(SqliteReader {
+        Ok(Box::new(self.sqlite_reader()?))
+    }
+}
+
+impl SqliteBackend {
+    /// A reader, unboxed (the embedded store adds to it).
+    pub(crate) fn sqlite_reader(&self) -> Result<SqliteReader, StoreError> {
+        Ok(SqliteReader {
             conn: self.connect(true)?,
-        }))
+        })
     }
 }
 
@@ -437,7 +458,10 @@ fn record_conversation_head(
     Ok(())
 }
 
-fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
+pub(crate) fn apply_one(
+    tx: &rusqlite::Transaction<'_>,
+    op: &WriteOp,
+) -> Result<WriteOutcome, StoreError> {
     match op {
         WriteOp::CreateAccount(account) => {
             let inserted = tx
@@ -671,7 +695,7 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<WriteOutcom
 }
 
 /// Applies a group change whose event message `event` was just stored.
-fn apply_group_change(
+pub(crate) fn apply_group_change(
     tx: &rusqlite::Transaction<'_>,
     event: &ChatMessage,
     seq: i64,
@@ -876,11 +900,12 @@ fn recent_send(row: &rusqlite::Row<'_>) -> rusqlite::Result<RecentSend> {
     })
 }
 
-struct SqliteReader {
+pub(crate) struct SqliteReader {
     conn: Connection,
 }
 
-const MESSAGE_COLUMNS: &str = "conversation_id, seq, server_msg_id, sender_id, receiver_id,
+pub(crate) const MESSAGE_COLUMNS: &str =
+    "conversation_id, seq, server_msg_id, sender_id, receiver_id,
     message_type, content, client_message_id, sent_at_ms, sender_device, media, location, recalled,
     group_event";
 
@@ -903,7 +928,7 @@ fn payload<T: Message + Default>(
         .transpose()
 }
 
-fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
+pub(crate) fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
     let conversation_id: String = row.get(0)?;
     let group_id = match conversation_id.parse::<ConversationId>() {
         Ok(ConversationId::Group(group_id)) => group_id,
@@ -974,6 +999,28 @@ fn group_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<GroupRow> {
 }
 
 impl SqliteReader {
+    /// The conversations listed for a user (groups from their join, and
+    /// 1:1 conversations of stores written before the message log) with
+    /// what the user may see of each.
+    pub(crate) fn listed(&mut self, user_id: i64) -> Result<Vec<(String, Visibility)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT conversation_id, from_seq, to_seq FROM user_conversations
+                 WHERE user_id = ?1",
+            )?
+            .query_map([user_id], |row| {
+                Ok((
+                    row.get(0)?,
+                    Visibility {
+                        from_seq: row.get(1)?,
+                        to_seq: row.get(2)?,
+                    },
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
     fn group_roster(&mut self, group_id: i64) -> Result<Option<GroupRoster>, StoreError> {
         let Some((owner_id, dissolved)) = self
             .conn

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mysql_async::prelude::Queryable;
+use ourchat_storage::embedded::EmbeddedBackend;
 use ourchat_storage::mysql::{MysqlBackend, Placement};
 use ourchat_storage::sqlite::{Durability, SqliteBackend};
 use ourchat_storage::{
@@ -41,6 +42,9 @@ fn each_backend(tag: &str, scenario: fn(&dyn Backend)) {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteBackend::open(dir.path(), Durability::Normal).unwrap();
     scenario(&sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = EmbeddedBackend::open(dir.path(), Durability::Normal).unwrap();
+    scenario(&embedded);
     if let Some(shards) = fresh_mysql_shards(tag, 2) {
         let mysql = MysqlBackend::connect(&shards, &[]).unwrap();
         scenario(&mysql);

@@ -41,7 +41,7 @@ impl Engine for MsgLog {
             conversation: of(c.conv),
             seq: c.seq,
         }));
-        let outcomes = self.store.append(&appends).expect("append");
+        let outcomes = self.store.append(&appends).expect("append").appended;
         outcomes[..msgs.len()]
             .iter()
             .map(|o| match o {
@@ -54,14 +54,14 @@ impl Engine for MsgLog {
 
     fn history(&mut self, conv: &Msg, before: i64, limit: usize) -> usize {
         self.store
-            .history(conversation(conv), before, limit)
+            .with(|index, disk| index.history(disk, conversation(conv), before, limit))
             .expect("history")
             .len()
     }
 
     fn after(&mut self, conv: &Msg, after: i64, limit: usize) -> usize {
         self.store
-            .after(conversation(conv), after, limit)
+            .with(|index, disk| index.after(disk, conversation(conv), after, limit))
             .expect("after")
             .len()
     }

@@ -21,6 +21,10 @@ pub trait Disk {
     /// Replaces the high-water marks file, durably and whole (a crash
     /// leaves the old one or the new one).
     fn write_marks(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// The log-end file's bytes (empty: never written).
+    fn read_end(&mut self) -> io::Result<Vec<u8>>;
+    /// Writes `bytes` at `at` in the log-end file, durably.
+    fn write_end(&mut self, at: u64, bytes: &[u8]) -> io::Result<()>;
     /// Writes `bytes` at `at` (not yet durable).
     fn write_at(&mut self, segment: u64, at: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes every write to the segment durable.
@@ -34,6 +38,8 @@ pub trait Disk {
 
 /// The high-water marks file's name, next to the segments.
 const MARKS: &str = "marks";
+/// The log-end file's name.
+const END: &str = "end";
 
 /// Segment files `NNNNNNNNNNNN.seg` in one directory, and the marks.
 pub struct FileDisk {
@@ -41,6 +47,8 @@ pub struct FileDisk {
     /// Handles of the segments used last, newest at the end: reads of a
     /// history page hit the same few files and must not open them per read.
     open: RefCell<Vec<(u64, File)>>,
+    /// The log-end file, once written.
+    end: Option<File>,
 }
 
 /// Segment handles kept open (the fds are shared with client sockets).
@@ -54,6 +62,7 @@ impl FileDisk {
         Ok(FileDisk {
             dir,
             open: RefCell::new(Vec::new()),
+            end: None,
         })
     }
 
@@ -146,6 +155,39 @@ impl Disk for FileDisk {
         file.sync_all()?;
         std::fs::rename(&making, self.dir.join(MARKS))?;
         self.sync_dir()
+    }
+
+    fn read_end(&mut self) -> io::Result<Vec<u8>> {
+        match std::fs::read(self.dir.join(END)) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_end(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        if self.end.is_none() {
+            let path = self.dir.join(END);
+            let created = !path.exists();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+            if created {
+                file.sync_all()?;
+                self.sync_dir()?;
+            }
+            self.end = Some(file);
+        }
+        match &self.end {
+            Some(file) => {
+                file.write_all_at(bytes, at)?;
+                file.sync_data()
+            }
+            None => Ok(()),
+        }
     }
 
     fn write_at(&mut self, segment: u64, at: u64, bytes: &[u8]) -> io::Result<()> {

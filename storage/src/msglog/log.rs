@@ -55,6 +55,17 @@ pub enum LogError {
         /// Its last acknowledged seq.
         acked: i64,
     },
+    /// The log ends before a batch that was acknowledged.
+    #[error(
+        "the log ends at batch {ends_at}, but batch {acked} was acknowledged (the log-end file \
+         says so): its newest part was lost or zeroed; restore the log from a backup"
+    )]
+    Cut {
+        /// The last whole batch found.
+        ends_at: u64,
+        /// The last batch known durable.
+        acked: u64,
+    },
     /// The high-water marks file does not read back.
     #[error("the high-water marks file is damaged ({0}); restore it from a backup")]
     BadMarks(&'static str),
@@ -80,6 +91,27 @@ pub struct Log<D: Disk> {
     next_no: u64,
     stopped: bool,
     buffer: Vec<u8>,
+    /// The log-end file's slot written next (two, alternating, so a torn
+    /// write leaves the other).
+    end_slot: u64,
+    /// fsync each batch (off: batches survive a process crash only).
+    sync: bool,
+}
+
+/// Bytes between the log-end file's two slots (one sector each).
+const END_SLOT: u64 = 512;
+
+/// The newest batch number a log-end file's slots hold (0: none valid).
+fn acked_end(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks(END_SLOT as usize)
+        .filter_map(|slot| {
+            let (no, rest) = slot.split_first_chunk::<8>()?;
+            let crc = rest.first_chunk::<4>()?;
+            (crc32fast::hash(no) == u32::from_le_bytes(*crc)).then(|| u64::from_le_bytes(*no))
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 impl<D: Disk> Log<D> {
@@ -153,6 +185,17 @@ impl<D: Disk> Log<D> {
                 }
             }
         }
+        let acked = acked_end(
+            &disk
+                .read_end()
+                .map_err(|source| LogError::Io { segment: 0, source })?,
+        );
+        if next_no - 1 < acked {
+            return Err(LogError::Cut {
+                ends_at: next_no - 1,
+                acked,
+            });
+        }
         Ok(Log {
             disk,
             segment_bytes,
@@ -161,6 +204,8 @@ impl<D: Disk> Log<D> {
             next_no,
             stopped: false,
             buffer: Vec::new(),
+            end_slot: 0,
+            sync: true,
         })
     }
 
@@ -185,7 +230,10 @@ impl<D: Disk> Log<D> {
         let written = self
             .disk
             .write_at(segment, self.end, &self.buffer)
-            .and_then(|()| self.disk.sync(segment));
+            .and_then(|()| match self.sync {
+                true => self.disk.sync(segment),
+                false => Ok(()),
+            });
         if let Err(source) = written {
             self.stopped = true;
             return Err(LogError::Io { segment, source });
@@ -219,6 +267,34 @@ impl<D: Disk> Log<D> {
         self.disk
             .read_at(segment, at, out)
             .map_err(|source| LogError::Io { segment, source })
+    }
+
+    /// Records, durably and apart from the segments, that every batch so
+    /// far is acknowledged: a restart that finds fewer refuses to start
+    /// (zeros where acknowledged batches were look like a clean end).
+    pub fn note_end(&mut self) -> Result<(), LogError> {
+        if self.stopped {
+            return Err(LogError::Stopped);
+        }
+        let no = (self.next_no - 1).to_le_bytes();
+        let mut slot = [0u8; 12];
+        slot[..8].copy_from_slice(&no);
+        slot[8..].copy_from_slice(&crc32fast::hash(&no).to_le_bytes());
+        self.disk
+            .write_end(self.end_slot * END_SLOT, &slot)
+            .map_err(|source| LogError::Io { segment: 0, source })?;
+        self.end_slot ^= 1;
+        Ok(())
+    }
+
+    /// Whether each batch is fsynced before `append` returns.
+    pub fn sync_each_batch(&mut self, sync: bool) {
+        self.sync = sync;
+    }
+
+    /// The disk, for reads.
+    pub fn disk(&self) -> &D {
+        &self.disk
     }
 
     /// The next segment, created full of zeros and durable before use.

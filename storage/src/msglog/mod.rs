@@ -13,7 +13,9 @@
 
 pub mod batch;
 pub mod disk;
+pub mod index;
 pub mod log;
+mod records;
 pub mod store;
 
 #[cfg(test)]

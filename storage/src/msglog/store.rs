@@ -1,14 +1,11 @@
-//! Messages and delivery cursors on the log: what a batch's records are,
-//! and the in-memory indexes rebuilt from them at start. It gives each
-//! message the conversation's next seq (gapless) unless its sender's client
-//! id is already there, however old (then the first send is the answer and
-//! nothing is written), moves cursors only forward, and reads pages of a
-//! conversation by seq. One batch of the node's writer is one log batch:
-//! one write, one fsync.
-//!
-//! In memory, per conversation: where each seq's record is (12 bytes a
-//! message) and its senders' client ids (a hash map: the next step keeps
-//! them per segment on disk behind a filter).
+//! Messages and delivery cursors on the log: the writer side. It gives
+//! each message the conversation's next seq (gapless) unless its sender's
+//! client id is already there, however old (then the first send is the
+//! answer and nothing is written), moves cursors and read marks only
+//! forward (at most one record per device and conversation a batch, none
+//! when nothing moves), and checks recalls. One batch of the node's writer
+//! is one log batch: one write, one fsync. Readers (`MessageReader`) share
+//! the [`Index`] and read the segments on their own handles.
 //!
 //! High-water marks: every conversation's last seq, written to a file of
 //! their own (whole, durably) whenever the log starts a new segment and on
@@ -16,28 +13,37 @@
 //! acknowledged messages (a segment deleted or cut) refuses to start
 //! instead of handing their seqs out again.
 
-use std::collections::HashMap;
-
-/// The indexes' maps: foldhash, seeded per process (client ids are keys, so
-/// collisions must not be choosable), several times cheaper than SipHash
-/// on these small keys.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use ourchat_protocol::ConversationId;
-use prost::Message;
 
 use super::disk::Disk;
-use super::log::{Log, LogError, Placed};
+use super::index::{Index, Location, Map};
+use super::log::{Log, LogError};
+use super::records;
 use crate::{fingerprint_of, ChatMessage, SentBefore};
 
-const MESSAGE: u8 = 1;
-const CURSOR: u8 = 2;
+/// The index as the writer and readers share it.
+pub type SharedIndex = Arc<RwLock<Index>>;
 
 /// One write of a store batch (borrowed from the writer's ops).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Append<'a> {
-    /// A message, numbered by the store (its `seq` is ignored).
+    /// A message: with seq 0 numbered by the store, with a seq given
+    /// (replays of cluster logs) stored under it unless it is taken.
     Message(&'a ChatMessage),
+    /// A group's event message (numbered like a message), the users who
+    /// have read it (those it adds), and its change, encoded by the
+    /// caller and handed back by [`MessageStore::open`]'s replay.
+    Group {
+        /// The event.
+        event: &'a ChatMessage,
+        /// Users whose read mark moves to its seq.
+        readers: &'a [i64],
+        /// The change, opaque here.
+        change: &'a [u8],
+    },
     /// A device's delivery cursor moves to `seq` (never back).
     Cursor {
         /// Whose.
@@ -49,19 +55,27 @@ pub enum Append<'a> {
         /// Up to which seq it has the messages.
         seq: i64,
     },
-}
-
-/// A message of the batch being written, indexed once it is durable.
-struct Pending {
-    conversation: ConversationId,
-    seq: i64,
-    /// (sender, client id).
-    key: (i64, i64),
-    /// Its record's bytes in the batch body.
-    start: usize,
-    end: usize,
-    /// Its append's place in the batch.
-    index: usize,
+    /// A user's read mark moves to `seq` (never back).
+    Read {
+        /// Whose.
+        user_id: i64,
+        /// Where.
+        conversation: ConversationId,
+        /// Up to which seq they read.
+        seq: i64,
+    },
+    /// Recall `seq` if `sender_id` sent it at or after `not_before_ms` and
+    /// it is not recalled yet.
+    Recall {
+        /// Where.
+        conversation: ConversationId,
+        /// Which message.
+        seq: i64,
+        /// Who asks: must be its sender.
+        sender_id: i64,
+        /// Oldest send time still inside the recall window.
+        not_before_ms: i64,
+    },
 }
 
 /// What became of one append.
@@ -71,48 +85,95 @@ pub enum Appended {
     Stored(i64),
     /// The sender's client id was there: nothing written.
     SentBefore(SentBefore),
-    /// A cursor moved (or was already further).
-    Cursor,
+    /// The given seq is taken (a replay): nothing written.
+    SeqTaken,
+    /// A cursor or read mark moved (or was already further); a recall done.
+    Done,
     /// Not a message the store can keep (its conversation id does not
-    /// parse): nothing written.
+    /// parse), or a recall whose condition does not hold: nothing written.
     Refused,
 }
 
-/// Where a record is: segment, offset and length of its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Location {
-    segment: u32,
-    offset: u32,
-    len: u32,
+/// What a batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// One per append, in order.
+    pub appended: Vec<Appended>,
+    /// The log batch written (`None`: nothing needed writing).
+    pub batch_no: Option<u64>,
 }
 
-#[derive(Default)]
-struct Conversation {
-    /// Seq `i + 1` is at `locations[i]`.
-    locations: Vec<Location>,
-    /// (sender, client id) -> seq.
-    sends: Map<(i64, i64), i64>,
+/// A message of the batch being written, indexed once it is durable.
+struct Pending<'a> {
+    message: &'a ChatMessage,
+    conversation: ConversationId,
+    seq: i64,
+    readers: &'a [i64],
+    /// Its record's bytes in the batch body.
+    range: std::ops::Range<usize>,
 }
 
-/// The message store on a log.
+/// The message store's writer on a log.
 pub struct MessageStore<D: Disk> {
     log: Log<D>,
+    index: SharedIndex,
     /// The segment the marks were last written for.
     marked_segment: u64,
-    conversations: Map<ConversationId, Conversation>,
-    cursors: Map<(i64, Box<str>, ConversationId), i64>,
     body: Vec<u8>,
+    /// When the log-end file was last written.
+    end_noted: Instant,
+}
+
+/// How often the log-end file is brought up to date while batches come:
+/// what a zeroed tail can take unnoticed is at most this much of the
+/// newest batches (a clean stop notes the end exactly).
+const NOTE_END_EVERY: Duration = Duration::from_secs(1);
+
+impl<D: Disk> Drop for MessageStore<D> {
+    fn drop(&mut self) {
+        if let Err(err) = self.log.note_end() {
+            tracing::warn!(error = %err, "the log-end file was not written at close");
+        }
+    }
+}
+
+fn read(index: &SharedIndex) -> RwLockReadGuard<'_, Index> {
+    // The index is only changed by whole inserts: a panic elsewhere leaves
+    // it consistent.
+    index.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write(index: &SharedIndex) -> RwLockWriteGuard<'_, Index> {
+    index.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<D: Disk> MessageStore<D> {
     /// Opens the store on `disk`, rebuilding the indexes from every record.
     pub fn open(disk: D, segment_bytes: u64) -> Result<Self, LogError> {
-        let mut conversations: Map<ConversationId, Conversation> = Map::default();
-        let mut cursors = Map::default();
+        Self::open_replaying(disk, segment_bytes, true, |_, _, _| {})
+    }
+
+    /// [`MessageStore::open`], handing every group event replayed to
+    /// `on_group` with its change and its batch's number (so a caller that
+    /// keeps group state elsewhere can catch up with the log). Without
+    /// `sync` batches are not fsynced (they survive a process crash, not
+    /// power loss).
+    pub fn open_replaying(
+        disk: D,
+        segment_bytes: u64,
+        sync: bool,
+        mut on_group: impl FnMut(&ChatMessage, &[u8], u64),
+    ) -> Result<Self, LogError> {
+        let mut index = Index::default();
         let mut broken = None;
         let log = Log::open(disk, segment_bytes, |placed, body| {
-            let replayed = replay(placed, body, &mut conversations, &mut cursors);
-            if let (Err(why), None) = (replayed, &broken) {
+            if broken.is_some() {
+                return;
+            }
+            let replayed = index.replay(placed, body, |event, change| {
+                on_group(event, change, placed.batch_no)
+            });
+            if let Err(why) = replayed {
                 broken = Some((placed, why));
             }
         })?;
@@ -123,16 +184,11 @@ impl<D: Disk> MessageStore<D> {
                 why: why.into(),
             });
         }
-        let mut store = MessageStore {
-            log,
-            marked_segment: 0,
-            conversations,
-            cursors,
-            body: Vec::new(),
-        };
-        if let Some(bytes) = store.log.read_marks()? {
+        let mut log = log;
+        log.sync_each_batch(sync);
+        if let Some(bytes) = log.read_marks()? {
             for (conversation, acked) in decode_marks(&bytes)? {
-                let stored = store.last_seq(conversation);
+                let stored = index.last_seq(conversation);
                 if stored < acked {
                     return Err(LogError::Lost {
                         conversation: conversation.to_string(),
@@ -142,204 +198,271 @@ impl<D: Disk> MessageStore<D> {
                 }
             }
         }
-        Ok(store)
+        Ok(MessageStore {
+            log,
+            index: Arc::new(RwLock::new(index)),
+            marked_segment: 0,
+            body: Vec::new(),
+            // The first batch notes the end at once.
+            end_noted: Instant::now()
+                .checked_sub(NOTE_END_EVERY)
+                .unwrap_or_else(Instant::now),
+        })
+    }
+
+    /// The index, for readers.
+    pub fn index(&self) -> SharedIndex {
+        self.index.clone()
+    }
+
+    /// Runs `work` on the index, with the writer's disk to read messages.
+    pub fn with<T>(&self, work: impl FnOnce(&Index, &D) -> T) -> T {
+        work(&read(&self.index), self.log.disk())
     }
 
     /// Writes every conversation's last seq to the high-water marks file.
     pub fn checkpoint(&mut self) -> Result<(), LogError> {
-        let mut bytes = Vec::with_capacity(8 + self.conversations.len() * 32);
-        bytes.extend_from_slice(MARKS_MAGIC);
-        bytes.extend_from_slice(&(self.conversations.len() as u32).to_le_bytes());
-        for (conversation, entry) in &self.conversations {
-            let id = conversation.to_string();
-            bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
-            bytes.extend_from_slice(id.as_bytes());
-            bytes.extend_from_slice(&(entry.locations.len() as i64).to_le_bytes());
-        }
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        self.log.write_marks(&bytes)
+        let bytes = {
+            let index = read(&self.index);
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(MARKS_MAGIC);
+            let mut count = 0u32;
+            bytes.extend_from_slice(&count.to_le_bytes());
+            for (conversation, last_seq) in index.last_seqs() {
+                let id = conversation.to_string();
+                bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
+                bytes.extend_from_slice(id.as_bytes());
+                bytes.extend_from_slice(&last_seq.to_le_bytes());
+                count += 1;
+            }
+            bytes[4..8].copy_from_slice(&count.to_le_bytes());
+            let crc = crc32fast::hash(&bytes);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        self.log.write_marks(&bytes)?;
+        self.log.note_end()
     }
 
     /// Writes `appends` as one durable batch and says what became of each.
-    /// Messages are numbered here (their `seq` is ignored): the
-    /// conversation's next seq, in order, gapless.
-    pub fn append(&mut self, appends: &[Append<'_>]) -> Result<Vec<Appended>, LogError> {
+    pub fn append(&mut self, appends: &[Append<'_>]) -> Result<BatchOutcome, LogError> {
         self.body.clear();
-        let mut outcomes = Vec::with_capacity(appends.len());
-        // What this batch adds, applied to the indexes once it is durable.
-        let mut stored: Vec<Pending> = Vec::new();
-        let mut moved: Vec<(i64, &str, ConversationId, i64)> = Vec::new();
-        for (index, append) in appends.iter().enumerate() {
-            match append {
-                Append::Message(message) => {
-                    let Ok(conversation) = message.conversation_id.parse::<ConversationId>() else {
-                        outcomes.push(Appended::Refused);
-                        continue;
-                    };
-                    let key = (message.sender_id, message.client_message_id);
-                    let known = self
-                        .conversations
-                        .get(&conversation)
-                        .and_then(|c| c.sends.get(&key));
-                    if let Some(&seq) = known {
-                        let first = self.read_seq(conversation, seq)?;
-                        outcomes.push(Appended::SentBefore(sent_before(seq, &first, message)));
-                        continue;
-                    }
-                    let earlier = stored
-                        .iter()
-                        .find(|p| p.conversation == conversation && p.key == key);
-                    if let Some(earlier) = earlier {
-                        if let Append::Message(first) = appends[earlier.index] {
-                            let first = sent_before(earlier.seq, first, message);
-                            outcomes.push(Appended::SentBefore(first));
-                        }
-                        continue;
-                    }
-                    let seq = stored
-                        .iter()
-                        .rev()
-                        .find(|p| p.conversation == conversation)
-                        .map_or_else(|| self.last_seq(conversation), |p| p.seq)
-                        + 1;
-                    let start = self.body.len();
-                    encode_message(seq, message, &mut self.body);
-                    stored.push(Pending {
-                        conversation,
-                        seq,
-                        key,
-                        start,
-                        end: self.body.len(),
-                        index,
-                    });
-                    outcomes.push(Appended::Stored(seq));
-                }
+        let mut appended = Vec::with_capacity(appends.len());
+        let mut stored: Vec<Pending<'_>> = Vec::new();
+        let mut cursors: Map<(i64, &str, ConversationId), i64> = Map::default();
+        let mut reads: Map<(i64, ConversationId), i64> = Map::default();
+        let mut recalls: Vec<(ConversationId, i64)> = Vec::new();
+        let shared = self.index.clone();
+        let index = read(&shared);
+        let disk = self.log.disk();
+        for append in appends {
+            let outcome = match *append {
+                Append::Message(message) => prepare_message(
+                    &index,
+                    disk,
+                    &mut self.body,
+                    message,
+                    &[],
+                    None,
+                    &mut stored,
+                )?,
+                Append::Group {
+                    event,
+                    readers,
+                    change,
+                } => prepare_message(
+                    &index,
+                    disk,
+                    &mut self.body,
+                    event,
+                    readers,
+                    Some(change),
+                    &mut stored,
+                )?,
                 Append::Cursor {
                     user_id,
                     device_id,
                     conversation,
                     seq,
                 } => {
-                    encode_cursor(*user_id, device_id, *conversation, *seq, &mut self.body);
-                    moved.push((*user_id, *device_id, *conversation, *seq));
-                    outcomes.push(Appended::Cursor);
+                    let cursor = cursors
+                        .entry((user_id, device_id, conversation))
+                        .or_insert(0);
+                    *cursor = (*cursor).max(seq);
+                    Appended::Done
+                }
+                Append::Read {
+                    user_id,
+                    conversation,
+                    seq,
+                } => {
+                    let read = reads.entry((user_id, conversation)).or_insert(0);
+                    *read = (*read).max(seq);
+                    Appended::Done
+                }
+                Append::Recall {
+                    conversation,
+                    seq,
+                    sender_id,
+                    not_before_ms,
+                } => {
+                    let recallable = !recalls.contains(&(conversation, seq))
+                        && !index.is_recalled(conversation, seq)
+                        && index.message(disk, conversation, seq)?.is_some_and(|m| {
+                            m.sender_id == sender_id && m.sent_at_ms >= not_before_ms
+                        });
+                    if recallable {
+                        records::encode_recall(conversation, seq, &mut self.body);
+                        recalls.push((conversation, seq));
+                        Appended::Done
+                    } else {
+                        Appended::Refused
+                    }
+                }
+            };
+            appended.push(outcome);
+        }
+        // Only what moves is written: clients ack every push, and most acks
+        // repeat or trail one already stored.
+        cursors.retain(|&(user_id, device_id, conversation), seq| {
+            *seq > index.cursor(user_id, device_id, conversation)
+        });
+        reads.retain(|&(user_id, conversation), seq| *seq > index.read_seq(user_id, conversation));
+        drop(index);
+        for (&(user_id, device_id, conversation), &seq) in &cursors {
+            records::encode_cursor(user_id, device_id, conversation, seq, &mut self.body);
+        }
+        for (&(user_id, conversation), &seq) in &reads {
+            records::encode_read(user_id, conversation, seq, &mut self.body);
+        }
+        let count = stored.len() + recalls.len() + cursors.len() + reads.len();
+        if count == 0 {
+            return Ok(BatchOutcome {
+                appended,
+                batch_no: None,
+            });
+        }
+        let placed = self.log.append(count as u32, &self.body)?;
+        {
+            let mut index = write(&self.index);
+            for pending in stored {
+                let at = Location::of(placed, pending.range);
+                index
+                    .put_message(pending.message, pending.seq, at)
+                    .map_err(|why| LogError::Damaged {
+                        segment: placed.segment,
+                        offset: placed.body_at,
+                        why: why.into(),
+                    })?;
+                for &reader in pending.readers {
+                    index.mark_read(reader, pending.conversation, pending.seq);
                 }
             }
+            for ((user_id, device_id, conversation), seq) in cursors {
+                index.move_cursor(user_id, device_id, conversation, seq);
+            }
+            for ((user_id, conversation), seq) in reads {
+                index.mark_read(user_id, conversation, seq);
+            }
+            for (conversation, seq) in recalls {
+                index.recall(conversation, seq);
+            }
         }
-        let records = (stored.len() + moved.len()) as u32;
-        if records == 0 {
-            return Ok(outcomes);
-        }
-        let placed = self.log.append(records, &self.body)?;
-        let new_segment = placed.segment != self.marked_segment;
-        for pending in stored {
-            let entry = self.conversations.entry(pending.conversation).or_default();
-            entry
-                .locations
-                .push(location(placed, pending.start, pending.end));
-            entry.sends.insert(pending.key, pending.seq);
-        }
-        for (user_id, device_id, conversation, seq) in moved {
-            let cursor = self
-                .cursors
-                .entry((user_id, device_id.into(), conversation))
-                .or_insert(0);
-            *cursor = (*cursor).max(seq);
-        }
-        if new_segment {
+        if placed.segment != self.marked_segment {
             // Marks lag the log by at most a segment: enough to catch a
             // lost segment, and rare enough to cost nothing per batch.
             self.checkpoint()?;
             self.marked_segment = placed.segment;
         }
-        Ok(outcomes)
+        if self.end_noted.elapsed() >= NOTE_END_EVERY {
+            self.log.note_end()?;
+            self.end_noted = Instant::now();
+        }
+        Ok(BatchOutcome {
+            appended,
+            batch_no: Some(placed.batch_no),
+        })
     }
+}
 
-    /// The conversation's newest seq (0: none).
-    pub fn last_seq(&self, conversation: ConversationId) -> i64 {
-        self.conversations
-            .get(&conversation)
-            .map_or(0, |c| c.locations.len() as i64)
-    }
-
-    /// Up to `limit` messages before `before` (0: the newest), newest first.
-    pub fn history(
-        &self,
-        conversation: ConversationId,
-        before: i64,
-        limit: usize,
-    ) -> Result<Vec<ChatMessage>, LogError> {
-        let Some(entry) = self.conversations.get(&conversation) else {
-            return Ok(Vec::new());
-        };
-        let end = match before {
-            b if b <= 0 => entry.locations.len(),
-            b => (b as usize - 1).min(entry.locations.len()),
-        };
-        entry.locations[end.saturating_sub(limit)..end]
-            .iter()
-            .rev()
-            .map(|at| self.read(*at))
-            .collect()
-    }
-
-    /// Up to `limit` messages after `after`, oldest first.
-    pub fn after(
-        &self,
-        conversation: ConversationId,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<ChatMessage>, LogError> {
-        let Some(entry) = self.conversations.get(&conversation) else {
-            return Ok(Vec::new());
-        };
-        let start = (after.max(0) as usize).min(entry.locations.len());
-        let end = start.saturating_add(limit).min(entry.locations.len());
-        entry.locations[start..end]
-            .iter()
-            .map(|at| self.read(*at))
-            .collect()
-    }
-
-    /// A device's delivery cursor in a conversation (0: none).
-    pub fn cursor(&self, user_id: i64, device_id: &str, conversation: ConversationId) -> i64 {
-        self.cursors
-            .get(&(user_id, device_id.into(), conversation))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn read_seq(&self, conversation: ConversationId, seq: i64) -> Result<ChatMessage, LogError> {
-        let at = self
-            .conversations
-            .get(&conversation)
-            .and_then(|c| c.locations.get((seq - 1) as usize))
-            .copied()
-            .ok_or(LogError::Damaged {
+/// Numbers (or checks the given seq of) one message of the batch and
+/// encodes it, or says why it is not written.
+#[allow(clippy::too_many_arguments)]
+fn prepare_message<'a, D: Disk>(
+    index: &Index,
+    disk: &D,
+    body: &mut Vec<u8>,
+    message: &'a ChatMessage,
+    readers: &'a [i64],
+    change: Option<&[u8]>,
+    stored: &mut Vec<Pending<'a>>,
+) -> Result<Appended, LogError> {
+    let Ok(conversation) = message.conversation_id.parse::<ConversationId>() else {
+        return Ok(Appended::Refused);
+    };
+    let (sender, client_id) = (message.sender_id, message.client_message_id);
+    let resent = |seq: i64, first: &ChatMessage| {
+        if message.seq > 0 {
+            Appended::SeqTaken
+        } else {
+            Appended::SentBefore(sent_before(seq, first, message))
+        }
+    };
+    if let Some(seq) = index.sent(conversation, sender, client_id) {
+        let first = index
+            .message(disk, conversation, seq)?
+            .ok_or_else(|| LogError::Damaged {
                 segment: 0,
                 offset: 0,
                 why: format!("{conversation} has no seq {seq} in its index"),
             })?;
-        self.read(at)
+        return Ok(resent(seq, &first));
+    }
+    let mut newest = index.last_seq(conversation);
+    for earlier in stored.iter().filter(|p| p.conversation == conversation) {
+        if (earlier.message.sender_id, earlier.message.client_message_id) == (sender, client_id) {
+            return Ok(resent(earlier.seq, earlier.message));
+        }
+        if message.seq > 0 && earlier.seq == message.seq {
+            return Ok(Appended::SeqTaken);
+        }
+        newest = newest.max(earlier.seq);
+    }
+    let seq = match message.seq {
+        given if given > 0 && index.holds(conversation, given) => return Ok(Appended::SeqTaken),
+        given if given > 0 => given,
+        _ => newest + 1,
+    };
+    let start = body.len();
+    match change {
+        Some(change) => records::encode_group(seq, message, readers, change, body),
+        None => records::encode_message(seq, message, body),
+    }
+    stored.push(Pending {
+        message,
+        conversation,
+        seq,
+        readers,
+        range: start..body.len(),
+    });
+    Ok(Appended::Stored(seq))
+}
+
+/// A reader of the store: the shared index and its own segment handles.
+pub struct MessageReader<D: Disk> {
+    disk: D,
+    index: SharedIndex,
+}
+
+impl<D: Disk> MessageReader<D> {
+    /// A reader of `index` reading segments through `disk`.
+    pub fn new(disk: D, index: SharedIndex) -> Self {
+        MessageReader { disk, index }
     }
 
-    fn read(&self, at: Location) -> Result<ChatMessage, LogError> {
-        let mut bytes = vec![0; at.len as usize];
-        self.log
-            .read(u64::from(at.segment), u64::from(at.offset), &mut bytes)?;
-        let damaged = |why: &str| LogError::Damaged {
-            segment: u64::from(at.segment),
-            offset: u64::from(at.offset),
-            why: why.into(),
-        };
-        match bytes.split_first() {
-            Some((&MESSAGE, rest)) => rest
-                .get(4..)
-                .and_then(decode_message)
-                .ok_or_else(|| damaged("a message record does not decode")),
-            _ => Err(damaged("an index entry points at no message")),
-        }
+    /// Runs `work` on the index, with the reader's disk to read messages.
+    pub fn with<T>(&self, work: impl FnOnce(&Index, &D) -> T) -> T {
+        work(&read(&self.index), &self.disk)
     }
 }
 
@@ -387,120 +510,6 @@ fn sent_before(seq: i64, first: &ChatMessage, resent: &ChatMessage) -> SentBefor
     }
 }
 
-fn location(placed: Placed, start: usize, end: usize) -> Location {
-    Location {
-        segment: placed.segment as u32,
-        offset: (placed.body_at + start as u64) as u32,
-        len: (end - start) as u32,
-    }
-}
-
-/// kind u8, length u32 of what follows, seq i64, the message's protobuf
-/// (the seq goes in the header so the message need not be copied to
-/// carry it).
-fn encode_message(seq: i64, message: &ChatMessage, out: &mut Vec<u8>) {
-    out.push(MESSAGE);
-    out.extend_from_slice(&((8 + message.encoded_len()) as u32).to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    message.encode_raw(out);
-}
-
-/// A message record's payload (after kind and length) back to the message.
-fn decode_message(payload: &[u8]) -> Option<ChatMessage> {
-    let (seq, proto) = payload.split_first_chunk::<8>()?;
-    let mut message = ChatMessage::decode(proto).ok()?;
-    message.seq = i64::from_le_bytes(*seq);
-    Some(message)
-}
-
-/// kind u8, length u32, user i64, seq i64, conversation id length u16 and
-/// text, device id text.
-fn encode_cursor(
-    user_id: i64,
-    device_id: &str,
-    conversation: ConversationId,
-    seq: i64,
-    out: &mut Vec<u8>,
-) {
-    let conversation = conversation.to_string();
-    let len = 8 + 8 + 2 + conversation.len() + device_id.len();
-    out.push(CURSOR);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&user_id.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&(conversation.len() as u16).to_le_bytes());
-    out.extend_from_slice(conversation.as_bytes());
-    out.extend_from_slice(device_id.as_bytes());
-}
-
-/// Rebuilds the indexes from one batch's records.
-fn replay(
-    placed: Placed,
-    body: &[u8],
-    conversations: &mut Map<ConversationId, Conversation>,
-    cursors: &mut Map<(i64, Box<str>, ConversationId), i64>,
-) -> Result<(), &'static str> {
-    let mut at = 0;
-    while at < body.len() {
-        let kind = body[at];
-        let len = body
-            .get(at + 1..at + 5)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or("a record header runs past its batch")?;
-        let payload = body
-            .get(at + 5..at + 5 + len)
-            .ok_or("a record runs past its batch")?;
-        match kind {
-            MESSAGE => {
-                let message = decode_message(payload).ok_or("a message record does not decode")?;
-                let conversation = message
-                    .conversation_id
-                    .parse::<ConversationId>()
-                    .map_err(|_| "a message record names no conversation")?;
-                let entry = conversations.entry(conversation).or_default();
-                if message.seq != entry.locations.len() as i64 + 1 {
-                    return Err("a conversation's seqs skip or repeat");
-                }
-                entry.locations.push(location(placed, at, at + 5 + len));
-                entry
-                    .sends
-                    .insert((message.sender_id, message.client_message_id), message.seq);
-            }
-            CURSOR => {
-                let field = |from: usize| {
-                    payload.get(from..from + 8).map(|b| {
-                        i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-                    })
-                };
-                let (Some(user_id), Some(seq)) = (field(0), field(8)) else {
-                    return Err("a cursor record is short");
-                };
-                let conv_len = payload
-                    .get(16..18)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-                    .ok_or("a cursor record is short")?;
-                let text = |range: std::ops::Range<usize>| {
-                    payload
-                        .get(range)
-                        .and_then(|b| std::str::from_utf8(b).ok())
-                        .ok_or("a cursor record does not decode")
-                };
-                let conversation = text(18..18 + conv_len)?
-                    .parse::<ConversationId>()
-                    .map_err(|_| "a cursor record names no conversation")?;
-                let device_id = text(18 + conv_len..payload.len())?;
-                let cursor = cursors
-                    .entry((user_id, device_id.into(), conversation))
-                    .or_insert(0);
-                *cursor = (*cursor).max(seq);
-            }
-            _ => return Err("a record of an unknown kind"),
-        }
-        at += 5 + len;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -531,7 +540,50 @@ mod tests {
         messages: &[ChatMessage],
     ) -> Result<Vec<Appended>, LogError> {
         let appends: Vec<Append<'_>> = messages.iter().map(Append::Message).collect();
-        store.append(&appends)
+        store.append(&appends).map(|o| o.appended)
+    }
+
+    /// The reads the tests check, on the writer's own disk.
+    trait Reads {
+        fn last_seq(&self, conversation: ConversationId) -> i64;
+        fn cursor(&self, user_id: i64, device_id: &str, conversation: ConversationId) -> i64;
+        fn history(
+            &self,
+            conversation: ConversationId,
+            before: i64,
+            limit: usize,
+        ) -> Result<Vec<ChatMessage>, LogError>;
+        fn after(
+            &self,
+            conversation: ConversationId,
+            after: i64,
+            limit: usize,
+        ) -> Result<Vec<ChatMessage>, LogError>;
+    }
+
+    impl Reads for MessageStore<MemDisk> {
+        fn last_seq(&self, conversation: ConversationId) -> i64 {
+            self.with(|index, _| index.last_seq(conversation))
+        }
+        fn cursor(&self, user_id: i64, device_id: &str, conversation: ConversationId) -> i64 {
+            self.with(|index, _| index.cursor(user_id, device_id, conversation))
+        }
+        fn history(
+            &self,
+            conversation: ConversationId,
+            before: i64,
+            limit: usize,
+        ) -> Result<Vec<ChatMessage>, LogError> {
+            self.with(|index, disk| index.history(disk, conversation, before, limit))
+        }
+        fn after(
+            &self,
+            conversation: ConversationId,
+            after: i64,
+            limit: usize,
+        ) -> Result<Vec<ChatMessage>, LogError> {
+            self.with(|index, disk| index.after(disk, conversation, after, limit))
+        }
     }
 
     fn conv(id: &str) -> ConversationId {
@@ -650,15 +702,18 @@ mod tests {
         let mut lost = image.clone();
         lost.pop_last();
         disk.set_image(lost);
-        let refused = MessageStore::open(disk.clone(), 4 << 10)
-            .err()
-            .map(|e| e.to_string());
-        assert!(
-            refused
-                .as_deref()
-                .is_some_and(|e| e.contains("but seq 60 was acknowledged")),
-            "{refused:?}"
-        );
+        let refused = |disk: &MemDisk| {
+            MessageStore::open(disk.clone(), 4 << 10)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let cut = refused(&disk);
+        assert!(cut.contains("but batch 60 was acknowledged"), "{cut}");
+        // Without the log-end file, the marks still catch it.
+        disk.0.borrow_mut().end.clear();
+        let lost = refused(&disk);
+        assert!(lost.contains("but seq 60 was acknowledged"), "{lost}");
         // A garbled marks file is refused too.
         disk.set_image(image);
         let garbled = disk.0.borrow().marks.clone().map(|mut m| {
@@ -754,7 +809,7 @@ mod tests {
                         conversation: conv("si_1_3"),
                         seq: cursor_seq,
                     });
-                    let Ok(outcomes) = store.append(&appends) else {
+                    let Ok(outcomes) = store.append(&appends).map(|o| o.appended) else {
                         break;
                     };
                     for ((conversation, cmid, content), outcome) in batch.into_iter().zip(outcomes)

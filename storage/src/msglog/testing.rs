@@ -24,6 +24,8 @@ pub(crate) struct State {
     pub(crate) fail_next_write: bool,
     /// The marks file (written durably and whole).
     pub(crate) marks: Option<Vec<u8>>,
+    /// The log-end file (each write durable at once).
+    pub(crate) end: Vec<u8>,
 }
 
 /// A disk shared with the test, which crashes it under the log.
@@ -83,6 +85,20 @@ impl Disk for MemDisk {
 
     fn write_marks(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.0.borrow_mut().marks = Some(bytes.to_vec());
+        Ok(())
+    }
+
+    fn read_end(&mut self) -> io::Result<Vec<u8>> {
+        Ok(self.0.borrow().end.clone())
+    }
+
+    fn write_end(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        let end = &mut self.0.borrow_mut().end;
+        let stop = at as usize + bytes.len();
+        if end.len() < stop {
+            end.resize(stop, 0);
+        }
+        end[at as usize..stop].copy_from_slice(bytes);
         Ok(())
     }
 
