@@ -5,7 +5,9 @@
 # $OUT (default target/bench). Usage:
 #   scripts/bench.sh           # short: a few minutes, what `make bench` runs
 #   scripts/bench.sh full      # the BENCHMARKS.md figures
-#   ONLY="idle tls" scripts/bench.sh full   # some of them: idle p2p group storm tls store
+#   ONLY="idle tls" scripts/bench.sh full   # some of them: idle p2p p2pmore group storm tls store
+#   P2P_RATES="2000 5000" ONLY=p2p scripts/bench.sh full   # the 1:1 sweep at these rates
+#   NODE_SET="storage.backend=sqlite" ...   # extra `--set`s for every node (space-separated)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-short}
@@ -35,7 +37,7 @@ start_node() {
   "$BIN/ourchat" admin provision --count "$users" --data-dir "$DATA" --out "$DATA/tokens" 2>/dev/null
   "$BIN/ourchat" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" \
     --set "server.admin_listen=127.0.0.1:$ADMIN" --set "server.grpc_listen=127.0.0.1:$(free_port)" \
-    --set server.pin_cores=false "$@" \
+    --set server.pin_cores=false $(for kv in ${NODE_SET:-}; do printf -- '--set %s ' "$kv"; done) "$@" \
     >"$DATA/server.log" 2>&1 &
   NODE_PID=$!
   for _ in $(seq 100); do
@@ -51,14 +53,15 @@ run() {
   local name=$1; shift
   echo "== $name" >&2
   "$BIN/ourchat-loadgen" "$@" --targets "${TARGET:-127.0.0.1:$PORT}" --admin "127.0.0.1:$ADMIN" \
-    --tokens "$DATA/tokens" --json "$OUT/$name.json" >&2 || echo "($name reported errors)" >&2
+    --tokens "$DATA/tokens" --server-pid "$NODE_PID" --json "$OUT/$name.json" >&2 \
+    || echo "($name reported errors)" >&2
 }
 
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
 
 if [[ $MODE == full ]]; then
-  IDLE_SIZES="1000 5000 19000"; TLS_USERS=19000; P2P_USERS=10000; P2P_RATES="2000 5000 7500 10000"
+  IDLE_SIZES="1000 5000 19000"; TLS_USERS=19000; P2P_USERS=10000; P2P_RATES=${P2P_RATES:-"2000 5000 7500 10000"}
   P2P_SECS=15; STORM_USERS=19000; GROUP_SIZE=5000; GROUP_RATES="10 20 40"
 else
   IDLE_SIZES="1000 5000"; TLS_USERS=5000; P2P_USERS=2000; P2P_RATES="5000"; P2P_SECS=5; STORM_USERS=5000
@@ -73,7 +76,7 @@ want p2p && for rate in $P2P_RATES; do
   start_node "$P2P_USERS" --cores 2
   run "p2p-$rate" p2p --users "$P2P_USERS" --procs 2 --rate "$rate" --duration "$P2P_SECS" --drain 3 --ramp 20000 --heartbeat 30
 done
-if [[ $MODE == full ]] && want p2p; then
+if [[ $MODE == full ]] && want p2pmore; then
   # Acks that survive a process crash but not power loss (no fsync per commit).
   start_node "$P2P_USERS" --cores 2 --set storage.durability=normal
   run "p2pnormal-10000" p2p --users "$P2P_USERS" --procs 2 --rate 10000 --duration "$P2P_SECS" --drain 3 --ramp 20000
@@ -107,7 +110,7 @@ stop_node
 python3 - "$OUT" <<'PY'
 import json, glob, os, sys
 out = sys.argv[1]
-print(f"\n{'run':<14} {'users':>6} {'bytes/conn':>10} {'acked/s':>9} {'deliv/s':>9} {'ack p50/p99 ms':>15} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'logins/s':>9}")
+print(f"\n{'run':<14} {'users':>6} {'bytes/conn':>10} {'acked/s':>9} {'deliv/s':>9} {'ack p50/p99 ms':>15} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'logins/s':>9} {'cpu µs/deliv':>12}")
 def key(p):
     name = os.path.basename(p)[:-5]; kind, _, n = name.partition("-")
     return (kind, int(n) if n.isdigit() else 0)
@@ -120,7 +123,8 @@ for path in sorted(glob.glob(os.path.join(out, "*.json")), key=key):
     print(f"{name:<14} {r['users']:>6} {bpc and f'{bpc:.0f}' or '-':>10} "
           f"{r['acks_per_sec']:>9.0f} {r['deliveries_per_sec']:>9.0f} {(ms(ack['p50'])+'/'+ms(ack['p99'])) if ack['count'] else '-':>15} "
           f"{(ms(dl['p50'])+'/'+ms(dl['p99'])+'/'+ms(dl['p999'])) if dl['count'] else '-':>24} "
-          f"{str(r['lost'])+'/'+str(c['duplicates'])+'/'+str(c['out_of_order']):>12} {logins or '-':>9}")
+          f"{str(r['lost'])+'/'+str(c['duplicates'])+'/'+str(c['out_of_order']):>12} {logins or '-':>9} "
+          f"{(lambda u: f'{u:.1f}' if u and dl['count'] else '-')(r.get('server_cpu_us_per_delivered')):>12}")
 PY
 
 # The message store's candidates on the node's operation mix (storage

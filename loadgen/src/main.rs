@@ -88,6 +88,10 @@ struct Args {
     /// Heartbeat interval in seconds.
     #[arg(long, default_value_t = 30.0)]
     heartbeat: f64,
+    /// Answer every pushed message with a DeliveryAck, as real clients do
+    /// (the server then moves and stores the device's cursor).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    delivery_acks: bool,
     /// Connect over TLS (the targets are TLS listeners), trusting the CA
     /// certificates in this PEM file.
     #[arg(long)]
@@ -101,6 +105,10 @@ struct Args {
     /// Write every figure as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The server's process id, when it runs on this machine: its CPU time
+    /// from "go" to the last report is divided by the messages delivered.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Internal: run as child number N.
     #[arg(long, hide = true)]
     child: Option<usize>,
@@ -201,6 +209,7 @@ fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCod
         send_period: Duration::from_secs_f64(total as f64 / args.rate.max(0.001)),
         peers: args.peers,
         heartbeat: Duration::from_secs_f64(args.heartbeat.max(1.0)),
+        delivery_acks: args.delivery_acks,
         groups: (args.scenario == Scenario::Group).then(|| run::GroupPlan {
             size: args.group_size.max(2),
             ids: args.group_ids.clone(),
@@ -376,6 +385,7 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
     let mut gone = 0;
     let mut connect_secs = 0.0;
     let mut rss_connected = None;
+    let mut cpu_at_go = None;
     let mut last_print = Instant::now();
     let mut last_sum = CounterSnapshot::default();
     println!(
@@ -407,6 +417,7 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
                     // Let the last logins settle on the server before measuring memory.
                     std::thread::sleep(Duration::from_millis(500));
                     rss_connected = scrape_rss(&args.admin);
+                    cpu_at_go = args.server_pid.and_then(cpu_seconds);
                     for child in &mut children {
                         if let Some(stdin) = child.stdin.as_mut() {
                             let _ = writeln!(stdin, "go");
@@ -438,6 +449,10 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
             last_print = Instant::now();
         }
     }
+    let server_cpu_secs = match (cpu_at_go, args.server_pid.and_then(cpu_seconds)) {
+        (Some(go), Some(end)) => Some(end - go),
+        _ => None,
+    };
     for mut child in children {
         let _ = child.wait();
     }
@@ -453,8 +468,19 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
         connect_secs,
         rss_before,
         rss_connected,
+        server_cpu_secs,
         &results,
     )
+}
+
+/// A local process's CPU time (user + system), seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // CLK_TCK is 100 on Linux (the kernel ABI since 2.6).
+    Some(ticks / 100.0)
 }
 
 /// Members added per request: keeps each request and its event push well
@@ -521,6 +547,7 @@ fn summarize(
     connect_secs: f64,
     rss_before: Option<u64>,
     rss_connected: Option<u64>,
+    server_cpu_secs: Option<f64>,
     results: &[ProcResult],
 ) -> anyhow::Result<std::process::ExitCode> {
     let mut counters = CounterSnapshot::default();
@@ -576,6 +603,12 @@ fn summarize(
             println!("phase {phase_secs:.1} s: sent {} ({:.0}/s), acked {} ({:.0}/s), delivered {} ({:.0}/s)", counters.sent, per_sec(counters.sent), counters.acked, per_sec(counters.acked), counters.delivered, per_sec(counters.delivered));
             print_latency("send -> ack", &ack);
             print_latency("send -> deliver", &deliver);
+            if let Some(cpu) = server_cpu_secs {
+                println!(
+                    "server CPU {cpu:.2} s from go to the last report: {:.1} µs per delivered message",
+                    cpu * 1e6 / counters.delivered.max(1) as f64
+                );
+            }
             println!("correctness: lost {lost}, duplicated {}, out of order {}, send errors {}, kicked {}", counters.duplicates, counters.out_of_order, counters.send_errors, counters.kicked);
         }
         Scenario::Storm => {
@@ -598,6 +631,8 @@ fn summarize(
         "connect_secs": connect_secs, "counters": counters,
         "lost": lost, "server_rss_before": rss_before, "server_rss_connected": rss_connected,
         "server_bytes_per_connection": bytes_per_conn,
+        "server_cpu_secs": server_cpu_secs,
+        "server_cpu_us_per_delivered": server_cpu_secs.map(|cpu| cpu * 1e6 / counters.delivered.max(1) as f64),
         "send_to_ack_us": Percentiles::of(&ack), "send_to_deliver_us": Percentiles::of(&deliver),
         "login_us": Percentiles::of(&login),
         "acks_per_sec": per_sec(counters.acked), "deliveries_per_sec": per_sec(counters.delivered),

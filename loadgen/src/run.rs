@@ -82,6 +82,8 @@ pub struct ProcPlan {
     pub peers: usize,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// Answer each push with a DeliveryAck.
+    pub delivery_acks: bool,
     /// Group scenario: members per group and the group ids, in token-file
     /// order (user `i` is in group `i / size`).
     pub groups: Option<GroupPlan>,
@@ -336,6 +338,17 @@ impl Conn {
                             }
                         }
                         Some(Body::PushMessage(m)) => {
+                            if plan.delivery_acks {
+                                out.clear();
+                                let ack = pb::DeliveryAck {
+                                    conversation_id: m.conversation_id.clone(),
+                                    seq: m.seq,
+                                };
+                                encode(&Envelope::new(0, Body::DeliveryAck(ack)), &mut out);
+                                if session.write(&out).await.is_err() {
+                                    return Next::Closed;
+                                }
+                            }
                             let mark = seen.entry(m.conversation_id).or_insert(0);
                             if m.seq > *mark {
                                 *mark = m.seq;

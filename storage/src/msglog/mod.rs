@@ -8,8 +8,11 @@
 //!
 //! `batch` is the on-disk format and the scanner, without I/O; `disk` the
 //! file operations (real files, or the crash tests' disk that tears
-//! writes); `log` the appends, segment rolls and recovery; `store` the
-//! messages and cursors in the batches and the indexes rebuilt from them.
+//! writes); `log` the appends, segment rolls, recovery and the log-end
+//! file; `records` what a batch body holds (messages, group events,
+//! cursors, read marks, recalls); `index` the in-memory indexes rebuilt
+//! from them; `store` the writer that numbers, deduplicates and coalesces,
+//! and the readers. `crate::embedded` puts it behind the store traits.
 
 pub mod batch;
 pub mod disk;
