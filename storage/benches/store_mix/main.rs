@@ -107,6 +107,18 @@ fn main() {
     if let Some(pos) = args.iter().position(|a| a == "--write-then-abort") {
         return write_then_abort(&args[pos + 1], Path::new(&args[pos + 2]), &args[pos + 3]);
     }
+    // `--open ENGINE DIR`: time one open of a store another run left (to
+    // profile a start: `perf record -g -- store_mix --open msglog DIR`).
+    if let Some(pos) = args.iter().position(|a| a == "--open") {
+        let started = Instant::now();
+        let mut engine = engine_named(&args[pos + 1])(Path::new(&args[pos + 2]));
+        let newest = engine.history(&Mix::new(0).message(0), 0, PAGE);
+        println!(
+            "opened in {:.0} ms ({newest} newest)",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        return;
+    }
     if args.iter().any(|a| a == "--list") {
         return;
     }
@@ -266,11 +278,7 @@ fn recover(name: &str, root: &Path, messages: usize) -> f64 {
         .status()
         .expect("child");
     assert!(!status.success(), "the child must die by abort");
-    let open = ENGINES
-        .iter()
-        .find(|(n, ..)| *n == name)
-        .map(|(.., open)| *open)
-        .expect("engine");
+    let open = engine_named(name);
     let started = Instant::now();
     let mut engine = open(&dir);
     let newest = engine.history(&Mix::new(0).message(0), 0, PAGE);
@@ -279,13 +287,17 @@ fn recover(name: &str, root: &Path, messages: usize) -> f64 {
     elapsed.as_secs_f64() * 1e3
 }
 
-fn write_then_abort(name: &str, dir: &Path, messages: &str) {
-    let messages: usize = messages.parse().expect("count");
-    let open = ENGINES
+fn engine_named(name: &str) -> Open {
+    ENGINES
         .iter()
         .find(|(n, ..)| *n == name)
         .map(|(.., open)| *open)
-        .expect("engine");
+        .expect("engine")
+}
+
+fn write_then_abort(name: &str, dir: &Path, messages: &str) {
+    let messages: usize = messages.parse().expect("count");
+    let open = engine_named(name);
     let mut engine = open(dir);
     let mut mix = Mix::new(3);
     let mut written = 0;

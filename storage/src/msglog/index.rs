@@ -64,7 +64,10 @@ struct Conversation {
 #[derive(Default)]
 pub struct Index {
     conversations: Map<ConversationId, Conversation>,
-    cursors: Map<(i64, Box<str>, ConversationId), i64>,
+    /// Device ids, each stored once: cursor lookups then allocate nothing.
+    devices: Map<Box<str>, u32>,
+    /// (user, device number, conversation) -> delivered seq.
+    cursors: Map<(i64, u32, ConversationId), i64>,
     reads: Map<(i64, ConversationId), i64>,
     /// Each user's 1:1 conversations with at least one message.
     direct: Map<i64, Vec<ConversationId>>,
@@ -122,13 +125,16 @@ impl Index {
     ) -> Result<(), &'static str> {
         let conversation = parse(message)?;
         let index = usize::try_from(seq - 1).map_err(|_| "a message record has no seq")?;
-        if !self.conversations.contains_key(&conversation) {
-            if let ConversationId::Direct { low, high } = conversation {
-                self.direct.entry(low).or_default().push(conversation);
-                self.direct.entry(high).or_default().push(conversation);
+        let entry = match self.conversations.entry(conversation) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                if let ConversationId::Direct { low, high } = conversation {
+                    self.direct.entry(low).or_default().push(conversation);
+                    self.direct.entry(high).or_default().push(conversation);
+                }
+                entry.insert(Conversation::default())
             }
-        }
-        let entry = self.conversations.entry(conversation).or_default();
+        };
         match entry.locations.get_mut(index) {
             Some(slot) if *slot != HOLE => return Err("a conversation's seq is stored twice"),
             Some(slot) => *slot = at,
@@ -153,9 +159,14 @@ impl Index {
         conversation: ConversationId,
         seq: i64,
     ) {
+        let next = self.devices.len() as u32;
+        let device = match self.devices.get(device_id) {
+            Some(&device) => device,
+            None => *self.devices.entry(device_id.into()).or_insert(next),
+        };
         let cursor = self
             .cursors
-            .entry((user_id, device_id.into(), conversation))
+            .entry((user_id, device, conversation))
             .or_insert(0);
         *cursor = (*cursor).max(seq);
     }
@@ -219,8 +230,9 @@ impl Index {
 
     /// A device's delivery cursor (0: none).
     pub fn cursor(&self, user_id: i64, device_id: &str, conversation: ConversationId) -> i64 {
-        self.cursors
-            .get(&(user_id, device_id.into(), conversation))
+        self.devices
+            .get(device_id)
+            .and_then(|device| self.cursors.get(&(user_id, *device, conversation)))
             .copied()
             .unwrap_or(0)
     }
