@@ -117,8 +117,16 @@ fn a_store_written_before_the_log_is_moved_into_it_once() {
             .apply_batch(&[
                 WriteOp::AppendMessage(text("si_1_2", 1, 2, 2)),
                 WriteOp::AppendMessage(text("si_1_2", 1, 10_000 + round, 9)),
+                // Recalled before the move: not again.
+                WriteOp::Recall {
+                    conversation_id: "si_1_2".into(),
+                    seq: 7,
+                    sender_id: 2,
+                    not_before_ms: 0,
+                },
             ])
             .unwrap();
+        assert_eq!(outcomes[2], WriteOutcome::Refused);
         assert!(
             matches!(&outcomes[0], WriteOutcome::SentBefore(first) if first.seq == 2),
             "{outcomes:?}"
@@ -251,4 +259,35 @@ fn one_process_at_a_time_and_one_writer() {
     drop(_writer);
     drop(store);
     assert!(open(dir.path()).is_ok(), "the lock goes with the store");
+}
+
+#[test]
+fn a_writer_batch_bigger_than_a_segment_is_stored_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let mut writer = store.writer().unwrap();
+    // 1,200 messages of 60 KB: 72 MB, more than one 64 MiB segment holds.
+    let big = "x".repeat(60_000);
+    let ops: Vec<WriteOp> = (1..=1_200)
+        .map(|i| {
+            let mut message = text("si_1_2", 1, i, i);
+            message.content = big.clone();
+            WriteOp::AppendMessage(message)
+        })
+        .collect();
+    let outcomes = writer.apply_batch(&ops).unwrap();
+    assert_eq!(outcomes.len(), 1_200);
+    assert_eq!(outcomes[1_199], WriteOutcome::Appended { seq: 1_200 });
+    drop(writer);
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    let mut reader = store.reader().unwrap();
+    assert_eq!(
+        reader.conversation_head("si_1_2", 0).unwrap().last_seq,
+        1_200
+    );
+    assert_eq!(
+        reader.history("si_1_2", 0, 1).unwrap()[0].content.len(),
+        60_000
+    );
 }

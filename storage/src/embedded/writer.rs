@@ -141,13 +141,30 @@ impl WriteStore for EmbeddedWriter {
                 _ => WriteOutcome::Refused,
             });
         }
-        let batch = self.log.append(&appends).map_err(log_error)?;
+        let mut appended_all = Vec::with_capacity(appends.len());
+        let mut batch_no = None;
+        for chunk in log_batches(&appends) {
+            match self.log.append(chunk) {
+                Ok(batch) => {
+                    appended_all.extend(batch.appended);
+                    batch_no = batch.batch_no.or(batch_no);
+                }
+                Err(err) => {
+                    if batch_no.is_some() {
+                        // An earlier part is durable and its group changes
+                        // are not in SQLite: only a restart catches up.
+                        self.stopped = Some(err.to_string());
+                    }
+                    return Err(log_error(err));
+                }
+            }
+        }
         // The log batch is durable: from here a failure stops the writer.
         let finished = (|| -> Result<(), StoreError> {
             let mut applied = false;
             for (index, (op, route)) in ops.iter().zip(&routes).enumerate() {
                 let Route::Log(at) = *route else { continue };
-                let appended = batch.appended[at];
+                let appended = appended_all[at];
                 outcomes[index] = outcome(op, appended);
                 if let (WriteOp::GroupChange { event, change }, Appended::Stored(seq), Some(tx)) =
                     (op, appended, &tx)
@@ -156,7 +173,7 @@ impl WriteStore for EmbeddedWriter {
                     applied = true;
                 }
             }
-            if let (Some(batch_no), true, Some(tx)) = (batch.batch_no, applied, &tx) {
+            if let (Some(batch_no), true, Some(tx)) = (batch_no, applied, &tx) {
                 tx.execute(
                     "UPDATE message_log SET applied_batch = ?1",
                     params![batch_no as i64],
@@ -172,6 +189,51 @@ impl WriteStore for EmbeddedWriter {
             return Err(err);
         }
         Ok(outcomes)
+    }
+}
+
+/// A log batch's body stays about this small: a segment is 64 MiB, and one
+/// batch of the writer may hold thousands of 64 KiB messages.
+const LOG_BATCH_BYTES: usize = 8 << 20;
+
+/// Appends no bigger than this never need splitting (a frame is at most
+/// 64 KiB).
+const SMALL_APPEND_BYTES: usize = 64 << 10;
+
+/// `appends` cut into log batches of at most about `LOG_BATCH_BYTES`.
+fn log_batches<'s, 'a>(appends: &'s [Append<'a>]) -> impl Iterator<Item = &'s [Append<'a>]> {
+    let whole = appends.len() * (SMALL_APPEND_BYTES + 64) <= LOG_BATCH_BYTES;
+    let mut rest = appends;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rest.len();
+        if !whole {
+            let mut bytes = 0;
+            end = 0;
+            while end < rest.len() && (end == 0 || bytes + size(&rest[end]) <= LOG_BATCH_BYTES) {
+                bytes += size(&rest[end]);
+                end += 1;
+            }
+        }
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// About how many bytes an append takes in a log batch.
+fn size(append: &Append<'_>) -> usize {
+    use prost::Message;
+    match append {
+        Append::Message(message) => message.encoded_len() + 32,
+        Append::Group {
+            event,
+            readers,
+            change,
+        } => event.encoded_len() + 8 * readers.len() + change.len() + 48,
+        _ => 64,
     }
 }
 

@@ -309,7 +309,9 @@ impl<D: Disk> MessageStore<D> {
                     let recallable = !recalls.contains(&(conversation, seq))
                         && !index.is_recalled(conversation, seq)
                         && index.message(disk, conversation, seq)?.is_some_and(|m| {
-                            m.sender_id == sender_id && m.sent_at_ms >= not_before_ms
+                            // A store moved from SQLite carries its recalls
+                            // in the messages themselves.
+                            !m.recalled && m.sender_id == sender_id && m.sent_at_ms >= not_before_ms
                         });
                     if recallable {
                         records::encode_recall(conversation, seq, &mut self.body);
