@@ -45,6 +45,9 @@ install_missing() {
   local packages=()
   command -v mariadbd >/dev/null || [[ -x /usr/sbin/mariadbd ]] || packages+=(mariadb-server)
   command -v redis-server >/dev/null || packages+=(redis-server)
+  # Not an engine: the stock protoc, which protocol/tests/protoc.rs checks
+  # our .proto files against (every non-Rust toolchain compiles them with it).
+  command -v protoc >/dev/null || packages+=(protobuf-compiler)
   if ((${#packages[@]})); then
     echo "installing ${packages[*]}" >&2
     if [[ $(id -u) -eq 0 ]]; then

@@ -852,7 +852,7 @@ impl Client {
 
     /// Ends the session; the server closes the connection.
     pub async fn logout(&self) -> Result<(), ClientError> {
-        self.notify(Body::Logout(pb::Logout {})).await
+        self.notify(Body::Logout(pb::LogoutRequest {})).await
     }
 
     /// The next push, or `None` if none arrives within `wait`.

@@ -379,7 +379,7 @@ impl auth_service_server::AuthService for Api {
         }
     }
 
-    async fn logout(&self, request: Request<Logout>) -> Result<Response<Done>, Status> {
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<Done>, Status> {
         let token = bearer(&request)?;
         match self
             .client(Some(token), None, Body::Logout(request.into_inner()))
@@ -435,7 +435,7 @@ impl gateway_service_server::GatewayService for Api {
     async fn connection_counts(
         &self,
         request: Request<ConnectionCountsRequest>,
-    ) -> Result<Response<ConnectionCounts>, Status> {
+    ) -> Result<Response<ConnectionCountsResponse>, Status> {
         self.check_admin(&request)?;
         let per_core: Vec<u64> = (0..self.shared.cores)
             .map(|core| {
@@ -447,7 +447,7 @@ impl gateway_service_server::GatewayService for Api {
             })
             .collect();
         let total = per_core.iter().sum();
-        Ok(Response::new(ConnectionCounts { per_core, total }))
+        Ok(Response::new(ConnectionCountsResponse { per_core, total }))
     }
 
     async fn kick_user(
