@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench bench-store run test fmt-check lint unit build release clean fuzz engines engines-stop
+.PHONY: bench bench-peers bench-store run test fmt-check lint unit build release clean fuzz engines engines-stop
 
 ## Short benchmark of every loadgen scenario (a few minutes); prints a table.
 ## `scripts/bench.sh full` produces the BENCHMARKS.md figures.
@@ -11,6 +11,11 @@ bench:
 
 ## The message store's candidate engines on the node's operation mix
 ## (CPU per message by batch size, history, sync, recovery, bytes on disk).
+## OurChat and Mosquitto side by side, interleaved (mosquitto installed
+## when missing); `scripts/bench-peers.sh full` for the BENCHMARKS.md rows.
+bench-peers:
+	scripts/bench-peers.sh
+
 bench-store:
 	STORE_BENCH_DIR=$${TMPDIR:-/tmp} $(CARGO) bench -p ourchat-storage --bench store_mix
 

@@ -16,46 +16,9 @@ BIN=target/release
 mkdir -p "$OUT"
 cargo build --release --bin ourchat --bin ourchat-loadgen >&2
 
-NODE_PID=""
-stop_node() {
-  if [[ -n $NODE_PID ]]; then
-    kill -TERM "$NODE_PID" 2>/dev/null || true
-    wait "$NODE_PID" 2>/dev/null || true
-    NODE_PID=""
-  fi
-}
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 trap stop_node EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# start_node USERS [extra serve flags...]: fresh data dir, USERS provisioned.
-start_node() {
-  local users=$1; shift
-  stop_node
-  DATA=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-bench.XXXXXX")
-  PORT=$(free_port); ADMIN=$(free_port)
-  "$BIN/ourchat" admin provision --count "$users" --data-dir "$DATA" --out "$DATA/tokens" 2>/dev/null
-  "$BIN/ourchat" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" \
-    --set "server.admin_listen=127.0.0.1:$ADMIN" --set "server.grpc_listen=127.0.0.1:$(free_port)" \
-    --set server.pin_cores=false $(for kv in ${NODE_SET:-}; do printf -- '--set %s ' "$kv"; done) "$@" \
-    >"$DATA/server.log" 2>&1 &
-  NODE_PID=$!
-  for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && return 0
-    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$ADMIN/readyz', timeout=1)" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "node did not become ready" >&2; cat "$DATA/server.log" >&2; exit 1
-}
-
-# run NAME SCENARIO [loadgen flags...]: one loadgen run against the node.
-run() {
-  local name=$1; shift
-  echo "== $name" >&2
-  "$BIN/ourchat-loadgen" "$@" --targets "${TARGET:-127.0.0.1:$PORT}" --admin "127.0.0.1:$ADMIN" \
-    --tokens "$DATA/tokens" --server-pid "$NODE_PID" --json "$OUT/$name.json" >&2 \
-    || echo "($name reported errors)" >&2
-}
 
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }

@@ -231,7 +231,7 @@ async fn grpc_and_tcp_share_one_conversation() {
     assert_eq!(profile.username, "bob");
 
     // Logout revokes the token: it no longer works anywhere.
-    auth.logout(authed(Logout {}, &token)).await.unwrap();
+    auth.logout(authed(LogoutRequest {}, &token)).await.unwrap();
     let revoked = session
         .get_user(authed(
             GetUserRequest {

@@ -88,6 +88,11 @@ struct Args {
     /// Heartbeat interval in seconds.
     #[arg(long, default_value_t = 30.0)]
     heartbeat: f64,
+    /// What to speak: OurChat, or MQTT 3.1.1 QoS 1 to a broker (Mosquitto)
+    /// for a side-by-side run (the token file then only gives the user
+    /// count; `--server-pid` gives the broker's memory and CPU).
+    #[arg(long, value_enum, default_value_t = run::Protocol::Ourchat)]
+    protocol: run::Protocol,
     /// Answer every pushed message with a DeliveryAck, as real clients do
     /// (the server then moves and stores the device's cursor).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -204,6 +209,7 @@ fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCod
     });
     let plan = Arc::new(ProcPlan {
         scenario: args.scenario,
+        protocol: args.protocol,
         all_user_ids: Arc::new(file.ids),
         ramp_per_sec: args.ramp / procs as f64,
         send_period: Duration::from_secs_f64(total as f64 / args.rate.max(0.001)),
@@ -332,11 +338,15 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
     if args.targets.is_empty() {
         bail!("no --targets");
     }
-    let rss_before = scrape_rss(&args.admin);
+    let rss_before = server_rss(args);
     let exe = std::env::current_exe()?;
     let mut raw: Vec<String> = std::env::args().skip(1).collect();
     if args.scenario == Scenario::Group {
-        let groups = create_groups(args)?;
+        let groups = match args.protocol {
+            run::Protocol::Ourchat => create_groups(args)?,
+            // A broker's "group" is a topic: g/<number>.
+            run::Protocol::Mqtt => (0..users.div_ceil(args.group_size.max(2)) as i64).collect(),
+        };
         println!(
             "created {} groups of up to {} members",
             groups.len(),
@@ -416,7 +426,7 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
                     connect_secs = started.elapsed().as_secs_f64();
                     // Let the last logins settle on the server before measuring memory.
                     std::thread::sleep(Duration::from_millis(500));
-                    rss_connected = scrape_rss(&args.admin);
+                    rss_connected = server_rss(args);
                     cpu_at_go = args.server_pid.and_then(cpu_seconds);
                     for child in &mut children {
                         if let Some(stdin) = child.stdin.as_mut() {
@@ -668,6 +678,23 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// Sum of `process_resident_memory_bytes` over the given admin endpoints.
+/// The server's resident memory: from its `/metrics` (OurChat, `--admin`),
+/// or from `/proc` (`--server-pid`, any local server such as a broker).
+fn server_rss(args: &Args) -> Option<u64> {
+    scrape_rss(&args.admin).or_else(|| {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", args.server_pid?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    })
+}
+
 fn scrape_rss(admins: &[SocketAddr]) -> Option<u64> {
     if admins.is_empty() {
         return None;

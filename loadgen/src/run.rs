@@ -27,6 +27,18 @@ use tokio::time::Instant;
 
 use crate::report::{new_histogram, Counters};
 
+#[path = "mqtt.rs"]
+mod mqtt;
+
+/// What the connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Protocol {
+    /// OurChat's framed protobuf, token login.
+    Ourchat,
+    /// MQTT 3.1.1 at QoS 1 (a broker such as Mosquitto, side by side).
+    Mqtt,
+}
+
 /// What the connections do once everyone is logged in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Scenario {
@@ -71,6 +83,8 @@ pub struct Assigned {
 pub struct ProcPlan {
     /// The scenario.
     pub scenario: Scenario,
+    /// What the connections speak.
+    pub protocol: Protocol,
     /// Every user id of the run (peers for p2p).
     pub all_user_ids: Arc<Vec<i64>>,
     /// Connections opened per second by this process.
@@ -205,7 +219,7 @@ impl Conn {
     async fn run(self) {
         let counters = &self.shared.counters;
         let started = Instant::now();
-        let mut session = match self.connect_and_login().await {
+        let mut session = match self.connect().await {
             Some(session) => session,
             None => {
                 counters.connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -217,7 +231,11 @@ impl Conn {
         self.shared.attempted.fetch_add(1, Ordering::Relaxed);
         counters.online.fetch_add(1, Ordering::Relaxed);
         loop {
-            match self.drive(&mut session).await {
+            let next = match self.plan.protocol {
+                Protocol::Ourchat => self.drive(&mut session).await,
+                Protocol::Mqtt => self.mqtt_drive(&mut session).await,
+            };
+            match next {
                 Next::Exit => break,
                 Next::Closed => {
                     counters.kicked.fetch_add(1, Ordering::Relaxed);
@@ -226,7 +244,7 @@ impl Conn {
                 Next::Reconnect(go) => {
                     drop(session);
                     counters.online.fetch_sub(1, Ordering::Relaxed);
-                    match self.connect_and_login().await {
+                    match self.connect().await {
                         Some(again) => {
                             session = again;
                             self.record_login(go);
@@ -250,7 +268,16 @@ impl Conn {
         }
     }
 
-    async fn connect_and_login(&self) -> Option<Session> {
+    /// A logged-in (OurChat) or connected and subscribed (MQTT) session.
+    async fn connect(&self) -> Option<Session> {
+        match self.plan.protocol {
+            Protocol::Ourchat => self.connect_and_login().await,
+            Protocol::Mqtt => self.mqtt_connect().await,
+        }
+    }
+
+    /// A TCP (or TLS) connection to the target, nothing said yet.
+    async fn open_stream(&self) -> Option<Session> {
         let socket = match self.user.target {
             SocketAddr::V4(_) => TcpSocket::new_v4().ok()?,
             SocketAddr::V6(_) => TcpSocket::new_v6().ok()?,
@@ -273,11 +300,15 @@ impl Conn {
             ),
             None => Box::new(stream),
         };
-        let mut session = Session {
+        Some(Session {
             stream,
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(1 << 20),
-        };
+        })
+    }
+
+    async fn connect_and_login(&self) -> Option<Session> {
+        let mut session = self.open_stream().await?;
         let login = Envelope::new(
             1,
             Body::Login(pb::LoginRequest {
@@ -423,23 +454,23 @@ impl Conn {
 
     fn pick_peer(&self, rng: &mut XorShift) -> i64 {
         let ids = &self.plan.all_user_ids;
-        let me = ids.get(self.user.index).copied().unwrap_or(0);
-        let peers = self.plan.peers.min(ids.len().saturating_sub(1));
+        ids.get(self.pick_peer_index(rng)).copied().unwrap_or(0)
+    }
+
+    /// A peer's place in the token file.
+    fn pick_peer_index(&self, rng: &mut XorShift) -> usize {
+        let users = self.plan.all_user_ids.len().max(1);
+        let me = self.user.index;
+        let peers = self.plan.peers.min(users - 1);
         if peers > 0 {
             // A fixed circle of contacts, like a real address book: the
             // same conversations recur, as they do in real chat traffic.
             let offset = 1 + (rng.next() % peers as u64) as usize;
-            return ids
-                .get((self.user.index + offset) % ids.len())
-                .copied()
-                .unwrap_or(me);
+            return (me + offset) % users;
         }
         loop {
-            let peer = ids
-                .get((rng.next() % ids.len().max(1) as u64) as usize)
-                .copied()
-                .unwrap_or(0);
-            if peer != me || ids.len() < 2 {
+            let peer = (rng.next() % users as u64) as usize;
+            if peer != me || users < 2 {
                 return peer;
             }
         }

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# OurChat side by side with Mosquitto (Debian's, installed when missing):
+# the same ourchat-loadgen scenarios, spoken as MQTT 3.1.1 QoS 1 to a fresh
+# broker and as OurChat's protocol to a fresh node, interleaved row by row
+# (Mosquitto, then OurChat), on this machine's loopback. Both sides ack
+# every delivery (PUBACK; DeliveryAck). Mosquitto's acks are in memory
+# (persistence off); OurChat's are durable (fsync per batch). Prints one
+# table with both and the ratios; each run's JSON is kept in $OUT.
+#   scripts/bench-peers.sh          # short (~3 min), what `make bench-peers` runs
+#   scripts/bench-peers.sh full     # the BENCHMARKS.md figures (~15 min)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-short}
+OUT=${OUT:-target/bench-peers}
+BIN=target/release
+rm -rf "$OUT"
+mkdir -p "$OUT"
+if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
+  echo "installing mosquitto" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >&2 ||
+    { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >&2; }
+fi
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+cargo build --release --bin ourchat --bin ourchat-loadgen >&2
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+
+BROKER_PID=""
+stop_broker() {
+  if [[ -n $BROKER_PID ]]; then
+    kill -TERM "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+  fi
+}
+trap 'stop_node; stop_broker' EXIT
+
+# A fresh broker: no persistence, Nagle off, no connection cap.
+start_broker() {
+  stop_broker
+  stop_node
+  local dir
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/mosquitto-bench.XXXXXX")
+  MQ_PORT=$(free_port)
+  cat >"$dir/mosquitto.conf" <<EOF
+listener $MQ_PORT 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+max_connections -1
+persistence false
+log_dest none
+EOF
+  (ulimit -n "$(ulimit -Hn)"; exec "$MOSQUITTO" -c "$dir/mosquitto.conf") &
+  BROKER_PID=$!
+  for _ in $(seq 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $MQ_PORT), 1)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "mosquitto did not start" >&2; exit 1
+}
+
+# The MQTT runs need only a user count: N lines of "index -".
+tokens_for() {
+  local file="$OUT/tokens-$1"
+  [[ -f $file ]] || seq 1 "$1" | sed 's/$/ -/' >"$file"
+  echo "$file"
+}
+
+# mq NAME SCENARIO USERS [loadgen flags...]: one run against a fresh broker.
+mq() {
+  local name=$1 scenario=$2 users=$3; shift 3
+  start_broker
+  echo "== $name (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+  "$BIN/ourchat-loadgen" "$scenario" --protocol mqtt --users "$users" "$@" \
+    --targets "127.0.0.1:$MQ_PORT" --tokens "$(tokens_for "$users")" --server-pid "$BROKER_PID" \
+    --json "$OUT/$name.json" >&2 || echo "($name reported errors)" >&2
+  stop_broker
+}
+
+# oc NAME SCENARIO USERS [loadgen flags...]: the same against a fresh node.
+oc() {
+  local name=$1 scenario=$2 users=$3; shift 3
+  start_node "$users" --cores 2
+  echo "   (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+  run "$name" "$scenario" --users "$users" "$@"
+  stop_node
+}
+
+both() { mq "mosquitto-$1" "${@:2}"; oc "ourchat-$1" "${@:2}"; }
+procs_for() { echo $(( ($1 + 9999) / 10000 )); }
+
+if [[ $MODE == full ]]; then
+  IDLE="1000 5000 19000"; USERS=10000; RATES="1000 2000 5000 10000 20000"; SECS=15
+  FANOUT="1000 5000"; FAN_DELIVERIES=100000; STORM=19000
+else
+  IDLE="1000 5000"; USERS=2000; RATES="2000 5000"; SECS=5; FANOUT="1000"; FAN_DELIVERIES=20000
+  STORM=5000
+fi
+
+for n in $IDLE; do
+  both "idle-$n" idle "$n" --procs "$(procs_for "$n")" --ramp 20000 --duration 3 --drain 0
+done
+for rate in $RATES; do
+  both "p2p-$rate" p2p "$USERS" --procs 2 --rate "$rate" --duration "$SECS" --drain 3 --ramp 20000
+done
+for size in $FANOUT; do
+  # Sends per second so that every size delivers about FAN_DELIVERIES/s.
+  rate=$(( FAN_DELIVERIES / (size - 1) )); rate=$(( rate > 0 ? rate : 1 ))
+  both "fanout-$size" group "$size" --group-size "$size" --procs 2 --rate "$rate" \
+    --duration "$SECS" --drain 5 --ramp 20000
+done
+both "storm-$STORM" storm "$STORM" --procs "$(procs_for "$STORM")" --ramp 20000 --duration 60 --drain 0
+
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    path = os.path.join(out, name + ".json")
+    return json.load(open(path)) if os.path.exists(path) else None
+names = sorted({f[len("ourchat-"):-5] for f in os.listdir(out) if f.startswith("ourchat-") and f.endswith(".json")},
+               key=lambda n: (n.split("-")[0], int(n.split("-")[1])))
+ms = lambda us: f"{us/1000:.1f}"
+def cells(r):
+    if r is None:
+        return ["-"] * 4
+    c, dl = r["counters"], r["send_to_deliver_us"]
+    kind = r["scenario"]
+    if kind == "idle":
+        what = f"{r['server_bytes_per_connection']:.0f} B/conn" if r.get("server_bytes_per_connection") else "-"
+        lat = "-"
+    elif kind == "storm":
+        logins = (c["logins"] - r["users"]) / r["phase_secs"] if r["phase_secs"] else 0
+        what, lat = f"{logins:.0f} logins/s", "-"
+    else:
+        what = f"{r['deliveries_per_sec']:.0f} deliv/s"
+        lat = f"{ms(dl['p50'])}/{ms(dl['p99'])}/{ms(dl['p999'])}" if dl["count"] else "-"
+    lost = f"{r['lost']}/{c['duplicates']}/{c['out_of_order']}"
+    cpu = r.get("server_cpu_us_per_delivered")
+    cpu = f"{cpu:.1f}" if cpu and kind in ("p2p", "group") else "-"
+    return [what, lat, lost, cpu]
+def ratio(o, m, key):
+    try:
+        return f"{key(o) / key(m):.2f}x"
+    except (TypeError, ZeroDivisionError, KeyError):
+        return "-"
+print("\nMosquitto: MQTT 3.1.1 QoS 1, acks in memory. OurChat: acks durable (fsync per batch). Both ack every delivery.")
+print(f"{'run':<13} | {'Mosquitto':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} | "
+      f"{'OurChat':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} | {'p99 O/M':>8} {'cpu O/M':>8} {'mem O/M':>8}")
+knee = {"mosquitto": 0, "ourchat": 0}
+for name in names:
+    m, o = load("mosquitto-" + name), load("ourchat-" + name)
+    mc, oc = cells(m), cells(o)
+    p99 = ratio(o, m, lambda r: r["send_to_deliver_us"]["p99"]) if name.startswith(("p2p", "fanout")) else "-"
+    cpu = ratio(o, m, lambda r: r["server_cpu_us_per_delivered"]) if name.startswith(("p2p", "fanout")) else "-"
+    mem = ratio(o, m, lambda r: r["server_bytes_per_connection"]) if name.startswith("idle") else "-"
+    print(f"{name:<13} | {mc[0]:<16} {mc[1]:>24} {mc[2]:>12} {mc[3]:>7} | {oc[0]:<16} {oc[1]:>24} {oc[2]:>12} {oc[3]:>7} | {p99:>8} {cpu:>8} {mem:>8}")
+    if name.startswith("p2p"):
+        rate = int(name.split("-")[1])
+        for side, r in (("mosquitto", m), ("ourchat", o)):
+            if r and r["lost"] == 0 and r["send_to_deliver_us"]["count"] and r["send_to_deliver_us"]["p99"] < 10_000:
+                knee[side] = max(knee[side], rate)
+m, o = knee["mosquitto"], knee["ourchat"]
+print(f"\n1:1 knee (highest rate run with deliver p99 < 10 ms, nothing lost): Mosquitto {m or '<lowest'} msg/s, "
+      f"OurChat {o or '<lowest'} msg/s" + (f", ratio {o / m:.2f}x" if m and o else ""))
+PY
