@@ -396,6 +396,7 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
     let mut connect_secs = 0.0;
     let mut rss_connected = None;
     let mut cpu_at_go = None;
+    let mut loadgen_at_go: Option<(Instant, f64)> = None;
     let mut last_print = Instant::now();
     let mut last_sum = CounterSnapshot::default();
     println!(
@@ -428,6 +429,7 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
                     std::thread::sleep(Duration::from_millis(500));
                     rss_connected = server_rss(args);
                     cpu_at_go = args.server_pid.and_then(cpu_seconds);
+                    loadgen_at_go = Some((Instant::now(), children_cpu(&children)));
                     for child in &mut children {
                         if let Some(stdin) = child.stdin.as_mut() {
                             let _ = writeln!(stdin, "go");
@@ -463,6 +465,13 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
         (Some(go), Some(end)) => Some(end - go),
         _ => None,
     };
+    // The loadgen's own CPU, as a share of the machine's over the same
+    // span: it shares the cores with the server it measures.
+    let loadgen_share = loadgen_at_go.map(|(at, go)| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let busy = children_cpu(&children) - go;
+        (busy, busy / (at.elapsed().as_secs_f64() * cpus).max(1e-9))
+    });
     for mut child in children {
         let _ = child.wait();
     }
@@ -479,8 +488,14 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
         rss_before,
         rss_connected,
         server_cpu_secs,
+        loadgen_share,
         &results,
     )
+}
+
+/// The CPU time of the child processes still running, seconds.
+fn children_cpu(children: &[std::process::Child]) -> f64 {
+    children.iter().filter_map(|c| cpu_seconds(c.id())).sum()
 }
 
 /// A local process's CPU time (user + system), seconds.
@@ -558,6 +573,7 @@ fn summarize(
     rss_before: Option<u64>,
     rss_connected: Option<u64>,
     server_cpu_secs: Option<f64>,
+    loadgen_share: Option<(f64, f64)>,
     results: &[ProcResult],
 ) -> anyhow::Result<std::process::ExitCode> {
     let mut counters = CounterSnapshot::default();
@@ -613,6 +629,12 @@ fn summarize(
             println!("phase {phase_secs:.1} s: sent {} ({:.0}/s), acked {} ({:.0}/s), delivered {} ({:.0}/s)", counters.sent, per_sec(counters.sent), counters.acked, per_sec(counters.acked), counters.delivered, per_sec(counters.delivered));
             print_latency("send -> ack", &ack);
             print_latency("send -> deliver", &deliver);
+            if let Some((busy, share)) = loadgen_share {
+                println!(
+                    "loadgen CPU {busy:.2} s over the same span: {:.0}% of the machine",
+                    share * 100.0
+                );
+            }
             if let Some(cpu) = server_cpu_secs {
                 println!(
                     "server CPU {cpu:.2} s from go to the last report: {:.1} µs per delivered message",
@@ -642,6 +664,8 @@ fn summarize(
         "lost": lost, "server_rss_before": rss_before, "server_rss_connected": rss_connected,
         "server_bytes_per_connection": bytes_per_conn,
         "server_cpu_secs": server_cpu_secs,
+        "loadgen_cpu_secs": loadgen_share.map(|(busy, _)| busy),
+        "loadgen_cpu_share": loadgen_share.map(|(_, share)| share),
         "server_cpu_us_per_delivered": server_cpu_secs.map(|cpu| cpu * 1e6 / counters.delivered.max(1) as f64),
         "send_to_ack_us": Percentiles::of(&ack), "send_to_deliver_us": Percentiles::of(&deliver),
         "login_us": Percentiles::of(&login),
