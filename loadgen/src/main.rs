@@ -481,16 +481,24 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
             procs - results.len()
         );
     }
-    summarize(
-        args,
-        users,
+    let measured = Measured {
         connect_secs,
         rss_before,
         rss_connected,
         server_cpu_secs,
         loadgen_share,
-        &results,
-    )
+    };
+    summarize(args, users, &measured, &results)
+}
+
+/// What the parent measured around the run, beside the children's reports.
+struct Measured {
+    connect_secs: f64,
+    rss_before: Option<u64>,
+    rss_connected: Option<u64>,
+    server_cpu_secs: Option<f64>,
+    /// The loadgen's CPU seconds and its share of the machine.
+    loadgen_share: Option<(f64, f64)>,
 }
 
 /// The CPU time of the child processes still running, seconds.
@@ -569,13 +577,16 @@ fn scenario_name(s: Scenario) -> &'static str {
 fn summarize(
     args: &Args,
     users: usize,
-    connect_secs: f64,
-    rss_before: Option<u64>,
-    rss_connected: Option<u64>,
-    server_cpu_secs: Option<f64>,
-    loadgen_share: Option<(f64, f64)>,
+    measured: &Measured,
     results: &[ProcResult],
 ) -> anyhow::Result<std::process::ExitCode> {
+    let Measured {
+        connect_secs,
+        rss_before,
+        rss_connected,
+        server_cpu_secs,
+        loadgen_share,
+    } = *measured;
     let mut counters = CounterSnapshot::default();
     let mut ack = new_histogram();
     let mut deliver = new_histogram();
