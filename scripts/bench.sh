@@ -8,13 +8,17 @@
 #   ONLY="idle tls" scripts/bench.sh full   # some of them: idle p2p p2pmore group storm tls store
 #   P2P_RATES="2000 5000" ONLY=p2p scripts/bench.sh full   # the 1:1 sweep at these rates
 #   NODE_SET="storage.backend=sqlite" ...   # extra `--set`s for every node (space-separated)
+#   BIN=/tmp/build-a ...                      # run those binaries instead of building
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-short}
 OUT=${OUT:-target/bench}
-BIN=target/release
 mkdir -p "$OUT"
-cargo build --release --bin ourchat --bin ourchat-loadgen >&2
+# BIN=DIR runs binaries built elsewhere (an A/B of two builds); else build.
+if [[ -z ${BIN:-} ]]; then
+  BIN=target/release
+  cargo build --release --bin ourchat --bin ourchat-loadgen >&2
+fi
 
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh

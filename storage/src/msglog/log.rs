@@ -96,6 +96,10 @@ pub struct Log<D: Disk> {
     end_slot: u64,
     /// fsync each batch (off: batches survive a process crash only).
     sync: bool,
+    /// The newest batch known durable.
+    durable_no: u64,
+    /// The current segment has writes not yet fsynced.
+    unsynced: bool,
 }
 
 /// Bytes between the log-end file's two slots (one sector each).
@@ -206,12 +210,27 @@ impl<D: Disk> Log<D> {
             buffer: Vec::new(),
             end_slot: 0,
             sync: true,
+            durable_no: next_no - 1,
+            unsynced: false,
         })
     }
 
     /// Appends one batch of `records` records whose bytes are `body`, and
     /// returns once it is durable.
     pub fn append(&mut self, records: u32, body: &[u8]) -> Result<Placed, LogError> {
+        self.append_with(records, body, true)
+    }
+
+    /// [`Log::append`]; without `durable` the batch is written but not
+    /// fsynced: it becomes durable with the next batch that is (one
+    /// fdatasync covers every earlier write to the segment), and a crash
+    /// before that may drop it as a torn tail. For what may be lost.
+    pub fn append_with(
+        &mut self,
+        records: u32,
+        body: &[u8],
+        durable: bool,
+    ) -> Result<Placed, LogError> {
         if self.stopped {
             return Err(LogError::Stopped);
         }
@@ -227,10 +246,11 @@ impl<D: Disk> Log<D> {
         let batch_no = self.next_no;
         let end = batch::encode(self.end as usize, batch_no, records, body, &mut self.buffer);
         let segment = self.segment;
+        let sync = durable && self.sync;
         let written = self
             .disk
             .write_at(segment, self.end, &self.buffer)
-            .and_then(|()| match self.sync {
+            .and_then(|()| match sync {
                 true => self.disk.sync(segment),
                 false => Ok(()),
             });
@@ -245,7 +265,31 @@ impl<D: Disk> Log<D> {
         };
         self.end = end as u64;
         self.next_no += 1;
+        match sync {
+            true => {
+                self.durable_no = batch_no;
+                self.unsynced = false;
+            }
+            false => self.unsynced = true,
+        }
         Ok(placed)
+    }
+
+    /// Makes every batch written so far durable.
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        if self.stopped {
+            return Err(LogError::Stopped);
+        }
+        if self.unsynced {
+            let segment = self.segment;
+            if let Err(source) = self.disk.sync(segment) {
+                self.stopped = true;
+                return Err(LogError::Io { segment, source });
+            }
+            self.unsynced = false;
+        }
+        self.durable_no = self.next_no - 1;
+        Ok(())
     }
 
     /// The high-water marks file (`None`: never written).
@@ -276,7 +320,7 @@ impl<D: Disk> Log<D> {
         if self.stopped {
             return Err(LogError::Stopped);
         }
-        let no = (self.next_no - 1).to_le_bytes();
+        let no = self.durable_no.to_le_bytes();
         let mut slot = [0u8; 12];
         slot[..8].copy_from_slice(&no);
         slot[8..].copy_from_slice(&crc32fast::hash(&no).to_le_bytes());
@@ -299,6 +343,9 @@ impl<D: Disk> Log<D> {
 
     /// The next segment, created full of zeros and durable before use.
     fn roll(&mut self) -> Result<(), LogError> {
+        // A segment is left only once durable: a later segment's data must
+        // never stand after a hole.
+        self.flush()?;
         let next = self.segment + 1;
         if let Err(source) = self.disk.create(next, self.segment_bytes) {
             self.stopped = true;
