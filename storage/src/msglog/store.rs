@@ -763,7 +763,7 @@ mod tests {
             let disk = MemDisk::default();
             let mut acked: BTreeMap<(String, i64), (i64, String)> = BTreeMap::new();
             let mut acked_cursor = 0;
-            let mut pending_cursor = 0;
+            let mut pending_cursor;
             let mut next_cmid = 1;
             for round in 0..rng.gen_range(1..4) {
                 let mut store = MessageStore::open(disk.clone(), SEGMENT)
