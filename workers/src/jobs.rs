@@ -3,9 +3,12 @@
 //! hashing (no context). The caller awaits a oneshot, so a reactor only
 //! ever waits, never blocks.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
+
+use crate::doorbell::Doorbell;
 use futures::channel::oneshot;
 
 use crate::PoolError;
@@ -25,12 +28,14 @@ pub struct JobPool<C> {
 /// Cheap to clone; submits jobs to the pool.
 pub struct JobHandle<C> {
     tx: Sender<Queued<C>>,
+    bell: Arc<Doorbell>,
 }
 
 impl<C> Clone for JobHandle<C> {
     fn clone(&self) -> Self {
         JobHandle {
             tx: self.tx.clone(),
+            bell: self.bell.clone(),
         }
     }
 }
@@ -51,10 +56,12 @@ impl<C: 'static> JobPool<C> {
         E: From<std::io::Error>,
     {
         let (tx, rx) = bounded::<Queued<C>>(capacity.max(1));
+        let bell = Arc::new(Doorbell::default());
         let mut handles = Vec::with_capacity(threads);
         for index in 0..threads.max(1) {
             let mut context = make_context(index)?;
             let rx = rx.clone();
+            let bell = bell.clone();
             let cpus = cpus.to_vec();
             let thread = std::thread::Builder::new()
                 .name(format!("{name}-{index}"))
@@ -62,14 +69,14 @@ impl<C: 'static> JobPool<C> {
                     if let Err(e) = crate::pin_current_thread(&cpus) {
                         tracing::warn!(error = %e, ?cpus, "could not pin a worker thread");
                     }
-                    while let Ok(Some(job)) = rx.recv() {
+                    while let Ok(Some(job)) = bell.recv(&rx) {
                         job(&mut context);
                     }
                 })?;
             handles.push(thread);
         }
         Ok(JobPool {
-            handle: JobHandle { tx },
+            handle: JobHandle { tx, bell },
             threads: handles,
         })
     }
@@ -85,6 +92,7 @@ impl<C: 'static> JobPool<C> {
         for _ in &threads {
             let _ = handle.tx.send(None);
         }
+        handle.bell.ring_all();
         for thread in threads {
             if thread.join().is_err() {
                 tracing::error!("worker thread panicked");
@@ -106,7 +114,10 @@ impl<C: 'static> JobHandle<C> {
             let _ = done.send(job(context));
         });
         match self.tx.try_send(Some(job)) {
-            Ok(()) => Ok(result),
+            Ok(()) => {
+                self.bell.ring();
+                Ok(result)
+            }
             Err(TrySendError::Full(_)) => Err(PoolError::Full),
             Err(TrySendError::Disconnected(_)) => Err(PoolError::Closed),
         }

@@ -1,6 +1,7 @@
 //! Worker pools that keep blocking work off the reactors: the batched store
 //! writer, store readers, and password hashing. Every queue is a bounded
-//! crossbeam channel; a full queue hands the item back to the caller (who
+//! crossbeam channel with a doorbell its workers sleep on; a full queue
+//! hands the item back to the caller (who
 //! stops reading its connection) instead of dropping it. Completions travel
 //! back on `futures` oneshots, which wake the waiting task on its own core.
 
@@ -10,6 +11,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+mod doorbell;
 pub mod jobs;
 pub mod password;
 pub mod stats;

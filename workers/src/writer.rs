@@ -17,6 +17,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
 use ourchat_storage::{StoreError, WriteOp, WriteOutcome, WriteStore};
 
+use crate::doorbell::Doorbell;
 use crate::stats::{AtomicHistogram, BATCH_BUCKETS, LATENCY_US_BUCKETS};
 use crate::PoolError;
 
@@ -113,6 +114,7 @@ pub struct WriterPool {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: Sender<Queued>,
+    bell: Arc<Doorbell>,
     stats: Arc<WriterStats>,
 }
 
@@ -120,6 +122,8 @@ impl WriterPool {
     /// Starts the writer thread on `store`.
     pub fn start(store: Box<dyn WriteStore>, config: WriterConfig) -> std::io::Result<Self> {
         let (tx, rx) = bounded(config.queue_capacity.max(1));
+        let bell = Arc::new(Doorbell::default());
+        let thread_bell = bell.clone();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
         let max_batch = config.max_batch.max(1);
@@ -130,10 +134,10 @@ impl WriterPool {
                 if let Err(e) = crate::pin_current_thread(&cpus) {
                     tracing::warn!(error = %e, ?cpus, "could not pin the store writer");
                 }
-                run_writer(store, rx, max_batch, &thread_stats)
+                run_writer(store, rx, &thread_bell, max_batch, &thread_stats)
             })?;
         Ok(WriterPool {
-            handle: WriterHandle { tx, stats },
+            handle: WriterHandle { tx, bell, stats },
             thread: Some(thread),
         })
     }
@@ -148,6 +152,7 @@ impl WriterPool {
     pub fn shutdown(mut self) {
         // A blocking send: waits for room behind the queued ops.
         let _ = self.handle.tx.send(Queued::Stop);
+        self.handle.bell.ring_all();
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 tracing::error!("store writer thread panicked");
@@ -162,7 +167,10 @@ impl WriterHandle {
     pub fn try_submit(&self, op: WriteOp) -> Result<WriteCompletion, Box<Refused>> {
         let (done, completion) = oneshot::channel();
         let error = match self.tx.try_send(Queued::Job(WriteJob { op, done })) {
-            Ok(()) => return Ok(completion),
+            Ok(()) => {
+                self.bell.ring();
+                return Ok(completion);
+            }
             Err(TrySendError::Full(queued)) => (queued, PoolError::Full),
             Err(TrySendError::Disconnected(queued)) => (queued, PoolError::Closed),
         };
@@ -195,6 +203,7 @@ impl WriterHandle {
 fn run_writer(
     mut store: Box<dyn WriteStore>,
     rx: Receiver<Queued>,
+    bell: &Doorbell,
     max_batch: usize,
     stats: &WriterStats,
 ) {
@@ -202,7 +211,7 @@ fn run_writer(
     let mut waiters = Vec::with_capacity(max_batch);
     let mut stopping = false;
     while !stopping {
-        match rx.recv() {
+        match bell.recv(&rx) {
             Ok(Queued::Job(first)) => {
                 ops.push(first.op);
                 waiters.push(first.done);
