@@ -6,7 +6,9 @@
 //! delivery are the client protocol's own, and a message sent here is
 //! pushed to connected clients like any other. The bearer token is checked
 //! there too, revocation included. GatewayService is for operators: it
-//! takes the admin token kept in `<data_dir>/admin.token`.
+//! takes the admin token kept in `<data_dir>/admin.token`. Beside them:
+//! the standard health service, kept in step with `/readyz`, and server
+//! reflection of every `.proto`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -514,6 +516,45 @@ impl GrpcServer {
     }
 }
 
+/// The services `grpc.health.v1.Health` reports on: the whole server ("")
+/// and each of ours.
+const HEALTH_SERVICES: &[&str] = &[
+    "",
+    "ourchat.AuthService",
+    "ourchat.SessionService",
+    "ourchat.GatewayService",
+    "ourchat.MessageService",
+    "ourchat.GroupService",
+    "ourchat.PresenceService",
+];
+
+/// How often the gRPC health status is brought up to `/readyz`'s answer.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps `grpc.health.v1.Health` saying what `/readyz` says (every core
+/// listens, not shutting down, the store answers its probe): SERVING or
+/// NOT_SERVING for the server and each service.
+async fn report_health(health: tonic_health::server::HealthReporter, shared: Arc<Shared>) {
+    use tonic_health::ServingStatus;
+    loop {
+        let probe = shared.clone();
+        let ready = tokio::task::spawn_blocking(move || crate::metrics::readiness(&probe))
+            .await
+            .is_ok_and(|ready| ready.is_ok());
+        let status = match ready {
+            true => ServingStatus::Serving,
+            false => ServingStatus::NotServing,
+        };
+        for service in HEALTH_SERVICES {
+            health.set_service_status(*service, status).await;
+        }
+        if shared.shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::time::sleep(HEALTH_EVERY).await;
+    }
+}
+
 /// Serves the six services on `listener` (bound by the caller, so a taken
 /// port fails the start) on a thread with a two-worker tokio runtime until
 /// the node's shutdown flag is set. With `tls.grpc` it serves TLS only,
@@ -569,7 +610,25 @@ pub fn spawn(
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 };
+                let (health, health_service) = tonic_health::server::health_reporter();
+                tokio::spawn(report_health(health, api.shared.clone()));
+                let reflection = || {
+                    tonic_reflection::server::Builder::configure()
+                        .register_encoded_file_descriptor_set(ourchat_protocol::FILE_DESCRIPTOR_SET)
+                        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                };
+                let (reflection_v1, reflection_v1alpha) =
+                    match (reflection().build_v1(), reflection().build_v1alpha()) {
+                        (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
+                        (Err(e), _) | (_, Err(e)) => {
+                            tracing::error!(error = %e, "gRPC reflection descriptors unusable");
+                            return;
+                        }
+                    };
                 let served = builder
+                    .add_service(health_service)
+                    .add_service(reflection_v1)
+                    .add_service(reflection_v1alpha)
                     .add_service(auth_service_server::AuthServiceServer::new(api.clone()))
                     .add_service(session_service_server::SessionServiceServer::new(
                         api.clone(),

@@ -479,7 +479,7 @@ const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Ready: every core listens, the node is not shutting down, and the store
 /// answers a probe of every table and index (a damaged page shows here,
 /// not only in the logins that fail on it).
-fn readiness(shared: &Shared) -> Result<(), String> {
+pub(crate) fn readiness(shared: &Shared) -> Result<(), String> {
     if shared.shutdown.load(Ordering::Relaxed) {
         return Err("shutting down".into());
     }

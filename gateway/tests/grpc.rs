@@ -2,7 +2,8 @@
 //! message sent over gRPC is pushed to a TCP client and both see one
 //! conversation; every call but Register/Login needs a valid, unrevoked
 //! bearer token; ids in requests must be the token's user; GatewayService
-//! takes only the admin token.
+//! takes only the admin token. Health and reflection answer as grpcurl
+//! and load balancers expect.
 
 use std::time::Duration;
 
@@ -336,4 +337,86 @@ async fn gateway_service_is_for_operators() {
             Some(_) => continue,
         }
     }
+}
+
+/// What a load balancer and grpcurl need without our `.proto` files: the
+/// standard health service says SERVING for the server and each of our
+/// services (and NOT_FOUND for others), and server reflection (v1 and
+/// v1alpha) lists the services and serves their descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_without_the_protos() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let server = start_node!(1);
+    let channel = channel(&server).await;
+    let mut health = HealthClient::new(channel.clone());
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    // The first report follows the first store probe.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = health.check(check("")).await.map(|r| r.into_inner().status);
+        if status.as_ref().ok() == Some(&(ServingStatus::Serving as i32)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never SERVING: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let message = health.check(check("ourchat.MessageService")).await.unwrap();
+    assert_eq!(message.into_inner().status, ServingStatus::Serving as i32);
+    let unknown = health.check(check("nope.Service")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = |request: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let requests = tokio_stream_of(vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "ourchat.MessageService".into(),
+        )),
+    ]);
+    let mut answers = reflection
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = answers.message().await.unwrap().unwrap().message_response;
+    let Some(MessageResponse::ListServicesResponse(list)) = listed else {
+        panic!("{listed:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "ourchat.AuthService",
+        "ourchat.MessageService",
+        "ourchat.PresenceService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    let file = answers.message().await.unwrap().unwrap().message_response;
+    let Some(MessageResponse::FileDescriptorResponse(files)) = file else {
+        panic!("{file:?}");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+/// A request stream of `items` for a client-streaming call.
+fn tokio_stream_of<T: Send + 'static>(items: Vec<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::iter(items)
 }

@@ -20,6 +20,11 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/ourchat.rs"));
 }
 
+/// Every `.proto` file as an encoded `FileDescriptorSet`: what gRPC
+/// server reflection serves.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ourchat_descriptors.bin"));
+
 pub use codec::{FrameDecoder, FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};
 pub use conversation::ConversationId;
 pub use pb::envelope::Body;
