@@ -100,16 +100,16 @@ impl Bridge {
             .cores
             .get(index)
             .cloned()
-            .ok_or_else(|| Status::unavailable("no cores"))?;
+            .ok_or_else(|| refusal(ErrorCode::Busy, "no cores"))?;
         let (reply, answer) = oneshot::channel();
         sender
             .send(BridgeCall { request, reply })
             .await
-            .map_err(|_| Status::unavailable("server shutting down"))?;
+            .map_err(|_| refusal(ErrorCode::Busy, "server shutting down"))?;
         match answer.await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => Err(status_of(&error)),
-            Err(_) => Err(Status::unavailable("server shutting down")),
+            Err(_) => Err(refusal(ErrorCode::Busy, "server shutting down")),
         }
     }
 }
@@ -173,11 +173,41 @@ async fn run(core: Rc<Core>, request: BridgeRequest) -> BridgeReply {
     }
 }
 
-/// The refusal as a gRPC status: the code mapped, the message prefixed
-/// with the protocol's ErrorCode name so clients can tell them apart.
+/// The refusal as a gRPC status: the code mapped (README's table), the
+/// message as the handler wrote it, and for programs the protocol's
+/// `ErrorCode` name and whether a retry may work in the trailers
+/// `ourchat-error-code` and `ourchat-retryable`, and the whole `Error`
+/// message (protobuf) in the status details.
 pub fn status_of(error: &pb::Error) -> Status {
     let code = ErrorCode::try_from(error.code).unwrap_or(ErrorCode::Internal);
-    let grpc = match code {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(
+        "ourchat-error-code",
+        tonic::metadata::MetadataValue::from_static(code.as_str_name()),
+    );
+    metadata.insert(
+        "ourchat-retryable",
+        tonic::metadata::MetadataValue::from_static(match error.retryable {
+            true => "true",
+            false => "false",
+        }),
+    );
+    Status::with_details_and_metadata(
+        grpc_code(code),
+        error.message.clone(),
+        prost::Message::encode_to_vec(error).into(),
+        metadata,
+    )
+}
+
+/// A refusal made here (not by a handler), in the same form.
+fn refusal(code: ErrorCode, message: impl Into<String>) -> Status {
+    status_of(&pb::Error::new(code, message))
+}
+
+/// The gRPC status code of a protocol error code.
+pub fn grpc_code(code: ErrorCode) -> tonic::Code {
+    match code {
         ErrorCode::BadRequest | ErrorCode::FrameTooLarge | ErrorCode::Protocol => {
             tonic::Code::InvalidArgument
         }
@@ -189,8 +219,7 @@ pub fn status_of(error: &pb::Error) -> Status {
         ErrorCode::Busy | ErrorCode::StoreUnavailable => tonic::Code::Unavailable,
         ErrorCode::LoginTimeout => tonic::Code::DeadlineExceeded,
         ErrorCode::Unspecified | ErrorCode::Internal => tonic::Code::Internal,
-    };
-    Status::new(grpc, format!("{}: {}", code.as_str_name(), error.message))
+    }
 }
 
 /// The caller's address (plain or TLS connection).
@@ -203,14 +232,14 @@ fn bearer<T>(request: &Request<T>) -> Result<String, Status> {
     let value = request
         .metadata()
         .get("authorization")
-        .ok_or_else(|| Status::unauthenticated("UNAUTHENTICATED: a bearer token is required"))?;
+        .ok_or_else(|| refusal(ErrorCode::Unauthenticated, "a bearer token is required"))?;
     value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Status::unauthenticated("UNAUTHENTICATED: malformed authorization"))
+        .ok_or_else(|| refusal(ErrorCode::Unauthenticated, "malformed authorization"))
 }
 
 /// Compares secrets in time independent of where they differ.
@@ -247,7 +276,7 @@ impl Api {
             .await?
         {
             Answer::Reply(body) => Ok(*body),
-            Answer::Count(_) => Err(Status::internal("unexpected reply")),
+            Answer::Count(_) => Err(unexpected()),
         }
     }
 
@@ -255,8 +284,9 @@ impl Api {
         if same_secret(bearer(request)?.as_bytes(), self.admin_token.as_bytes()) {
             Ok(())
         } else {
-            Err(Status::permission_denied(
-                "FORBIDDEN: GatewayService needs the admin token",
+            Err(refusal(
+                ErrorCode::Forbidden,
+                "GatewayService needs the admin token",
             ))
         }
     }
@@ -264,13 +294,13 @@ impl Api {
     async fn count(&self, request: BridgeRequest) -> Result<usize, Status> {
         match self.bridge.call(request).await? {
             Answer::Count(count) => Ok(count),
-            Answer::Reply(_) => Err(Status::internal("unexpected reply")),
+            Answer::Reply(_) => Err(unexpected()),
         }
     }
 }
 
 fn unexpected() -> Status {
-    Status::internal("INTERNAL: unexpected reply")
+    refusal(ErrorCode::Internal, "unexpected reply")
 }
 
 /// Implements a service whose every method takes a bearer token and maps
@@ -412,7 +442,7 @@ impl presence_service_server::PresenceService for Api {
                 .into_iter()
                 .next()
                 .map(Response::new)
-                .ok_or_else(|| Status::permission_denied("FORBIDDEN: not a friend")),
+                .ok_or_else(|| refusal(ErrorCode::Forbidden, "not a friend")),
             _ => Err(unexpected()),
         }
     }
@@ -459,7 +489,7 @@ impl gateway_service_server::GatewayService for Api {
         self.check_admin(&request)?;
         let request = request.into_inner();
         if request.user_id <= 0 {
-            return Err(Status::invalid_argument("BAD_REQUEST: user_id is required"));
+            return Err(refusal(ErrorCode::BadRequest, "user_id is required"));
         }
         let reason = if request.reason.is_empty() {
             "disconnected by an operator".to_string()
@@ -485,9 +515,10 @@ impl gateway_service_server::GatewayService for Api {
         let request = request.into_inner();
         let max = self.shared.config.server.max_content_bytes;
         if request.text.is_empty() || request.text.len() > max {
-            return Err(Status::invalid_argument(format!(
-                "BAD_REQUEST: text must be 1-{max} bytes"
-            )));
+            return Err(refusal(
+                ErrorCode::BadRequest,
+                format!("text must be 1-{max} bytes"),
+            ));
         }
         let queued = self
             .count(BridgeRequest::Notice {

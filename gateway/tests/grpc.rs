@@ -59,7 +59,23 @@ async fn grpc_and_tcp_share_one_conversation() {
         .await
         .unwrap_err();
     assert_eq!(duplicate.code(), Code::AlreadyExists);
-    assert!(duplicate.message().starts_with("CONFLICT"));
+    // A clean message; the protocol's code and retryability for programs.
+    assert!(
+        !duplicate.message().starts_with("CONFLICT"),
+        "{duplicate:?}"
+    );
+    assert_eq!(duplicate.message(), "username is taken");
+    let trailer = |key: &str| {
+        duplicate
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(trailer("ourchat-error-code").as_deref(), Some("CONFLICT"));
+    assert_eq!(trailer("ourchat-retryable").as_deref(), Some("false"));
+    let detail = <pb::Error as prost::Message>::decode(duplicate.details()).unwrap();
+    assert_eq!(detail.code, ErrorCode::Conflict as i32);
     let wrong = auth
         .login(LoginRequest {
             username: "alice".into(),
