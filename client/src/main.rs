@@ -36,7 +36,9 @@ struct Cli {
     /// Where the session (token) is kept.
     #[arg(long, global = true, env = "OURCHAT_SESSION")]
     session: Option<PathBuf>,
-    /// One JSON object per line instead of text.
+    /// One JSON object per line instead of text. 64-bit ids (users,
+    /// groups, server message ids) are strings, as in proto3's JSON mapping:
+    /// they exceed what a JavaScript number holds exactly.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -267,7 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = connect(&endpoint).await?;
             let user_id = client.register(username, password).await?;
             out.line(
-                json!({"event": "registered", "username": username, "user_id": user_id}),
+                json!({"event": "registered", "username": username, "user_id": user_id.to_string()}),
                 format!("registered {username} (user id {user_id})"),
             );
         }
@@ -288,7 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             save_session(&session_path, &saved)?;
             out.line(
-                json!({"event": "logged_in", "username": username, "user_id": session.user_id,
+                json!({"event": "logged_in", "username": username, "user_id": session.user_id.to_string(),
                        "device_id": session.device_id, "expire_at": session.expire_at}),
                 format!(
                     "logged in as {username} (user id {}, device {})",
@@ -355,7 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             out.line(
                 json!({"event": "sent", "to": to, "conversation_id": ack.conversation_id,
-                       "seq": ack.seq, "server_msg_id": ack.server_msg_id}),
+                       "seq": ack.seq, "server_msg_id": ack.server_msg_id.to_string()}),
                 format!("sent to {to} (seq {})", ack.seq),
             );
         }
@@ -613,8 +615,8 @@ async fn groups(client: &Client, out: &Output, action: &GroupsAction) -> anyhow:
     };
     let print_group = |g: &pb::GroupInfo| {
         out.line(
-            json!({"event": "group", "group_id": g.group_id, "name": g.name,
-                   "description": g.description, "owner_id": g.owner_id,
+            json!({"event": "group", "group_id": g.group_id.to_string(), "name": g.name,
+                   "description": g.description, "owner_id": g.owner_id.to_string(),
                    "members": g.member_count, "my_role": role_name(g.my_role)}),
             format!(
                 "{:<20} {:<24} {} members, I am {}",
@@ -660,7 +662,7 @@ async fn groups(client: &Client, out: &Output, action: &GroupsAction) -> anyhow:
                 for m in &page.members {
                     let who = name_of(client, &mut names, m.user_id).await;
                     out.line(
-                        json!({"event": "member", "user": who, "user_id": m.user_id,
+                        json!({"event": "member", "user": who, "user_id": m.user_id.to_string(),
                                "role": role_name(m.role), "join_seq": m.join_seq}),
                         format!("{who:<16} {}", role_name(m.role)),
                     );
@@ -730,7 +732,7 @@ async fn groups(client: &Client, out: &Output, action: &GroupsAction) -> anyhow:
         }
     };
     out.line(
-        json!({"event": verb, "group_id": group, "seq": seq}),
+        json!({"event": verb, "group_id": group.to_string(), "seq": seq}),
         format!("{verb}: group {group} (seq {seq})"),
     );
     Ok(())
@@ -748,7 +750,7 @@ async fn friends(client: &Client, out: &Output, action: &FriendsAction) -> anyho
             for f in &listed.friends {
                 let state = if f.online { "online" } else { "offline" };
                 out.line(
-                    json!({"event": "friend", "user": f.username, "user_id": f.user_id, "online": f.online}),
+                    json!({"event": "friend", "user": f.username, "user_id": f.user_id.to_string(), "online": f.online}),
                     format!("friend   {:<16} {state}", f.username),
                 );
             }
@@ -778,7 +780,7 @@ async fn friends(client: &Client, out: &Output, action: &FriendsAction) -> anyho
         FriendsAction::Search { prefix } => {
             for u in client.search_users(prefix, 50, 0).await?.users {
                 out.line(
-                    json!({"event": "user", "user": u.username, "user_id": u.user_id, "nickname": u.nickname}),
+                    json!({"event": "user", "user": u.username, "user_id": u.user_id.to_string(), "nickname": u.nickname}),
                     format!("{:<16} {}", u.username, u.nickname),
                 );
             }
@@ -852,7 +854,7 @@ impl Output {
             .unwrap_or_else(|_| "unknown".into());
         self.line(
             json!({"event": "message", "conversation_id": message.conversation_id,
-                   "seq": message.seq, "from": from, "sender_id": message.sender_id,
+                   "seq": message.seq, "from": from, "sender_id": message.sender_id.to_string(),
                    "type": kind, "content": message.content,
                    "sent_at_ms": message.sent_at_ms}),
             format!(
