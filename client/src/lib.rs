@@ -27,7 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 pub use ourchat_protocol::pb::ErrorCode;
 pub use tls::{TlsError, TlsSettings};
 
+mod resilient;
 pub mod tls;
+
+pub use resilient::{Backoff, Resilient};
 
 /// How long a request waits for its reply by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
