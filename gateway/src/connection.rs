@@ -102,6 +102,15 @@ pub async fn accept(
     Box::pin(handshake_then_serve(core, stream, acceptor, fd, peer, slot)).await
 }
 
+/// Takes a connection a gRPC `Subscribe` stream opened to this core over
+/// its local socket: from here it is a client connection like a TCP one
+/// (same handlers, limits, deadlines, metrics and presence). Per-address
+/// limits were not applied: the gRPC server owns the peer.
+pub async fn accept_local(core: Rc<Core>, stream: Box<glommio::net::UnixStream>) {
+    let fd = stream.as_raw_fd();
+    serve(core, stream, fd, None, None).await
+}
+
 /// The TLS path of [`accept`]: the handshake under the login deadline, then
 /// the connection.
 async fn handshake_then_serve(

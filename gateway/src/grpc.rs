@@ -462,8 +462,84 @@ impl presence_service_server::PresenceService for Api {
     }
 }
 
+/// Where core `core` of this process takes gRPC `Subscribe` streams: a
+/// Unix socket in a directory of this process's own (mode 0700).
+pub fn stream_socket(core: usize) -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join(format!("ourchat-{}", std::process::id()))
+        .join(format!("core-{core}.sock"))
+}
+
+/// Server frames a `Subscribe` stream may carry (pushes can be large).
+const STREAM_MAX_FRAME: usize = 16 << 20;
+
+/// The replies of one `Subscribe` stream.
+type FrameStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Envelope, Status>> + Send + 'static>>;
+
+impl Api {
+    /// Opens a client connection on a core (round robin) and carries the
+    /// stream's frames to it and its frames back, until either side ends.
+    async fn open_stream(
+        &self,
+        mut frames: tonic::Streaming<Envelope>,
+    ) -> Result<FrameStream, Status> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        static NEXT_CORE: AtomicUsize = AtomicUsize::new(0);
+        let core = NEXT_CORE.fetch_add(1, Ordering::Relaxed) % self.shared.cores.max(1);
+        let socket = tokio::net::UnixStream::connect(stream_socket(core))
+            .await
+            .map_err(|e| refusal(ErrorCode::Busy, format!("no core takes streams now: {e}")))?;
+        let (read, mut write) = socket.into_split();
+        tokio::spawn(async move {
+            // Client frames to the core; the stream's end closes the
+            // connection as a TCP client's FIN would.
+            while let Ok(Some(envelope)) = frames.message().await {
+                if write.write_all(&encode_frame(&envelope)).await.is_err() {
+                    break;
+                }
+            }
+            let _ = write.shutdown().await;
+        });
+        let decoder = ourchat_protocol::FrameDecoder::new(STREAM_MAX_FRAME);
+        let replies = futures::stream::unfold(
+            Some((read, bytes::BytesMut::new(), decoder)),
+            |state| async move {
+                let (mut read, mut buf, decoder) = state?;
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(Some(envelope)) => {
+                            return Some((Ok(envelope), Some((read, buf, decoder))))
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            let broken =
+                                refusal(ErrorCode::Internal, format!("bad server frame: {e}"));
+                            return Some((Err(broken), None));
+                        }
+                    }
+                    match read.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) => {}
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(replies))
+    }
+}
+
 #[tonic::async_trait]
 impl gateway_service_server::GatewayService for Api {
+    type SubscribeStream = FrameStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<tonic::Streaming<Envelope>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Ok(Response::new(self.open_stream(request.into_inner()).await?))
+    }
+
     async fn connection_counts(
         &self,
         request: Request<ConnectionCountsRequest>,

@@ -196,6 +196,10 @@ pub fn serve(
     shutdown.store(true, Ordering::SeqCst);
     if let Some(grpc) = grpc {
         grpc.join();
+        // The cores' sockets for gRPC streams.
+        if let Some(dir) = crate::grpc::stream_socket(0).parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     drop(shared);
     // Every core has stopped: flush the message log's writer (Kafka has
@@ -478,6 +482,14 @@ async fn run_core(
             glommio::spawn_local(accept_loop(core.clone(), listener, Some(acceptor))).detach(),
         );
     }
+    if bridge.is_some() {
+        // gRPC `Subscribe` streams reach this core through a local socket.
+        match bind_stream_socket(id) {
+            Ok(listener) => acceptors
+                .push(glommio::spawn_local(accept_local_loop(core.clone(), listener)).detach()),
+            Err(e) => tracing::error!(error = %e, core = id, "gRPC stream socket unusable"),
+        }
+    }
     let sweeper = glommio::spawn_local(sweep_deadlines(core.clone())).detach();
 
     while !shared.shutdown.load(Ordering::Relaxed) {
@@ -543,6 +555,33 @@ fn bind_listeners(
         _ => None,
     };
     Ok((plain, tls))
+}
+
+/// This core's local socket for gRPC `Subscribe` streams (a stale one from
+/// an earlier process with the same pid is replaced).
+fn bind_stream_socket(core: usize) -> std::io::Result<glommio::net::UnixListener> {
+    let path = crate::grpc::stream_socket(core);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    glommio::net::UnixListener::bind(&path).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+async fn accept_local_loop(core: Rc<Core>, listener: glommio::net::UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let connection = crate::connection::accept_local(core.clone(), Box::new(stream));
+                glommio::spawn_local(connection).detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, core = core.id, "local accept failed");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 async fn accept_loop(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ourchat_client::Push;
 use ourchat_protocol::pb::{self, *};
+use ourchat_protocol::Body;
 use ourchat_testkit::{start_node, user_on, TEST_PASSWORD};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -432,7 +433,132 @@ async fn health_and_reflection_answer_without_the_protos() {
     assert!(!files.file_descriptor_proto.is_empty());
 }
 
+/// The next server frame of a `Subscribe` stream.
+async fn next_frame(replies: &mut tonic::Streaming<Envelope>) -> Envelope {
+    tokio::time::timeout(WAIT, replies.message())
+        .await
+        .expect("a frame in time")
+        .expect("stream healthy")
+        .expect("stream open")
+}
+
 /// A request stream of `items` for a client-streaming call.
 fn tokio_stream_of<T: Send + 'static>(items: Vec<T>) -> impl futures::Stream<Item = T> {
     futures::stream::iter(items)
+}
+
+/// A client with nothing but gRPC: `GatewayService/Subscribe` carries the
+/// client protocol over one stream. It logs in (here with a password: a
+/// token belongs to the device it was issued to), counts as an
+/// online device while open (beside the same user's TCP device), gets
+/// every message once and in order like the TCP device, answers
+/// heartbeats, takes acks and presence changes, and goes offline when the
+/// stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_is_a_device_like_a_tcp_connection() {
+    let server = start_node!(2);
+    let (alice_tcp, alice) = user_on(server.addr, "alice", "phone").await;
+    let (bob, _) = user_on(server.addr, "bob", "laptop").await;
+    // Presence is for friends.
+    bob.request_friend(alice.user_id, "hi").await.unwrap();
+    alice_tcp.answer_friend(bob.user_id(), true).await.unwrap();
+    let mut gateway = gateway_service_client::GatewayServiceClient::new(channel(&server).await);
+    let (frames, requests) = futures::channel::mpsc::unbounded::<Envelope>();
+    let send = |req_id: u32, body: Body| {
+        frames
+            .unbounded_send(Envelope::new(req_id, body))
+            .expect("stream open")
+    };
+    send(
+        1,
+        Body::Login(LoginRequest {
+            username: "alice".into(),
+            password: TEST_PASSWORD.into(),
+            device_id: "grpc".into(),
+            ..Default::default()
+        }),
+    );
+    let mut replies = gateway.subscribe(requests).await.unwrap().into_inner();
+    let login = next_frame(&mut replies).await;
+    assert!(
+        matches!(&login.body, Some(Body::LoginResp(r)) if r.success),
+        "{login:?}"
+    );
+
+    let online = |devices: u32| {
+        let bob = &bob;
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let seen = bob.presence(&[alice.user_id]).await.unwrap()[0].devices_online;
+                if seen == devices {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{seen} devices, not {devices}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    online(2).await;
+
+    for i in 0..5 {
+        bob.send_text(alice.user_id, &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let mut over_grpc = Vec::new();
+    while over_grpc.len() < 5 {
+        if let Some(Body::PushMessage(m)) = next_frame(&mut replies).await.body {
+            send(
+                0,
+                Body::DeliveryAck(DeliveryAck {
+                    conversation_id: m.conversation_id.clone(),
+                    seq: m.seq,
+                }),
+            );
+            over_grpc.push((m.seq, m.content));
+        }
+    }
+    let mut over_tcp = Vec::new();
+    while over_tcp.len() < 5 {
+        let m = alice_tcp.next_message(WAIT).await.expect("a push over TCP");
+        over_tcp.push((m.seq, m.content));
+    }
+    let expected: Vec<(i64, String)> = (0..5).map(|i| (i + 1, format!("m{i}"))).collect();
+    assert_eq!(over_grpc, expected);
+    assert_eq!(over_tcp, expected);
+
+    send(7, Body::Heartbeat(Heartbeat {}));
+    loop {
+        let frame = next_frame(&mut replies).await;
+        if let Some(Body::HeartbeatAck(_)) = frame.body {
+            assert_eq!(frame.req_id, 7);
+            break;
+        }
+    }
+    // Presence set over the stream counts like a TCP device's: with both
+    // devices away, alice shows AWAY.
+    send(
+        8,
+        Body::SetPresence(SetPresenceRequest {
+            state: PresenceState::Away as i32,
+        }),
+    );
+    loop {
+        let frame = next_frame(&mut replies).await;
+        if frame.req_id == 8 {
+            assert!(matches!(frame.body, Some(Body::Done(_))), "{frame:?}");
+            break;
+        }
+    }
+    alice_tcp.set_presence(PresenceState::Away).await.unwrap();
+    let state = bob.presence(&[alice.user_id]).await.unwrap()[0].state;
+    assert_eq!(state, PresenceState::Away as i32);
+
+    // The stream ends: the device goes offline, the TCP one stays.
+    drop(frames);
+    online(1).await;
 }

@@ -279,6 +279,14 @@ pin_project! {
     }
 }
 
+// OurChat patch: the socket's fd, as `TcpStream` offers it (the gateway
+// shuts a connection down with shutdown(2) on it).
+impl<B: RxBuf> AsRawFd for UnixStream<B> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.stream().as_raw_fd()
+    }
+}
+
 impl FromRawFd for UnixStream {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         UnixStream {
