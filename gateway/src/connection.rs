@@ -970,16 +970,25 @@ impl Connection {
                 pb::Error::new(ErrorCode::BadRequest, "seq must be positive"),
             );
         }
-        let op = WriteOp::AdvanceCursor {
-            user_id: session.user_id,
-            device_id: session.device_id.clone(),
-            conversation_id: conv.to_string(),
-            seq: ack.seq,
-        };
-        // Cursors only move forward and a lost one costs a re-sync, so the
-        // ack is not waited for.
-        if let Err(error) = self.core.write(op).await {
-            self.reply_error(req_id, error);
+        // Cursors only move forward and a lost one costs a re-sync: the ack
+        // joins the core's others and is not waited for.
+        let first = self.core.acks.add(
+            session.user_id,
+            &session.device_id,
+            conv.to_string(),
+            ack.seq,
+        );
+        if first {
+            let core = self.core.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(crate::acks::ACK_DELAY).await;
+                for op in core.acks.take() {
+                    if let Err(error) = core.write(op).await {
+                        tracing::debug!(?error, "a delivery ack was not stored");
+                    }
+                }
+            })
+            .detach();
         }
     }
 

@@ -287,6 +287,8 @@ pub struct Core {
     /// Send buckets of users sending from this core; full ones are
     /// forgotten by the sweeper.
     send_buckets: RefCell<HashMap<i64, TokenBucket>>,
+    /// Delivery acks waiting to go to the store together.
+    pub acks: crate::acks::AckCoalescer,
 }
 
 struct DeviceConn {
@@ -328,6 +330,7 @@ impl Core {
             known_users: RefCell::default(),
             last_seen: RefCell::default(),
             send_buckets: RefCell::default(),
+            acks: Default::default(),
             shared,
         };
         (Rc::new(core), pending)

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod account;
+pub mod acks;
 pub mod admin;
 pub mod auth;
 pub mod cluster;
