@@ -74,6 +74,12 @@ impl Resilient {
         token: String,
         backoff: Backoff,
     ) -> Result<Self, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no endpoints to connect to",
+            )));
+        }
         let resilient = Resilient {
             endpoints,
             tls,
@@ -97,7 +103,8 @@ impl Resilient {
         let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
-            let endpoint = &self.endpoints[attempt as usize % self.endpoints.len().max(1)];
+            // Never empty: `connect` refuses an empty list.
+            let endpoint = &self.endpoints[attempt as usize % self.endpoints.len()];
             match self.dial(endpoint).await {
                 Ok(client) => {
                     *current = Some(client.clone());
@@ -216,6 +223,12 @@ fn reconnect_may_help(error: &ClientError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn no_endpoints_is_an_error_not_a_panic() {
+        let refused = Resilient::connect(Vec::new(), None, "t".into(), Backoff::default()).await;
+        assert!(matches!(refused, Err(ClientError::Io(_))));
+    }
 
     #[test]
     fn waits_grow_to_their_cap_and_are_jittered() {
