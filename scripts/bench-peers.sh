@@ -107,7 +107,7 @@ for size in $FANOUT; do
   # Sends per second so that every size delivers about FAN_DELIVERIES/s.
   rate=$(( FAN_DELIVERIES / (size - 1) )); rate=$(( rate > 0 ? rate : 1 ))
   both "fanout-$size" group "$size" --group-size "$size" --procs 2 --rate "$rate" \
-    --duration "$SECS" --drain 5 --ramp 20000
+    --duration "$SECS" --drain 15 --ramp 20000
 done
 both "storm-$STORM" storm "$STORM" --procs "$(procs_for "$STORM")" --ramp 20000 --duration 60 --drain 0
 
