@@ -18,7 +18,9 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::{unix_ns, Conn, Next, Phase, Scenario, Session, XorShift};
+use super::{
+    due_sends, phase_step, unix_ns, Conn, Next, Phase, PhaseStep, Scenario, Session, XorShift,
+};
 
 const CONNECT: u8 = 0x10;
 const CONNACK: u8 = 0x20;
@@ -222,7 +224,7 @@ impl Conn {
         let mut sent: u64 = 0;
         let mut awaiting_ack: HashMap<u16, u64> = HashMap::new();
         // Sender -> its last counter seen: what order is judged by.
-        let mut seen: HashMap<u64, u64> = HashMap::new();
+        let mut seen: HashMap<u64, i64> = HashMap::new();
         let group = plan.groups.as_ref().and_then(|g| g.of(self.user.index));
         let me = self.user.index as u64;
         let mut out = BytesMut::new();
@@ -235,10 +237,7 @@ impl Conn {
                     match packet {
                         Packet::PubAck { packet_id } => {
                             if let Some(scheduled) = awaiting_ack.remove(&packet_id) {
-                                counters.acked.fetch_add(1, Ordering::Relaxed);
-                                let owed = group.map_or(1, |(_, others)| others);
-                                counters.expected.fetch_add(owed, Ordering::Relaxed);
-                                self.record(|h| &mut h.ack, scheduled);
+                                self.count_ack(scheduled);
                             }
                         }
                         Packet::Publish { packet_id, payload } => {
@@ -255,25 +254,14 @@ impl Conn {
                                 continue;
                             }
                             let mark = seen.entry(sender).or_insert(0);
-                            if counter > *mark {
-                                *mark = counter;
-                                counters.delivered.fetch_add(1, Ordering::Relaxed);
-                                self.record(|h| &mut h.deliver, scheduled);
-                            } else if counter == *mark {
-                                counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                counters.out_of_order.fetch_add(1, Ordering::Relaxed);
-                            }
+                            self.count_delivery(mark, counter as i64, Some(scheduled));
                         }
                         _ => {}
                     }
                 }
                 _ = tokio::time::sleep_until(next_send), if sending => {
-                    let now = Instant::now();
                     out.clear();
-                    while next_send <= now {
-                        let behind = now.saturating_duration_since(next_send);
-                        let scheduled = unix_ns().saturating_sub(behind.as_nanos() as u64);
+                    for scheduled in due_sends(&mut next_send, period, Instant::now()) {
                         let topic = match group {
                             Some((group, _)) => format!("g/{group}"),
                             None => format!("u/{}", self.pick_peer_index(&mut rng)),
@@ -284,7 +272,6 @@ impl Conn {
                         let payload = format!("{scheduled} {me} {sent}");
                         publish(packet_id, &topic, payload.as_bytes(), &mut out);
                         counters.sent.fetch_add(1, Ordering::Relaxed);
-                        next_send += period;
                     }
                     if session.write(&out).await.is_err() {
                         return Next::Closed;
@@ -303,11 +290,10 @@ impl Conn {
                         return Next::Exit;
                     }
                     let new = *phase_rx.borrow_and_update();
-                    match (plan.scenario, phase, new) {
-                        (_, _, Phase::Exit) => return Next::Exit,
-                        (Scenario::Storm, Phase::Connect, Phase::Go(go)) => return Next::Reconnect(go),
-                        (_, _, Phase::Go(_)) => next_send = Instant::now() + period.mul_f64(rng.unit()),
-                        _ => {}
+                    match phase_step(plan.scenario, phase, new) {
+                        PhaseStep::Leave(next) => return next,
+                        PhaseStep::StartSending => next_send = Instant::now() + period.mul_f64(rng.unit()),
+                        PhaseStep::Carry => {}
                     }
                     phase = new;
                 }

@@ -359,10 +359,7 @@ impl Conn {
                         Some(Body::SendResp(r)) => {
                             if let Some(scheduled) = awaiting_ack.remove(&frame.req_id) {
                                 if r.success {
-                                    counters.acked.fetch_add(1, Ordering::Relaxed);
-                                    let owed = group.map_or(1, |(_, others)| others);
-                                    counters.expected.fetch_add(owed, Ordering::Relaxed);
-                                    self.record(|h| &mut h.ack, scheduled);
+                                    self.count_ack(scheduled);
                                 } else {
                                     counters.send_errors.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -381,29 +378,15 @@ impl Conn {
                                 }
                             }
                             let mark = seen.entry(m.conversation_id).or_insert(0);
-                            if m.seq > *mark {
-                                *mark = m.seq;
-                                counters.delivered.fetch_add(1, Ordering::Relaxed);
-                                if let Ok(scheduled) = m.content.parse::<u64>() {
-                                    self.record(|h| &mut h.deliver, scheduled);
-                                }
-                            } else if m.seq == *mark {
-                                counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                counters.out_of_order.fetch_add(1, Ordering::Relaxed);
-                            }
+                            self.count_delivery(mark, m.seq, m.content.parse().ok());
                         }
                         Some(Body::Kicked(_)) => return Next::Closed,
                         _ => {}
                     }
                 }
                 _ = tokio::time::sleep_until(next_send), if sending => {
-                    let now = Instant::now();
                     out.clear();
-                    while next_send <= now {
-                        // The scheduled time, not the write time, starts the clock.
-                        let behind = now.saturating_duration_since(next_send);
-                        let scheduled = unix_ns().saturating_sub(behind.as_nanos() as u64);
+                    for scheduled in due_sends(&mut next_send, period, Instant::now()) {
                         let (receiver_id, group_id) = match group {
                             Some((group_id, _)) => (0, group_id),
                             None => (self.pick_peer(&mut rng), 0),
@@ -421,7 +404,6 @@ impl Conn {
                         }));
                         encode(&send, &mut out);
                         counters.sent.fetch_add(1, Ordering::Relaxed);
-                        next_send += period;
                     }
                     if session.write(&out).await.is_err() {
                         return Next::Closed;
@@ -440,11 +422,10 @@ impl Conn {
                         return Next::Exit;
                     }
                     let new = *phase_rx.borrow_and_update();
-                    match (plan.scenario, phase, new) {
-                        (_, _, Phase::Exit) => return Next::Exit,
-                        (Scenario::Storm, Phase::Connect, Phase::Go(go)) => return Next::Reconnect(go),
-                        (_, _, Phase::Go(_)) => next_send = Instant::now() + period.mul_f64(rng.unit()),
-                        _ => {}
+                    match phase_step(plan.scenario, phase, new) {
+                        PhaseStep::Leave(next) => return next,
+                        PhaseStep::StartSending => next_send = Instant::now() + period.mul_f64(rng.unit()),
+                        PhaseStep::Carry => {}
                     }
                     phase = new;
                 }
@@ -482,6 +463,72 @@ impl Conn {
             let _ = which(&mut h).record(micros.max(1));
         }
     }
+
+    /// A send scheduled at `scheduled` was acked: it now owes its
+    /// deliveries (one, or every other member of the sender's group).
+    fn count_ack(&self, scheduled: u64) {
+        let counters = &self.shared.counters;
+        let group = self
+            .plan
+            .groups
+            .as_ref()
+            .and_then(|g| g.of(self.user.index));
+        counters.acked.fetch_add(1, Ordering::Relaxed);
+        let owed = group.map_or(1, |(_, others)| others);
+        counters.expected.fetch_add(owed, Ordering::Relaxed);
+        self.record(|h| &mut h.ack, scheduled);
+    }
+
+    /// A delivery numbered `order` in a stream whose highest so far is
+    /// `mark`: new (counted, latency recorded when `scheduled` is known),
+    /// a duplicate, or out of order.
+    fn count_delivery(&self, mark: &mut i64, order: i64, scheduled: Option<u64>) {
+        let counters = &self.shared.counters;
+        if order > *mark {
+            *mark = order;
+            counters.delivered.fetch_add(1, Ordering::Relaxed);
+            if let Some(scheduled) = scheduled {
+                self.record(|h| &mut h.deliver, scheduled);
+            }
+        } else if order == *mark {
+            counters.duplicates.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a phase change asks of a connection's loop.
+enum PhaseStep {
+    /// Stop.
+    Leave(Next),
+    /// Sending starts now: a fresh random offset into the schedule.
+    StartSending,
+    /// Nothing to do.
+    Carry,
+}
+
+/// The step a connection takes when the phase goes from `old` to `new`.
+fn phase_step(scenario: Scenario, old: Phase, new: Phase) -> PhaseStep {
+    match (scenario, old, new) {
+        (_, _, Phase::Exit) => PhaseStep::Leave(Next::Exit),
+        (Scenario::Storm, Phase::Connect, Phase::Go(go)) => PhaseStep::Leave(Next::Reconnect(go)),
+        (_, _, Phase::Go(_)) => PhaseStep::StartSending,
+        _ => PhaseStep::Carry,
+    }
+}
+
+/// The scheduled times (unix ns) of the sends due by `now` on an open-loop
+/// schedule of one send per `period`, moving `next_send` past them. The
+/// scheduled time, not the write time, starts each latency clock.
+fn due_sends(next_send: &mut Instant, period: Duration, now: Instant) -> Vec<u64> {
+    let mut due = Vec::new();
+    while *next_send <= now {
+        let behind = now.saturating_duration_since(*next_send);
+        due.push(unix_ns().saturating_sub(behind.as_nanos() as u64));
+        *next_send += period;
+    }
+    due
 }
 
 enum Next {

@@ -1021,6 +1021,29 @@ impl SqliteReader {
             .collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// What the sequencer checks sends against, besides the messages: for
+    /// a 1:1 conversation whether one side blocked the other, for a group
+    /// its roster.
+    pub(crate) fn standing(
+        &mut self,
+        conversation_id: &str,
+    ) -> Result<(bool, Option<GroupRoster>), StoreError> {
+        match conversation_id.parse::<ConversationId>() {
+            Ok(ConversationId::Direct { low, high }) => {
+                let blocked = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM blocks WHERE (user_id = ?1 AND blocked_id = ?2)
+                            OR (user_id = ?2 AND blocked_id = ?1))",
+                    )?
+                    .query_row(params![low, high], |row| row.get(0))?;
+                Ok((blocked, None))
+            }
+            Ok(ConversationId::Group(group_id)) => Ok((false, self.group_roster(group_id)?)),
+            Err(_) => Ok((false, None)),
+        }
+    }
+
     fn group_roster(&mut self, group_id: i64) -> Result<Option<GroupRoster>, StoreError> {
         let Some((owner_id, dissolved)) = self
             .conn
@@ -1250,16 +1273,7 @@ impl ReadStore for SqliteReader {
             ))?
             .query_map(params![conversation_id, sql_limit(window)], recent_send)?
             .collect::<Result<Vec<_>, _>>()?;
-        let blocked = match conversation_id.parse::<ourchat_protocol::ConversationId>() {
-            Ok(ourchat_protocol::ConversationId::Direct { low, high }) => self
-                .conn
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM blocks WHERE (user_id = ?1 AND blocked_id = ?2)
-                        OR (user_id = ?2 AND blocked_id = ?1))",
-                )?
-                .query_row(params![low, high], |row| row.get(0))?,
-            _ => false,
-        };
+        let (blocked, group) = self.standing(conversation_id)?;
         // The newest row is the head; with an empty window, ask for it alone.
         let last_seq = match recent.first() {
             Some(newest) => newest.seq,
@@ -1269,10 +1283,6 @@ impl ReadStore for SqliteReader {
                     "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1",
                 )?
                 .query_row([conversation_id], |row| row.get(0))?,
-        };
-        let group = match conversation_id.parse::<ConversationId>() {
-            Ok(ConversationId::Group(group_id)) => self.group_roster(group_id)?,
-            _ => None,
         };
         Ok(ConversationHead {
             last_seq,

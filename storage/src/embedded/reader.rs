@@ -119,9 +119,8 @@ impl ReadStore for EmbeddedReader {
         conversation_id: &str,
         window: usize,
     ) -> Result<ConversationHead, StoreError> {
-        // Blocks and the group's roster are SQLite's; its message tables
-        // are empty, so window 0 asks it for nothing else.
-        let mut head = self.sql.conversation_head(conversation_id, 0)?;
+        // Blocks and the group's roster are SQLite's; the messages the log's.
+        let (blocked, group) = self.sql.standing(conversation_id)?;
         let (last_seq, recent) = self.read(
             conversation_id,
             (0, Vec::new()),
@@ -133,9 +132,12 @@ impl ReadStore for EmbeddedReader {
                 ))
             },
         )?;
-        head.last_seq = last_seq;
-        head.recent = recent;
-        Ok(head)
+        Ok(ConversationHead {
+            last_seq,
+            recent,
+            blocked,
+            group,
+        })
     }
 
     fn history(
