@@ -29,12 +29,24 @@ pub trait Disk {
     fn write_at(&mut self, segment: u64, at: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes every write to the segment durable.
     fn sync(&mut self, segment: u64) -> io::Result<()>;
-    /// A segment's length, and its bytes from the start to the end of the
-    /// last part ever written (the rest are zeros, not read).
-    fn read_written(&mut self, segment: u64) -> io::Result<(Vec<u8>, u64)>;
+    /// A segment's length; its bytes from the start to the end of the
+    /// last part ever written (the rest are zeros, not read) replace
+    /// `into`'s (one buffer for every segment of a start: no fresh pages
+    /// to fault in per segment).
+    fn read_written(&mut self, segment: u64, into: &mut Vec<u8>) -> io::Result<u64>;
     /// `out.len()` bytes at `at`.
     fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()>;
+    /// A segment's summary (`None`: none written).
+    fn read_summary(&self, segment: u64) -> io::Result<Option<Vec<u8>>>;
+    /// Writes a segment's summary, made by `summary`, not durably and
+    /// perhaps later (on a thread of its own: it is tens of megabytes, and
+    /// the writer must not wait for it). It is a checksummed cache: a lost
+    /// or torn one only makes the next start read the segment.
+    fn write_summary(&self, segment: u64, summary: SummaryJob);
 }
+
+/// Makes a summary's bytes.
+pub type SummaryJob = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// The high-water marks file's name, next to the segments.
 const MARKS: &str = "marks";
@@ -68,6 +80,10 @@ impl FileDisk {
 
     fn path(&self, segment: u64) -> PathBuf {
         self.dir.join(format!("{segment:012}.seg"))
+    }
+
+    fn summary_path(&self, segment: u64) -> PathBuf {
+        self.dir.join(format!("{segment:012}.sum"))
     }
 
     /// Runs `work` on the segment's handle, opening (and keeping) it first
@@ -198,16 +214,44 @@ impl Disk for FileDisk {
         self.with_file(segment, File::sync_data)
     }
 
-    fn read_written(&mut self, segment: u64) -> io::Result<(Vec<u8>, u64)> {
+    fn read_written(&mut self, segment: u64, into: &mut Vec<u8>) -> io::Result<u64> {
         let file = File::open(self.path(segment))?;
         let len = file.metadata()?.len();
-        let mut bytes = vec![0; written_end(&file, len)? as usize];
-        file.read_exact_at(&mut bytes, 0)?;
-        Ok((bytes, len))
+        into.clear();
+        into.resize(written_end(&file, len)? as usize, 0);
+        file.read_exact_at(into, 0)?;
+        Ok(len)
     }
 
     fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()> {
         self.with_file(segment, |file| file.read_exact_at(out, at))
+    }
+
+    fn read_summary(&self, segment: u64) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(self.summary_path(segment)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_summary(&self, segment: u64, summary: SummaryJob) {
+        // `.making` until whole: a crash leaves a file `segments` removes.
+        let making = self.dir.join(format!("{segment:012}.sum.making"));
+        let path = self.summary_path(segment);
+        let write = move || {
+            let written =
+                std::fs::write(&making, summary()).and_then(|()| std::fs::rename(&making, path));
+            if let Err(err) = written {
+                tracing::warn!(segment, error = %err, "a segment summary was not written");
+            }
+        };
+        if let Err(err) = std::thread::Builder::new()
+            .name("log-summary".into())
+            .spawn(write)
+        {
+            tracing::warn!(segment, error = %err, "a segment summary was not written");
+        }
     }
 }
 
@@ -261,7 +305,11 @@ mod tests {
             log.append(1, &[i + 1; 1_000]).unwrap();
         }
         drop(log);
-        let (written, len) = FileDisk::new(dir.path()).unwrap().read_written(1).unwrap();
+        let mut written = Vec::new();
+        let len = FileDisk::new(dir.path())
+            .unwrap()
+            .read_written(1, &mut written)
+            .unwrap();
         assert_eq!(len, big);
         assert!(written.len() >= 10_000, "{}", written.len());
         assert!(
@@ -306,5 +354,54 @@ mod tests {
         let refused = replayed(dir.path()).unwrap_err().to_string();
         assert!(refused.contains("segment 1 is damaged"), "{refused}");
         assert!(refused.contains("truncated"), "{refused}");
+    }
+
+    /// Summaries are written beside the segments by a thread of their own,
+    /// and the next start rebuilds the same index from them; a summary a
+    /// crash cut short (`.sum.making`) is removed.
+    #[test]
+    fn summaries_on_files_rebuild_the_same_index() {
+        use crate::msglog::store::{Append, MessageStore};
+        use crate::ChatMessage;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = MessageStore::open(FileDisk::new(dir.path()).unwrap(), SEGMENT).unwrap();
+        for i in 0..300i64 {
+            let message = ChatMessage {
+                conversation_id: ["si_1_2", "sg_7"][i as usize % 2].into(),
+                sender_id: 1,
+                client_message_id: i,
+                content: "z".repeat(50),
+                ..ChatMessage::default()
+            };
+            store.append(&[Append::Message(&message)]).unwrap();
+        }
+        let expected = store.with(|index, _| index.canonical());
+        drop(store);
+        let count = |kind: &str| {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == kind)
+                })
+                .count()
+        };
+        let sealed = count("seg") - 1;
+        let waited = std::time::Instant::now();
+        while count("sum") < sealed && waited.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            sealed >= 3 && count("sum") == sealed,
+            "{} of {sealed}",
+            count("sum")
+        );
+        std::fs::write(dir.path().join("000000000001.sum.making"), b"cut").unwrap();
+        let store = MessageStore::open(FileDisk::new(dir.path()).unwrap(), SEGMENT).unwrap();
+        assert_eq!(store.with(|index, _| index.canonical()), expected);
+        assert!(!dir.path().join("000000000001.sum.making").exists());
     }
 }

@@ -7,15 +7,18 @@
 //!
 //! One function per kind of change (`put_message`, `move_cursor`, …) serves
 //! both replay and the live writer, so what a restart rebuilds is what the
-//! running node had.
+//! running node had. Each also notes the change for the newest segment's
+//! summary (`summary`), which a later start loads instead of the records.
 
 use std::collections::HashMap;
 
 use ourchat_protocol::ConversationId;
 
+use super::batch;
 use super::disk::Disk;
 use super::log::{LogError, Placed};
 use super::records::{self, Record};
+use super::summary::{self, Covers, Load, Noted, SegmentNotes};
 use crate::ChatMessage;
 
 /// The indexes' maps: foldhash, seeded per process (client ids are keys, so
@@ -48,7 +51,7 @@ impl Location {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Debug, PartialEq)]
 struct Conversation {
     /// Seq `i + 1` is at `locations[i]`.
     locations: Vec<Location>,
@@ -58,6 +61,12 @@ struct Conversation {
     last_at_ms: i64,
     /// Recalled seqs (few).
     recalled: Vec<i64>,
+    /// (user, device number) -> delivered seq. Kept with the conversation
+    /// (not in one map for all) so a start loading a summary touches one
+    /// small map per conversation, not a big one at random.
+    cursors: Map<(i64, u32), i64>,
+    /// User -> read seq.
+    reads: Map<i64, i64>,
 }
 
 /// The indexes.
@@ -66,11 +75,48 @@ pub struct Index {
     conversations: Map<ConversationId, Conversation>,
     /// Device ids, each stored once: cursor lookups then allocate nothing.
     devices: Map<Box<str>, u32>,
-    /// (user, device number, conversation) -> delivered seq.
-    cursors: Map<(i64, u32, ConversationId), i64>,
-    reads: Map<(i64, ConversationId), i64>,
+    /// Device numbers back to ids.
+    device_ids: Vec<Box<str>>,
     /// Each user's 1:1 conversations with at least one message.
     direct: Map<i64, Vec<ConversationId>>,
+    /// The newest segment's changes, for its summary (`None` while in a
+    /// segment that was loaded from its summary or joined midway).
+    notes: Option<SegmentNotes>,
+}
+
+impl Conversation {
+    /// Puts a durable message under `seq`.
+    fn put(
+        &mut self,
+        seq: i64,
+        at: Location,
+        sender: i64,
+        client_id: i64,
+        sent_at_ms: i64,
+    ) -> Result<(), &'static str> {
+        let index = usize::try_from(seq - 1).map_err(|_| "a message record has no seq")?;
+        match self.locations.get_mut(index) {
+            Some(slot) if *slot != HOLE => return Err("a conversation's seq is stored twice"),
+            Some(slot) => *slot = at,
+            None => {
+                self.locations.resize(index, HOLE);
+                self.locations.push(at);
+                self.last_at_ms = sent_at_ms;
+            }
+        }
+        self.sends.insert((sender, client_id), seq);
+        Ok(())
+    }
+
+    fn raise_read(&mut self, user_id: i64, seq: i64) {
+        let read = self.reads.entry(user_id).or_insert(0);
+        *read = (*read).max(seq);
+    }
+
+    fn raise_cursor(&mut self, user_id: i64, device: u32, seq: i64) {
+        let cursor = self.cursors.entry((user_id, device)).or_insert(0);
+        *cursor = (*cursor).max(seq);
+    }
 }
 
 impl Index {
@@ -92,7 +138,8 @@ impl Index {
                     readers,
                     change,
                 } => {
-                    self.put_message(&event, event.seq, Location::of(placed, range))?;
+                    self.put_message(&event, event.seq, Location::of(placed, range.clone()))?;
+                    self.note_group(placed.batch_no, range);
                     let conversation = parse(&event)?;
                     for reader in readers {
                         self.mark_read(reader, conversation, event.seq);
@@ -116,6 +163,90 @@ impl Index {
         Ok(())
     }
 
+    /// Starts taking the batch `placed`; when it opens a new segment, the
+    /// notes of the one before are complete and handed back, for its summary.
+    pub(super) fn begin_batch(&mut self, placed: Placed) -> Option<SegmentNotes> {
+        match &mut self.notes {
+            Some(notes) if notes.segment == placed.segment => {
+                notes.last_no = placed.batch_no;
+                None
+            }
+            Some(_) => self
+                .notes
+                .replace(SegmentNotes::new(placed.segment, placed.batch_no)),
+            None => {
+                // A segment entered at its first batch is noted whole; one
+                // joined midway (only a summarized segment that is last)
+                // never gets a summary.
+                if placed.body_at == batch::HEADER as u64 {
+                    self.notes = Some(SegmentNotes::new(placed.segment, placed.batch_no));
+                }
+                None
+            }
+        }
+    }
+
+    /// The notes taken so far, complete if the log has left their segment.
+    pub(super) fn seal(&mut self) -> Option<SegmentNotes> {
+        self.notes.take()
+    }
+
+    /// Loads the summary of `segment` in place of its records (`None`: it
+    /// is not a whole summary of that segment, nothing loaded). On an error
+    /// the index may be half-loaded: rebuild it without summaries.
+    pub(super) fn load_summary(
+        &mut self,
+        segment: u64,
+        bytes: &[u8],
+    ) -> Result<Option<Covers>, &'static str> {
+        self.notes = None;
+        summary::load(
+            bytes,
+            segment,
+            &mut Summarized {
+                index: self,
+                segment,
+                devices: Vec::new(),
+            },
+        )
+    }
+
+    /// The conversation's entry, created if new.
+    fn conversation_mut(&mut self, conversation: ConversationId) -> &mut Conversation {
+        self.conversations.entry(conversation).or_default()
+    }
+
+    /// Puts messages into a conversation, listing it for its users when
+    /// they are its first.
+    fn put_into(
+        &mut self,
+        conversation: ConversationId,
+        put: impl FnOnce(&mut Conversation) -> Result<(), &'static str>,
+    ) -> Result<(), &'static str> {
+        let entry = self.conversation_mut(conversation);
+        let was_empty = entry.locations.is_empty();
+        put(entry)?;
+        let first = was_empty && !entry.locations.is_empty();
+        if let (true, ConversationId::Direct { low, high }) = (first, conversation) {
+            self.direct.entry(low).or_default().push(conversation);
+            self.direct.entry(high).or_default().push(conversation);
+        }
+        Ok(())
+    }
+
+    /// A device id's number, given one if new.
+    fn device_no(&mut self, device_id: &str) -> u32 {
+        match self.devices.get(device_id) {
+            Some(&device) => device,
+            None => {
+                let next = self.device_ids.len() as u32;
+                self.device_ids.push(device_id.into());
+                self.devices.insert(device_id.into(), next);
+                next
+            }
+        }
+    }
+
     /// Indexes a durable message under `seq`; its sender has read up to it.
     pub(super) fn put_message(
         &mut self,
@@ -124,31 +255,40 @@ impl Index {
         at: Location,
     ) -> Result<(), &'static str> {
         let conversation = parse(message)?;
-        let index = usize::try_from(seq - 1).map_err(|_| "a message record has no seq")?;
-        let entry = match self.conversations.entry(conversation) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                if let ConversationId::Direct { low, high } = conversation {
-                    self.direct.entry(low).or_default().push(conversation);
-                    self.direct.entry(high).or_default().push(conversation);
-                }
-                entry.insert(Conversation::default())
-            }
-        };
-        match entry.locations.get_mut(index) {
-            Some(slot) if *slot != HOLE => return Err("a conversation's seq is stored twice"),
-            Some(slot) => *slot = at,
-            None => {
-                entry.locations.resize(index, HOLE);
-                entry.locations.push(at);
-                entry.last_at_ms = message.sent_at_ms;
-            }
+        let (sender, client_id, sent_at_ms) = (
+            message.sender_id,
+            message.client_message_id,
+            message.sent_at_ms,
+        );
+        self.put_into(conversation, |entry| {
+            entry.put(seq, at, sender, client_id, sent_at_ms)?;
+            entry.raise_read(sender, seq);
+            Ok(())
+        })?;
+        if let Some(notes) = &mut self.notes {
+            notes.messages.push(Noted {
+                conversation,
+                seq,
+                offset: at.offset,
+                len: at.len,
+                sender,
+                client_id,
+                sent_at_ms,
+            });
         }
-        entry
-            .sends
-            .insert((message.sender_id, message.client_message_id), seq);
-        self.mark_read(message.sender_id, conversation, seq);
         Ok(())
+    }
+
+    /// Notes that the record at `range` of batch `batch_no` is a group
+    /// event (a start hands its change to the caller again).
+    pub(super) fn note_group(&mut self, batch_no: u64, range: std::ops::Range<usize>) {
+        if let Some(notes) = &mut self.notes {
+            notes.groups.push(summary::GroupAt {
+                batch_no,
+                start: range.start as u32,
+                end: range.end as u32,
+            });
+        }
     }
 
     /// Moves a device's delivery cursor forward (never back).
@@ -159,22 +299,20 @@ impl Index {
         conversation: ConversationId,
         seq: i64,
     ) {
-        let next = self.devices.len() as u32;
-        let device = match self.devices.get(device_id) {
-            Some(&device) => device,
-            None => *self.devices.entry(device_id.into()).or_insert(next),
-        };
-        let cursor = self
-            .cursors
-            .entry((user_id, device, conversation))
-            .or_insert(0);
-        *cursor = (*cursor).max(seq);
+        let device = self.device_no(device_id);
+        self.conversation_mut(conversation)
+            .raise_cursor(user_id, device, seq);
+        if let Some(notes) = &mut self.notes {
+            notes.cursor(user_id, device, device_id, conversation, seq);
+        }
     }
 
     /// Moves a user's read mark forward (never back).
     pub(super) fn mark_read(&mut self, user_id: i64, conversation: ConversationId, seq: i64) {
-        let read = self.reads.entry((user_id, conversation)).or_insert(0);
-        *read = (*read).max(seq);
+        self.conversation_mut(conversation).raise_read(user_id, seq);
+        if let Some(notes) = &mut self.notes {
+            notes.reads.push((user_id, conversation, seq));
+        }
     }
 
     /// Marks a message recalled.
@@ -183,6 +321,9 @@ impl Index {
             if !entry.recalled.contains(&seq) {
                 entry.recalled.push(seq);
             }
+        }
+        if let Some(notes) = &mut self.notes {
+            notes.recalls.push((conversation, seq));
         }
     }
 
@@ -230,17 +371,21 @@ impl Index {
 
     /// A device's delivery cursor (0: none).
     pub fn cursor(&self, user_id: i64, device_id: &str, conversation: ConversationId) -> i64 {
-        self.devices
-            .get(device_id)
-            .and_then(|device| self.cursors.get(&(user_id, *device, conversation)))
+        let Some(device) = self.devices.get(device_id) else {
+            return 0;
+        };
+        self.conversations
+            .get(&conversation)
+            .and_then(|c| c.cursors.get(&(user_id, *device)))
             .copied()
             .unwrap_or(0)
     }
 
     /// A user's read mark (0: none).
     pub fn read_seq(&self, user_id: i64, conversation: ConversationId) -> i64 {
-        self.reads
-            .get(&(user_id, conversation))
+        self.conversations
+            .get(&conversation)
+            .and_then(|c| c.reads.get(&user_id))
             .copied()
             .unwrap_or(0)
     }
@@ -339,6 +484,97 @@ impl Index {
             message.location = None;
         }
         Ok(message)
+    }
+}
+
+#[cfg(test)]
+impl Index {
+    /// Everything the index holds, in a stable order with device ids
+    /// resolved: equal for equal indexes however they were built.
+    pub(super) fn canonical(&self) -> String {
+        use std::collections::BTreeMap;
+        let conversations: BTreeMap<_, _> = self
+            .conversations
+            .iter()
+            .map(|(id, c)| {
+                let sends: BTreeMap<_, _> = c.sends.iter().collect();
+                let cursors: BTreeMap<_, _> = c
+                    .cursors
+                    .iter()
+                    .map(|((user, device), seq)| ((user, &self.device_ids[*device as usize]), seq))
+                    .collect();
+                let reads: BTreeMap<_, _> = c.reads.iter().collect();
+                (
+                    id,
+                    (
+                        &c.locations,
+                        sends,
+                        c.last_at_ms,
+                        &c.recalled,
+                        cursors,
+                        reads,
+                    ),
+                )
+            })
+            .collect();
+        let direct: BTreeMap<_, _> = self.direct.iter().collect();
+        format!("{conversations:?}\n{direct:?}")
+    }
+}
+
+/// The index taking one segment's summary.
+struct Summarized<'a> {
+    index: &'a mut Index,
+    segment: u64,
+    /// The summary's device numbers to the index's.
+    devices: Vec<u32>,
+}
+
+impl Load for Summarized<'_> {
+    fn devices(&mut self, device_ids: &[&str]) {
+        self.devices = device_ids
+            .iter()
+            .map(|id| self.index.device_no(id))
+            .collect();
+    }
+
+    fn conversation(
+        &mut self,
+        conversation: ConversationId,
+        messages: &mut dyn Iterator<Item = Noted>,
+        reads: &mut dyn Iterator<Item = (i64, i64)>,
+        cursors: &mut dyn Iterator<Item = (i64, u32, i64)>,
+    ) -> Result<(), &'static str> {
+        let segment = self.segment as u32;
+        let devices = &self.devices;
+        self.index.put_into(conversation, |entry| {
+            for noted in messages {
+                let at = Location {
+                    segment,
+                    offset: noted.offset,
+                    len: noted.len,
+                };
+                entry.put(
+                    noted.seq,
+                    at,
+                    noted.sender,
+                    noted.client_id,
+                    noted.sent_at_ms,
+                )?;
+            }
+            for (user_id, seq) in reads {
+                entry.raise_read(user_id, seq);
+            }
+            for (user_id, device, seq) in cursors {
+                let device = *devices.get(device as usize).ok_or("an unknown device")?;
+                entry.raise_cursor(user_id, device, seq);
+            }
+            Ok(())
+        })
+    }
+
+    fn recall(&mut self, conversation: ConversationId, seq: i64) {
+        self.index.recall(conversation, seq);
     }
 }
 

@@ -118,14 +118,42 @@ fn acked_end(bytes: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
+/// What [`Log::open_replayed`] hands its caller, in log order.
+pub enum Replayed<'a, D> {
+    /// The scan enters a segment (`last`: the newest), before its batches.
+    Segment {
+        /// Its number.
+        segment: u64,
+        /// Whether it is the newest.
+        last: bool,
+        /// The disk, to read what lies beside the segment.
+        disk: &'a D,
+    },
+    /// A whole batch: where it is, and its body.
+    Batch(Placed, &'a [u8]),
+}
+
 impl<D: Disk> Log<D> {
     /// Opens the log on `disk`, calling `replay` with every whole batch in
     /// order (where it is, and its body), drops a torn tail, and refuses
     /// damage.
     pub fn open(
-        mut disk: D,
+        disk: D,
         segment_bytes: u64,
         mut replay: impl FnMut(Placed, &[u8]),
+    ) -> Result<Self, LogError> {
+        Self::open_replayed(disk, segment_bytes, |event| {
+            if let Replayed::Batch(placed, body) = event {
+                replay(placed, body)
+            }
+        })
+    }
+
+    /// [`Log::open`], telling `replay` also where each segment starts.
+    pub fn open_replayed(
+        mut disk: D,
+        segment_bytes: u64,
+        mut replay: impl FnMut(Replayed<'_, D>),
     ) -> Result<Self, LogError> {
         let mut segments = disk
             .segments()
@@ -138,6 +166,7 @@ impl<D: Disk> Log<D> {
         }
         let mut next_no = 1;
         let mut end = 0;
+        let mut bytes = Vec::new();
         for (i, &segment) in segments.iter().enumerate() {
             let io = |source| LogError::Io { segment, source };
             if i > 0 && segment != segments[i - 1] + 1 {
@@ -147,7 +176,7 @@ impl<D: Disk> Log<D> {
                     why: "segment missing".into(),
                 });
             }
-            let (bytes, len) = disk.read_written(segment).map_err(io)?;
+            let len = disk.read_written(segment, &mut bytes).map_err(io)?;
             if len != segment_bytes {
                 return Err(LogError::Damaged {
                     segment,
@@ -156,6 +185,11 @@ impl<D: Disk> Log<D> {
                 });
             }
             let last = i + 1 == segments.len();
+            replay(Replayed::Segment {
+                segment,
+                last,
+                disk: &disk,
+            });
             let scanned = batch::scan(&bytes, len as usize, next_no, last);
             for (header, body) in &scanned.batches {
                 let placed = Placed {
@@ -163,7 +197,7 @@ impl<D: Disk> Log<D> {
                     segment,
                     body_at: body.start as u64,
                 };
-                replay(placed, &bytes[body.clone()]);
+                replay(Replayed::Batch(placed, &bytes[body.clone()]));
             }
             next_no += scanned.batches.len() as u64;
             end = scanned.end as u64;
@@ -339,6 +373,11 @@ impl<D: Disk> Log<D> {
     /// The disk, for reads.
     pub fn disk(&self) -> &D {
         &self.disk
+    }
+
+    /// The disk back, the log closed (to open it again).
+    pub fn into_disk(self) -> D {
+        self.disk
     }
 
     /// The next segment, created full of zeros and durable before use.

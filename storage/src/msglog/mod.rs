@@ -11,7 +11,8 @@
 //! writes); `log` the appends, segment rolls, recovery and the log-end
 //! file; `records` what a batch body holds (messages, group events,
 //! cursors, read marks, recalls); `index` the in-memory indexes rebuilt
-//! from them; `store` the writer that numbers, deduplicates and coalesces,
+//! from them, `summary` what a sealed segment changed in them (loaded at a
+//! start instead of its records); `store` the writer that numbers, deduplicates and coalesces,
 //! and the readers. `crate::embedded` puts it behind the store traits.
 
 pub mod batch;
@@ -20,6 +21,7 @@ pub mod index;
 pub mod log;
 mod records;
 pub mod store;
+mod summary;
 
 #[cfg(test)]
 mod crash_tests;

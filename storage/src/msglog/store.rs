@@ -20,8 +20,9 @@ use ourchat_protocol::ConversationId;
 
 use super::disk::Disk;
 use super::index::{Index, Location, Map};
-use super::log::{Log, LogError};
-use super::records;
+use super::log::{Log, LogError, Replayed};
+use super::records::{self, Record};
+use super::summary::{Covers, SegmentNotes};
 use crate::{fingerprint_of, ChatMessage, SentBefore};
 
 /// The index as the writer and readers share it.
@@ -109,6 +110,8 @@ struct Pending<'a> {
     conversation: ConversationId,
     seq: i64,
     readers: &'a [i64],
+    /// A group event (its change is handed back at a start).
+    group: bool,
     /// Its record's bytes in the batch body.
     range: std::ops::Range<usize>,
 }
@@ -164,25 +167,20 @@ impl<D: Disk> MessageStore<D> {
         sync: bool,
         mut on_group: impl FnMut(&ChatMessage, &[u8], u64),
     ) -> Result<Self, LogError> {
-        let mut index = Index::default();
-        let mut broken = None;
-        let log = Log::open(disk, segment_bytes, |placed, body| {
-            if broken.is_some() {
-                return;
+        let (log, index, groups) = match open_index(disk, segment_bytes, true)? {
+            Opened::Whole(log, index, groups) => (log, index, groups),
+            Opened::SummariesWrong(disk) => {
+                tracing::warn!(
+                    "a segment summary does not match its segment: reading every record"
+                );
+                match open_index(disk, segment_bytes, false)? {
+                    Opened::Whole(log, index, groups) => (log, index, groups),
+                    Opened::SummariesWrong(_) => unreachable!("no summary was used"),
+                }
             }
-            let replayed = index.replay(placed, body, |event, change| {
-                on_group(event, change, placed.batch_no)
-            });
-            if let Err(why) = replayed {
-                broken = Some((placed, why));
-            }
-        })?;
-        if let Some((placed, why)) = broken {
-            return Err(LogError::Damaged {
-                segment: placed.segment,
-                offset: placed.body_at,
-                why: why.into(),
-            });
+        };
+        for (event, change, batch_no) in &groups {
+            on_group(event, change, *batch_no);
         }
         let mut log = log;
         log.sync_each_batch(sync);
@@ -200,7 +198,7 @@ impl<D: Disk> MessageStore<D> {
         }
         Ok(MessageStore {
             log,
-            index: Arc::new(RwLock::new(index)),
+            index: Arc::new(RwLock::new(*index)),
             marked_segment: 0,
             body: Vec::new(),
             // The first batch notes the end at once.
@@ -350,9 +348,13 @@ impl<D: Disk> MessageStore<D> {
         // the next batch that is.
         let durable = !stored.is_empty() || !recalls.is_empty() || !reads.is_empty();
         let placed = self.log.append_with(count as u32, &self.body, durable)?;
-        {
+        let sealed = {
             let mut index = write(&self.index);
+            let sealed = index.begin_batch(placed);
             for pending in stored {
+                if pending.group {
+                    index.note_group(placed.batch_no, pending.range.clone());
+                }
                 let at = Location::of(placed, pending.range);
                 index
                     .put_message(pending.message, pending.seq, at)
@@ -374,6 +376,10 @@ impl<D: Disk> MessageStore<D> {
             for (conversation, seq) in recalls {
                 index.recall(conversation, seq);
             }
+            sealed
+        };
+        if let Some(notes) = sealed {
+            write_summary(self.log.disk(), notes);
         }
         if placed.segment != self.marked_segment {
             // Marks lag the log by at most a segment: enough to catch a
@@ -450,9 +456,144 @@ fn prepare_message<'a, D: Disk>(
         conversation,
         seq,
         readers,
+        group: change.is_some(),
         range: start..body.len(),
     });
     Ok(Appended::Stored(seq))
+}
+
+/// A group event met while opening: the event, its change, its batch.
+type GroupEvent = (ChatMessage, Vec<u8>, u64);
+
+/// What one pass over the log at open gives.
+enum Opened<D: Disk> {
+    /// The log and the index it holds.
+    Whole(Log<D>, Box<Index>, Vec<GroupEvent>),
+    /// A summary did not match its segment: the index is wrong, open again
+    /// without summaries.
+    SummariesWrong(D),
+}
+
+/// A summarized segment being scanned: its batches must be the ones the
+/// summary covers.
+struct Covered {
+    segment: u64,
+    covers: Covers,
+    next_no: u64,
+}
+
+impl Covered {
+    fn matched(&self) -> bool {
+        self.next_no == self.covers.last_no + 1
+    }
+}
+
+/// Scans the log and rebuilds the index: from the summary of each sealed
+/// segment that has a usable one (`use_summaries`), else from its records,
+/// writing the summaries that were missing.
+fn open_index<D: Disk>(
+    disk: D,
+    segment_bytes: u64,
+    use_summaries: bool,
+) -> Result<Opened<D>, LogError> {
+    let mut index = Index::default();
+    let mut groups: Vec<GroupEvent> = Vec::new();
+    let mut broken = None;
+    let mut wrong = false;
+    let mut covered: Option<Covered> = None;
+    let log = Log::open_replayed(disk, segment_bytes, |event| match event {
+        Replayed::Segment {
+            segment,
+            last,
+            disk,
+        } => {
+            // A new segment: the one before (if read record by record) is
+            // noted whole.
+            if let Some(notes) = index.seal() {
+                write_summary(disk, notes);
+            }
+            wrong |= covered.take().is_some_and(|c| !c.matched());
+            if !use_summaries || last || wrong || broken.is_some() {
+                return;
+            }
+            let bytes = match disk.read_summary(segment) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::warn!(segment, error = %err, "a segment summary does not read");
+                    return;
+                }
+            };
+            match index.load_summary(segment, &bytes) {
+                Ok(Some(covers)) => {
+                    covered = Some(Covered {
+                        segment,
+                        next_no: covers.first_no,
+                        covers,
+                    })
+                }
+                Ok(None) => {}
+                Err(_) => wrong = true,
+            }
+        }
+        Replayed::Batch(placed, body) => {
+            if broken.is_some() || wrong {
+                return;
+            }
+            if let Some(covered) = covered.as_mut().filter(|c| c.segment == placed.segment) {
+                if placed.batch_no != covered.next_no || placed.batch_no > covered.covers.last_no {
+                    wrong = true;
+                    return;
+                }
+                covered.next_no += 1;
+                for at in covered
+                    .covers
+                    .groups
+                    .iter()
+                    .filter(|g| g.batch_no == placed.batch_no)
+                {
+                    let record = body
+                        .get(at.start as usize..at.end as usize)
+                        .and_then(|bytes| match records::records(bytes).next() {
+                            Some(Ok((_, Record::Group { event, change, .. }))) => {
+                                Some((event, change.to_vec()))
+                            }
+                            _ => None,
+                        });
+                    match record {
+                        Some((event, change)) => groups.push((event, change, placed.batch_no)),
+                        None => wrong = true,
+                    }
+                }
+                return;
+            }
+            // Nothing to seal: that was done as the segment began.
+            let _ = index.begin_batch(placed);
+            let replayed = index.replay(placed, body, |event, change| {
+                groups.push((event.clone(), change.to_vec(), placed.batch_no))
+            });
+            if let Err(why) = replayed {
+                broken = Some((placed, why));
+            }
+        }
+    })?;
+    if let Some((placed, why)) = broken {
+        return Err(LogError::Damaged {
+            segment: placed.segment,
+            offset: placed.body_at,
+            why: why.into(),
+        });
+    }
+    if wrong || covered.is_some_and(|c| !c.matched()) {
+        return Ok(Opened::SummariesWrong(log.into_disk()));
+    }
+    Ok(Opened::Whole(log, Box::new(index), groups))
+}
+
+/// Has the summary of a sealed segment written; a failure costs only a
+/// slower start.
+fn write_summary(disk: &impl Disk, notes: SegmentNotes) {
+    disk.write_summary(notes.segment, Box::new(move || notes.encode()));
 }
 
 /// A reader of the store: the shared index and its own segment handles.
@@ -751,6 +892,90 @@ mod tests {
         drop(store);
         let store = MessageStore::open(disk, SEGMENT).unwrap();
         assert_eq!(store.cursor(7, "phone", conv("si_1_7")), 5);
+    }
+
+    /// Summaries of sealed segments rebuild the very index the records
+    /// do; a damaged summary, or a whole one that does not match its
+    /// segment, is ignored and the index is still right.
+    #[test]
+    fn an_index_from_summaries_is_the_index_from_records() {
+        let disk = MemDisk::default();
+        let mut store = MessageStore::open(disk.clone(), 4 << 10).unwrap();
+        let mut rng = StdRng::seed_from_u64(7);
+        for round in 0..200i64 {
+            let conversation = ["si_1_2", "si_1_3", "sg_4", "si_2_3"][rng.gen_range(0..4)];
+            let sent = message(
+                conversation,
+                1 + round % 3,
+                round,
+                &"y".repeat(rng.gen_range(1..200)),
+            );
+            let event = message("sg_4", 1, 10_000 + round, "joined");
+            let mut appends = vec![Append::Message(&sent)];
+            match round % 5 {
+                0 => appends.push(Append::Group {
+                    event: &event,
+                    readers: &[5, 6],
+                    change: b"change",
+                }),
+                1 => appends.push(Append::Read {
+                    user_id: 2,
+                    conversation: conv(conversation),
+                    seq: rng.gen_range(1..10),
+                }),
+                2 => appends.push(Append::Recall {
+                    conversation: conv("si_1_2"),
+                    seq: 1,
+                    sender_id: 1,
+                    not_before_ms: 0,
+                }),
+                _ => {}
+            }
+            appends.push(Append::Cursor {
+                user_id: 3,
+                device_id: ["phone", "laptop"][rng.gen_range(0..2)],
+                conversation: conv(conversation),
+                seq: rng.gen_range(0..50),
+            });
+            store.append(&appends).unwrap();
+        }
+        let expected = store.with(|index, _| index.canonical());
+        drop(store);
+        let summaries = disk.0.borrow().summaries.len() as u64;
+        let segments = disk.0.borrow().visible.len() as u64;
+        assert!(
+            summaries >= 5 && summaries == segments - 1,
+            "{summaries} of {segments}: {:?}",
+            disk.0.borrow().summaries.keys().collect::<Vec<_>>()
+        );
+        let reopened = |disk: &MemDisk| {
+            let mut groups = 0;
+            let store =
+                MessageStore::open_replaying(disk.clone(), 4 << 10, true, |event, change, _| {
+                    assert_eq!((event.content.as_str(), change), ("joined", &b"change"[..]));
+                    groups += 1;
+                })
+                .unwrap();
+            (store.with(|index, _| index.canonical()), groups)
+        };
+        assert_eq!(reopened(&disk), (expected.clone(), 40));
+        // Damaged: that segment is read record by record (and summarized
+        // again).
+        let damaged = {
+            let summaries = &mut disk.0.borrow_mut().summaries;
+            let summary = summaries.get_mut(&2).unwrap();
+            summary[40] ^= 1;
+            summary.clone()
+        };
+        assert_eq!(reopened(&disk), (expected.clone(), 40));
+        assert_ne!(disk.0.borrow().summaries[&2], damaged, "written again");
+        // Whole but of other batches: segment 3's summary under 2's name.
+        let mut state = disk.0.borrow_mut();
+        let third = state.summaries[&3].clone();
+        let forged = crate::msglog::summary::renumbered(&third, 2);
+        state.summaries.insert(2, forged);
+        drop(state);
+        assert_eq!(reopened(&disk), (expected, 40));
     }
 
     /// Crashes at random points: every acked message is back under its

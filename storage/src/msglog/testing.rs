@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::batch::SECTOR;
-use super::disk::Disk;
+use super::disk::{Disk, SummaryJob};
 
 #[derive(Default)]
 pub(crate) struct State {
@@ -26,6 +26,8 @@ pub(crate) struct State {
     pub(crate) marks: Option<Vec<u8>>,
     /// The log-end file (each write durable at once).
     pub(crate) end: Vec<u8>,
+    /// Segment summaries (a crash keeps them: they are checked at use).
+    pub(crate) summaries: BTreeMap<u64, Vec<u8>>,
 }
 
 /// A disk shared with the test, which crashes it under the log.
@@ -122,16 +124,12 @@ impl Disk for MemDisk {
         Ok(())
     }
 
-    fn read_written(&mut self, segment: u64) -> io::Result<(Vec<u8>, u64)> {
-        let bytes = self
-            .0
-            .borrow()
-            .visible
-            .get(&segment)
-            .cloned()
-            .ok_or_else(missing)?;
-        let len = bytes.len() as u64;
-        Ok((bytes, len))
+    fn read_written(&mut self, segment: u64, into: &mut Vec<u8>) -> io::Result<u64> {
+        let state = self.0.borrow();
+        let bytes = state.visible.get(&segment).ok_or_else(missing)?;
+        into.clear();
+        into.extend_from_slice(bytes);
+        Ok(bytes.len() as u64)
     }
 
     fn read_at(&self, segment: u64, at: u64, out: &mut [u8]) -> io::Result<()> {
@@ -139,5 +137,13 @@ impl Disk for MemDisk {
         let data = state.visible.get(&segment).ok_or_else(missing)?;
         out.copy_from_slice(&data[at as usize..at as usize + out.len()]);
         Ok(())
+    }
+
+    fn read_summary(&self, segment: u64) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.0.borrow().summaries.get(&segment).cloned())
+    }
+
+    fn write_summary(&self, segment: u64, summary: SummaryJob) {
+        self.0.borrow_mut().summaries.insert(segment, summary());
     }
 }
