@@ -7,13 +7,17 @@
 //! written by a sibling task, so a slow peer never stalls the core; that
 //! task also ends the connection by shutting the socket down.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use ourchat_protocol::codec::{self, FrameError, HEADER_LEN};
@@ -52,6 +56,17 @@ struct LoginGrant {
     expire_at: u64,
     /// First login on this device: its row must exist before the reply.
     new_device: bool,
+}
+
+/// The reader's next step after a frame (or the end of reading).
+enum Step<'a> {
+    /// Read the next frame.
+    Next,
+    /// Handle a request (boxed: its state lives on the heap only while a
+    /// request is handled); `false`: the connection ends.
+    Handle(Pin<Box<dyn Future<Output = bool> + 'a>>),
+    /// End the connection, after this.
+    Close(Pin<Box<dyn Future<Output = ()> + 'a>>),
 }
 
 /// Why reading stopped.
@@ -141,8 +156,7 @@ async fn handshake_then_serve(
 }
 
 /// Serves one connection until it closes. `fd` is its socket, under
-/// whatever `stream` wraps it in (boxed, so that this future does not keep
-/// room for it once it is split); `_slot` counts it against its address
+/// whatever `stream` wraps it in; `_slot` counts it against its address
 /// until it ends.
 async fn serve<S>(
     core: Rc<Core>,
@@ -157,9 +171,11 @@ async fn serve<S>(
     let limits = &core.shared.config.limits;
     let outbox = Rc::new(Outbox::new(config.outbound_queue_frames));
     let conn_id = core.add_connection(outbox.clone());
-    let (reader, writer) = (*stream).split();
-    let writer_task =
-        glommio::spawn_local(write_loop(writer, fd, outbox.clone(), core.clone())).detach();
+    // One task reads and writes: the stream is shared by the two halves
+    // of this future (each borrows it only inside one poll), so a
+    // connection is one task and one allocation, with no lock between
+    // its halves and no second task to wake.
+    let stream = RefCell::new(*stream);
     let mut conn = Connection {
         core: core.clone(),
         conn_id,
@@ -171,29 +187,64 @@ async fn serve<S>(
         peer,
         frames: FrameLimiter::new(limits.frame_rate(), std::time::Instant::now()),
     };
-    conn.read_loop(reader).await;
-    if let Some(session) = conn.session.take() {
-        let owner = core.owner_of_user(session.user_id);
-        let offline = CoreMsg::Offline {
-            user_id: session.user_id,
-            device_id: session.device_id,
-            conn_id,
-        };
-        // Boxed for the same reason as the handlers: only a closing
-        // connection pays for the routing future.
-        Box::pin(core.route(owner, offline)).await;
-    }
-    outbox.close_with(None);
-    let _ = writer_task.await;
+    let reading = async {
+        conn.read_loop(Shared(&stream)).await;
+        if let Some(session) = conn.session.take() {
+            let owner = core.owner_of_user(session.user_id);
+            let offline = CoreMsg::Offline {
+                user_id: session.user_id,
+                device_id: session.device_id,
+                conn_id,
+            };
+            // Boxed for the same reason as the handlers: only a closing
+            // connection pays for the routing future.
+            Box::pin(core.route(owner, offline)).await;
+        }
+        outbox.close_with(None);
+    };
+    let writing = write_loop(Shared(&stream), fd, outbox.clone(), core.clone());
+    futures::future::join(reading, writing).await;
     core.remove_connection(conn_id);
+}
+
+/// A connection's stream as its reading and its writing half each see it:
+/// borrowed for one poll at a time, never across an await.
+struct Shared<'a, S>(&'a RefCell<S>);
+
+impl<S: AsyncRead + Unpin> AsyncRead for Shared<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
 }
 
 /// Writes whatever is queued, in batches, until the outbox closes; then
 /// shuts the socket down in both directions, which ends the reader's
 /// pending read. `fd` is the connection's socket, open for as long as this
 /// task holds its write half.
-async fn write_loop<S: AsyncWrite + Unpin>(
-    mut writer: WriteHalf<S>,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
     fd: RawFd,
     outbox: Rc<Outbox>,
     core: Rc<Core>,
@@ -256,50 +307,61 @@ impl Connection {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) {
         let max_frame = self.core.shared.config.server.max_frame_bytes;
         loop {
-            match read_frame(&mut reader, max_frame).await {
-                Ok(envelope) => {
-                    self.outbox.touch();
-                    match self.frame_verdict() {
-                        Verdict::Allow => {}
-                        // Refused frames are answered and never carried out.
-                        Verdict::Refuse => {
-                            self.refuse_frame(envelope.req_id);
-                            continue;
-                        }
-                        Verdict::Disconnect => {
-                            self.core.metrics().limited(Limit::Flood);
-                            // Boxed, as the handlers are: an idle
-                            // connection's future stays small.
-                            return Box::pin(self.close_after_inflight(
-                                envelope.req_id,
-                                ErrorCode::RateLimited,
-                                "flooding: connection closed",
-                            ))
-                            .await;
-                        }
-                    }
-                    // Boxed: the handlers' state lives on the heap only while
-                    // a request is handled, so an idle connection's future
-                    // stays a few hundred bytes instead of ~2 KB.
-                    if !Box::pin(self.handle(envelope)).await {
+            // The frame goes straight into a plain function that boxes
+            // what must be awaited: an envelope (hundreds of bytes) then
+            // never has a slot in this future, which every idle connection
+            // carries (it was 840 bytes, mostly that slot).
+            let step = {
+                let read = read_frame(&mut reader, max_frame).await;
+                self.next_step(read)
+            };
+            match step {
+                Step::Next => {}
+                Step::Handle(handling) => {
+                    if !handling.await {
                         return;
                     }
                 }
-                Err(ReadEnd::Closed) => return,
-                Err(ReadEnd::Bad(FrameError::TooLarge { len, max })) => {
-                    let message = format!("frame of {len} bytes exceeds the maximum of {max}");
-                    return Box::pin(self.close_after_inflight(
-                        0,
-                        ErrorCode::FrameTooLarge,
-                        &message,
-                    ))
-                    .await;
-                }
-                Err(ReadEnd::Bad(err)) => {
-                    let message = err.to_string();
-                    return Box::pin(self.close_after_inflight(0, ErrorCode::Protocol, &message))
-                        .await;
-                }
+                Step::Close(closing) => return closing.await,
+            }
+        }
+    }
+
+    /// What to do with what the reader got.
+    fn next_step(&mut self, read: Result<Envelope, ReadEnd>) -> Step<'_> {
+        let envelope = match read {
+            Ok(envelope) => envelope,
+            Err(ReadEnd::Closed) => return Step::Close(Box::pin(async {})),
+            Err(ReadEnd::Bad(FrameError::TooLarge { len, max })) => {
+                let message = format!("frame of {len} bytes exceeds the maximum of {max}");
+                return Step::Close(Box::pin(async move {
+                    self.close_after_inflight(0, ErrorCode::FrameTooLarge, &message)
+                        .await
+                }));
+            }
+            Err(ReadEnd::Bad(err)) => {
+                let message = err.to_string();
+                return Step::Close(Box::pin(async move {
+                    self.close_after_inflight(0, ErrorCode::Protocol, &message)
+                        .await
+                }));
+            }
+        };
+        self.outbox.touch();
+        match self.frame_verdict() {
+            Verdict::Allow => Step::Handle(Box::pin(self.handle(envelope))),
+            // Refused frames are answered and never carried out.
+            Verdict::Refuse => {
+                self.refuse_frame(envelope.req_id);
+                Step::Next
+            }
+            Verdict::Disconnect => {
+                self.core.metrics().limited(Limit::Flood);
+                Step::Close(Box::pin(self.close_after_inflight(
+                    envelope.req_id,
+                    ErrorCode::RateLimited,
+                    "flooding: connection closed",
+                )))
             }
         }
     }
@@ -1322,6 +1384,26 @@ pub(crate) fn page_size(requested: u32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn future_size<A, B, C, F>(_: &impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle connection is one task holding this future: a local
+    /// held across an await (an envelope did, 680 bytes of it) or a
+    /// handler's state not boxed shows here first.
+    #[test]
+    fn an_idle_connection_is_one_small_future() {
+        let accept_size = future_size(&accept);
+        assert!(accept_size <= 900, "accept's future is {accept_size} bytes");
+        fn read_loop_size<F>(
+            _: &impl Fn(&'static mut Connection, Shared<'static, TcpStream>) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let reading = read_loop_size(&|conn, stream| conn.read_loop(stream));
+        assert!(reading <= 200, "read_loop's future is {reading} bytes");
+    }
 
     fn send(sender: i64, receiver: i64, content: &str, cmid: i64) -> pb::SendMessageRequest {
         pb::SendMessageRequest {

@@ -512,7 +512,11 @@ impl Core {
                 let registered_ms = now_ms() as i64;
                 let replaced = {
                     let mut directory = self.directory.borrow_mut();
-                    let devices = directory.entry(user_id).or_default();
+                    // Most users have one device online: room for one, not the four a
+                    // first push would reserve.
+                    let devices = directory
+                        .entry(user_id)
+                        .or_insert_with(|| Vec::with_capacity(1));
                     match devices.iter_mut().find(|d| *d.device_id == *device_id) {
                         Some(existing) => {
                             existing.registered_ms = registered_ms;

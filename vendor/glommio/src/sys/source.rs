@@ -26,6 +26,22 @@ use std::{
     time::Duration,
 };
 
+/// OurChat patch: a `recvmsg`'s buffer, iovec, header and peer address.
+pub(crate) type RecvMsgParts = (
+    Option<DmaBuffer>,
+    libc::iovec,
+    libc::msghdr,
+    MaybeUninit<nix::sys::socket::sockaddr_storage>,
+);
+
+/// OurChat patch: a `sendmsg`'s buffer, iovec, header and peer address.
+pub(crate) type SendMsgParts = (
+    DmaBuffer,
+    libc::iovec,
+    libc::msghdr,
+    nix::sys::socket::SockaddrStorage,
+);
+
 #[derive(Debug)]
 #[allow(dead_code)] // Clippy is unhappy with some of the fields on these enums never being read,
                     // but they are certainly used, and read by debug
@@ -35,18 +51,10 @@ pub(crate) enum SourceType {
     PollAdd,
     SockSend(DmaBuffer),
     SockRecv(Option<DmaBuffer>),
-    SockRecvMsg(
-        Option<DmaBuffer>,
-        libc::iovec,
-        libc::msghdr,
-        MaybeUninit<nix::sys::socket::sockaddr_storage>,
-    ),
-    SockSendMsg(
-        DmaBuffer,
-        libc::iovec,
-        libc::msghdr,
-        nix::sys::socket::SockaddrStorage,
-    ),
+    // OurChat patch: boxed, so that every other source (one per pending
+    // read of every idle connection) is not as large as these two.
+    SockRecvMsg(Box<RecvMsgParts>),
+    SockSendMsg(Box<SendMsgParts>),
     Open(CString),
     FdataSync,
     Fallocate,
