@@ -1,8 +1,10 @@
 //! One reactor core: its connections, its partition of users (which devices
-//! are online, on which core) and its partition of conversations (seq
-//! counter and recent sends). Cores share nothing; they talk through the
-//! glommio channel mesh with [`CoreMsg`]. Everything here runs on one
-//! thread, so state is in `Cell`/`RefCell` and no lock is taken.
+//! are online, on which core) and its partition of conversations, whose
+//! decisions live in the sans-IO [`Sequencer`](crate::sequencer) and are
+//! carried out here (`Reactor`: loads, writes, Redis rounds, answers).
+//! Cores share nothing; they talk through the glommio channel mesh with
+//! [`CoreMsg`]. Everything here runs on one thread, so state is in
+//! `Cell`/`RefCell` and no lock is taken.
 //!
 //! A 1:1 send travels: sender's core → conversation owner (assigns the
 //! seq, queues the write) → store writer → conversation owner's commit pump
@@ -12,7 +14,7 @@
 //! `PushMany` carrying one frame to every member, one mesh message per core.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -28,18 +30,17 @@ use ourchat_protocol::ids::{now_ms, IdGenerator};
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{codec, Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::redis::{RedisSeq, SendBudget, SeqGrant, SeqRequest};
-use ourchat_storage::{
-    fingerprint_of, ConversationHead, GroupChange, ReadStore, StoreError, WriteOp, WriteOutcome,
-};
+use ourchat_storage::{ReadStore, StoreError, WriteOp, WriteOutcome};
 use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
 
 use crate::auth::TokenKeys;
 use crate::cluster::{ClusterShared, DeviceChange};
 use crate::config::Config;
-use crate::group_state::{self, GroupCommand, GroupState};
+use crate::group_state::GroupCommand;
 use crate::limits::{Limit, NodeLimits, TokenBucket};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::outbox::Outbox;
+use crate::sequencer::{self, reused_id, Recipients, Sequencer, Ticket, Write};
 
 /// Everything the cores share: read-only config and thread-safe handles.
 pub struct Shared {
@@ -227,19 +228,7 @@ pub struct SendJob {
     pub reply: oneshot::Sender<SendResult>,
 }
 
-/// What a send becomes.
-pub type SendResult = Result<Accepted, pb::Error>;
-
-/// Where a durable message landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Accepted {
-    /// Seq in its conversation.
-    pub seq: i64,
-    /// Server id.
-    pub server_msg_id: i64,
-    /// Server time.
-    pub sent_at_ms: i64,
-}
+pub use crate::sequencer::{Accepted, SendResult};
 
 /// Connection ids carry their core in the top 16 bits.
 const CONN_CORE_SHIFT: u32 = 48;
@@ -279,7 +268,7 @@ pub struct Core {
     next_conn: Cell<u64>,
     conns: RefCell<HashMap<u64, Rc<Outbox>>>,
     directory: RefCell<HashMap<i64, Vec<DeviceConn>>>,
-    sequencer: RefCell<Sequencer>,
+    sequencer: RefCell<Sequencer<oneshot::Sender<SendResult>>>,
     commits: LocalSender<PendingCommit>,
     known_users: RefCell<HashSet<i64>>,
     /// When this core's users last disconnected.
@@ -320,12 +309,12 @@ impl Core {
             next_conn: Cell::new(1),
             conns: RefCell::default(),
             directory: RefCell::default(),
-            sequencer: RefCell::new(Sequencer {
-                convs: HashMap::new(),
-                block_overrides: HashMap::new(),
-                stale_loads: HashSet::new(),
-                max: shared.config.storage.max_conversations_per_core,
-            }),
+            sequencer: RefCell::new(Sequencer::new(sequencer::Limits {
+                window: shared.config.storage.dedupe_window,
+                max_conversations: shared.config.storage.max_conversations_per_core,
+                max_group_members: shared.config.server.max_group_members,
+                clustered: shared.cluster.is_some(),
+            })),
             commits,
             known_users: RefCell::default(),
             last_seen: RefCell::default(),
@@ -650,33 +639,12 @@ impl Core {
                 blocked,
                 done,
             } => {
-                let mut sequencer = self.sequencer.borrow_mut();
-                match sequencer.convs.get_mut(&conversation) {
-                    Some(Slot::Ready(state)) => state.blocked = blocked,
-                    // The load may have read the store before the change
-                    // committed: apply it when the load lands.
-                    Some(Slot::Loading(_)) => {
-                        sequencer.block_overrides.insert(conversation, blocked);
-                    }
-                    None => {}
-                }
+                self.sequencer
+                    .borrow_mut()
+                    .set_blocked(conversation, blocked);
                 let _ = done.send(());
             }
-            CoreMsg::Forget { conversation } => {
-                let mut sequencer = self.sequencer.borrow_mut();
-                match sequencer.convs.get_mut(&conversation) {
-                    // In-flight sends hold on to the state: drop it once
-                    // they are answered (`reload_if_stale`).
-                    Some(Slot::Ready(state)) if state.has_pending() => state.stale = true,
-                    Some(Slot::Ready(_)) => {
-                        sequencer.convs.remove(&conversation);
-                    }
-                    Some(Slot::Loading(_)) => {
-                        sequencer.stale_loads.insert(conversation);
-                    }
-                    None => {}
-                }
-            }
+            CoreMsg::Forget { conversation } => self.sequencer.borrow_mut().forget(conversation),
             CoreMsg::Broadcast { frame, reply } => {
                 let mut queued = 0;
                 for outbox in self.conns.borrow().values() {
@@ -839,34 +807,21 @@ impl Core {
     // ----- sequencing (this core owns the conversation) -----
 
     fn sequence(self: &Rc<Self>, job: SendJob) {
-        let conv = match job.message.conversation_id.parse::<ConversationId>() {
-            Ok(conv) => conv,
-            Err(e) => {
-                let _ = job
-                    .reply
-                    .send(Err(pb::Error::new(ErrorCode::BadRequest, e.to_string())));
-                return;
-            }
+        let SendJob {
+            message,
+            origin_conn,
+            command,
+            reply,
+        } = job;
+        let job = sequencer::Job {
+            message,
+            origin_conn,
+            command,
+            reply,
         };
-        let mut sequencer = self.sequencer.borrow_mut();
-        match sequencer.convs.get_mut(&conv) {
-            Some(Slot::Ready(state)) if state.stale => {
-                state.held.push(job);
-                // Normally the last in-flight answer reloads it; if none is
-                // left, nothing else would.
-                drop(sequencer);
-                self.reload_if_stale(conv);
-            }
-            Some(Slot::Ready(state)) => self.assign(conv, state, job),
-            Some(Slot::Loading(queue)) => queue.push(job),
-            None => {
-                sequencer.evict_idle();
-                sequencer.convs.insert(conv, Slot::Loading(vec![job]));
-                drop(sequencer);
-                let core = self.clone();
-                glommio::spawn_local(async move { core.load_conversation(conv).await }).detach();
-            }
-        }
+        let mut reactor = Reactor::new(self);
+        self.sequencer.borrow_mut().send(job, &mut reactor);
+        reactor.spawn_deferred();
     }
 
     async fn load_conversation(self: Rc<Self>, conv: ConversationId) {
@@ -875,347 +830,58 @@ impl Core {
         let head = self
             .read(move |store| store.conversation_head(&id, window))
             .await;
-        let mut sequencer = self.sequencer.borrow_mut();
-        let queued = match sequencer.convs.remove(&conv) {
-            Some(Slot::Loading(queued)) => queued,
-            // Only the loader replaces a Loading slot.
-            Some(other) => {
-                sequencer.convs.insert(conv, other);
-                return;
-            }
-            None => return,
-        };
-        if sequencer.stale_loads.remove(&conv) {
-            sequencer.convs.insert(conv, Slot::Loading(queued));
-            drop(sequencer);
-            glommio::spawn_local(async move { self.load_conversation(conv).await }).detach();
-            return;
-        }
-        match head {
-            Ok(head) => {
-                let mut state = ConvState::from_head(head);
-                if let Some(blocked) = sequencer.block_overrides.remove(&conv) {
-                    state.blocked = blocked;
-                }
-                for job in queued {
-                    self.assign(conv, &mut state, job);
-                }
-                sequencer.convs.insert(conv, Slot::Ready(state));
-            }
-            Err(err) => {
-                for job in queued {
-                    let _ = job.reply.send(Err(err.clone()));
-                }
-            }
-        }
-    }
-
-    /// Gives `job` the conversation's next seq and queues its write, or
-    /// answers it from the recent-sends window when it is a resend.
-    fn assign(self: &Rc<Self>, conv: ConversationId, state: &mut ConvState, job: SendJob) {
-        let SendJob {
-            mut message,
-            origin_conn,
-            command,
-            reply,
-        } = job;
-        let fingerprint = fingerprint_of(&message);
-        let resend = state.recent.iter().rev().find(|r| {
-            r.sender_id == message.sender_id && r.client_message_id == message.client_message_id
-        });
-        if let Some(previous) = resend {
-            if previous.fingerprint != fingerprint {
-                let _ = reply.send(Err(reused_id(message.client_message_id)));
-                return;
-            }
-            match &previous.waiters {
-                None => {
-                    let _ = reply.send(Ok(previous.accepted));
-                }
-                Some(waiters) => waiters.borrow_mut().push(reply),
-            }
-            return;
-        }
-        let mut recipients = Recipients::Direct {
-            receiver: message.receiver_id,
-            sender: message.sender_id,
-        };
-        let mut change = None;
-        // A refused write must not leave a change applied in memory.
-        let mut before_change = None;
-        if message.group_id != 0 {
-            let checked = match command {
-                None => match &state.group {
-                    Some(group) => group
-                        .check_send(message.sender_id)
-                        .map(|()| group.members()),
-                    None => Err(pb::Error::new(ErrorCode::NotFound, "no such group")),
-                },
-                Some(command) => {
-                    before_change = Some(state.group.clone());
-                    let max = self.shared.config.server.max_group_members;
-                    group_state::apply(&mut state.group, message.sender_id, command, max).map(
-                        |applied| {
-                            message.group_event = Some(applied.event);
-                            change = Some(applied.change);
-                            applied.recipients
-                        },
-                    )
-                }
-            };
-            match checked {
-                Ok(members) => recipients = Recipients::Group(members),
-                Err(error) => {
-                    let _ = reply.send(Err(error));
-                    return;
-                }
-            }
-        } else if state.blocked {
-            let _ = reply.send(Err(pb::Error::new(
-                ErrorCode::Forbidden,
-                "you cannot message this user",
-            )));
-            return;
-        }
-        let staged = Staged {
-            message,
-            fingerprint,
-            origin_conn,
-            recipients,
-            change,
-            before_change,
-            reply,
-        };
-        if self.shared.cluster.is_some() {
-            // Seqs come from Redis: queue, and keep one request per
-            // conversation in flight (it takes everything queued so far).
-            state.awaiting.push(staged);
-            if !state.allocating {
-                state.allocating = true;
-                let core = self.clone();
-                glommio::spawn_local(async move { core.allocate_seqs(conv).await }).detach();
-            }
-            return;
-        }
-        // Seq 0: the store gives the seq when it writes the message, after
-        // checking its unique index for this (sender, client id), so a
-        // resend older than the window is answered with its first seq and
-        // takes none (no gap).
-        let accepted = Accepted {
-            seq: 0,
-            server_msg_id: self.next_id(),
-            sent_at_ms: now_ms() as i64,
-        };
-        self.submit(state, staged, accepted);
-    }
-
-    /// Queues a sequenced message's write and its commit; the sender's
-    /// reply waits for the commit.
-    fn submit(&self, state: &mut ConvState, staged: Staged, accepted: Accepted) {
-        let Staged {
-            mut message,
-            fingerprint,
-            origin_conn,
-            recipients,
-            change,
-            before_change,
-            reply,
-        } = staged;
-        message.seq = accepted.seq;
-        message.server_msg_id = accepted.server_msg_id;
-        message.sent_at_ms = accepted.sent_at_ms;
-        let op = match change {
-            Some(change) => WriteOp::GroupChange {
-                event: message.clone(),
-                change,
-            },
-            None => WriteOp::AppendMessage(message.clone()),
-        };
-        let writer = match &self.shared.cluster {
-            Some(cluster) => &cluster.log_writer,
-            None => &self.shared.writer,
-        };
-        let completion = match writer.try_submit(op) {
-            Ok(completion) => completion,
-            Err(refused) => {
-                // The seq was not taken: the next send reuses it.
-                if let Some(group) = before_change {
-                    state.group = group;
-                }
-                let _ = reply.send(Err(pool_error(refused.error)));
-                return;
-            }
-        };
-        state.last_seq = state.last_seq.max(accepted.seq);
-        let waiters = Rc::new(RefCell::new(vec![reply]));
-        state.recent.push_back(RecentSend {
-            sender_id: message.sender_id,
-            client_message_id: message.client_message_id,
-            fingerprint,
-            accepted,
-            waiters: Some(waiters.clone()),
-        });
-        state.trim(self.sequencer_window());
-        let pending = PendingCommit {
-            message,
-            origin_conn,
-            recipients,
-            completion,
-            waiters,
-        };
-        if self.commits.try_send(pending).is_err() {
-            tracing::error!("commit pump gone; send left unanswered");
-        }
+        let mut reactor = Reactor::new(&self);
+        self.sequencer.borrow_mut().loaded(conv, head, &mut reactor);
+        reactor.spawn_deferred();
     }
 
     /// Cluster mode: asks Redis for the seqs of every send queued on `conv`
     /// (one call per round), then submits them in seq order; repeats while
     /// sends keep arriving.
     async fn allocate_seqs(self: Rc<Self>, conv: ConversationId) {
-        // Spawned by `assign` while the sequencer is borrowed: let that
-        // borrow end before taking it.
+        // Let this turn's sends queue first: one Redis round takes them all.
         yield_once().await;
         let id = conv.to_string();
         loop {
-            let (batch, floor) = {
-                let mut sequencer = self.sequencer.borrow_mut();
-                let Some(Slot::Ready(state)) = sequencer.convs.get_mut(&conv) else {
-                    return;
-                };
-                if state.awaiting.is_empty() {
-                    state.allocating = false;
-                    drop(sequencer);
-                    self.reload_if_stale(conv);
-                    return;
-                }
-                (std::mem::take(&mut state.awaiting), state.last_seq)
+            let mut reactor = Reactor::new(&self);
+            let asked = self
+                .sequencer
+                .borrow_mut()
+                .take_allocation(conv, &mut reactor);
+            reactor.spawn_deferred();
+            let Some(allocation) = asked else {
+                return;
             };
-            let minted: Vec<(i64, i64)> = batch
-                .iter()
-                .map(|_| (self.next_id(), now_ms() as i64))
-                .collect();
-            let requests: Vec<SeqRequest> = batch
-                .iter()
-                .zip(&minted)
-                .map(|(staged, (server_msg_id, sent_at_ms))| SeqRequest {
-                    sender_id: staged.message.sender_id,
-                    client_message_id: staged.message.client_message_id,
-                    server_msg_id: *server_msg_id,
-                    sent_at_ms: *sent_at_ms,
-                    fingerprint: staged.fingerprint,
-                    // Chat sends also draw on the sender's budget shared by
-                    // every node (this core's bucket knows this core only).
-                    budgeted: staged.change.is_none(),
-                })
-                .collect();
             if let Some(cluster) = &self.shared.cluster {
                 let stats = &cluster.stats;
                 stats
                     .seq_requests
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                stats
-                    .seq_sends
-                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                stats.seq_sends.fetch_add(
+                    allocation.requests.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             let rate = self.shared.config.limits.user_send_rate();
             let budget = SendBudget {
                 per_sec: rate.per_sec,
                 burst: rate.burst,
             };
-            let key = id.clone();
+            let (key, floor) = (id.clone(), allocation.floor);
+            let requests = allocation.requests;
+            let asked = requests.clone();
             let grants = self
-                .redis(move |redis| redis.allocate(&key, floor, &requests, budget))
+                .redis(move |redis| redis.allocate(&key, floor, &asked, budget))
                 .await;
-            let sent_before = match &grants {
-                Ok(grants) => self.sent_before_redis_window(&id, &batch, grants).await,
+            let in_store = match &grants {
+                Ok(grants) => self.sent_before_redis_window(&id, &requests, grants).await,
                 Err(_) => HashMap::new(),
             };
-            let mut sequencer = self.sequencer.borrow_mut();
-            let state = match sequencer.convs.get_mut(&conv) {
-                Some(Slot::Ready(state)) => Some(state),
-                _ => None,
-            };
-            match (grants, state) {
-                (Ok(grants), Some(state)) if grants.len() == batch.len() => {
-                    for ((staged, grant), (server_msg_id, sent_at_ms)) in
-                        batch.into_iter().zip(grants).zip(minted)
-                    {
-                        // A resend is written again under its first seq:
-                        // if its first write never reached Kafka this one
-                        // does, and if it did, MySQL keeps one and clients
-                        // drop the repeated push by seq.
-                        let accepted = match grant {
-                            SeqGrant::Limited => {
-                                self.metrics().limited(Limit::UserSendRate);
-                                let _ = staged.reply.send(Err(self.slow_down()));
-                                continue;
-                            }
-                            SeqGrant::New { seq } => {
-                                let message = &staged.message;
-                                let key = (message.sender_id, message.client_message_id);
-                                if let Some(first) = sent_before.get(&key) {
-                                    // Older than Redis's window: answered from
-                                    // the store; the seq Redis gave stays unused.
-                                    let answer = match first.fingerprint == staged.fingerprint {
-                                        true => Ok(Accepted {
-                                            seq: first.seq,
-                                            server_msg_id: first.server_msg_id,
-                                            sent_at_ms: first.sent_at_ms,
-                                        }),
-                                        false => Err(reused_id(message.client_message_id)),
-                                    };
-                                    let _ = staged.reply.send(answer);
-                                    continue;
-                                }
-                                Accepted {
-                                    seq,
-                                    server_msg_id,
-                                    sent_at_ms,
-                                }
-                            }
-                            SeqGrant::Resend {
-                                fingerprint: Some(first),
-                                ..
-                            } if first != staged.fingerprint => {
-                                let reused = reused_id(staged.message.client_message_id);
-                                let _ = staged.reply.send(Err(reused));
-                                continue;
-                            }
-                            SeqGrant::Resend {
-                                seq,
-                                server_msg_id,
-                                sent_at_ms,
-                                ..
-                            } => Accepted {
-                                seq,
-                                server_msg_id,
-                                sent_at_ms,
-                            },
-                        };
-                        self.submit(state, staged, accepted);
-                    }
-                }
-                (outcome, state) => {
-                    let error = match outcome {
-                        Err(error) => error,
-                        Ok(_) => {
-                            pb::Error::new(ErrorCode::Internal, "sequencing interrupted, retry")
-                        }
-                    };
-                    tracing::warn!(conv = %conv, code = error.code, "seq allocation failed");
-                    if let Some(state) = state {
-                        // Undo the queued group changes, newest first.
-                        for staged in batch.iter().rev() {
-                            if let Some(group) = &staged.before_change {
-                                state.group = group.clone();
-                            }
-                        }
-                    }
-                    for staged in batch {
-                        let _ = staged.reply.send(Err(error.clone()));
-                    }
-                }
-            }
+            let mut reactor = Reactor::new(&self);
+            self.sequencer
+                .borrow_mut()
+                .allocated(conv, grants, &in_store, &mut reactor);
+            reactor.spawn_deferred();
         }
     }
 
@@ -1227,16 +893,16 @@ impl Core {
     async fn sent_before_redis_window(
         &self,
         conv: &str,
-        batch: &[Staged],
+        requests: &[SeqRequest],
         grants: &[SeqGrant],
     ) -> HashMap<(i64, i64), ourchat_storage::RecentSend> {
-        let sends: Vec<(i64, i64)> = batch
+        // Chat sends only (a group change is not budgeted, and not
+        // deduplicated by the store).
+        let sends: Vec<(i64, i64)> = requests
             .iter()
             .zip(grants)
-            .filter(|(staged, grant)| {
-                staged.change.is_none() && matches!(grant, SeqGrant::New { .. })
-            })
-            .map(|(staged, _)| (staged.message.sender_id, staged.message.client_message_id))
+            .filter(|(request, grant)| request.budgeted && matches!(grant, SeqGrant::New { .. }))
+            .map(|(request, _)| (request.sender_id, request.client_message_id))
             .collect();
         if sends.is_empty() {
             return HashMap::new();
@@ -1281,10 +947,7 @@ impl Core {
         if self.owner_of_conversation(conv) != self.id {
             return None;
         }
-        match self.sequencer.borrow().convs.get(conv) {
-            Some(Slot::Ready(state)) => state.group.as_ref().map(GroupState::members),
-            _ => None,
-        }
+        self.sequencer.borrow().members(conv)
     }
 
     /// Drops the owner's state of `conv` (it changed on another node).
@@ -1294,34 +957,6 @@ impl Core {
             CoreMsg::Forget { conversation: conv },
         )
         .await;
-    }
-
-    /// Drops a conversation's state that another node changed, once its
-    /// in-flight sends are answered, and reads it again for the sends held
-    /// meanwhile.
-    fn reload_if_stale(self: &Rc<Self>, conv: ConversationId) {
-        let mut sequencer = self.sequencer.borrow_mut();
-        let settled = matches!(
-            sequencer.convs.get(&conv),
-            Some(Slot::Ready(state)) if state.stale && !state.in_flight()
-        );
-        if !settled {
-            return;
-        }
-        let Some(Slot::Ready(state)) = sequencer.convs.remove(&conv) else {
-            return;
-        };
-        if state.held.is_empty() {
-            return;
-        }
-        sequencer.convs.insert(conv, Slot::Loading(state.held));
-        drop(sequencer);
-        let core = self.clone();
-        glommio::spawn_local(async move { core.load_conversation(conv).await }).detach();
-    }
-
-    fn sequencer_window(&self) -> usize {
-        self.shared.config.storage.dedupe_window
     }
 
     /// Drains commit completions in submission order: acks every waiting
@@ -1339,10 +974,10 @@ impl Core {
         outcome: Result<Result<WriteOutcome, PoolError>, oneshot::Canceled>,
     ) {
         let PendingCommit {
+            ticket,
             mut message,
             origin_conn,
             recipients,
-            waiters,
             ..
         } = commit;
         let conv = message.conversation_id.parse::<ConversationId>().ok();
@@ -1383,34 +1018,18 @@ impl Core {
             Ok(Err(err)) => Err(pool_error(err)),
             Err(_) => Err(pool_error(PoolError::Closed)),
         };
-        if let Some(conv) = conv {
-            let mut sequencer = self.sequencer.borrow_mut();
-            // A group change the store did not take was applied in memory:
-            // read the group again.
-            let unstored_change = sent_before && message.group_event.is_some();
-            let dropped = match (&result, sequencer.convs.get_mut(&conv)) {
-                (Ok(accepted), Some(Slot::Ready(state))) if !unstored_change => {
-                    state.mark_committed(&message, *accepted);
-                    None
-                }
-                // The seq may be half-known to the store: start over from
-                // what it holds on the next send.
-                (Err(_), Some(Slot::Ready(_))) => sequencer.convs.remove(&conv),
-                _ => None,
-            };
-            drop(sequencer);
-            match dropped {
-                Some(Slot::Ready(state)) => {
-                    for job in state.held {
-                        self.sequence(job);
-                    }
-                }
-                _ => self.reload_if_stale(conv),
-            }
-        }
-        for waiter in waiters.borrow_mut().drain(..) {
-            let _ = waiter.send(result.clone());
-        }
+        // A group change the store did not take was applied in memory.
+        let unstored_change = sent_before && message.group_event.is_some();
+        let mut reactor = Reactor::new(self);
+        self.sequencer.borrow_mut().committed(
+            ticket,
+            conv,
+            &message,
+            &result,
+            unstored_change,
+            &mut reactor,
+        );
+        reactor.spawn_deferred();
         if result.is_err() || sent_before {
             return;
         }
@@ -1628,161 +1247,101 @@ impl Core {
     }
 }
 
-/// Who a committed message is pushed to.
-enum Recipients {
-    /// Both sides of a 1:1 conversation.
-    Direct { receiver: i64, sender: i64 },
-    /// Every member of a group (as of the message's seq).
-    Group(Rc<[i64]>),
-}
-
 /// A queued write the commit pump waits on.
 pub struct PendingCommit {
+    ticket: Ticket,
     message: ChatMessage,
     origin_conn: u64,
     recipients: Recipients,
     completion: WriteCompletion,
-    waiters: Rc<RefCell<Vec<oneshot::Sender<SendResult>>>>,
 }
 
-struct Sequencer {
-    convs: HashMap<ConversationId, Slot>,
-    /// Block changes that arrived while their conversation was loading.
-    block_overrides: HashMap<ConversationId, bool>,
-    /// Conversations another node changed while they were loading: the
-    /// load may have read the store before the change, so it runs again.
-    stale_loads: HashSet<ConversationId>,
-    max: usize,
+/// The core carrying out the sequencer's effects: loads and Redis rounds
+/// as tasks of their own, writes into the writer's queue (and their
+/// completions onto the commit pump), answers over the senders' oneshots.
+struct Reactor<'a> {
+    core: &'a Rc<Core>,
+    /// Tasks to start once the sequencer is no longer borrowed: glommio
+    /// runs a new task at once, up to its first await, and a load that
+    /// fails at once would re-enter the sequencer.
+    deferred: Vec<Deferred>,
 }
 
-enum Slot {
-    /// Head being read from the store; sends wait here in order.
-    Loading(Vec<SendJob>),
-    Ready(ConvState),
+enum Deferred {
+    Load(ConversationId),
+    Allocate(ConversationId),
 }
 
-/// A checked send waiting for its seq.
-struct Staged {
-    message: ChatMessage,
-    /// Of the message's payload, to tell a resend from a reused id.
-    fingerprint: u64,
-    origin_conn: u64,
-    recipients: Recipients,
-    change: Option<GroupChange>,
-    /// The group as it was before this send's change (to undo it).
-    before_change: Option<Option<GroupState>>,
-    reply: oneshot::Sender<SendResult>,
-}
-
-struct ConvState {
-    last_seq: i64,
-    /// Cluster mode: checked sends waiting for Redis to give them seqs.
-    awaiting: Vec<Staged>,
-    /// Cluster mode: a seq request for this conversation is in flight.
-    allocating: bool,
-    /// Oldest first.
-    recent: VecDeque<RecentSend>,
-    /// One side blocks the other: new sends are refused.
-    blocked: bool,
-    /// A group conversation's membership (`None`: not a group, or no such
-    /// group yet).
-    group: Option<GroupState>,
-    /// Another node changed who may send here while sends were in flight:
-    /// once they are answered, this state is dropped and read again.
-    stale: bool,
-    /// Sends that arrived while stale, for the reloaded state, in order.
-    held: Vec<SendJob>,
-}
-
-struct RecentSend {
-    sender_id: i64,
-    client_message_id: i64,
-    fingerprint: u64,
-    accepted: Accepted,
-    /// `Some` while the write is in flight: resends wait with the original.
-    waiters: Option<Rc<RefCell<Vec<oneshot::Sender<SendResult>>>>>,
-}
-
-impl ConvState {
-    fn from_head(head: ConversationHead) -> Self {
-        let recent = head
-            .recent
-            .iter()
-            .rev()
-            .map(|r| RecentSend {
-                sender_id: r.sender_id,
-                client_message_id: r.client_message_id,
-                fingerprint: r.fingerprint,
-                accepted: Accepted {
-                    seq: r.seq,
-                    server_msg_id: r.server_msg_id,
-                    sent_at_ms: r.sent_at_ms,
-                },
-                waiters: None,
-            })
-            .collect();
-        ConvState {
-            last_seq: head.last_seq,
-            awaiting: Vec::new(),
-            allocating: false,
-            recent,
-            blocked: head.blocked,
-            group: head.group.map(GroupState::from_roster),
-            stale: false,
-            held: Vec::new(),
+impl<'a> Reactor<'a> {
+    fn new(core: &'a Rc<Core>) -> Self {
+        Reactor {
+            core,
+            deferred: Vec::new(),
         }
     }
 
-    /// Records the stored seq (or the first send's, for a resend) of an
-    /// in-flight send, so later resends are answered from the window.
-    fn mark_committed(&mut self, message: &ChatMessage, accepted: Accepted) {
-        self.last_seq = self.last_seq.max(accepted.seq);
-        let entry = self.recent.iter_mut().rev().find(|r| {
-            r.sender_id == message.sender_id && r.client_message_id == message.client_message_id
-        });
-        if let Some(entry) = entry {
-            entry.accepted = accepted;
-            entry.waiters = None;
-        }
-    }
-
-    fn has_pending(&self) -> bool {
-        self.in_flight() || !self.held.is_empty()
-    }
-
-    /// Sends checked against this state and not yet answered.
-    fn in_flight(&self) -> bool {
-        self.allocating
-            || !self.awaiting.is_empty()
-            || self.recent.iter().any(|r| r.waiters.is_some())
-    }
-
-    /// Drops the oldest committed entries beyond the window; in-flight ones
-    /// stay so their resends still find them.
-    fn trim(&mut self, window: usize) {
-        while self.recent.len() > window && self.recent.front().is_some_and(|r| r.waiters.is_none())
-        {
-            self.recent.pop_front();
+    /// Starts the loads and Redis rounds the sequencer asked for.
+    fn spawn_deferred(self) {
+        for deferred in self.deferred {
+            let core = self.core.clone();
+            match deferred {
+                Deferred::Load(conv) => {
+                    glommio::spawn_local(async move { core.load_conversation(conv).await }).detach()
+                }
+                Deferred::Allocate(conv) => {
+                    glommio::spawn_local(async move { core.allocate_seqs(conv).await }).detach()
+                }
+            };
         }
     }
 }
 
-impl Sequencer {
-    /// Keeps the number of conversations in memory bounded: past the cap,
-    /// drops idle ones (they reload from the store on their next send).
-    fn evict_idle(&mut self) {
-        if self.convs.len() < self.max {
-            return;
+impl sequencer::Effects<oneshot::Sender<SendResult>> for Reactor<'_> {
+    fn load(&mut self, conv: ConversationId) {
+        self.deferred.push(Deferred::Load(conv));
+    }
+
+    fn answer(&mut self, reply: oneshot::Sender<SendResult>, result: SendResult) {
+        let _ = reply.send(result);
+    }
+
+    fn write(&mut self, write: Write) -> Result<(), pb::Error> {
+        let core = self.core;
+        let writer = match &core.shared.cluster {
+            Some(cluster) => &cluster.log_writer,
+            None => &core.shared.writer,
+        };
+        let completion = writer
+            .try_submit(write.op)
+            .map_err(|refused| pool_error(refused.error))?;
+        let pending = PendingCommit {
+            ticket: write.ticket,
+            message: write.message,
+            origin_conn: write.origin_conn,
+            recipients: write.recipients,
+            completion,
+        };
+        if core.commits.try_send(pending).is_err() {
+            tracing::error!("commit pump gone; send left unanswered");
         }
-        let target = self.max - self.max / 4;
-        let mut excess = self.convs.len() - target;
-        self.convs.retain(|_, slot| match slot {
-            Slot::Ready(state) if excess > 0 && !state.has_pending() => {
-                excess -= 1;
-                false
-            }
-            _ => true,
-        });
+        Ok(())
+    }
+
+    fn allocate(&mut self, conv: ConversationId) {
+        self.deferred.push(Deferred::Allocate(conv));
+    }
+
+    fn next_id(&mut self) -> i64 {
+        self.core.next_id()
+    }
+
+    fn now_ms(&mut self) -> i64 {
+        now_ms() as i64
+    }
+
+    fn over_budget(&mut self) -> pb::Error {
+        self.core.metrics().limited(Limit::UserSendRate);
+        self.core.slow_down()
     }
 }
 
@@ -1833,18 +1392,6 @@ async fn wait_for_room(is_full: impl Fn() -> bool) -> Result<(), pb::Error> {
 /// How long cluster mode waits for the store to say whether a send Redis
 /// did not remember is an old resend.
 const STORE_DEDUPE_WAIT: Duration = Duration::from_millis(500);
-
-/// A send whose client id its sender already used for another payload in
-/// this conversation: not retryable, the client must pick a new id.
-fn reused_id(client_message_id: i64) -> pb::Error {
-    pb::Error::new(
-        ErrorCode::Conflict,
-        format!(
-            "client_message_id {client_message_id} already names another message of yours \
-             in this conversation: give a new message a new id"
-        ),
-    )
-}
 
 /// The client-facing error for a worker failure.
 pub fn pool_error(err: PoolError) -> pb::Error {

@@ -27,6 +27,7 @@ pub mod limits;
 pub mod metrics;
 pub mod outbox;
 mod presence;
+pub mod sequencer;
 pub mod server;
 pub mod tls;
 

@@ -1,0 +1,420 @@
+//! Seeded simulation of the sequencer on a fake store: random
+//! interleavings of new sends, resends (same payload or another), loads
+//! landing late, writes committing in order, writes the store fails,
+//! writes the queue refuses, conversations another node changed, and
+//! crashes of the whole core. Each seed ends by draining every load and
+//! write, then checks: every send answered exactly once (except those a
+//! crash cut off), one seq per (conversation, sender, client id) however
+//! often it was sent, the store's seqs gapless and never reused, a reused
+//! id with another payload refused, and a conversation's new sends stored
+//! in the order they arrived.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+/// A send's answer slot: its number in the run.
+type ReplyId = usize;
+
+/// What the fake store holds of one conversation.
+#[derive(Default)]
+struct StoredConv {
+    /// Seq `i + 1`: (sender, client id, fingerprint, accepted).
+    messages: Vec<(i64, i64, u64, Accepted)>,
+}
+
+/// The sequencer's outside: a store, a load queue, a write queue, a clock.
+#[derive(Default)]
+struct World {
+    store: HashMap<ConversationId, StoredConv>,
+    loads: Vec<ConversationId>,
+    writes: VecDeque<Write>,
+    answers: HashMap<ReplyId, Vec<SendResult>>,
+    next_id: i64,
+    refuse_next_write: bool,
+}
+
+impl Effects<ReplyId> for World {
+    fn load(&mut self, conv: ConversationId) {
+        self.loads.push(conv);
+    }
+
+    fn answer(&mut self, reply: ReplyId, result: SendResult) {
+        self.answers.entry(reply).or_default().push(result);
+    }
+
+    fn write(&mut self, write: Write) -> Result<(), pb::Error> {
+        if std::mem::take(&mut self.refuse_next_write) {
+            return Err(pb::Error::new(ErrorCode::Busy, "writer queue full"));
+        }
+        self.writes.push_back(write);
+        Ok(())
+    }
+
+    fn allocate(&mut self, _: ConversationId) {
+        unreachable!("the simulation runs the embedded store's mode");
+    }
+
+    fn next_id(&mut self) -> i64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn now_ms(&mut self) -> i64 {
+        1_000_000 + self.next_id
+    }
+
+    fn over_budget(&mut self) -> pb::Error {
+        unreachable!("no budget in the embedded store's mode");
+    }
+}
+
+impl World {
+    fn head(&self, conv: ConversationId, window: usize) -> ConversationHead {
+        let stored = self.store.get(&conv);
+        let messages = stored.map_or(&[][..], |s| &s.messages[..]);
+        let recent = messages
+            .iter()
+            .enumerate()
+            .rev()
+            .take(window)
+            .map(
+                |(i, (sender_id, client_message_id, fingerprint, accepted))| StoredSend {
+                    sender_id: *sender_id,
+                    client_message_id: *client_message_id,
+                    seq: i as i64 + 1,
+                    server_msg_id: accepted.server_msg_id,
+                    sent_at_ms: accepted.sent_at_ms,
+                    fingerprint: *fingerprint,
+                },
+            )
+            .collect();
+        ConversationHead {
+            last_seq: messages.len() as i64,
+            recent,
+            blocked: false,
+            group: None,
+        }
+    }
+
+    /// The store takes a write as the embedded store does: a (sender,
+    /// client id) already there is answered with its first send, else the
+    /// message gets the next seq. Returns the answer and whether the
+    /// write changed nothing (a resend).
+    fn store_write(&mut self, write: &Write, fails: bool) -> SendResult {
+        if fails {
+            return Err(pb::Error::new(ErrorCode::Internal, "disk failed"));
+        }
+        let message = &write.message;
+        let conv = message.conversation_id.parse().expect("a valid id");
+        let stored = self.store.entry(conv).or_default();
+        let fingerprint = fingerprint_of(message);
+        let first = stored
+            .messages
+            .iter()
+            .enumerate()
+            .find(|(_, (s, c, _, _))| (*s, *c) == (message.sender_id, message.client_message_id));
+        if let Some((i, (_, _, first_fingerprint, accepted))) = first {
+            return match *first_fingerprint == fingerprint {
+                true => Ok(Accepted {
+                    seq: i as i64 + 1,
+                    ..*accepted
+                }),
+                false => Err(reused_id(message.client_message_id)),
+            };
+        }
+        let accepted = Accepted {
+            seq: stored.messages.len() as i64 + 1,
+            server_msg_id: message.server_msg_id,
+            sent_at_ms: message.sent_at_ms,
+        };
+        stored.messages.push((
+            message.sender_id,
+            message.client_message_id,
+            fingerprint,
+            accepted,
+        ));
+        Ok(accepted)
+    }
+}
+
+/// One send the simulation made.
+struct Sent {
+    conv: ConversationId,
+    sender: i64,
+    client_id: i64,
+    content: String,
+    /// Lost to a crash: it may go unanswered.
+    cut_off: bool,
+}
+
+const LIMITS: Limits = Limits {
+    window: 4,
+    max_conversations: 3,
+    max_group_members: 100,
+    clustered: false,
+};
+
+fn chat(conv: ConversationId, sender: i64, client_id: i64, content: &str) -> ChatMessage {
+    let ConversationId::Direct { low, high } = conv else {
+        unreachable!("1:1 conversations only")
+    };
+    ChatMessage {
+        conversation_id: conv.to_string(),
+        sender_id: sender,
+        receiver_id: if sender == low { high } else { low },
+        client_message_id: client_id,
+        content: content.to_owned(),
+        ..ChatMessage::default()
+    }
+}
+
+fn run(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut world = World::default();
+    let mut sequencer: Sequencer<ReplyId> = Sequencer::new(LIMITS);
+    let mut sent: Vec<Sent> = Vec::new();
+    let convs: Vec<ConversationId> = [(1, 2), (1, 3), (2, 3), (3, 4), (1, 4)]
+        .iter()
+        .filter_map(|&(a, b)| ConversationId::direct(a, b))
+        .collect();
+    let steps = rng.gen_range(50..300);
+    for _ in 0..steps {
+        match rng.gen_range(0..100) {
+            // A new send, or a resend of an earlier one.
+            0..=44 => {
+                let resend = (rng.gen_range(0..4) == 0 && !sent.is_empty())
+                    .then(|| rng.gen_range(0..sent.len()));
+                let (conv, sender, client_id, mut content) = match resend {
+                    Some(i) => {
+                        let earlier = &sent[i];
+                        let content = earlier.content.clone();
+                        (earlier.conv, earlier.sender, earlier.client_id, content)
+                    }
+                    None => {
+                        let conv = convs[rng.gen_range(0..convs.len())];
+                        let ConversationId::Direct { low, high } = conv else {
+                            unreachable!()
+                        };
+                        let sender = if rng.gen_bool(0.5) { low } else { high };
+                        (
+                            conv,
+                            sender,
+                            sent.len() as i64 + 1,
+                            format!("m{}", sent.len()),
+                        )
+                    }
+                };
+                // Now and then a resend reuses the id for other content.
+                if resend.is_some() && rng.gen_range(0..5) == 0 {
+                    content.push('!');
+                }
+                if rng.gen_range(0..20) == 0 {
+                    world.refuse_next_write = true;
+                }
+                let reply = sent.len();
+                sent.push(Sent {
+                    conv,
+                    sender,
+                    client_id,
+                    content: content.clone(),
+                    cut_off: false,
+                });
+                let job = Job {
+                    message: chat(conv, sender, client_id, &content),
+                    origin_conn: 7,
+                    command: None,
+                    reply,
+                };
+                sequencer.send(job, &mut world);
+            }
+            // A load lands (any of those pending, not in order).
+            45..=64 if !world.loads.is_empty() => {
+                let conv = world.loads.swap_remove(rng.gen_range(0..world.loads.len()));
+                let head = match rng.gen_range(0..15) {
+                    0 => Err(pb::Error::new(ErrorCode::StoreUnavailable, "store busy")),
+                    _ => Ok(world.head(conv, LIMITS.window)),
+                };
+                sequencer.loaded(conv, head, &mut world);
+            }
+            // The oldest write commits (the pump answers in order).
+            65..=89 => commit_next(&mut world, &mut sequencer, &mut rng),
+            // Another node changed a conversation.
+            90..=95 => sequencer.forget(convs[rng.gen_range(0..convs.len())]),
+            // The core crashes: what was queued may or may not be written,
+            // and nobody in flight hears back.
+            _ => {
+                while let Some(write) = world.writes.pop_front() {
+                    if rng.gen_bool(0.5) {
+                        let _ = world.store_write(&write, false);
+                    }
+                }
+                world.loads.clear();
+                for (i, send) in sent.iter_mut().enumerate() {
+                    if !world.answers.contains_key(&i) {
+                        send.cut_off = true;
+                    }
+                }
+                sequencer = Sequencer::new(LIMITS);
+            }
+        }
+    }
+    // Drain: every load lands, every write commits.
+    loop {
+        if let Some(conv) = world.loads.pop() {
+            let head = world.head(conv, LIMITS.window);
+            sequencer.loaded(conv, Ok(head), &mut world);
+        } else if !world.writes.is_empty() {
+            commit_next(&mut world, &mut sequencer, &mut rng);
+        } else {
+            break;
+        }
+    }
+    check(seed, &world, &sent, &sequencer);
+}
+
+fn commit_next(world: &mut World, sequencer: &mut Sequencer<ReplyId>, rng: &mut StdRng) {
+    let Some(write) = world.writes.pop_front() else {
+        return;
+    };
+    let result = world.store_write(&write, rng.gen_range(0..25) == 0);
+    let conv = write.message.conversation_id.parse().ok();
+    sequencer.committed(write.ticket, conv, &write.message, &result, false, world);
+}
+
+fn check(seed: u64, world: &World, sent: &[Sent], sequencer: &Sequencer<ReplyId>) {
+    assert_eq!(sequencer.writes_in_flight(), 0, "seed {seed}: writes left");
+    // The store: gapless by construction; each (sender, client id) once.
+    for (conv, stored) in &world.store {
+        let mut keys: Vec<_> = stored.messages.iter().map(|m| (m.0, m.1)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(
+            keys.len(),
+            stored.messages.len(),
+            "seed {seed}: {conv} stored twice"
+        );
+    }
+    let mut order: BTreeMap<ConversationId, Vec<(usize, i64)>> = BTreeMap::new();
+    for (i, send) in sent.iter().enumerate() {
+        let answers = world.answers.get(&i).map_or(&[][..], Vec::as_slice);
+        match (answers.len(), send.cut_off) {
+            (1, _) | (0, true) => {}
+            (n, _) => panic!("seed {seed}: send {i} answered {n} times: {answers:?}"),
+        }
+        let Some(answer) = answers.first() else {
+            continue;
+        };
+        let stored = world.store.get(&send.conv).and_then(|s| {
+            s.messages
+                .iter()
+                .enumerate()
+                .find(|(_, m)| (m.0, m.1) == (send.sender, send.client_id))
+        });
+        let fingerprint =
+            fingerprint_of(&chat(send.conv, send.sender, send.client_id, &send.content));
+        match (answer, stored) {
+            (Ok(accepted), Some((at, (_, _, stored_fingerprint, first)))) => {
+                assert_eq!(accepted.seq, at as i64 + 1, "seed {seed}: send {i}'s seq");
+                assert_eq!(
+                    accepted.server_msg_id, first.server_msg_id,
+                    "seed {seed}: send {i}"
+                );
+                assert_eq!(
+                    fingerprint, *stored_fingerprint,
+                    "seed {seed}: send {i} took another's place"
+                );
+                if first.server_msg_id == accepted.server_msg_id && send.client_id == i as i64 + 1 {
+                    order.entry(send.conv).or_default().push((i, accepted.seq));
+                }
+            }
+            (Ok(accepted), None) => {
+                panic!("seed {seed}: send {i} acked as {accepted:?}, not stored")
+            }
+            // A reused id is refused only when another payload claimed it
+            // first (stored, or in flight then).
+            (Err(error), stored) if error.code == ErrorCode::Conflict as i32 => {
+                let held_by_other = stored.is_some_and(|(_, (_, _, f, _))| *f != fingerprint);
+                let claimed_before = sent[..i].iter().any(|earlier| {
+                    (earlier.conv, earlier.sender, earlier.client_id)
+                        == (send.conv, send.sender, send.client_id)
+                        && earlier.content != send.content
+                });
+                assert!(
+                    held_by_other || claimed_before,
+                    "seed {seed}: send {i} refused as a reused id"
+                );
+            }
+            // Anything else is a failure the simulation injected.
+            (Err(error), _) => {
+                let transient = [
+                    ErrorCode::Busy,
+                    ErrorCode::StoreUnavailable,
+                    ErrorCode::Internal,
+                ];
+                assert!(
+                    transient.iter().any(|code| *code as i32 == error.code),
+                    "seed {seed}: send {i}: {error:?}"
+                );
+            }
+        }
+    }
+    // New sends of a conversation are stored in the order they came.
+    for (conv, sends) in order {
+        let seqs: Vec<i64> = sends.iter().map(|(_, seq)| *seq).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "seed {seed}: {conv} stored out of order");
+    }
+}
+
+#[test]
+fn thousands_of_seeded_interleavings_keep_every_rule() {
+    for seed in 0..3_000 {
+        run(seed);
+    }
+}
+
+#[test]
+fn a_resend_in_flight_waits_for_the_first_sends_answer() {
+    let mut world = World::default();
+    let mut sequencer: Sequencer<ReplyId> = Sequencer::new(LIMITS);
+    let conv = ConversationId::direct(1, 2).expect("a 1:1 id");
+    for reply in 0..2 {
+        let job = Job {
+            message: chat(conv, 1, 42, "hello"),
+            origin_conn: 7,
+            command: None,
+            reply,
+        };
+        sequencer.send(job, &mut world);
+    }
+    let head = world.head(conv, LIMITS.window);
+    sequencer.loaded(conv, Ok(head), &mut world);
+    assert_eq!(world.writes.len(), 1, "one write for a send and its resend");
+    assert!(world.answers.is_empty());
+    let write = world.writes.pop_front().expect("queued");
+    let result = world.store_write(&write, false);
+    sequencer.committed(
+        write.ticket,
+        Some(conv),
+        &write.message,
+        &result,
+        false,
+        &mut world,
+    );
+    assert_eq!(world.answers[&0], vec![result.clone()]);
+    assert_eq!(world.answers[&1], vec![result]);
+    let resend = Job {
+        message: chat(conv, 1, 42, "hello again"),
+        origin_conn: 7,
+        command: None,
+        reply: 2,
+    };
+    sequencer.send(resend, &mut world);
+    let refused = world.answers[&2][0].as_ref().expect_err("another payload");
+    assert_eq!(refused.code, ErrorCode::Conflict as i32);
+}
