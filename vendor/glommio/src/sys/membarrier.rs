@@ -13,6 +13,9 @@ macro_rules! fatal_assert {
 
 use core::sync::atomic;
 
+/// OurChat patch: whether to use the asymmetric (membarrier) strategy.
+const ASYMMETRIC: bool = false;
+
 /// A choice between three strategies for process-wide barrier on Linux.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Strategy {
@@ -26,8 +29,17 @@ enum Strategy {
 
 lazy_static! {
     /// The right strategy to use on the current machine.
+    ///
+    /// OurChat patch: `SeqCst` fences on both sides, always. The
+    /// asymmetric barrier costs an executor going to sleep a
+    /// `membarrier(PRIVATE_EXPEDITED)`: an IPI to every CPU running one of
+    /// the process's threads, thousands of times a second under a light
+    /// load, and each IPI a VM exit on a virtual machine. A sender's side
+    /// (`SleepNotifier::notify`) now fences too (a few ns).
     static ref STRATEGY: Strategy = {
-        if syscall::is_supported() {
+        if !ASYMMETRIC {
+            Strategy::Fallback
+        } else if syscall::is_supported() {
             Strategy::Membarrier
         } else if mprotect::is_supported() {
             Strategy::Mprotect

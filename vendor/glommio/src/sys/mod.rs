@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // OurChat patch: what was queued is visible before `should_notify`
+        // is read (the sleeper fences between setting it and checking its
+        // queues: `membarrier::heavy`, a `SeqCst` fence in this build).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
