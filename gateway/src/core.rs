@@ -36,6 +36,7 @@ use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
 use crate::auth::TokenKeys;
 use crate::cluster::{ClusterShared, DeviceChange};
 use crate::config::Config;
+use crate::directory::{Announce, Directory};
 use crate::group_state::GroupCommand;
 use crate::limits::{Limit, NodeLimits, TokenBucket};
 use crate::metrics::{CoreMetrics, Metrics};
@@ -246,10 +247,6 @@ pub(crate) fn mix(value: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Users whose last-disconnect time a core remembers (beyond it the map
-/// starts over; the time is a courtesy, not a record).
-const LAST_SEEN_CAP: usize = 1_000_000;
-
 /// Users whose existence a core remembers before asking the store again.
 const KNOWN_USERS_CAP: usize = 100_000;
 
@@ -267,27 +264,15 @@ pub struct Core {
     ids: RefCell<IdGenerator>,
     next_conn: Cell<u64>,
     conns: RefCell<HashMap<u64, Rc<Outbox>>>,
-    directory: RefCell<HashMap<i64, Vec<DeviceConn>>>,
+    directory: RefCell<Directory>,
     sequencer: RefCell<Sequencer<oneshot::Sender<SendResult>>>,
     commits: LocalSender<PendingCommit>,
     known_users: RefCell<HashSet<i64>>,
-    /// When this core's users last disconnected.
-    last_seen: RefCell<HashMap<i64, i64>>,
     /// Send buckets of users sending from this core; full ones are
     /// forgotten by the sweeper.
     send_buckets: RefCell<HashMap<i64, TokenBucket>>,
     /// Delivery acks waiting to go to the store together.
     pub acks: crate::acks::AckCoalescer,
-}
-
-struct DeviceConn {
-    device_id: Box<str>,
-    conn_id: u64,
-    /// When this connection registered (ms since the epoch): a sign-out
-    /// from another node spares a connection newer than itself.
-    registered_ms: i64,
-    /// The device said it is away (still connected).
-    away: bool,
 }
 
 impl Core {
@@ -317,7 +302,6 @@ impl Core {
             })),
             commits,
             known_users: RefCell::default(),
-            last_seen: RefCell::default(),
             send_buckets: RefCell::default(),
             acks: Default::default(),
             shared,
@@ -496,32 +480,13 @@ impl Core {
                 conn_id,
                 done,
             } => {
-                let before = self.presence_of(user_id);
                 let published = self.publish_device(user_id, &device_id, DeviceChange::LoggedIn);
-                let registered_ms = now_ms() as i64;
-                let replaced = {
-                    let mut directory = self.directory.borrow_mut();
-                    // Most users have one device online: room for one, not the four a
-                    // first push would reserve.
-                    let devices = directory
-                        .entry(user_id)
-                        .or_insert_with(|| Vec::with_capacity(1));
-                    match devices.iter_mut().find(|d| *d.device_id == *device_id) {
-                        Some(existing) => {
-                            existing.registered_ms = registered_ms;
-                            Some(std::mem::replace(&mut existing.conn_id, conn_id))
-                        }
-                        None => {
-                            devices.push(DeviceConn {
-                                device_id: device_id.into_boxed_str(),
-                                conn_id,
-                                registered_ms,
-                                away: false,
-                            });
-                            None
-                        }
-                    }
-                };
+                let logged_in = self.directory.borrow_mut().online(
+                    user_id,
+                    &device_id,
+                    conn_id,
+                    now_ms() as i64,
+                );
                 match published {
                     // Cluster mode: answered once the directory has it.
                     Some(written) => {
@@ -535,8 +500,8 @@ impl Core {
                         let _ = done.send(());
                     }
                 }
-                self.announce_presence(user_id, before);
-                if let Some(old) = replaced.filter(|old| *old != conn_id) {
+                self.announce_presence(logged_in.announce);
+                if let Some(old) = logged_in.replaced {
                     let reason = "this device logged in again elsewhere".to_string();
                     self.route(
                         core_of_conn(old),
@@ -553,28 +518,16 @@ impl Core {
                 device_id,
                 conn_id,
             } => {
-                let before = self.presence_of(user_id);
-                {
-                    let mut directory = self.directory.borrow_mut();
-                    if let Some(devices) = directory.get_mut(&user_id) {
-                        // Only the connection that registered may unregister:
-                        // a kicked connection's late Offline must not remove
-                        // the device's new connection.
-                        devices.retain(|d| !(*d.device_id == *device_id && d.conn_id == conn_id));
-                        if devices.is_empty() {
-                            directory.remove(&user_id);
-                        }
-                    }
-                }
-                let still_here = self
-                    .directory
-                    .borrow()
-                    .get(&user_id)
-                    .is_some_and(|devices| devices.iter().any(|d| *d.device_id == *device_id));
-                if !still_here {
+                let logged_out = self.directory.borrow_mut().offline(
+                    user_id,
+                    &device_id,
+                    conn_id,
+                    now_ms() as i64,
+                );
+                if logged_out.device_gone {
                     let _ = self.publish_device(user_id, &device_id, DeviceChange::Gone);
                 }
-                self.announce_presence(user_id, before);
+                self.announce_presence(logged_out.announce);
             }
             CoreMsg::SetAway {
                 user_id,
@@ -582,32 +535,22 @@ impl Core {
                 away,
                 done,
             } => {
-                let before = self.presence_of(user_id);
-                let changed = self
-                    .directory
-                    .borrow_mut()
-                    .get_mut(&user_id)
-                    .and_then(|devices| devices.iter_mut().find(|d| d.conn_id == conn_id))
-                    .map(|device| {
-                        device.away = away;
-                        device.device_id.to_string()
-                    });
+                let (changed, announce) =
+                    self.directory
+                        .borrow_mut()
+                        .set_away(user_id, conn_id, away, now_ms() as i64);
                 if let Some(device_id) = changed {
                     let _ = self.publish_device(user_id, &device_id, DeviceChange::Away(away));
                 }
                 let _ = done.send(());
-                self.announce_presence(user_id, before);
+                self.announce_presence(announce);
             }
             CoreMsg::Presence { user_id, reply } => {
-                let _ = reply.send(self.presence_info(user_id));
+                let info = self.directory.borrow().presence(user_id, now_ms() as i64);
+                let _ = reply.send(info);
             }
             CoreMsg::OnlineDevices { user_id, reply } => {
-                let online = self
-                    .directory
-                    .borrow()
-                    .get(&user_id)
-                    .map(|devices| devices.iter().map(|d| d.device_id.to_string()).collect())
-                    .unwrap_or_default();
+                let online = self.directory.borrow().online_devices(user_id);
                 let _ = reply.send(online);
             }
             CoreMsg::KickDevice {
@@ -617,15 +560,11 @@ impl Core {
                 registered_before_ms,
                 reply,
             } => {
-                let conn = self.directory.borrow().get(&user_id).and_then(|devices| {
-                    devices
-                        .iter()
-                        .find(|d| *d.device_id == *device_id)
-                        .filter(|d| {
-                            registered_before_ms == 0 || d.registered_ms < registered_before_ms
-                        })
-                        .map(|d| d.conn_id)
-                });
+                let conn = self.directory.borrow().connection_of(
+                    user_id,
+                    &device_id,
+                    registered_before_ms,
+                );
                 if let Some(reply) = reply {
                     let _ = reply.send(conn.is_some());
                 }
@@ -676,16 +615,9 @@ impl Core {
         committed_at: Option<Instant>,
     ) {
         let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); self.shared.cores];
-        {
-            let directory = self.directory.borrow();
-            for user_id in user_ids {
-                for device in directory.get(user_id).into_iter().flatten() {
-                    if device.conn_id != skip_conn {
-                        if let Some(conns) = by_core.get_mut(core_of_conn(device.conn_id)) {
-                            conns.push(device.conn_id);
-                        }
-                    }
-                }
+        for conn_id in self.directory.borrow().connections(user_ids, skip_conn) {
+            if let Some(conns) = by_core.get_mut(core_of_conn(conn_id)) {
+                conns.push(conn_id);
             }
         }
         for (core, conn_ids) in by_core.into_iter().enumerate() {
@@ -1107,55 +1039,14 @@ impl Core {
         self.route(self.owner_of_user(user_id), deliver).await;
     }
 
-    /// A user's presence as this core (their owner) sees it: online if any
-    /// device is online, away if every connected device is away.
-    fn presence_of(&self, user_id: i64) -> (pb::PresenceState, u32) {
-        match self.directory.borrow().get(&user_id) {
-            Some(devices) if !devices.is_empty() => {
-                let state = if devices.iter().all(|d| d.away) {
-                    pb::PresenceState::Away
-                } else {
-                    pb::PresenceState::Online
-                };
-                (state, devices.len() as u32)
-            }
-            _ => (pb::PresenceState::Offline, 0),
-        }
-    }
-
-    fn presence_info(&self, user_id: i64) -> pb::PresenceInfo {
-        let (state, devices_online) = self.presence_of(user_id);
-        let last_seen_ms = match state {
-            pb::PresenceState::Offline => {
-                self.last_seen.borrow().get(&user_id).copied().unwrap_or(0)
-            }
-            _ => now_ms() as i64,
-        };
-        pb::PresenceInfo {
-            user_id,
-            state: state as i32,
-            last_seen_ms,
-            devices_online,
-        }
-    }
-
-    /// If the user's aggregated presence changed, tells their friends. The
-    /// friend list is read off the reactor, in a task of its own.
-    fn announce_presence(self: &Rc<Self>, user_id: i64, before: (pb::PresenceState, u32)) {
-        let after = self.presence_of(user_id);
-        if after.0 == before.0 {
+    /// Tells a user's friends of their new presence (`None`: it did not
+    /// change). The friend list is read off the reactor, in a task of its
+    /// own.
+    fn announce_presence(self: &Rc<Self>, announce: Announce) {
+        let Some(info) = announce else {
             return;
-        }
-        if after.0 == pb::PresenceState::Offline {
-            let mut last_seen = self.last_seen.borrow_mut();
-            if last_seen.len() >= LAST_SEEN_CAP {
-                last_seen.clear();
-            }
-            last_seen.insert(user_id, now_ms() as i64);
-        }
-        let mut info = self.presence_info(user_id);
-        // Stamped with the change, so clients keep the newest if two pushes cross.
-        info.last_seen_ms = now_ms() as i64;
+        };
+        let user_id = info.user_id;
         if let Some(cluster) = &self.shared.cluster {
             // Friends on other nodes hear of it through the log.
             let (log, payload) = (cluster.log.clone(), prost::Message::encode_to_vec(&info));

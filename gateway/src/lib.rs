@@ -19,6 +19,7 @@ pub mod connection;
 mod conversations;
 pub mod core;
 pub mod data_dir;
+mod directory;
 mod friends;
 pub mod group_state;
 mod groups;
