@@ -7,7 +7,7 @@
 //! written by a sibling task, so a slow peer never stalls the core; that
 //! task also ends the connection by shutting the socket down.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -56,6 +56,79 @@ struct LoginGrant {
     expire_at: u64,
     /// First login on this device: its row must exist before the reply.
     new_device: bool,
+}
+
+/// Where a connection's answers go: framed into its socket's outbox, or
+/// (one gRPC call) handed to the caller as they are, never encoded.
+#[derive(Clone)]
+enum Answers {
+    Socket(Rc<Outbox>),
+    Call(Rc<CallAnswer>),
+}
+
+impl Answers {
+    /// Queues an answer; a socket whose queue is full is closed (the client
+    /// reconnects and syncs).
+    fn answer(&self, req_id: u32, body: Body) {
+        match self {
+            Answers::Socket(outbox) => {
+                if outbox
+                    .push(encode_frame(&Envelope::new(req_id, body)))
+                    .is_err()
+                {
+                    outbox.close_with(Some(crate::core::kicked_frame(
+                        "outbound queue full: reconnect and sync",
+                    )));
+                }
+            }
+            Answers::Call(call) => call.set(body),
+        }
+    }
+
+    /// Ends the exchange after a last answer.
+    fn close_with(&self, req_id: u32, last: Option<Body>) {
+        match self {
+            Answers::Socket(outbox) => {
+                outbox.close_with(last.map(|body| encode_frame(&Envelope::new(req_id, body))))
+            }
+            Answers::Call(call) => {
+                if let Some(body) = last {
+                    call.set(body);
+                }
+            }
+        }
+    }
+}
+
+/// The answer a gRPC call waits for: the first one given.
+#[derive(Default)]
+struct CallAnswer {
+    body: RefCell<Option<Body>>,
+    given: Cell<bool>,
+    waiter: Cell<Option<std::task::Waker>>,
+}
+
+impl CallAnswer {
+    fn set(&self, body: Body) {
+        if self.given.replace(true) {
+            return;
+        }
+        *self.body.borrow_mut() = Some(body);
+        if let Some(waiter) = self.waiter.take() {
+            waiter.wake();
+        }
+    }
+
+    async fn wait(&self) -> Body {
+        std::future::poll_fn(|cx| match self.body.borrow_mut().take() {
+            Some(body) => Poll::Ready(body),
+            None => {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 /// The reader's next step after a frame (or the end of reading).
@@ -179,11 +252,10 @@ async fn serve<S>(
     let mut conn = Connection {
         core: core.clone(),
         conn_id,
-        outbox: outbox.clone(),
+        answers: Answers::Socket(outbox.clone()),
         session: None,
         login_failures: 0,
         inflight: None,
-        detached: false,
         peer,
         frames: FrameLimiter::new(limits.frame_rate(), std::time::Instant::now()),
     };
@@ -288,15 +360,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 pub(crate) struct Connection {
     pub(crate) core: Rc<Core>,
     pub(crate) conn_id: u64,
-    outbox: Rc<Outbox>,
+    /// Where answers go: the socket's outbox, or a gRPC call's caller.
+    answers: Answers,
     session: Option<Session>,
     login_failures: u32,
     /// Bounds sends awaiting their ack; made on the first send so idle
     /// connections do not carry it.
     inflight: Option<Rc<Semaphore>>,
-    /// No socket: one gRPC call. It is never registered as an online
-    /// device, so it gets no pushes and changes no presence.
-    detached: bool,
     /// The peer's address, for per-address limits.
     peer: Option<IpAddr>,
     /// This connection's frame rate.
@@ -347,7 +417,9 @@ impl Connection {
                 }));
             }
         };
-        self.outbox.touch();
+        if let Answers::Socket(outbox) = &self.answers {
+            outbox.touch();
+        }
         match self.frame_verdict() {
             Verdict::Allow => Step::Handle(Box::pin(self.handle(envelope))),
             // Refused frames are answered and never carried out.
@@ -376,19 +448,17 @@ impl Connection {
         peer: Option<IpAddr>,
         body: Body,
     ) -> Result<Body, pb::Error> {
-        // Room for the reply and a last frame; nothing else is queued here.
-        let outbox = Rc::new(Outbox::new(4));
+        let call = Rc::new(CallAnswer::default());
         let frame_rate = core.shared.config.limits.frame_rate();
         let mut conn = Connection {
             conn_id: core.new_conn_id(),
             frames: FrameLimiter::new(frame_rate, std::time::Instant::now()),
             peer,
             core,
-            outbox: outbox.clone(),
+            answers: Answers::Call(call.clone()),
             session: None,
             login_failures: 0,
             inflight: None,
-            detached: true,
         };
         match token {
             Some(token) => {
@@ -412,46 +482,37 @@ impl Connection {
             }
         }
         conn.handle(Envelope::new(1, body)).await;
-        let mut frames = Vec::new();
-        outbox.take_batch(&mut frames).await;
-        let envelope = frames
-            .first()
-            .and_then(|frame| frame.get(HEADER_LEN..))
-            .and_then(|body| codec::decode_body(body).ok());
-        match envelope.and_then(|e| e.body) {
+        match call.wait().await {
             // Logout revokes the device and closes "the connection".
-            Some(Body::Kicked(_)) => Ok(Body::Done(pb::Done {})),
-            Some(body) => match error_in(&body) {
+            Body::Kicked(_) => Ok(Body::Done(pb::Done {})),
+            body => match error_in(&body) {
                 Some(error) => Err(error.clone()),
                 None => Ok(body),
             },
-            None => Err(pb::Error::new(ErrorCode::Internal, "no reply")),
         }
+    }
+
+    /// No socket: one gRPC call. It is never registered as an online
+    /// device, so it gets no pushes and changes no presence.
+    fn detached(&self) -> bool {
+        matches!(self.answers, Answers::Call(_))
     }
 
     pub(crate) fn reply(&self, req_id: u32, body: Body) {
         if let Some(error) = error_in(&body) {
             self.core.metrics().error(error.code);
         }
-        self.send_frame(encode_frame(&Envelope::new(req_id, body)));
+        self.answers.answer(req_id, body);
     }
 
     pub(crate) fn reply_error(&self, req_id: u32, error: pb::Error) {
         self.reply(req_id, Body::Error(error));
     }
 
-    fn send_frame(&self, frame: Bytes) {
-        if self.outbox.push(frame).is_err() {
-            self.outbox.close_with(Some(crate::core::kicked_frame(
-                "outbound queue full: reconnect and sync",
-            )));
-        }
-    }
-
     fn close_with_error(&self, req_id: u32, code: ErrorCode, message: &str) {
         self.core.metrics().error(code as i32);
-        self.outbox
-            .close_with(Some(encode_frame(&Envelope::error(req_id, code, message))));
+        let error = Body::Error(pb::Error::new(code, message));
+        self.answers.close_with(req_id, Some(error));
     }
 
     /// Takes a token from this connection's frame bucket.
@@ -540,8 +601,9 @@ impl Connection {
                     tracing::warn!(code = error.code, "logout could not revoke the token");
                 }
                 // Say why here: the directory's kick may arrive after we close.
-                self.outbox
-                    .close_with(Some(crate::core::kicked_frame("logged out")));
+                let reason = "logged out".to_string();
+                self.answers
+                    .close_with(0, Some(Body::Kicked(pb::Kicked { reason })));
                 return false;
             }
             Body::UpdateProfile(request) => self.update_profile(req_id, &session, request).await,
@@ -698,8 +760,7 @@ impl Connection {
                     ..Default::default()
                 });
                 if self.login_failures >= MAX_LOGIN_FAILURES {
-                    self.outbox
-                        .close_with(Some(encode_frame(&Envelope::new(req_id, response))));
+                    self.answers.close_with(req_id, Some(response));
                     return false;
                 }
                 self.reply(req_id, response);
@@ -880,7 +941,7 @@ impl Connection {
             // Last-seen bookkeeping is best effort: a full queue must not fail a login.
             let _ = self.core.shared.writer.try_submit(touch);
         }
-        if self.detached {
+        if self.detached() {
             return;
         }
         let (done, registered) = oneshot::channel();
@@ -897,7 +958,9 @@ impl Connection {
             )
             .await;
         let _ = registered.await;
-        self.outbox.set_logged_in();
+        if let Answers::Socket(outbox) = &self.answers {
+            outbox.set_logged_in();
+        }
         self.session = Some(Session { user_id, device_id });
     }
 
@@ -976,7 +1039,7 @@ impl Connection {
         self.core
             .route(owner, CoreMsg::Sequence(Box::new(job)))
             .await;
-        let outbox = self.outbox.clone();
+        let answers = self.answers.clone();
         let core = self.core.clone();
         let conversation_id = conv.to_string();
         // The ack is awaited off the read loop so one connection can
@@ -1009,12 +1072,7 @@ impl Connection {
                     .send_ack_us
                     .record(received_at.elapsed().as_micros() as u64),
             }
-            let frame = encode_frame(&Envelope::new(req_id, Body::SendResp(response)));
-            if outbox.push(frame).is_err() {
-                outbox.close_with(Some(crate::core::kicked_frame(
-                    "outbound queue full: reconnect and sync",
-                )));
-            }
+            answers.answer(req_id, Body::SendResp(response));
             // Released only once the ack is queued: a close waits for it.
             drop(permit);
         })

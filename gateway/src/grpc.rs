@@ -2,7 +2,8 @@
 //! runtime of its own thread. Nothing is implemented twice: each call is
 //! carried over a [`Bridge`] to a reactor core, which runs it through the
 //! same handler as a client frame on a socketless connection (see
-//! `Connection::handle_detached`), so validation, authorization and
+//! `Connection::handle_detached`: its answer comes back as the handler
+//! gave it, never framed and decoded again), so validation, authorization and
 //! delivery are the client protocol's own, and a message sent here is
 //! pushed to connected clients like any other. The bearer token is checked
 //! there too, revocation included. GatewayService is for operators: it
