@@ -233,6 +233,12 @@ pub struct ServerConfig {
     pub max_group_members: usize,
     /// gRPC address serving the six services; empty = off.
     pub grpc_listen: String,
+    /// WebSocket address for browsers (the upgrade at `/ws`; one binary
+    /// message = one envelope); every core binds it; empty = off.
+    pub ws_listen: String,
+    /// Page origins (`https://chat.example`) allowed to open a WebSocket
+    /// besides the node's own (the host the browser asked for).
+    pub ws_allowed_origins: Vec<String>,
     /// Time a new connection has to log in, in milliseconds.
     pub login_timeout_ms: u64,
     /// Heartbeat interval told to clients, in seconds.
@@ -264,6 +270,8 @@ impl Default for ServerConfig {
             recall_window_secs: 120,
             max_group_members: 10_000,
             grpc_listen: "0.0.0.0:50051".into(),
+            ws_listen: String::new(),
+            ws_allowed_origins: Vec::new(),
             login_timeout_ms: 10_000,
             heartbeat_secs: 30,
             idle_timeout_secs: 90,

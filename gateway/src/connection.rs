@@ -231,7 +231,7 @@ async fn handshake_then_serve(
 /// Serves one connection until it closes. `fd` is its socket, under
 /// whatever `stream` wraps it in; `_slot` counts it against its address
 /// until it ends.
-async fn serve<S>(
+pub(crate) async fn serve<S>(
     core: Rc<Core>,
     stream: Box<S>,
     fd: RawFd,

@@ -31,6 +31,7 @@ mod presence;
 pub mod sequencer;
 pub mod server;
 pub mod tls;
+pub mod websocket;
 
 pub use config::Config;
 pub use server::{serve, Listening, ServeError};

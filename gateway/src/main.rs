@@ -208,8 +208,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_or("off".to_string(), |a| format!("http://{a}/metrics"));
                 let grpc = listening.grpc.map_or("off".to_string(), |a| a.to_string());
                 let tls = listening.tls.map_or("off".to_string(), |a| a.to_string());
+                let ws = listening
+                    .ws
+                    .map_or("off".to_string(), |a| format!("ws://{a}/ws"));
                 println!(
-                    "ourchat listening: client tcp {} on {} cores; tls {tls}; grpc {grpc}; admin {admin}; data in {}",
+                    "ourchat listening: client tcp {} on {} cores; tls {tls}; websocket {ws}; grpc {grpc}; admin {admin}; data in {}",
                     listening.client,
                     listening.cores,
                     data_dir.display()

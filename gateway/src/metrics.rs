@@ -49,6 +49,8 @@ pub struct CoreMetrics {
     pub idle_closes: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
+    /// WebSocket upgrades refused (path, origin) or failed or timed out.
+    pub ws_upgrades_refused: AtomicU64,
     /// Refusals by limit, indexed like [`Limit::ALL`].
     pub limited: [AtomicU64; Limit::ALL.len()],
     /// Errors sent to clients, by `ErrorCode`.
@@ -75,6 +77,7 @@ impl Default for CoreMetrics {
             slow_reader_closes: AtomicU64::new(0),
             idle_closes: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
+            ws_upgrades_refused: AtomicU64::new(0),
             limited: std::array::from_fn(|_| AtomicU64::new(0)),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             send_ack_us: AtomicHistogram::new(LATENCY_US_BUCKETS),
@@ -244,6 +247,13 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "TLS handshakes that failed or missed the login deadline.",
         &|c| &c.tls_handshake_failures,
+    );
+    per_core(
+        &mut out,
+        "ourchat_ws_upgrades_refused_total",
+        "counter",
+        "WebSocket upgrades refused (path, origin), failed, or past the login deadline.",
+        &|c| &c.ws_upgrades_refused,
     );
 
     let _ = writeln!(out, "# HELP ourchat_errors_total Errors sent to clients, by code.\n# TYPE ourchat_errors_total counter");

@@ -86,6 +86,8 @@ pub struct Listening {
     pub grpc: Option<SocketAddr>,
     /// Client TLS address, if enabled.
     pub tls: Option<SocketAddr>,
+    /// WebSocket address (upgrade at `/ws`), if enabled.
+    pub ws: Option<SocketAddr>,
     /// Reactor cores.
     pub cores: usize,
 }
@@ -411,6 +413,7 @@ fn run_cores(
                 admin,
                 grpc,
                 tls: addrs.tls,
+                ws: addrs.ws,
                 cores,
             })
         }
@@ -470,9 +473,22 @@ async fn run_core(
             return;
         }
     };
+    let ws = match shared.config.server.ws_listen.as_str() {
+        "" => None,
+        listen => match TcpListener::bind(listen) {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                let _ = ready.send(Err(format!(
+                    "cannot listen on {listen} (server.ws_listen): {e}"
+                )));
+                return;
+            }
+        },
+    };
     let addrs = CoreAddrs {
         plain: plain.local_addr().unwrap_or(shared.config.server.listen),
         tls: tls.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+        ws: ws.as_ref().and_then(|l| l.local_addr().ok()),
     };
     let _ = ready.send(Ok(addrs));
     let mut acceptors = vec![glommio::spawn_local(accept_loop(core.clone(), plain, None)).detach()];
@@ -481,6 +497,9 @@ async fn run_core(
         acceptors.push(
             glommio::spawn_local(accept_loop(core.clone(), listener, Some(acceptor))).detach(),
         );
+    }
+    if let Some(listener) = ws {
+        acceptors.push(glommio::spawn_local(accept_ws_loop(core.clone(), listener)).detach());
     }
     if bridge.is_some() {
         // gRPC `Subscribe` streams reach this core through a local socket.
@@ -530,6 +549,7 @@ async fn sweep_deadlines(core: Rc<Core>) {
 struct CoreAddrs {
     plain: SocketAddr,
     tls: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
 }
 
 /// This core's plain listener and, when configured, its TLS listener with
@@ -578,6 +598,21 @@ async fn accept_local_loop(core: Rc<Core>, listener: glommio::net::UnixListener)
             }
             Err(e) => {
                 tracing::warn!(error = %e, core = core.id, "local accept failed");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn accept_ws_loop(core: Rc<Core>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let connection = crate::websocket::accept(core.clone(), Box::new(stream));
+                glommio::spawn_local(connection).detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, core = core.id, "WebSocket accept failed");
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -1,0 +1,173 @@
+//! Browsers' WebSocket listener (`server.ws_listen`): a client over
+//! WebSocket registers, logs in and chats both ways with a plain TCP client
+//! (one binary message = one envelope); pings are answered; another
+//! site's page (`Origin`) and any path but `/ws` are refused at the
+//! upgrade; a text message is closed with 1003 and a message over
+//! `server.max_frame_bytes` with 1009.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::{self, Message, WebSocket};
+use ourchat_protocol::{codec, pb, Body, Envelope};
+use ourchat_testkit::{free_port, start_node, user_on, TEST_PASSWORD};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+type Ws = WebSocket<TcpStream>;
+
+// tungstenite's own error type, as the client returns it.
+#[allow(clippy::result_large_err)]
+fn connect(addr: SocketAddr, path: &str, origin: Option<&str>) -> Result<Ws, tungstenite::Error> {
+    let mut request = format!("ws://{addr}{path}").into_client_request()?;
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().expect("a header value"));
+    }
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    tungstenite::client(request, stream)
+        .map(|(ws, _)| ws)
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => {
+                tungstenite::Error::Io(std::io::ErrorKind::WouldBlock.into())
+            }
+        })
+}
+
+/// The envelope as one binary message: the frame without its length.
+fn send(ws: &mut Ws, req_id: u32, body: Body) {
+    let frame = codec::encode_to_vec(&Envelope::new(req_id, body));
+    ws.send(Message::Binary(frame[codec::HEADER_LEN..].to_vec().into()))
+        .expect("send");
+}
+
+/// The next envelope (pings and pongs skipped).
+fn next(ws: &mut Ws) -> Envelope {
+    loop {
+        match ws.read().expect("a message") {
+            Message::Binary(body) => return codec::decode_body(&body).expect("an envelope"),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The answer to `req_id` (pushes before it skipped).
+fn call(ws: &mut Ws, req_id: u32, body: Body) -> Body {
+    send(ws, req_id, body);
+    loop {
+        let envelope = next(ws);
+        if envelope.req_id == req_id {
+            return envelope.body.expect("a body");
+        }
+    }
+}
+
+/// The close code the server ends with.
+fn closed_with(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return frame.map(|f| f.code),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn a_browser_client_chats_with_a_tcp_client_and_bad_peers_are_refused() {
+    let ws_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let server = start_node!(2,
+        "server.ws_listen" => ws_addr,
+        "server.ws_allowed_origins" => "[\"https://chat.example\"]",
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    let mut alice =
+        connect(ws_addr, "/ws", Some(&format!("http://{ws_addr}"))).expect("own origin");
+    let register = pb::RegisterRequest {
+        username: "alice_ws".into(),
+        password: TEST_PASSWORD.into(),
+        ..Default::default()
+    };
+    let Body::RegisterResp(registered) = call(&mut alice, 1, Body::Register(register)) else {
+        panic!("no register reply");
+    };
+    assert!(registered.success, "{registered:?}");
+    let login = pb::LoginRequest {
+        username: "alice_ws".into(),
+        password: TEST_PASSWORD.into(),
+        device_id: "browser".into(),
+        device_type: "web".into(),
+        ..Default::default()
+    };
+    let Body::LoginResp(logged_in) = call(&mut alice, 2, Body::Login(login)) else {
+        panic!("no login reply");
+    };
+    assert!(logged_in.success, "{logged_in:?}");
+    let alice_id = logged_in.user_id;
+
+    let (bob, bob_session) = runtime.block_on(user_on(server.addr, "bob", "plain"));
+    let text = pb::SendMessageRequest {
+        receiver_id: bob_session.user_id,
+        content: "over WebSocket".into(),
+        client_message_id: 1,
+        ..Default::default()
+    };
+    let Body::SendResp(sent) = call(&mut alice, 3, Body::Send(text)) else {
+        panic!("no send reply");
+    };
+    assert!(sent.success, "{sent:?}");
+    let pushed = runtime
+        .block_on(bob.next_message(WAIT))
+        .expect("pushed over TCP");
+    assert_eq!(
+        (pushed.content.as_str(), pushed.seq),
+        ("over WebSocket", sent.seq)
+    );
+    runtime
+        .block_on(bob.send_text(alice_id, "over TCP"))
+        .expect("bob sends");
+    let push = loop {
+        if let Some(Body::PushMessage(message)) = next(&mut alice).body {
+            break message;
+        }
+    };
+    assert_eq!(push.content, "over TCP");
+    alice
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .unwrap();
+    let pong = loop {
+        if let Message::Pong(data) = alice.read().unwrap() {
+            break data;
+        }
+    };
+    assert_eq!(&pong[..], b"are you there");
+    alice.send(Message::Text("hello".into())).unwrap();
+    assert_eq!(closed_with(&mut alice), Some(CloseCode::Unsupported));
+
+    // Another site's page, and any other path, are refused at the upgrade;
+    // a listed origin and a client that sends none are let in.
+    let refused = |result: Result<Ws, tungstenite::Error>| match result {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| "a socket")),
+    };
+    assert_eq!(
+        refused(connect(ws_addr, "/ws", Some("https://evil.example"))),
+        403
+    );
+    assert_eq!(refused(connect(ws_addr, "/other", None)), 404);
+    connect(ws_addr, "/ws", Some("https://chat.example")).expect("a listed origin");
+    let mut tool = connect(ws_addr, "/ws", None).expect("no origin: not a browser");
+    assert!(server.metric("ourchat_ws_upgrades_refused_total") >= 2.0);
+
+    // Bigger than a frame may be: closed with 1009.
+    tool.send(Message::Binary(vec![7u8; 70 * 1024].into()))
+        .unwrap();
+    assert_eq!(closed_with(&mut tool), Some(CloseCode::Size));
+}
