@@ -151,6 +151,30 @@ enum ReadEnd {
     Bad(FrameError),
 }
 
+/// A socket over the per-address connection limit (counted).
+pub(crate) struct OverLimit;
+
+/// An accepted socket's fd and peer, with Nagle off, and its place under
+/// its address's connection limit.
+pub(crate) fn admit(
+    core: &Core,
+    stream: &TcpStream,
+) -> Result<(RawFd, Option<IpAddr>, Option<IpSlot>), OverLimit> {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let slot = match peer {
+        Some(ip) => match core.shared.limits.open_connection(ip) {
+            Some(slot) => Some(slot),
+            None => {
+                core.metrics().limited(Limit::ConnectionsPerIp);
+                return Err(OverLimit);
+            }
+        },
+        None => None,
+    };
+    Ok((stream.as_raw_fd(), peer, slot))
+}
+
 /// Takes one accepted socket: plain, or TLS once its handshake completes.
 /// The handshake runs in this task, interleaved with every other task of
 /// the core, and must finish within the login deadline (a peer that stalls
@@ -160,26 +184,16 @@ pub async fn accept(
     mut stream: Box<TcpStream>,
     tls: Option<futures_rustls::TlsAcceptor>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let fd = stream.as_raw_fd();
-    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
-    let slot = match peer {
-        Some(ip) => match core.shared.limits.open_connection(ip) {
-            Some(slot) => Some(slot),
-            None => {
-                core.metrics().limited(Limit::ConnectionsPerIp);
-                if tls.is_none() {
-                    let refusal = encode_frame(&Envelope::error(
-                        0,
-                        ErrorCode::RateLimited,
-                        "too many connections from your address",
-                    ));
-                    let _ = stream.write_all(&refusal).await;
-                }
-                return;
-            }
-        },
-        None => None,
+    let Ok((fd, peer, slot)) = admit(&core, &stream) else {
+        if tls.is_none() {
+            let refusal = encode_frame(&Envelope::error(
+                0,
+                ErrorCode::RateLimited,
+                "too many connections from your address",
+            ));
+            let _ = stream.write_all(&refusal).await;
+        }
+        return;
     };
     let Some(acceptor) = tls else {
         return serve(core, stream, fd, peer, slot).await;

@@ -184,6 +184,12 @@ struct RecentSend {
     ticket: Option<Ticket>,
 }
 
+/// The answer to a send whose sequencing was cut short (its conversation's
+/// state was dropped, or Redis's answer did not fit): retry.
+fn interrupted() -> pb::Error {
+    pb::Error::new(ErrorCode::Internal, "sequencing interrupted, retry")
+}
+
 /// A send whose client id its sender already used for another payload in
 /// this conversation: not retryable, the client must pick a new id.
 pub(crate) fn reused_id(client_message_id: i64) -> pb::Error {
@@ -312,7 +318,7 @@ impl<R> Sequencer<R> {
         let Some(Slot::Ready(state)) = self.convs.remove(&conv) else {
             return;
         };
-        let interrupted = pb::Error::new(ErrorCode::Internal, "sequencing interrupted, retry");
+        let interrupted = interrupted();
         let staged = state.asking.into_iter().map(|(staged, _)| staged);
         for staged in staged.chain(state.awaiting) {
             out.answer(staged.reply, Err(interrupted.clone()));
@@ -384,7 +390,7 @@ impl<R> Sequencer<R> {
             outcome => {
                 let error = match outcome {
                     Err(error) => error,
-                    Ok(_) => pb::Error::new(ErrorCode::Internal, "sequencing interrupted, retry"),
+                    Ok(_) => interrupted(),
                 };
                 tracing::warn!(conv = %conv, code = error.code, "seq allocation failed");
                 // Undo the queued group changes, newest first.
@@ -447,15 +453,7 @@ impl<R> Sequencer<R> {
                     sent_at_ms,
                 },
             };
-            submit(
-                state,
-                &mut self.waiting,
-                &mut self.next_ticket,
-                self.limits,
-                staged,
-                accepted,
-                out,
-            );
+            self.submit(conv, staged, accepted, out);
         }
     }
 
@@ -585,15 +583,67 @@ impl<R> Sequencer<R> {
             server_msg_id: out.next_id(),
             sent_at_ms: out.now_ms(),
         };
-        submit(
-            state,
-            &mut self.waiting,
-            &mut self.next_ticket,
-            self.limits,
-            staged,
+        self.submit(conv, staged, accepted, out);
+    }
+
+    /// Queues a sequenced message's write; its sender's answer waits for
+    /// the commit.
+    fn submit(
+        &mut self,
+        conv: ConversationId,
+        staged: Staged<R>,
+        accepted: Accepted,
+        out: &mut impl Effects<R>,
+    ) {
+        let Some(Slot::Ready(state)) = self.convs.get_mut(&conv) else {
+            let error = interrupted();
+            return out.answer(staged.reply, Err(error));
+        };
+        let Staged {
+            mut message,
+            fingerprint,
+            origin_conn,
+            recipients,
+            change,
+            before_change,
+            reply,
+        } = staged;
+        message.seq = accepted.seq;
+        message.server_msg_id = accepted.server_msg_id;
+        message.sent_at_ms = accepted.sent_at_ms;
+        let op = match change {
+            Some(change) => WriteOp::GroupChange {
+                event: message.clone(),
+                change,
+            },
+            None => WriteOp::AppendMessage(message.clone()),
+        };
+        let ticket = self.next_ticket;
+        let written = out.write(Write {
+            ticket,
+            op,
+            message: message.clone(),
+            origin_conn,
+            recipients,
+        });
+        if let Err(error) = written {
+            // The seq was not taken: the next send reuses it.
+            if let Some(group) = before_change {
+                state.group = group;
+            }
+            return out.answer(reply, Err(error));
+        }
+        self.next_ticket += 1;
+        self.waiting.insert(ticket, vec![reply]);
+        state.last_seq = state.last_seq.max(accepted.seq);
+        state.recent.push_back(RecentSend {
+            sender_id: message.sender_id,
+            client_message_id: message.client_message_id,
+            fingerprint,
             accepted,
-            out,
-        );
+            ticket: Some(ticket),
+        });
+        state.trim(self.limits.window);
     }
 
     /// Drops a conversation's state that another node changed, once its
@@ -639,64 +689,6 @@ impl<R> Sequencer<R> {
     fn writes_in_flight(&self) -> usize {
         self.waiting.len()
     }
-}
-
-/// Queues a sequenced message's write; its sender's answer waits for the
-/// commit.
-fn submit<R>(
-    state: &mut ConvState<R>,
-    waiting: &mut HashMap<Ticket, Vec<R>>,
-    next_ticket: &mut Ticket,
-    limits: Limits,
-    staged: Staged<R>,
-    accepted: Accepted,
-    out: &mut impl Effects<R>,
-) {
-    let Staged {
-        mut message,
-        fingerprint,
-        origin_conn,
-        recipients,
-        change,
-        before_change,
-        reply,
-    } = staged;
-    message.seq = accepted.seq;
-    message.server_msg_id = accepted.server_msg_id;
-    message.sent_at_ms = accepted.sent_at_ms;
-    let op = match change {
-        Some(change) => WriteOp::GroupChange {
-            event: message.clone(),
-            change,
-        },
-        None => WriteOp::AppendMessage(message.clone()),
-    };
-    let ticket = *next_ticket;
-    let written = out.write(Write {
-        ticket,
-        op,
-        message: message.clone(),
-        origin_conn,
-        recipients,
-    });
-    if let Err(error) = written {
-        // The seq was not taken: the next send reuses it.
-        if let Some(group) = before_change {
-            state.group = group;
-        }
-        return out.answer(reply, Err(error));
-    }
-    *next_ticket += 1;
-    waiting.insert(ticket, vec![reply]);
-    state.last_seq = state.last_seq.max(accepted.seq);
-    state.recent.push_back(RecentSend {
-        sender_id: message.sender_id,
-        client_message_id: message.client_message_id,
-        fingerprint,
-        accepted,
-        ticket: Some(ticket),
-    });
-    state.trim(limits.window);
 }
 
 impl<R> ConvState<R> {

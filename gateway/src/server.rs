@@ -491,16 +491,18 @@ async fn run_core(
         ws: ws.as_ref().and_then(|l| l.local_addr().ok()),
     };
     let _ = ready.send(Ok(addrs));
-    let mut acceptors = vec![glommio::spawn_local(accept_loop(core.clone(), plain, None)).detach()];
+    let mut listeners = vec![(plain, Speaks::Plain)];
     if let Some((listener, config)) = tls {
         let acceptor = futures_rustls::TlsAcceptor::from(config);
-        acceptors.push(
-            glommio::spawn_local(accept_loop(core.clone(), listener, Some(acceptor))).detach(),
-        );
+        listeners.push((listener, Speaks::Tls(acceptor)));
     }
-    if let Some(listener) = ws {
-        acceptors.push(glommio::spawn_local(accept_ws_loop(core.clone(), listener)).detach());
-    }
+    listeners.extend(ws.map(|listener| (listener, Speaks::WebSocket)));
+    let mut acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, speaks)| {
+            glommio::spawn_local(accept_loop(core.clone(), listener, speaks)).detach()
+        })
+        .collect();
     if bridge.is_some() {
         // gRPC `Subscribe` streams reach this core through a local socket.
         match bind_stream_socket(id) {
@@ -604,34 +606,37 @@ async fn accept_local_loop(core: Rc<Core>, listener: glommio::net::UnixListener)
     }
 }
 
-async fn accept_ws_loop(core: Rc<Core>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let connection = crate::websocket::accept(core.clone(), Box::new(stream));
-                glommio::spawn_local(connection).detach();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, core = core.id, "WebSocket accept failed");
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+/// What a client listener speaks.
+enum Speaks {
+    /// The client protocol over TCP.
+    Plain,
+    /// The client protocol over TLS.
+    Tls(futures_rustls::TlsAcceptor),
+    /// WebSocket (browsers).
+    WebSocket,
 }
 
-async fn accept_loop(
-    core: Rc<Core>,
-    listener: TcpListener,
-    tls: Option<futures_rustls::TlsAcceptor>,
-) {
+async fn accept_loop(core: Rc<Core>, listener: TcpListener, speaks: Speaks) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 // Boxed: an async fn keeps its arguments for its whole life,
                 // moved-out or not, and a glommio stream is the largest.
                 let stream = Box::new(stream);
-                let connection = crate::connection::accept(core.clone(), stream, tls.clone());
-                glommio::spawn_local(connection).detach();
+                let core = core.clone();
+                match &speaks {
+                    Speaks::Plain => {
+                        let connection = crate::connection::accept(core, stream, None);
+                        glommio::spawn_local(connection).detach()
+                    }
+                    Speaks::Tls(tls) => {
+                        let connection = crate::connection::accept(core, stream, Some(tls.clone()));
+                        glommio::spawn_local(connection).detach()
+                    }
+                    Speaks::WebSocket => {
+                        glommio::spawn_local(crate::websocket::accept(core, stream)).detach()
+                    }
+                };
             }
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.

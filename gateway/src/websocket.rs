@@ -16,7 +16,6 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
@@ -33,7 +32,6 @@ use glommio::net::TcpStream;
 use ourchat_protocol::codec::HEADER_LEN;
 
 use crate::core::Core;
-use crate::limits::Limit;
 use crate::metrics::CoreMetrics;
 
 /// The only path that upgrades.
@@ -42,15 +40,8 @@ pub const WS_PATH: &str = "/ws";
 /// Takes one accepted socket on the WebSocket listener: the upgrade under
 /// the login deadline, then the connection.
 pub async fn accept(core: Rc<Core>, stream: Box<TcpStream>) {
-    let _ = stream.set_nodelay(true);
-    let fd = stream.as_raw_fd();
-    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
-    let slot = match peer {
-        Some(ip) => match core.shared.limits.open_connection(ip) {
-            Some(slot) => Some(slot),
-            None => return core.metrics().limited(Limit::ConnectionsPerIp),
-        },
-        None => None,
+    let Ok((fd, peer, slot)) = crate::connection::admit(&core, &stream) else {
+        return;
     };
     // Boxed: the handshake's state is large and lives only until it ends.
     Box::pin(upgrade_then_serve(core, stream, fd, peer, slot)).await
