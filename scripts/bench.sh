@@ -5,7 +5,7 @@
 # $OUT (default target/bench). Usage:
 #   scripts/bench.sh           # short: a few minutes, what `make bench` runs
 #   scripts/bench.sh full      # the BENCHMARKS.md figures
-#   ONLY="idle tls" scripts/bench.sh full   # some of them: idle p2p p2pmore group storm tls store
+#   ONLY="idle tls" scripts/bench.sh full   # some of them: idle ws p2p p2pmore group storm tls store
 #   P2P_RATES="2000 5000" ONLY=p2p scripts/bench.sh full   # the 1:1 sweep at these rates
 #   NODE_SET="storage.backend=sqlite" ...   # extra `--set`s for every node (space-separated)
 #   BIN=/tmp/build-a ...                      # run those binaries instead of building
@@ -38,6 +38,13 @@ fi
 want idle && for n in $IDLE_SIZES; do
   start_node "$n" --cores 2
   run "idle-$n" idle --users "$n" --procs "$(procs_for "$n")" --threads 1 --ramp 20000 --duration 3 --drain 0
+done
+# Browsers' WebSocket listener beside TCP: memory per idle connection.
+want ws && for n in $IDLE_SIZES; do
+  WS_PORT=$(free_port)
+  start_node "$n" --cores 2 --set "server.ws_listen=127.0.0.1:$WS_PORT"
+  TARGET="127.0.0.1:$WS_PORT" run "wsidle-$n" idle --ws --users "$n" --procs "$(procs_for "$n")" \
+    --threads 1 --ramp 20000 --duration 3 --drain 0
 done
 want p2p && for rate in $P2P_RATES; do
   start_node "$P2P_USERS" --cores 2

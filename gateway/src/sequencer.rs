@@ -318,10 +318,10 @@ impl<R> Sequencer<R> {
         let Some(Slot::Ready(state)) = self.convs.remove(&conv) else {
             return;
         };
-        let interrupted = interrupted();
+        let error = interrupted();
         let staged = state.asking.into_iter().map(|(staged, _)| staged);
         for staged in staged.chain(state.awaiting) {
-            out.answer(staged.reply, Err(interrupted.clone()));
+            out.answer(staged.reply, Err(error.clone()));
         }
         for job in state.held {
             self.send(job, out);

@@ -1,9 +1,10 @@
 //! Clients over WebSocket (RFC 6455, tungstenite's protocol core over the
 //! reactor's own glommio stream): the upgrade at `/ws` under the login
 //! deadline and an `Origin` check, then one binary WebSocket message = one
-//! `Envelope` body. [`WsBytes`] turns the message stream back into the
-//! client protocol's byte stream (a 4-byte length, then the body) and the
-//! connection's frames into messages, so a WebSocket connection is served
+//! `Envelope` body. `ourchat_protocol::ws::WsBytes` turns the message
+//! stream back into the client protocol's byte stream (a 4-byte length,
+//! then the body) and the connection's frames into messages, so a WebSocket
+//! connection is served
 //! by the very same `connection::serve` as TCP: same handlers, limits,
 //! deadlines, slow-reader rule and metrics. Pings are answered by
 //! tungstenite; text messages are refused (close 1003); a message over
@@ -16,20 +17,12 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{ready, Context, Poll};
 
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::StatusCode;
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use async_tungstenite::tungstenite::{Error as WsError, Message};
-use async_tungstenite::WebSocketStream;
-use futures::io::{AsyncRead, AsyncWrite};
-use futures::{Sink, Stream};
 use glommio::net::TcpStream;
-use ourchat_protocol::codec::HEADER_LEN;
+use ourchat_protocol::ws::WsBytes;
 
 use crate::core::Core;
 use crate::metrics::CoreMetrics;
@@ -56,9 +49,7 @@ async fn upgrade_then_serve(
 ) {
     let server = &core.shared.config.server;
     let max_frame = server.max_frame_bytes;
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame));
+    let config = ourchat_protocol::ws::lean_config(max_frame);
     let allowed = server.ws_allowed_origins.clone();
     // tungstenite's callback type returns its response by value.
     #[allow(clippy::result_large_err)]
@@ -125,138 +116,6 @@ fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool 
     own || allowed
         .iter()
         .any(|listed| listed.eq_ignore_ascii_case(origin))
-}
-
-/// A WebSocket as the client protocol's byte stream.
-pub struct WsBytes<S> {
-    ws: WebSocketStream<S>,
-    /// The frame (length, then body) of the last binary message, and how
-    /// much of it was read out.
-    incoming: Vec<u8>,
-    read_at: usize,
-    /// What the connection wrote that is not yet a whole frame.
-    outgoing: Vec<u8>,
-    max_frame: usize,
-}
-
-impl<S> WsBytes<S> {
-    fn new(ws: WebSocketStream<S>, max_frame: usize) -> Self {
-        WsBytes {
-            ws,
-            incoming: Vec::new(),
-            read_at: 0,
-            outgoing: Vec::new(),
-            max_frame,
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> WsBytes<S> {
-    /// Starts closing with `code` (best effort: the peer is being dropped).
-    fn close_with(&mut self, cx: &mut Context<'_>, code: CloseCode, reason: &str) {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let mut ws = Pin::new(&mut self.ws);
-        if let Poll::Ready(Ok(())) = ws.as_mut().poll_ready(cx) {
-            let _ = ws.as_mut().start_send(Message::Close(Some(frame)));
-            let _ = ws.poll_flush(cx);
-        }
-    }
-
-    /// Sends every whole frame written so far as a binary message.
-    fn poll_send_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            let Some(body_len) = self
-                .outgoing
-                .first_chunk::<HEADER_LEN>()
-                .map(|header| u32::from_be_bytes(*header) as usize)
-            else {
-                return Poll::Ready(Ok(()));
-            };
-            let end = HEADER_LEN + body_len;
-            if self.outgoing.len() < end {
-                return Poll::Ready(Ok(()));
-            }
-            ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io::Error::other)?;
-            let body = self.outgoing[HEADER_LEN..end].to_vec();
-            self.outgoing.drain(..end);
-            Pin::new(&mut self.ws)
-                .start_send(Message::Binary(body.into()))
-                .map_err(io::Error::other)?;
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        loop {
-            if this.read_at < this.incoming.len() {
-                let n = buf.len().min(this.incoming.len() - this.read_at);
-                buf[..n].copy_from_slice(&this.incoming[this.read_at..this.read_at + n]);
-                this.read_at += n;
-                return Poll::Ready(Ok(n));
-            }
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                Some(Ok(Message::Binary(body))) => {
-                    this.incoming.clear();
-                    this.incoming
-                        .extend_from_slice(&(body.len() as u32).to_be_bytes());
-                    this.incoming.extend_from_slice(&body);
-                    this.read_at = 0;
-                }
-                // tungstenite answers pings itself.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Text(_))) => {
-                    this.close_with(cx, CloseCode::Unsupported, "binary messages only");
-                    return Poll::Ready(Ok(0));
-                }
-                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(0)),
-                Some(Err(WsError::Capacity(_))) => {
-                    let reason = format!("messages are at most {} bytes", this.max_frame);
-                    this.close_with(cx, CloseCode::Size, &reason);
-                    return Poll::Ready(Ok(0));
-                }
-                Some(Err(error)) => return Poll::Ready(Err(io::Error::other(error))),
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        this.outgoing.extend_from_slice(buf);
-        // Queued whole frames go out with the flush that follows.
-        match this.poll_send_frames(cx) {
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            _ => Poll::Ready(Ok(buf.len())),
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        ready!(this.poll_send_frames(cx))?;
-        Pin::new(&mut this.ws)
-            .poll_flush(cx)
-            .map_err(io::Error::other)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws)
-            .poll_close(cx)
-            .map_err(io::Error::other)
-    }
 }
 
 #[cfg(test)]

@@ -93,6 +93,10 @@ struct Args {
     /// count; `--server-pid` gives the broker's memory and CPU).
     #[arg(long, value_enum, default_value_t = run::Protocol::Ourchat)]
     protocol: run::Protocol,
+    /// Speak OurChat over WebSocket: the targets are `server.ws_listen`
+    /// listeners (one binary message per envelope).
+    #[arg(long)]
+    ws: bool,
     /// Answer every pushed message with a DeliveryAck, as real clients do
     /// (the server then moves and stores the device's cursor).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -222,6 +226,7 @@ fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCod
             users: total,
         }),
         tls: tls_settings(args)?,
+        ws: args.ws,
     });
     let my_count = mine.len();
     let mut per_thread: Vec<Vec<Assigned>> = vec![Vec::new(); threads];

@@ -103,6 +103,9 @@ pub struct ProcPlan {
     pub groups: Option<GroupPlan>,
     /// Connect over TLS with these settings.
     pub tls: Option<TlsSettings>,
+    /// Speak the protocol over WebSocket (the targets are `server.ws_listen`
+    /// listeners; the upgrade at `/ws`).
+    pub ws: bool,
 }
 
 /// The groups of a group run.
@@ -291,6 +294,22 @@ impl Conn {
             .ok()?
             .ok()?;
         let _ = stream.set_nodelay(true);
+        if self.plan.ws {
+            let url = format!("ws://{}/ws", self.user.target);
+            let config = ourchat_protocol::ws::lean_config(1 << 20);
+            let upgrade =
+                async_tungstenite::tokio::client_async_with_config(url, stream, Some(config));
+            let (ws, _) = tokio::time::timeout(Duration::from_secs(10), upgrade)
+                .await
+                .ok()?
+                .ok()?;
+            let bytes = ourchat_protocol::ws::WsBytes::new(ws, 1 << 20);
+            return Some(Session {
+                stream: Box::new(async_tungstenite::tokio::TokioAdapter::new(bytes)),
+                buf: BytesMut::new(),
+                decoder: FrameDecoder::new(1 << 20),
+            });
+        }
         let stream: Box<dyn Io> = match &self.plan.tls {
             Some(tls) => Box::new(
                 tokio::time::timeout(Duration::from_secs(10), tls.wrap(stream))

@@ -1,7 +1,7 @@
 //! A short loadgen run against a real node (in this process): proves the
 //! loadgen speaks the protocol, spreads over processes, and that every
 //! acked message is delivered exactly once and in order, to one peer or to
-//! every other member of a group. Figures are not
+//! every other member of a group, over TCP, TLS and WebSocket. Figures are not
 //! asserted: benchmarks are commands (`make bench`), not timed tests.
 
 use std::path::Path;
@@ -18,6 +18,8 @@ struct Node {
     client: String,
     /// The TLS listener, and the CA file its certificate chains to.
     tls: String,
+    /// The WebSocket listener.
+    ws: String,
     ca_file: std::path::PathBuf,
     admin: String,
 }
@@ -36,6 +38,7 @@ fn start_node(data_dir: &Path) -> Node {
     let admin = format!("127.0.0.1:{}", free_port());
     let grpc = format!("127.0.0.1:{}", free_port());
     let tls = format!("127.0.0.1:{}", free_port());
+    let ws = format!("127.0.0.1:{}", free_port());
     let certs =
         ourchat_gateway::tls::generate_dev_pair(&data_dir.join("tls"), &["localhost".into()])
             .unwrap();
@@ -46,6 +49,7 @@ fn start_node(data_dir: &Path) -> Node {
         ("server.listen", client.as_str()),
         ("server.admin_listen", admin.as_str()),
         ("server.grpc_listen", grpc.as_str()),
+        ("server.ws_listen", ws.as_str()),
         ("server.cores", "2"),
         ("server.pin_cores", "false"),
         ("storage.data_dir", data_dir.to_str().unwrap()),
@@ -74,6 +78,7 @@ fn start_node(data_dir: &Path) -> Node {
         thread: Some(thread),
         client,
         tls,
+        ws,
         ca_file: certs.ca_cert,
         admin,
     }
@@ -143,6 +148,11 @@ fn p2p_and_storm_lose_nothing() {
     let tls = run_loadgen(&node, dir.path(), &node.tls.clone(), &tls_args);
     assert_p2p_clean(&tls);
     assert_eq!(tls["counters"]["connect_errors"], 0);
+    // And over WebSocket.
+    let ws_args: Vec<&str> = p2p_args.iter().copied().chain(["--ws"]).collect();
+    let ws = run_loadgen(&node, dir.path(), &node.ws.clone(), &ws_args);
+    assert_p2p_clean(&ws);
+    assert_eq!(ws["counters"]["connect_errors"], 0);
 
     let storm = loadgen(
         &node,

@@ -13,6 +13,8 @@ pub mod codec;
 pub mod conversation;
 pub mod ids;
 pub mod payload;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 /// Messages generated from the `.proto` files (package `ourchat`).
 #[allow(missing_docs, clippy::large_enum_variant, clippy::enum_variant_names)]
