@@ -174,8 +174,8 @@ impl LimitsConfig {
     }
 }
 
-/// TLS for clients and gRPC. Off until `listen` (client TLS) or `grpc`
-/// is set; both use the same certificate and key.
+/// TLS for clients, gRPC and WebSocket. Off until `listen` (client TLS),
+/// `grpc` or `ws` is set; all use the same certificate and key.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
@@ -188,12 +188,15 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
     /// Serve gRPC over TLS (on `server.grpc_listen`) with the same pair.
     pub grpc: bool,
+    /// Serve the WebSocket listener (`server.ws_listen`) as WSS with the
+    /// same pair.
+    pub ws: bool,
 }
 
 impl TlsConfig {
     /// Whether anything uses the certificate.
     pub fn enabled(&self) -> bool {
-        !self.listen.is_empty() || self.grpc
+        !self.listen.is_empty() || self.grpc || self.ws
     }
 }
 
@@ -520,6 +523,9 @@ impl Config {
         }
         if tls.grpc && s.grpc_listen.is_empty() {
             return invalid("tls.grpc needs server.grpc_listen");
+        }
+        if tls.ws && s.ws_listen.is_empty() {
+            return invalid("tls.ws needs server.ws_listen");
         }
         let l = &self.limits;
         let rates = [

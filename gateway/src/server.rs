@@ -496,7 +496,11 @@ async fn run_core(
         let acceptor = futures_rustls::TlsAcceptor::from(config);
         listeners.push((listener, Speaks::Tls(acceptor)));
     }
-    listeners.extend(ws.map(|listener| (listener, Speaks::WebSocket)));
+    let wss = match (&shared.tls, shared.config.tls.ws) {
+        (Some(config), true) => Some(futures_rustls::TlsAcceptor::from(config.clone())),
+        _ => None,
+    };
+    listeners.extend(ws.map(|listener| (listener, Speaks::WebSocket(wss))));
     let mut acceptors: Vec<_> = listeners
         .into_iter()
         .map(|(listener, speaks)| {
@@ -612,8 +616,8 @@ enum Speaks {
     Plain,
     /// The client protocol over TLS.
     Tls(futures_rustls::TlsAcceptor),
-    /// WebSocket (browsers).
-    WebSocket,
+    /// WebSocket (browsers); WSS with an acceptor.
+    WebSocket(Option<futures_rustls::TlsAcceptor>),
 }
 
 async fn accept_loop(core: Rc<Core>, listener: TcpListener, speaks: Speaks) {
@@ -633,8 +637,9 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, speaks: Speaks) {
                         let connection = crate::connection::accept(core, stream, Some(tls.clone()));
                         glommio::spawn_local(connection).detach()
                     }
-                    Speaks::WebSocket => {
-                        glommio::spawn_local(crate::websocket::accept(core, stream)).detach()
+                    Speaks::WebSocket(tls) => {
+                        let connection = crate::websocket::accept(core, stream, tls.clone());
+                        glommio::spawn_local(connection).detach()
                     }
                 };
             }

@@ -10,6 +10,9 @@
 //! tungstenite; text messages are refused (close 1003); a message over
 //! `server.max_frame_bytes` is closed with 1009.
 //!
+//! With `tls.ws` the listener serves WSS: the rustls handshake (the
+//! `tls.*` pair), then the upgrade.
+//!
 //! Cross-site WebSocket hijacking: a browser sends the page's `Origin`; it
 //! must be this node's own origin (the `Host` the browser asked for) or
 //! one of `server.ws_allowed_origins`. A client that is not a browser sends
@@ -30,23 +33,46 @@ use crate::metrics::CoreMetrics;
 /// The only path that upgrades.
 pub const WS_PATH: &str = "/ws";
 
-/// Takes one accepted socket on the WebSocket listener: the upgrade under
-/// the login deadline, then the connection.
-pub async fn accept(core: Rc<Core>, stream: Box<TcpStream>) {
+/// Takes one accepted socket on the WebSocket listener: the TLS handshake
+/// first when it serves WSS, then the upgrade, each under the login
+/// deadline, then the connection.
+pub async fn accept(
+    core: Rc<Core>,
+    stream: Box<TcpStream>,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) {
     let Ok((fd, peer, slot)) = crate::connection::admit(&core, &stream) else {
         return;
     };
-    // Boxed: the handshake's state is large and lives only until it ends.
-    Box::pin(upgrade_then_serve(core, stream, fd, peer, slot)).await
+    let Some(acceptor) = tls else {
+        // Boxed: the handshake's state is large and lives only until it ends.
+        return Box::pin(upgrade_then_serve(core, *stream, fd, peer, slot)).await;
+    };
+    let deadline = std::time::Duration::from_millis(core.shared.config.server.login_timeout_ms);
+    let handshake = Box::pin(async {
+        acceptor
+            .accept(*stream)
+            .await
+            .map_err(glommio::GlommioError::IoError)
+    });
+    match glommio::timer::timeout(deadline, handshake).await {
+        Ok(stream) => Box::pin(upgrade_then_serve(core, stream, fd, peer, slot)).await,
+        Err(e) => {
+            CoreMetrics::inc(&core.metrics().tls_handshake_failures);
+            tracing::debug!(error = %e, "WSS handshake failed");
+        }
+    }
 }
 
-async fn upgrade_then_serve(
+async fn upgrade_then_serve<S>(
     core: Rc<Core>,
-    stream: Box<TcpStream>,
+    stream: S,
     fd: std::os::fd::RawFd,
     peer: Option<IpAddr>,
     slot: Option<crate::limits::IpSlot>,
-) {
+) where
+    S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin + 'static,
+{
     let server = &core.shared.config.server;
     let max_frame = server.max_frame_bytes;
     let config = ourchat_protocol::ws::lean_config(max_frame);
@@ -57,7 +83,7 @@ async fn upgrade_then_serve(
         move |request: &Request, response: Response| check_upgrade(request, response, &allowed);
     let deadline = std::time::Duration::from_millis(server.login_timeout_ms);
     let upgrade = Box::pin(async {
-        async_tungstenite::accept_hdr_async_with_config(*stream, check, Some(config))
+        async_tungstenite::accept_hdr_async_with_config(stream, check, Some(config))
             .await
             .map_err(|e| glommio::GlommioError::IoError(io::Error::other(e)))
     });

@@ -3,7 +3,8 @@
 //! (one binary message = one envelope); pings are answered; another
 //! site's page (`Origin`) and any path but `/ws` are refused at the
 //! upgrade; a text message is closed with 1003 and a message over
-//! `server.max_frame_bytes` with 1009.
+//! `server.max_frame_bytes` with 1009. With `tls.ws` the listener speaks
+//! WSS with the `tls.*` pair, and a plain upgrade there gets nowhere.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -170,4 +171,60 @@ fn a_browser_client_chats_with_a_tcp_client_and_bad_peers_are_refused() {
     tool.send(Message::Binary(vec![7u8; 70 * 1024].into()))
         .unwrap();
     assert_eq!(closed_with(&mut tool), Some(CloseCode::Size));
+}
+
+#[test]
+fn wss_serves_the_protocol_over_tls_with_the_nodes_pair() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = ourchat_gateway::tls::generate_dev_pair(dir.path(), &["localhost".into()]).unwrap();
+    let wss: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _server = start_node!(1,
+        "server.ws_listen" => wss,
+        "tls.ws" => true,
+        "tls.cert_file" => certs.cert.display(),
+        "tls.key_file" => certs.key.display(),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(&certs.ca_cert).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let session = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let socket = TcpStream::connect(wss).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let tls = rustls::StreamOwned::new(session, socket);
+    let request = format!("wss://localhost:{}/ws", wss.port())
+        .into_client_request()
+        .unwrap();
+    let (mut ws, _) = tungstenite::client(request, tls).expect("WSS upgrade");
+    let register = pb::RegisterRequest {
+        username: "carol_wss".into(),
+        password: TEST_PASSWORD.into(),
+        ..Default::default()
+    };
+    let frame = codec::encode_to_vec(&Envelope::new(1, Body::Register(register)));
+    ws.send(Message::Binary(frame[codec::HEADER_LEN..].to_vec().into()))
+        .unwrap();
+    let reply = loop {
+        if let Message::Binary(body) = ws.read().unwrap() {
+            break codec::decode_body(&body).unwrap();
+        }
+    };
+    match reply.body {
+        Some(Body::RegisterResp(registered)) => assert!(registered.success, "{registered:?}"),
+        other => panic!("no register reply: {other:?}"),
+    }
+    // A plain upgrade on the WSS port gets no socket.
+    assert!(connect(wss, "/ws", None).is_err());
 }
