@@ -1,6 +1,7 @@
 //! Browsers' WebSocket listener (`server.ws_listen`): a client over
 //! WebSocket registers, logs in and chats both ways with a plain TCP client
-//! (one binary message = one envelope); pings are answered; another
+//! (one binary message = one envelope, also sent in fragments); pings are
+//! answered; another
 //! site's page (`Origin`) and any path but `/ws` are refused at the
 //! upgrade; a text message is closed with 1003 and a message over
 //! `server.max_frame_bytes` with 1009. With `tls.ws` the listener speaks
