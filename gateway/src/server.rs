@@ -103,6 +103,7 @@ pub fn serve(
     on_ready: impl FnOnce(&Listening),
 ) -> Result<(), ServeError> {
     let cores = config.core_count();
+    refuse_taken_ports(&config)?;
     // Certificates first: a bad path should fail before the store opens.
     let tls = match config.tls.enabled() {
         true => Some(crate::tls::server_config(
@@ -333,6 +334,32 @@ fn open_mysql(
     let backend = MysqlBackend::connect(&storage.mysql_shards, &storage.mysql_replicas)?;
     tracing::info!(shards = storage.mysql_shards.len(), "MySQL store connected");
     Ok((Box::new(backend), None))
+}
+
+/// Refuses to start when another process already listens on a client
+/// port. The cores bind with SO_REUSEPORT (one listener each), which the
+/// kernel also grants to another process of the same user: it would then
+/// split the connections between the two nodes without a word. A plain
+/// bind (no SO_REUSEPORT), dropped at once, finds such a listener.
+fn refuse_taken_ports(config: &Config) -> Result<(), ServeError> {
+    let server = &config.server;
+    let client_ports = [
+        ("the client listener (server.listen)", Some(server.listen)),
+        (
+            "the TLS listener (tls.listen)",
+            config.tls.listen.parse::<SocketAddr>().ok(),
+        ),
+        (
+            "the WebSocket listener (server.ws_listen)",
+            server.ws_listen.parse::<SocketAddr>().ok(),
+        ),
+    ];
+    for (what, addr) in client_ports {
+        if let Some(addr) = addr.filter(|addr| addr.port() != 0) {
+            drop(bind(what, addr)?);
+        }
+    }
+    Ok(())
 }
 
 /// Binds a listener of the node's own (admin, gRPC), naming it and its
