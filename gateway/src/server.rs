@@ -339,8 +339,9 @@ fn open_mysql(
 /// Refuses to start when another process already listens on a client
 /// port. The cores bind with SO_REUSEPORT (one listener each), which the
 /// kernel also grants to another process of the same user: it would then
-/// split the connections between the two nodes without a word. A plain
-/// bind (no SO_REUSEPORT), dropped at once, finds such a listener.
+/// split the connections between the two nodes without a word. Whether
+/// something listens is asked by connecting (a plain bind would also trip
+/// over the sockets a killed node left behind, and refuse a restart).
 fn refuse_taken_ports(config: &Config) -> Result<(), ServeError> {
     let server = &config.server;
     let client_ports = [
@@ -355,8 +356,22 @@ fn refuse_taken_ports(config: &Config) -> Result<(), ServeError> {
         ),
     ];
     for (what, addr) in client_ports {
-        if let Some(addr) = addr.filter(|addr| addr.port() != 0) {
-            drop(bind(what, addr)?);
+        let Some(addr) = addr.filter(|addr| addr.port() != 0) else {
+            continue;
+        };
+        let mut probe = addr;
+        if addr.ip().is_unspecified() {
+            probe.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(300)).is_ok() {
+            let source = std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "Address already in use: another process listens on it",
+            );
+            return Err(ServeError::Listen { what, addr, source });
         }
     }
     Ok(())
