@@ -223,21 +223,35 @@ async fn handshake_then_serve(
     peer: Option<IpAddr>,
     slot: Option<IpSlot>,
 ) {
+    if let Some(stream) = tls_handshake(&core, *stream, acceptor).await {
+        Box::pin(serve(core, Box::new(stream), fd, peer, slot)).await
+    }
+}
+
+/// A server-side TLS handshake under the login deadline (a peer that
+/// stalls it holds nothing but its socket meanwhile); `None`: it failed or
+/// ran out of time (counted).
+pub(crate) async fn tls_handshake(
+    core: &Core,
+    stream: TcpStream,
+    acceptor: futures_rustls::TlsAcceptor,
+) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
     let deadline = std::time::Duration::from_millis(core.shared.config.server.login_timeout_ms);
-    // Boxed too: its TLS session in the making is kilobytes, and this
+    // Boxed: its TLS session in the making is kilobytes, and the caller's
     // future lives as long as the connection; the box goes with the
     // handshake.
     let handshake = Box::pin(async {
         acceptor
-            .accept(*stream)
+            .accept(stream)
             .await
             .map_err(glommio::GlommioError::IoError)
     });
     match glommio::timer::timeout(deadline, handshake).await {
-        Ok(stream) => Box::pin(serve(core, Box::new(stream), fd, peer, slot)).await,
+        Ok(stream) => Some(stream),
         Err(e) => {
             CoreMetrics::inc(&core.metrics().tls_handshake_failures);
             tracing::debug!(error = %e, "TLS handshake failed");
+            None
         }
     }
 }

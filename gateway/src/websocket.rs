@@ -48,19 +48,8 @@ pub async fn accept(
         // Boxed: the handshake's state is large and lives only until it ends.
         return Box::pin(upgrade_then_serve(core, *stream, fd, peer, slot)).await;
     };
-    let deadline = std::time::Duration::from_millis(core.shared.config.server.login_timeout_ms);
-    let handshake = Box::pin(async {
-        acceptor
-            .accept(*stream)
-            .await
-            .map_err(glommio::GlommioError::IoError)
-    });
-    match glommio::timer::timeout(deadline, handshake).await {
-        Ok(stream) => Box::pin(upgrade_then_serve(core, stream, fd, peer, slot)).await,
-        Err(e) => {
-            CoreMetrics::inc(&core.metrics().tls_handshake_failures);
-            tracing::debug!(error = %e, "WSS handshake failed");
-        }
+    if let Some(stream) = crate::connection::tls_handshake(&core, *stream, acceptor).await {
+        Box::pin(upgrade_then_serve(core, stream, fd, peer, slot)).await
     }
 }
 

@@ -18,9 +18,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::{
-    due_sends, phase_step, unix_ns, Conn, Next, Phase, PhaseStep, Scenario, Session, XorShift,
-};
+use super::{due_sends, follow_phase, unix_ns, Conn, Next, Phase, Scenario, Session, XorShift};
 
 const CONNECT: u8 = 0x10;
 const CONNACK: u8 = 0x20;
@@ -286,16 +284,11 @@ impl Conn {
                     }
                 }
                 changed = phase_rx.changed() => {
-                    if changed.is_err() {
-                        return Next::Exit;
+                    let new = changed.ok().map(|()| *phase_rx.borrow_and_update());
+                    let step = (plan.scenario, new);
+                    if let Some(next) = follow_phase(step, &mut phase, &mut next_send, period, &mut rng) {
+                        return next;
                     }
-                    let new = *phase_rx.borrow_and_update();
-                    match phase_step(plan.scenario, phase, new) {
-                        PhaseStep::Leave(next) => return next,
-                        PhaseStep::StartSending => next_send = Instant::now() + period.mul_f64(rng.unit()),
-                        PhaseStep::Carry => {}
-                    }
-                    phase = new;
                 }
             }
         }

@@ -437,16 +437,11 @@ impl Conn {
                     }
                 }
                 changed = phase_rx.changed() => {
-                    if changed.is_err() {
-                        return Next::Exit;
+                    let new = changed.ok().map(|()| *phase_rx.borrow_and_update());
+                    let step = (plan.scenario, new);
+                    if let Some(next) = follow_phase(step, &mut phase, &mut next_send, period, &mut rng) {
+                        return next;
                     }
-                    let new = *phase_rx.borrow_and_update();
-                    match phase_step(plan.scenario, phase, new) {
-                        PhaseStep::Leave(next) => return next,
-                        PhaseStep::StartSending => next_send = Instant::now() + period.mul_f64(rng.unit()),
-                        PhaseStep::Carry => {}
-                    }
-                    phase = new;
                 }
             }
         }
@@ -535,6 +530,29 @@ fn phase_step(scenario: Scenario, old: Phase, new: Phase) -> PhaseStep {
         (_, _, Phase::Go(_)) => PhaseStep::StartSending,
         _ => PhaseStep::Carry,
     }
+}
+
+/// A drive loop's answer to a phase change to `new` (`None`: the phase's
+/// sender is gone, so leave): `Some(next)` to leave the loop; else the phase
+/// moves on, and sending starts at a random offset into the schedule when
+/// it begins.
+fn follow_phase(
+    (scenario, new): (Scenario, Option<Phase>),
+    phase: &mut Phase,
+    next_send: &mut Instant,
+    period: Duration,
+    rng: &mut XorShift,
+) -> Option<Next> {
+    let Some(new) = new else {
+        return Some(Next::Exit);
+    };
+    match phase_step(scenario, *phase, new) {
+        PhaseStep::Leave(next) => return Some(next),
+        PhaseStep::StartSending => *next_send = Instant::now() + period.mul_f64(rng.unit()),
+        PhaseStep::Carry => {}
+    }
+    *phase = new;
+    None
 }
 
 /// The scheduled times (unix ns) of the sends due by `now` on an open-loop
