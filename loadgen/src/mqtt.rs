@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::{due_sends, follow_phase, unix_ns, Conn, Next, Phase, Scenario, Session, XorShift};
@@ -152,20 +151,7 @@ pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Packet>, &'static str>
 
 impl Session {
     async fn next_packet(&mut self) -> Option<Packet> {
-        loop {
-            match decode(&mut self.buf) {
-                Ok(Some(packet)) => return Some(packet),
-                Ok(None) => {}
-                Err(_) => return None,
-            }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(16 * 1024);
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
+        self.next_decoded(|buf| decode(buf).map_err(drop)).await
     }
 }
 

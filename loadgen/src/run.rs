@@ -583,11 +583,22 @@ impl Session {
 
     /// The next whole frame, or `None` when the connection is gone.
     async fn next_frame(&mut self) -> Option<Envelope> {
+        let decoder = self.decoder.clone();
+        self.next_decoded(|buf| decoder.decode(buf).map_err(drop))
+            .await
+    }
+
+    /// The next whole unit `decode` finds in the stream (reading more as
+    /// needed), or `None` when the connection is gone or sent garbage.
+    pub(super) async fn next_decoded<T>(
+        &mut self,
+        mut decode: impl FnMut(&mut BytesMut) -> Result<Option<T>, ()>,
+    ) -> Option<T> {
         loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(envelope)) => return Some(envelope),
+            match decode(&mut self.buf) {
+                Ok(Some(unit)) => return Some(unit),
                 Ok(None) => {}
-                Err(_) => return None,
+                Err(()) => return None,
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(16 * 1024);
