@@ -25,6 +25,10 @@ fi
 trap stop_node EXIT
 
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
+# Idle rows hold their connections this long (s); memory is read a second
+# before the end of the hold, after the node has parked what stays idle
+# (`server.park_after_ms`, 10 s) and its allocator has returned the pages.
+IDLE_HOLD=${IDLE_HOLD:-16}
 want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
 
 if [[ $MODE == full ]]; then
@@ -37,14 +41,14 @@ fi
 
 want idle && for n in $IDLE_SIZES; do
   start_node "$n" --cores 2
-  run "idle-$n" idle --users "$n" --procs "$(procs_for "$n")" --threads 1 --ramp 20000 --duration 3 --drain 0
+  run "idle-$n" idle --users "$n" --procs "$(procs_for "$n")" --threads 1 --ramp 20000 --duration "$IDLE_HOLD" --drain 0
 done
 # Browsers' WebSocket listener beside TCP: memory per idle connection.
 want ws && for n in $IDLE_SIZES; do
   WS_PORT=$(free_port)
   start_node "$n" --cores 2 --set "server.ws_listen=127.0.0.1:$WS_PORT"
   TARGET="127.0.0.1:$WS_PORT" run "wsidle-$n" idle --ws --users "$n" --procs "$(procs_for "$n")" \
-    --threads 1 --ramp 20000 --duration 3 --drain 0
+    --threads 1 --ramp 20000 --duration "$IDLE_HOLD" --drain 0
 done
 want p2p && for rate in $P2P_RATES; do
   start_node "$P2P_USERS" --cores 2
@@ -77,7 +81,7 @@ want tls && for scenario in idle storm; do
   TLS_PORT=$(free_port)
   start_node "$TLS_USERS" --cores 2 --set "tls.listen=127.0.0.1:$TLS_PORT" \
     --set "tls.cert_file=$CERTS/cert.pem" --set "tls.key_file=$CERTS/key.pem"
-  duration=3; [[ $scenario == storm ]] && duration=60
+  duration=$IDLE_HOLD; [[ $scenario == storm ]] && duration=60
   TARGET="127.0.0.1:$TLS_PORT" run "tls${scenario}-$TLS_USERS" "$scenario" --users "$TLS_USERS" \
     --procs "$(procs_for "$TLS_USERS")" --ramp 20000 --duration "$duration" --drain 0 --ca-file "$CERTS/ca.pem"
 done

@@ -248,6 +248,10 @@ pub struct ServerConfig {
     pub heartbeat_secs: u32,
     /// A logged-in connection silent for this long is closed, in seconds.
     pub idle_timeout_secs: u64,
+    /// A logged-in plain-TCP connection silent for this long is parked
+    /// (kept as its bare socket, no task) until it reads or is written
+    /// to, in milliseconds; 0 = never.
+    pub park_after_ms: u64,
     /// Frames queued for one connection before it is closed as a slow reader.
     pub outbound_queue_frames: usize,
     /// Sends one connection may have awaiting their ack; past it the
@@ -278,6 +282,7 @@ impl Default for ServerConfig {
             login_timeout_ms: 10_000,
             heartbeat_secs: 30,
             idle_timeout_secs: 90,
+            park_after_ms: 10_000,
             outbound_queue_frames: 1024,
             max_inflight_sends: 256,
             shutdown_grace_secs: 5,

@@ -32,7 +32,11 @@ use crate::auth::TokenError;
 use crate::core::{encode_frame, pool_error, Core, CoreMsg, SendJob};
 use crate::limits::{FrameLimiter, IpSlot, Limit, Verdict};
 use crate::metrics::CoreMetrics;
-use crate::outbox::Outbox;
+use crate::outbox::{Next, Outbox, Parking};
+
+mod parked;
+use parked::serve_plain;
+pub use parked::{resume_parked, Lot, Parked};
 
 /// Largest page a History or Sync reply carries.
 const MAX_PAGE: usize = 500;
@@ -140,6 +144,8 @@ enum Step<'a> {
     Handle(Pin<Box<dyn Future<Output = bool> + 'a>>),
     /// End the connection, after this.
     Close(Pin<Box<dyn Future<Output = ()> + 'a>>),
+    /// Stop reading: the connection parks.
+    Park,
 }
 
 /// Why reading stopped.
@@ -149,6 +155,8 @@ enum ReadEnd {
     Closed,
     /// A frame the protocol does not allow.
     Bad(FrameError),
+    /// Asked to park, with no frame begun.
+    Park,
 }
 
 /// A socket over the per-address connection limit (counted).
@@ -183,6 +191,7 @@ pub async fn accept(
     core: Rc<Core>,
     mut stream: Box<TcpStream>,
     tls: Option<futures_rustls::TlsAcceptor>,
+    lot: Option<Rc<Lot>>,
 ) {
     let Ok((fd, peer, slot)) = admit(&core, &stream) else {
         if tls.is_none() {
@@ -196,7 +205,8 @@ pub async fn accept(
         return;
     };
     let Some(acceptor) = tls else {
-        return serve(core, stream, fd, peer, slot).await;
+        let conn = Connection::open(core, peer, lot.is_some());
+        return serve_plain(conn, *stream, slot, lot).await;
     };
     // Boxed: this function's future is as large as its largest state, and
     // the handshake's timer and TLS session are large; unboxed, every plain
@@ -256,9 +266,9 @@ pub(crate) async fn tls_handshake(
     }
 }
 
-/// Serves one connection until it closes. `fd` is its socket, under
-/// whatever `stream` wraps it in; `_slot` counts it against its address
-/// until it ends.
+/// Serves one connection that never parks (TLS, WebSocket, a gRPC
+/// stream) until it closes. `fd` is its socket, under whatever `stream`
+/// wraps it in; `_slot` counts it against its address until it ends.
 pub(crate) async fn serve<S>(
     core: Rc<Core>,
     stream: Box<S>,
@@ -268,43 +278,25 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let config = &core.shared.config.server;
-    let limits = &core.shared.config.limits;
-    let outbox = Rc::new(Outbox::new(config.outbound_queue_frames));
-    let conn_id = core.add_connection(outbox.clone());
-    // One task reads and writes: the stream is shared by the two halves
-    // of this future (each borrows it only inside one poll), so a
-    // connection is one task and one allocation, with no lock between
-    // its halves and no second task to wake.
+    let mut conn = Connection::open(core, peer, false);
     let stream = RefCell::new(*stream);
-    let mut conn = Connection {
-        core: core.clone(),
-        conn_id,
-        answers: Answers::Socket(outbox.clone()),
-        session: None,
-        login_failures: 0,
-        inflight: None,
-        peer,
-        frames: FrameLimiter::new(limits.frame_rate(), std::time::Instant::now()),
-    };
-    let reading = async {
-        conn.read_loop(Shared(&stream)).await;
-        if let Some(session) = conn.session.take() {
-            let owner = core.owner_of_user(session.user_id);
-            let offline = CoreMsg::Offline {
-                user_id: session.user_id,
-                device_id: session.device_id,
-                conn_id,
-            };
-            // Boxed for the same reason as the handlers: only a closing
-            // connection pays for the routing future.
-            Box::pin(core.route(owner, offline)).await;
-        }
-        outbox.close_with(None);
-    };
-    let writing = write_loop(Shared(&stream), fd, outbox.clone(), core.clone());
-    futures::future::join(reading, writing).await;
-    core.remove_connection(conn_id);
+    let ended = conn.run(&stream, fd).await;
+    debug_assert_eq!(
+        ended,
+        Ended::Closed,
+        "only a parkable outbox is asked to park"
+    );
+    conn.core.remove_connection(conn.conn_id);
+}
+
+/// How a connection's task ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The connection is over.
+    Closed,
+    /// Both halves are at rest and it was asked to park: the socket is
+    /// still open and the session on.
+    Parked,
 }
 
 /// A connection's stream as its reading and its writing half each see it:
@@ -339,19 +331,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<'_, S> {
     }
 }
 
-/// Writes whatever is queued, in batches, until the outbox closes; then
+/// Writes whatever is queued, in batches, until the outbox closes (then
 /// shuts the socket down in both directions, which ends the reader's
-/// pending read. `fd` is the connection's socket, open for as long as this
-/// task holds its write half.
+/// pending read) or the connection is to park. `fd` is the connection's
+/// socket, open for as long as this task holds its write half.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     fd: RawFd,
     outbox: Rc<Outbox>,
     core: Rc<Core>,
-) {
+) -> Ended {
     let mut batch: Vec<Bytes> = Vec::new();
     let mut buffer: Vec<u8> = Vec::new();
-    while outbox.take_batch(&mut batch).await {
+    loop {
+        match outbox.take_batch(&mut batch).await {
+            Next::Write => {}
+            Next::Park => return Ended::Parked,
+            Next::Close => break,
+        }
         core.metrics()
             .frames_out
             .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -383,9 +380,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let _ = writer.flush().await;
     let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
     let _ = writer.close().await;
+    Ended::Closed
 }
 
-pub(crate) struct Connection {
+/// One client connection's state: its core, its session, its limits and
+/// where its answers go.
+pub struct Connection {
     pub(crate) core: Rc<Core>,
     pub(crate) conn_id: u64,
     /// Where answers go: the socket's outbox, or a gRPC call's caller.
@@ -402,7 +402,92 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) {
+    /// A new socket's connection, registered with its core; `parkable`
+    /// when it may be parked while idle.
+    fn open(core: Rc<Core>, peer: Option<IpAddr>, parkable: bool) -> Connection {
+        let outbox = Rc::new(Outbox::new(
+            core.shared.config.server.outbound_queue_frames,
+            parkable,
+        ));
+        let conn_id = core.add_connection(outbox.clone());
+        let frame_rate = core.shared.config.limits.frame_rate();
+        Connection {
+            conn_id,
+            answers: Answers::Socket(outbox),
+            session: None,
+            login_failures: 0,
+            inflight: None,
+            peer,
+            frames: FrameLimiter::new(frame_rate, std::time::Instant::now()),
+            core,
+        }
+    }
+
+    /// The socket's outbox (a socket's connection always has one).
+    fn outbox(&self) -> Rc<Outbox> {
+        match &self.answers {
+            Answers::Socket(outbox) => outbox.clone(),
+            // Only `handle_detached` makes a call's connection, and it
+            // never runs one.
+            Answers::Call(_) => Rc::new(Outbox::new(1, false)),
+        }
+    }
+
+    /// Reads and writes `stream` in one task until the connection closes
+    /// or parks. Its halves share the stream (each borrows it only inside
+    /// one poll), so a connection is one task and one allocation, with no
+    /// lock between its halves.
+    async fn run<S>(&mut self, stream: &RefCell<S>, fd: RawFd) -> Ended
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let outbox = self.outbox();
+        loop {
+            let core = self.core.clone();
+            let reading = async {
+                let ended = self.read_loop(Shared(stream), &outbox).await;
+                if ended == Ended::Closed {
+                    Box::pin(self.sign_off()).await;
+                    outbox.close_with(None);
+                }
+                ended
+            };
+            let writing = write_loop(Shared(stream), fd, outbox.clone(), core.clone());
+            match futures::future::join(reading, writing).await {
+                (Ended::Parked, Ended::Parked) if outbox.may_park() => return Ended::Parked,
+                // Something was queued after the writer stopped: serve it.
+                (Ended::Parked, Ended::Parked) => continue,
+                // The writer shut the socket down (a close, a failed write).
+                (Ended::Parked, Ended::Closed) => Box::pin(self.sign_off()).await,
+                // The writer had stopped to park: it flushes and shuts down.
+                // (Boxed: rare, and this future lives as long as the task.)
+                (Ended::Closed, Ended::Parked) => {
+                    Box::pin(write_loop(Shared(stream), fd, outbox.clone(), core)).await;
+                }
+                (Ended::Closed, Ended::Closed) => {}
+            }
+            return Ended::Closed;
+        }
+    }
+
+    /// The end of a logged-in device's connection, told to its user's core.
+    /// (Callers box it for the same reason as the handlers: only a closing
+    /// connection pays for the routing future.)
+    async fn sign_off(&mut self) {
+        if let Some(session) = self.session.take() {
+            let owner = self.core.owner_of_user(session.user_id);
+            let offline = CoreMsg::Offline {
+                user_id: session.user_id,
+                device_id: session.device_id,
+                conn_id: self.conn_id,
+            };
+            self.core.route(owner, offline).await;
+        }
+    }
+
+    /// Reads and handles frames until the connection ends or, at a frame
+    /// boundary, finds itself asked to park.
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R, outbox: &Outbox) -> Ended {
         let max_frame = self.core.shared.config.server.max_frame_bytes;
         loop {
             // The frame goes straight into a plain function that boxes
@@ -410,17 +495,21 @@ impl Connection {
             // never has a slot in this future, which every idle connection
             // carries (it was 840 bytes, mostly that slot).
             let step = {
-                let read = read_frame(&mut reader, max_frame).await;
+                let read = read_frame(&mut reader, max_frame, outbox).await;
                 self.next_step(read)
             };
             match step {
                 Step::Next => {}
                 Step::Handle(handling) => {
                     if !handling.await {
-                        return;
+                        return Ended::Closed;
                     }
                 }
-                Step::Close(closing) => return closing.await,
+                Step::Close(closing) => {
+                    closing.await;
+                    return Ended::Closed;
+                }
+                Step::Park => return Ended::Parked,
             }
         }
     }
@@ -430,6 +519,7 @@ impl Connection {
         let envelope = match read {
             Ok(envelope) => envelope,
             Err(ReadEnd::Closed) => return Step::Close(Box::pin(async {})),
+            Err(ReadEnd::Park) => return Step::Park,
             Err(ReadEnd::Bad(FrameError::TooLarge { len, max })) => {
                 let message = format!("frame of {len} bytes exceeds the maximum of {max}");
                 return Step::Close(Box::pin(async move {
@@ -1322,15 +1412,30 @@ fn error_in(body: &Body) -> Option<&pb::Error> {
 
 /// Reads one frame: a 4-byte header, then exactly the body. Nothing is
 /// buffered between frames, so an idle connection holds no read buffer.
+/// Between frames, a request to park ends the read.
 async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_frame: usize,
+    outbox: &Outbox,
 ) -> Result<Envelope, ReadEnd> {
     let mut header = [0u8; HEADER_LEN];
-    reader
-        .read_exact(&mut header)
-        .await
-        .map_err(|_| ReadEnd::Closed)?;
+    let mut filled = 0;
+    std::future::poll_fn(|cx| loop {
+        if filled == 0 && outbox.parking() == Parking::Asked {
+            return Poll::Ready(Err(ReadEnd::Park));
+        }
+        match Pin::new(&mut *reader).poll_read(cx, &mut header[filled..]) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(ReadEnd::Closed)),
+            Poll::Ready(Ok(n)) => {
+                filled += n;
+                if filled == HEADER_LEN {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    })
+    .await?;
     let len = codec::body_len(header, max_frame).map_err(ReadEnd::Bad)?;
     let mut body = vec![0u8; len];
     reader
@@ -1471,24 +1576,31 @@ pub(crate) fn page_size(requested: u32) -> usize {
 mod tests {
     use super::*;
 
-    fn future_size<A, B, C, F>(_: &impl Fn(A, B, C) -> F) -> usize {
+    fn future_size<A, B, C, D, F>(_: &impl Fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
-    /// Every idle connection is one task holding this future: a local
+    /// A connection at work is one task holding this future: a local
     /// held across an await (an envelope did, 680 bytes of it) or a
-    /// handler's state not boxed shows here first.
+    /// handler's state not boxed shows here first. An idle one is parked:
+    /// its socket and a record of this size (in a box, in the lot).
     #[test]
-    fn an_idle_connection_is_one_small_future() {
+    fn a_connection_is_one_small_future_and_parks_smaller() {
         let accept_size = future_size(&accept);
         assert!(accept_size <= 900, "accept's future is {accept_size} bytes");
         fn read_loop_size<F>(
-            _: &impl Fn(&'static mut Connection, Shared<'static, TcpStream>) -> F,
+            _: &impl Fn(&'static mut Connection, Shared<'static, TcpStream>, &'static Outbox) -> F,
         ) -> usize {
             std::mem::size_of::<F>()
         }
-        let reading = read_loop_size(&|conn, stream| conn.read_loop(stream));
+        let reading = read_loop_size(&|conn, stream, outbox| conn.read_loop(stream, outbox));
         assert!(reading <= 200, "read_loop's future is {reading} bytes");
+        let parked = std::mem::size_of::<Parked>();
+        // 192 is the allocator's size class it is boxed in.
+        assert!(
+            parked <= 192,
+            "a parked connection's record is {parked} bytes"
+        );
     }
 
     fn send(sender: i64, receiver: i64, content: &str, cmid: i64) -> pb::SendMessageRequest {

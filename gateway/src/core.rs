@@ -361,14 +361,27 @@ impl Core {
     }
 
     /// Closes connections past their deadline: no login within
-    /// `login_timeout`, or logged in but silent for `idle_timeout`. One
-    /// sweep over the core's connections replaces a timer per connection.
-    pub fn sweep_deadlines(&self, login_timeout: Duration, idle_timeout: Duration) {
+    /// `login_timeout`, or logged in but silent for `idle_timeout`; asks
+    /// those silent for `park_after` to park. One sweep over the core's
+    /// connections replaces a timer per connection.
+    pub fn sweep_deadlines(
+        &self,
+        login_timeout: Duration,
+        idle_timeout: Duration,
+        park_after: Option<Duration>,
+    ) {
         let now = Instant::now();
         let metrics = self.metrics();
         for outbox in self.conns.borrow().values() {
             if outbox.is_closing() {
                 continue;
+            }
+            let silent = now.duration_since(outbox.last_frame_at());
+            if park_after.is_some_and(|after| silent >= after)
+                && silent < idle_timeout
+                && outbox.is_logged_in()
+            {
+                outbox.ask_to_park();
             }
             if !outbox.is_logged_in() {
                 if now.duration_since(outbox.opened_at()) >= login_timeout {
@@ -379,7 +392,7 @@ impl Core {
                         "no login within the deadline",
                     ))));
                 }
-            } else if now.duration_since(outbox.last_frame_at()) >= idle_timeout {
+            } else if silent >= idle_timeout {
                 CoreMetrics::inc(&metrics.idle_closes);
                 outbox.close_with(Some(kicked_frame("idle timeout: no heartbeat")));
             }

@@ -27,6 +27,7 @@ pub mod grpc;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;
+pub mod parking;
 mod presence;
 pub mod sequencer;
 pub mod server;

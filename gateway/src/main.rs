@@ -12,6 +12,18 @@ use ourchat_gateway::Config;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's settings, read before the first allocation (the
+/// `_RJEM_MALLOC_CONF` environment variable still overrides them). A
+/// background thread returns freed pages to the kernel within about a
+/// second; without one, purging waits for the next allocation in the same
+/// arena, and a node whose connections went idle and were parked kept the
+/// pages they had freed. Purged pages are unmapped at once (`muzzy` 0), not
+/// left for the kernel to take back lazily, so RSS shows what the node
+/// uses. The hot path's CPU per message was the same with and without
+/// (BENCHMARKS.md, "Parked connections").
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Parser)]
 #[command(name = "ourchat", version, about = "OurChat instant-messaging server")]
 struct Cli {

@@ -25,6 +25,10 @@ const ERROR_SLOTS: usize = 16;
 pub struct CoreMetrics {
     /// Open connections (gauge).
     pub connections: AtomicU64,
+    /// Idle connections parked as their bare socket (gauge).
+    pub parked: AtomicU64,
+    /// Heartbeats answered to parked connections without resuming them.
+    pub parked_heartbeats: AtomicU64,
     /// Connections accepted.
     pub accepted: AtomicU64,
     /// Successful logins.
@@ -65,6 +69,8 @@ impl Default for CoreMetrics {
     fn default() -> Self {
         CoreMetrics {
             connections: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            parked_heartbeats: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             logins_ok: AtomicU64::new(0),
             logins_failed: AtomicU64::new(0),
@@ -158,6 +164,20 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "Open client connections.",
         &|c| &c.connections,
+    );
+    per_core(
+        &mut out,
+        "ourchat_connections_parked",
+        "gauge",
+        "Idle client connections parked as their bare socket (no task, no buffer).",
+        &|c| &c.parked,
+    );
+    per_core(
+        &mut out,
+        "ourchat_parked_heartbeats_total",
+        "counter",
+        "Heartbeats answered to parked connections without resuming them.",
+        &|c| &c.parked_heartbeats,
     );
     per_core(
         &mut out,

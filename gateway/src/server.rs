@@ -533,7 +533,11 @@ async fn run_core(
         ws: ws.as_ref().and_then(|l| l.local_addr().ok()),
     };
     let _ = ready.send(Ok(addrs));
-    let mut listeners = vec![(plain, Speaks::Plain)];
+    let lot = parking_lot(&shared);
+    let resumer = lot
+        .clone()
+        .map(|lot| glommio::spawn_local(crate::connection::resume_parked(lot)).detach());
+    let mut listeners = vec![(plain, Speaks::Plain(lot))];
     if let Some((listener, config)) = tls {
         let acceptor = futures_rustls::TlsAcceptor::from(config);
         listeners.push((listener, Speaks::Tls(acceptor)));
@@ -577,6 +581,10 @@ async fn run_core(
     while (core.connection_count() > 0 || core.commits_pending() > 0) && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    // Only now: closing a parked connection resumes it to say goodbye.
+    if let Some(resumer) = resumer {
+        resumer.cancel();
+    }
     tracing::debug!(core = id, "core stopped");
 }
 
@@ -586,10 +594,12 @@ async fn sweep_deadlines(core: Rc<Core>) {
     let server = &core.shared.config.server;
     let login = Duration::from_millis(server.login_timeout_ms);
     let idle = Duration::from_secs(server.idle_timeout_secs);
-    let period = (login.min(idle) / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let park_after = Some(Duration::from_millis(server.park_after_ms)).filter(|d| !d.is_zero());
+    let shortest = park_after.map_or(login.min(idle), |park| login.min(idle).min(park));
+    let period = (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
     loop {
         glommio::timer::sleep(period).await;
-        core.sweep_deadlines(login, idle);
+        core.sweep_deadlines(login, idle, park_after);
     }
 }
 
@@ -652,10 +662,26 @@ async fn accept_local_loop(core: Rc<Core>, listener: glommio::net::UnixListener)
     }
 }
 
+/// This core's parking lot for idle plain-TCP connections; `None` when
+/// parking is off (`server.park_after_ms = 0`) or the kernel refuses an
+/// epoll set (then connections simply stay tasks).
+fn parking_lot(shared: &Shared) -> Option<Rc<crate::connection::Lot>> {
+    if shared.config.server.park_after_ms == 0 {
+        return None;
+    }
+    match crate::parking::ParkingLot::new() {
+        Ok(lot) => Some(Rc::new(lot)),
+        Err(error) => {
+            tracing::warn!(%error, "no epoll set: idle connections will not be parked");
+            None
+        }
+    }
+}
+
 /// What a client listener speaks.
 enum Speaks {
-    /// The client protocol over TCP.
-    Plain,
+    /// The client protocol over TCP; idle connections park in the lot.
+    Plain(Option<Rc<crate::connection::Lot>>),
     /// The client protocol over TLS.
     Tls(futures_rustls::TlsAcceptor),
     /// WebSocket (browsers); WSS with an acceptor.
@@ -671,12 +697,13 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, speaks: Speaks) {
                 let stream = Box::new(stream);
                 let core = core.clone();
                 match &speaks {
-                    Speaks::Plain => {
-                        let connection = crate::connection::accept(core, stream, None);
+                    Speaks::Plain(lot) => {
+                        let connection = crate::connection::accept(core, stream, None, lot.clone());
                         glommio::spawn_local(connection).detach()
                     }
                     Speaks::Tls(tls) => {
-                        let connection = crate::connection::accept(core, stream, Some(tls.clone()));
+                        let connection =
+                            crate::connection::accept(core, stream, Some(tls.clone()), None);
                         glommio::spawn_local(connection).detach()
                     }
                     Speaks::WebSocket(tls) => {

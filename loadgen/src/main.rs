@@ -400,6 +400,7 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
     let mut gone = 0;
     let mut connect_secs = 0.0;
     let mut rss_connected = None;
+    let mut rss_held = None;
     let mut cpu_at_go = None;
     let mut loadgen_at_go: Option<(Instant, f64)> = None;
     let mut last_print = Instant::now();
@@ -425,6 +426,17 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
             )) => {
                 latest[i] = counters;
                 p99[i] = deliver_p99_us;
+                // Memory once held a while (a server may shed per-connection
+                // state from idle connections): sampled while every user
+                // still reports online, and no later than a second before
+                // the hold ends (a process done early would be closing its
+                // connections meanwhile).
+                let online: u64 = latest.iter().map(|c| c.online).sum();
+                let holding = loadgen_at_go
+                    .is_some_and(|(go, _)| go.elapsed().as_secs_f64() + 1.0 < args.duration);
+                if holding && online == users as u64 {
+                    rss_held = server_rss(args).or(rss_held);
+                }
             }
             Some(FromChild::Line(_, ChildLine::Ready)) => {
                 ready += 1;
@@ -490,6 +502,7 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
         connect_secs,
         rss_before,
         rss_connected,
+        rss_held,
         server_cpu_secs,
         loadgen_share,
     };
@@ -500,7 +513,10 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
 struct Measured {
     connect_secs: f64,
     rss_before: Option<u64>,
+    /// Half a second after the last login.
     rss_connected: Option<u64>,
+    /// The last sample while every connection was still held.
+    rss_held: Option<u64>,
     server_cpu_secs: Option<f64>,
     /// The loadgen's CPU seconds and its share of the machine.
     loadgen_share: Option<(f64, f64)>,
@@ -589,6 +605,7 @@ fn summarize(
         connect_secs,
         rss_before,
         rss_connected,
+        rss_held,
         server_cpu_secs,
         loadgen_share,
     } = *measured;
@@ -612,12 +629,16 @@ fn summarize(
             0.0
         }
     };
-    let bytes_per_conn = match (rss_before, rss_connected) {
+    let per_conn = |after: Option<u64>| match (rss_before, after) {
         (Some(before), Some(after)) if users > 0 => {
             Some((after.saturating_sub(before)) as f64 / users as f64)
         }
         _ => None,
     };
+    // The figure reported is the held one: what idle connections cost
+    // once idle, not in the wake of their logins.
+    let bytes_connected = per_conn(rss_connected);
+    let bytes_per_conn = per_conn(rss_held).or(bytes_connected);
     println!("\n== {} summary ==", scenario_name(args.scenario));
     println!(
         "users {users}, processes {}, connected+logged in {} ({} failed) in {connect_secs:.1} s",
@@ -627,9 +648,17 @@ fn summarize(
     );
     if let (Some(before), Some(after)) = (rss_before, rss_connected) {
         println!(
-            "server RSS {:.1} MiB before, {:.1} MiB connected: {:.0} bytes per connection",
+            "server RSS {:.1} MiB before, {:.1} MiB just connected ({:.0} bytes per connection)",
             mib(before),
             mib(after),
+            bytes_connected.unwrap_or(0.0)
+        );
+    }
+    if let (Some(before), Some(held)) = (rss_before, rss_held) {
+        println!(
+            "server RSS {:.1} MiB before, {:.1} MiB held to the end: {:.0} bytes per connection",
+            mib(before),
+            mib(held),
             bytes_per_conn.unwrap_or(0.0)
         );
     }
@@ -678,7 +707,8 @@ fn summarize(
         "rate": args.rate, "peers": args.peers, "group_size": args.group_size, "duration": args.duration, "phase_secs": phase_secs,
         "connect_secs": connect_secs, "counters": counters,
         "lost": lost, "server_rss_before": rss_before, "server_rss_connected": rss_connected,
-        "server_bytes_per_connection": bytes_per_conn,
+        "server_rss_held": rss_held, "server_bytes_per_connection": bytes_per_conn,
+        "server_bytes_per_connection_just_connected": bytes_connected,
         "server_cpu_secs": server_cpu_secs,
         "loadgen_cpu_secs": loadgen_share.map(|(busy, _)| busy),
         "loadgen_cpu_share": loadgen_share.map(|(_, share)| share),

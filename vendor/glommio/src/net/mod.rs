@@ -117,3 +117,11 @@ pub use self::{
     udp_socket::UdpSocket,
     unix::{AcceptedUnixStream, UnixDatagram, UnixListener, UnixStream},
 };
+
+/// OurChat patch: waits until `fd` is readable, with one poll on the
+/// reactor's ring. The gateway waits this way on an epoll descriptor that
+/// holds its parked (idle) connections, so they need no source each.
+pub async fn wait_readable(fd: RawFd) -> io::Result<()> {
+    let source = crate::executor().reactor().poll_read_ready(fd);
+    source.collect_rw().await.map(|_| ())
+}

@@ -394,6 +394,14 @@ where
     }
 }
 
+impl<S, B> GlommioStream<S, B> {
+    /// OurChat patch: the socket itself; pending sources are dropped
+    /// (cancelled) with the rest.
+    pub(crate) fn into_inner(self) -> S {
+        self.stream.stream
+    }
+}
+
 impl<S> GlommioStream<S, NonBuffered> {
     pub(crate) fn buffered_with<B: Buffered>(self, rx_buf: B) -> GlommioStream<S, B> {
         GlommioStream {

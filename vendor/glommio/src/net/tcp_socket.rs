@@ -393,6 +393,22 @@ impl FromRawFd for TcpStream {
     }
 }
 
+// OurChat patch: gives the socket back open, without glommio's state (its
+// pending readiness poll is cancelled), and makes a stream of such a
+// socket again: the gateway parks an idle connection as its bare socket.
+impl From<TcpStream> for std::os::fd::OwnedFd {
+    fn from(stream: TcpStream) -> Self {
+        stream.stream.into_inner().into()
+    }
+}
+
+// OurChat patch: see above.
+impl From<std::os::fd::OwnedFd> for TcpStream {
+    fn from(socket: std::os::fd::OwnedFd) -> Self {
+        TcpStream::from(socket2::Socket::from(std::net::TcpStream::from(socket)))
+    }
+}
+
 fn make_tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
     let domain = if addr.is_ipv6() {
         Domain::IPV6
