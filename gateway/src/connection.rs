@@ -1601,6 +1601,9 @@ mod tests {
             parked <= 192,
             "a parked connection's record is {parked} bytes"
         );
+        // With its two `Rc` counts, a 96-byte allocation (see `Outbox`).
+        let outbox = std::mem::size_of::<Outbox>();
+        assert!(outbox <= 80, "an outbox is {outbox} bytes");
     }
 
     fn send(sender: i64, receiver: i64, content: &str, cmid: i64) -> pb::SendMessageRequest {

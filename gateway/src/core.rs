@@ -40,7 +40,7 @@ use crate::directory::{Announce, Directory};
 use crate::group_state::GroupCommand;
 use crate::limits::{Limit, NodeLimits, TokenBucket};
 use crate::metrics::{CoreMetrics, Metrics};
-use crate::outbox::Outbox;
+use crate::outbox::{clock_ms, Outbox};
 use crate::sequencer::{self, reused_id, Recipients, Sequencer, Ticket, Write};
 
 /// Everything the cores share: read-only config and thread-safe handles.
@@ -370,13 +370,13 @@ impl Core {
         idle_timeout: Duration,
         park_after: Option<Duration>,
     ) {
-        let now = Instant::now();
+        let now_ms = clock_ms();
         let metrics = self.metrics();
         for outbox in self.conns.borrow().values() {
             if outbox.is_closing() {
                 continue;
             }
-            let silent = now.duration_since(outbox.last_frame_at());
+            let silent = outbox.quiet_for(now_ms);
             if park_after.is_some_and(|after| silent >= after)
                 && silent < idle_timeout
                 && outbox.is_logged_in()
@@ -384,7 +384,7 @@ impl Core {
                 outbox.ask_to_park();
             }
             if !outbox.is_logged_in() {
-                if now.duration_since(outbox.opened_at()) >= login_timeout {
+                if silent >= login_timeout {
                     metrics.error(ErrorCode::LoginTimeout as i32);
                     outbox.close_with(Some(encode_frame(&Envelope::error(
                         0,
@@ -398,6 +398,7 @@ impl Core {
             }
         }
         let rate = self.shared.config.limits.user_send_rate();
+        let now = Instant::now();
         self.send_buckets
             .borrow_mut()
             .retain(|_, bucket| !bucket.is_full(rate, now));

@@ -12,8 +12,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::OnceLock;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -57,13 +58,20 @@ pub enum Next {
 }
 
 /// Frames for one connection.
+///
+/// Kept to 80 bytes, so that with its `Rc` counts it is a 96-byte
+/// allocation: every connection holds one for as long as it lives, parked
+/// or not, and in the 128-byte size class it shared slabs with the queue
+/// and batch buffers a connection frees when it parks, which left those
+/// slabs 30% full (BENCHMARKS.md, "Parked connections").
 pub struct Outbox {
     frames: RefCell<VecDeque<Bytes>>,
-    capacity: usize,
-    closing: Cell<bool>,
     waiter: Cell<Waiter>,
-    opened_at: Instant,
-    last_frame_at: Cell<Instant>,
+    /// What the sweeper measures from, in [`clock_ms`]: the accept until
+    /// login (the login deadline), then the last whole frame (idling).
+    since_ms: Cell<u64>,
+    capacity: u32,
+    closing: Cell<bool>,
     logged_in: Cell<bool>,
     /// Only plain TCP connections park (a TLS or WebSocket session's state
     /// would have to be kept anyway).
@@ -77,11 +85,10 @@ impl Outbox {
     pub fn new(capacity: usize, parkable: bool) -> Self {
         Outbox {
             frames: RefCell::new(VecDeque::new()),
-            capacity,
-            closing: Cell::new(false),
             waiter: Cell::new(Waiter::Nobody),
-            opened_at: Instant::now(),
-            last_frame_at: Cell::new(Instant::now()),
+            since_ms: Cell::new(clock_ms()),
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+            closing: Cell::new(false),
             logged_in: Cell::new(false),
             parkable,
             parking: Cell::new(Parking::Active),
@@ -128,15 +135,19 @@ impl Outbox {
         self.waiter.set(Waiter::Nobody);
     }
 
-    /// Records that a whole frame arrived (the idle clock restarts).
+    /// Records that a whole frame arrived: a logged-in connection's idle
+    /// clock restarts (before login the deadline runs from the accept).
     pub fn touch(&self) {
-        self.last_frame_at.set(Instant::now());
+        if self.logged_in.get() {
+            self.since_ms.set(clock_ms());
+        }
     }
 
     /// Records that the connection logged in (the idle rule applies now,
     /// not the login deadline).
     pub fn set_logged_in(&self) {
         self.logged_in.set(true);
+        self.since_ms.set(clock_ms());
     }
 
     /// Whether the connection logged in.
@@ -144,14 +155,11 @@ impl Outbox {
         self.logged_in.get()
     }
 
-    /// When the connection was accepted.
-    pub fn opened_at(&self) -> Instant {
-        self.opened_at
-    }
-
-    /// When its last whole frame arrived.
-    pub fn last_frame_at(&self) -> Instant {
-        self.last_frame_at.get()
+    /// How long it has been, at `now_ms` on [`clock_ms`], since the
+    /// connection was accepted (not logged in yet) or since its last whole
+    /// frame (logged in).
+    pub fn quiet_for(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.since_ms.get()))
     }
 
     /// Queues a frame. Past the bound the frame is refused; the caller
@@ -161,7 +169,7 @@ impl Outbox {
             return Ok(());
         }
         let mut frames = self.frames.borrow_mut();
-        if frames.len() >= self.capacity {
+        if frames.len() >= self.capacity as usize {
             return Err(Overflow);
         }
         frames.push_back(frame);
@@ -224,10 +232,38 @@ impl Outbox {
     }
 }
 
+/// Milliseconds on the node's monotonic clock (from its first reading):
+/// eight bytes per connection where an `Instant` takes sixteen.
+pub fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let elapsed = EPOCH.get_or_init(Instant::now).elapsed();
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::executor::block_on;
+
+    #[test]
+    fn the_login_deadline_runs_from_the_accept_and_the_idle_clock_from_the_last_frame() {
+        let outbox = Outbox::new(2, false);
+        let accepted = outbox.since_ms.get();
+        let later = accepted + 5_000;
+        outbox.since_ms.set(accepted);
+        outbox.touch();
+        assert_eq!(
+            outbox.since_ms.get(),
+            accepted,
+            "a frame before login does not restart the deadline"
+        );
+        assert_eq!(outbox.quiet_for(later), Duration::from_secs(5));
+        outbox.set_logged_in();
+        let logged_in = outbox.since_ms.get();
+        assert!(logged_in >= accepted);
+        assert_eq!(outbox.quiet_for(logged_in + 3_000), Duration::from_secs(3));
+        assert_eq!(outbox.quiet_for(0), Duration::ZERO, "never negative");
+    }
 
     #[test]
     fn bounded_then_closed() {
