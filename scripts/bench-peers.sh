@@ -8,11 +8,12 @@
 # table with both and the ratios; each run's JSON is kept in $OUT.
 #   scripts/bench-peers.sh          # short (~3 min), what `make bench-peers` runs
 #   scripts/bench-peers.sh full     # the BENCHMARKS.md figures (~15 min)
+#   ONLY="idle storm" scripts/bench-peers.sh full   # some rows: idle p2p fanout storm
+#   BIN=/tmp/build-a ...            # run those binaries instead of building
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-short}
 OUT=${OUT:-target/bench-peers}
-BIN=target/release
 rm -rf "$OUT"
 mkdir -p "$OUT"
 if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
@@ -21,7 +22,10 @@ if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
     { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >&2; }
 fi
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-cargo build --release --bin ourchat --bin ourchat-loadgen >&2
+if [[ -z ${BIN:-} ]]; then
+  BIN=target/release
+  cargo build --release --bin ourchat --bin ourchat-loadgen >&2
+fi
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
 
@@ -87,6 +91,7 @@ oc() {
 }
 
 both() { mq "mosquitto-$1" "${@:2}"; oc "ourchat-$1" "${@:2}"; }
+want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 
 if [[ $MODE == full ]]; then
@@ -97,19 +102,19 @@ else
   STORM=5000
 fi
 
-for n in $IDLE; do
+want idle && for n in $IDLE; do
   both "idle-$n" idle "$n" --procs "$(procs_for "$n")" --ramp 20000 --duration 16 --drain 0
 done
-for rate in $RATES; do
+want p2p && for rate in $RATES; do
   both "p2p-$rate" p2p "$USERS" --procs 2 --rate "$rate" --duration "$SECS" --drain 3 --ramp 20000
 done
-for size in $FANOUT; do
+want fanout && for size in $FANOUT; do
   # Sends per second so that every size delivers about FAN_DELIVERIES/s.
   rate=$(( FAN_DELIVERIES / (size - 1) )); rate=$(( rate > 0 ? rate : 1 ))
   both "fanout-$size" group "$size" --group-size "$size" --procs 2 --rate "$rate" \
     --duration "$SECS" --drain 15 --ramp 20000
 done
-both "storm-$STORM" storm "$STORM" --procs "$(procs_for "$STORM")" --ramp 20000 --duration 60 --drain 0
+want storm && both "storm-$STORM" storm "$STORM" --procs "$(procs_for "$STORM")" --ramp 20000 --duration 60 --drain 0
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
@@ -160,6 +165,7 @@ for name in names:
             if r and r["lost"] == 0 and r["send_to_deliver_us"]["count"] and r["send_to_deliver_us"]["p99"] < 10_000:
                 knee[side] = max(knee[side], rate)
 m, o = knee["mosquitto"], knee["ourchat"]
-print(f"\n1:1 knee (highest rate run with deliver p99 < 10 ms, nothing lost): Mosquitto {m or '<lowest'} msg/s, "
-      f"OurChat {o or '<lowest'} msg/s" + (f", ratio {o / m:.2f}x" if m and o else ""))
+if any(name.startswith("p2p") for name in names):
+    print(f"\n1:1 knee (highest rate run with deliver p99 < 10 ms, nothing lost): Mosquitto {m or '<lowest'} msg/s, "
+          f"OurChat {o or '<lowest'} msg/s" + (f", ratio {o / m:.2f}x" if m and o else ""))
 PY
