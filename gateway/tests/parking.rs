@@ -2,13 +2,19 @@
 //! parks (no task, its socket in the core's epoll set) and everything that
 //! can happen to a connection still happens to it: its requests are
 //! answered (a lone heartbeat without resuming it), pushes reach it, a
-//! kick, an idle timeout and the peer hanging up close it, and a node
-//! stops promptly with connections parked.
+//! kick, an idle timeout and the peer hanging up close it, split, large
+//! and broken frames are read as a task would, and a node stops promptly
+//! with connections parked.
 
 use std::time::{Duration, Instant};
 
 use ourchat_client::{Client, Push};
-use ourchat_testkit::{device_of, push_where, start_node, user_on, ServerProcess};
+use ourchat_protocol::{codec, pb, Body, Envelope};
+use ourchat_testkit::{
+    device_of, frames_until_close, push_where, raw_session, start_node, user_on, ServerProcess,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -141,6 +147,66 @@ async fn a_parked_connection_times_out_and_a_node_stops_with_some_parked() {
     for client in &others {
         kicked(client, "shutting down").await;
     }
+}
+
+/// The next frame the server writes on a raw socket.
+async fn next_frame(stream: &mut TcpStream) -> Envelope {
+    let mut header = [0u8; codec::HEADER_LEN];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut header))
+        .await
+        .expect("a frame in time")
+        .unwrap();
+    let mut body = vec![0u8; codec::body_len(header, 1 << 20).unwrap()];
+    stream.read_exact(&mut body).await.unwrap();
+    codec::decode_body(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_reads_split_large_and_broken_frames_as_a_task_would() {
+    let server = start_node!(1, "server.park_after_ms" => "300");
+    let (client, session) = user_on(server.addr, "carol", "d").await;
+    // The same device logging in again takes over from the client.
+    let mut raw = raw_session(server.addr, &session.token).await;
+    drop(client);
+    parked(&server, 1.0).await;
+
+    // Half a heartbeat's header, then the rest: not answerable from the
+    // lot, so the task is resumed and reads the frame whole.
+    let heartbeat = codec::encode_to_vec(&Envelope::new(7, Body::Heartbeat(pb::Heartbeat {})));
+    raw.write_all(&heartbeat[..2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    raw.write_all(&heartbeat[2..]).await.unwrap();
+    let ack = next_frame(&mut raw).await;
+    assert_eq!(ack.req_id, 7);
+    assert!(matches!(ack.body, Some(Body::HeartbeatAck(_))), "{ack:?}");
+    parked(&server, 1.0).await;
+
+    // A frame larger than the lot ever peeks at.
+    let search = Envelope::new(
+        8,
+        Body::SearchUsers(pb::SearchUsersRequest {
+            query: "c".repeat(200),
+            limit: 5,
+            after_user_id: 0,
+        }),
+    );
+    raw.write_all(&codec::encode_to_vec(&search)).await.unwrap();
+    let reply = next_frame(&mut raw).await;
+    assert_eq!(reply.req_id, 8, "{reply:?}");
+    parked(&server, 1.0).await;
+
+    // A broken frame gets the same error and close as on a busy socket.
+    raw.write_all(b"\x00\x00\x00\x08\xff\xff\xff\xff\xff\xff\xff\xff")
+        .await
+        .unwrap();
+    let frames = frames_until_close(&mut raw, WAIT).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert!(
+        matches!(&frames[0].body, Some(Body::Error(e)) if e.code == pb::ErrorCode::Protocol as i32),
+        "{frames:?}"
+    );
+    parked(&server, 0.0).await;
+    assert_eq!(server.metric("ourchat_connections"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
