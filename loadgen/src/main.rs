@@ -747,22 +747,29 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// Sum of `process_resident_memory_bytes` over the given admin endpoints.
-/// The server's resident memory: from its `/metrics` (OurChat, `--admin`),
-/// or from `/proc` (`--server-pid`, any local server such as a broker).
+/// The server's resident memory: from `/proc` for a local server
+/// (`--server-pid`, OurChat or a broker), else summed over the nodes'
+/// `/metrics` (`--admin`). `/proc` first: it is sampled every second while
+/// connections are held, and a node's `/metrics` costs it a listing of
+/// `/proc/self/fd` (thousands of entries), which would be counted as the
+/// node's CPU per message.
 fn server_rss(args: &Args) -> Option<u64> {
-    scrape_rss(&args.admin).or_else(|| {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", args.server_pid?)).ok()?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
-    })
+    args.server_pid
+        .and_then(local_rss)
+        .or_else(|| scrape_rss(&args.admin))
+}
+
+fn local_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 fn scrape_rss(admins: &[SocketAddr]) -> Option<u64> {
