@@ -484,6 +484,9 @@ fn record_stats<Ring: UringCommon>(
 
 // Find the next complete chain of events from the queue
 // Returns None if the queue is empty.
+/// Room kept in an empty cancellation queue. OurChat patch.
+const CANCELLATIONS_KEPT: usize = 64;
+
 fn peek_one_chain(queue: &VecDeque<UringDescriptor>, ring_size: usize) -> Option<Range<usize>> {
     if queue.is_empty() {
         return None;
@@ -686,7 +689,16 @@ pub(crate) trait UringCommon {
     fn consume_cancellation_queue(&mut self) -> io::Result<usize> {
         let q = self.submission_queue();
         let mut queue = q.borrow_mut();
-        self.consume_sqe_queue(&mut queue.cancellations, false)
+        let consumed = self.consume_sqe_queue(&mut queue.cancellations, false);
+        // OurChat patch: a burst of cancellations (thousands of idle connections
+        // parking at once, each cancelling its pending read) would
+        // otherwise keep its capacity for good.
+        if queue.cancellations.is_empty()
+            && queue.cancellations.capacity() > CANCELLATIONS_KEPT
+        {
+            queue.cancellations.shrink_to(CANCELLATIONS_KEPT);
+        }
+        consumed
     }
 
     fn consume_submission_queue(&mut self) -> io::Result<usize> {
