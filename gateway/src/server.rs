@@ -104,6 +104,16 @@ pub fn serve(
 ) -> Result<(), ServeError> {
     let cores = config.core_count();
     refuse_taken_ports(&config)?;
+    let server = &config.server;
+    if server.park_after_ms > 0 && server.park_after_ms >= u64::from(server.heartbeat_secs) * 1000 {
+        // Allowed (tests shorten the heartbeat), but an operator should know.
+        tracing::warn!(
+            park_after_ms = server.park_after_ms,
+            heartbeat_secs = server.heartbeat_secs,
+            "server.park_after_ms is not below the heartbeat interval: clients that \
+             heartbeat as told are never silent long enough to park"
+        );
+    }
     // Certificates first: a bad path should fail before the store opens.
     let tls = match config.tls.enabled() {
         true => Some(crate::tls::server_config(

@@ -209,6 +209,23 @@ async fn a_parked_connection_reads_split_large_and_broken_frames_as_a_task_would
     assert_eq!(server.metric("ourchat_connections"), 0.0);
 }
 
+#[test]
+fn a_park_delay_not_below_the_heartbeat_interval_is_warned_about() {
+    let server = start_node!(1,
+        "server.park_after_ms" => "5000",
+        "server.heartbeat_secs" => "5",
+        "server.idle_timeout_secs" => "20",
+    );
+    let printed = server.printed();
+    let warning = "park_after_ms is not below the heartbeat interval";
+    // With OURCHAT_TEST_LOG the node's log goes to the test's output.
+    if std::env::var_os("OURCHAT_TEST_LOG").is_none() {
+        assert!(printed.contains(warning), "{printed}");
+    }
+    let quiet = start_node!(1, "server.park_after_ms" => "4999", "server.heartbeat_secs" => "5");
+    assert!(!quiet.printed().contains(warning));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parking_can_be_turned_off() {
     let server = start_node!(1, "server.park_after_ms" => "0");
