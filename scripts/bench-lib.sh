@@ -1,6 +1,10 @@
 # Helpers the benchmark scripts share (sourced; expects BIN and OUT):
 # a fresh OurChat node per run, a free port, one loadgen run.
 NODE_PID=""
+# Idle rows hold their connections this long (s); memory is read a second
+# before the end of the hold, after the node has parked what stays idle
+# (`server.park_after_ms`, 10 s) and its allocator has returned the pages.
+IDLE_HOLD=${IDLE_HOLD:-16}
 stop_node() {
   if [[ -n $NODE_PID ]]; then
     kill -TERM "$NODE_PID" 2>/dev/null || true

@@ -103,7 +103,7 @@ else
 fi
 
 want idle && for n in $IDLE; do
-  both "idle-$n" idle "$n" --procs "$(procs_for "$n")" --ramp 20000 --duration 16 --drain 0
+  both "idle-$n" idle "$n" --procs "$(procs_for "$n")" --ramp 20000 --duration "$IDLE_HOLD" --drain 0
 done
 want p2p && for rate in $RATES; do
   both "p2p-$rate" p2p "$USERS" --procs 2 --rate "$rate" --duration "$SECS" --drain 3 --ramp 20000

@@ -25,10 +25,6 @@ fi
 trap stop_node EXIT
 
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
-# Idle rows hold their connections this long (s); memory is read a second
-# before the end of the hold, after the node has parked what stays idle
-# (`server.park_after_ms`, 10 s) and its allocator has returned the pages.
-IDLE_HOLD=${IDLE_HOLD:-16}
 want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
 
 if [[ $MODE == full ]]; then

@@ -71,6 +71,8 @@ pub struct ParkingLot<T> {
     epoll: Epoll,
     parked: RefCell<HashMap<u64, Box<Parked<T>>>>,
     unparks: Rc<Unparks>,
+    /// Where `epoll_wait` reports, made once.
+    events: RefCell<Vec<EpollEvent>>,
 }
 
 impl<T> ParkingLot<T> {
@@ -80,6 +82,7 @@ impl<T> ParkingLot<T> {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             parked: RefCell::default(),
             unparks: Rc::default(),
+            events: RefCell::new(vec![EpollEvent::empty(); EVENTS_PER_WAIT]),
         })
     }
 
@@ -119,9 +122,8 @@ impl<T> ParkingLot<T> {
     /// moves every such connection into `woken`, out of the lot and its
     /// epoll set.
     pub async fn woken(&self, woken: &mut Vec<Handed<T>>) {
-        let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
         loop {
-            self.take_ready(&mut events, woken);
+            self.take_ready(woken);
             if !woken.is_empty() {
                 return;
             }
@@ -150,13 +152,14 @@ impl<T> ParkingLot<T> {
     }
 
     /// Moves what is ready now (asked for, or readable) into `woken`.
-    fn take_ready(&self, events: &mut [EpollEvent], woken: &mut Vec<Handed<T>>) {
+    fn take_ready(&self, woken: &mut Vec<Handed<T>>) {
+        let mut events = self.events.borrow_mut();
         let asked = self.unparks.taken();
         for conn_id in asked {
             self.take(conn_id, Woken::Asked, woken);
         }
         loop {
-            let ready = match self.epoll.wait(events, 0) {
+            let ready = match self.epoll.wait(&mut events, 0) {
                 Ok(ready) => ready,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(error) => {

@@ -427,14 +427,14 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
                 latest[i] = counters;
                 p99[i] = deliver_p99_us;
                 // Memory once held a while (a server may shed per-connection
-                // state from idle connections): sampled while every user
-                // still reports online, and no later than a second before
-                // the hold ends (a process done early would be closing its
-                // connections meanwhile).
+                // state from idle connections): sampled in the idle scenario
+                // only, while every user still reports online, and no later
+                // than a second before the hold ends (a process done early
+                // would be closing its connections meanwhile).
                 let online: u64 = latest.iter().map(|c| c.online).sum();
                 let holding = loadgen_at_go
                     .is_some_and(|(go, _)| go.elapsed().as_secs_f64() + 1.0 < args.duration);
-                if holding && online == users as u64 {
+                if args.scenario == Scenario::Idle && holding && online == users as u64 {
                     rss_held = server_rss(args).or(rss_held);
                 }
             }
@@ -750,9 +750,8 @@ fn mib(bytes: u64) -> f64 {
 /// The server's resident memory: from `/proc` for a local server
 /// (`--server-pid`, OurChat or a broker), else summed over the nodes'
 /// `/metrics` (`--admin`). `/proc` first: it is sampled every second while
-/// connections are held, and a node's `/metrics` costs it a listing of
-/// `/proc/self/fd` (thousands of entries), which would be counted as the
-/// node's CPU per message.
+/// idle connections are held, and a node's `/metrics` costs it a listing
+/// of `/proc/self/fd` (thousands of entries).
 fn server_rss(args: &Args) -> Option<u64> {
     args.server_pid
         .and_then(local_rss)

@@ -94,17 +94,16 @@ pub async fn resume_parked(lot: Rc<Lot>) {
         for (_, socket, mut parked, why) in woken.drain(..) {
             let core = parked.conn.core.clone();
             core.metrics().parked.fetch_sub(1, Ordering::Relaxed);
-            if why == Woken::Readable && answered_while_parked(&mut parked.conn, &socket) {
-                CoreMetrics::inc(&core.metrics().parked_heartbeats);
-                match park(&lot, socket, parked) {
-                    Ok(()) => continue,
-                    Err((socket, unwatched)) => {
-                        resume(&lot, socket, unwatched);
-                        continue;
-                    }
-                }
+            let parked_again =
+                if why == Woken::Readable && answered_while_parked(&mut parked.conn, &socket) {
+                    CoreMetrics::inc(&core.metrics().parked_heartbeats);
+                    park(&lot, socket, parked)
+                } else {
+                    Err((socket, parked))
+                };
+            if let Err((socket, parked)) = parked_again {
+                resume(&lot, socket, parked);
             }
-            resume(&lot, socket, parked);
         }
     }
 }

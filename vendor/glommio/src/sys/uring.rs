@@ -482,11 +482,11 @@ fn record_stats<Ring: UringCommon>(
     }
 }
 
-// Find the next complete chain of events from the queue
-// Returns None if the queue is empty.
 /// Room kept in an empty cancellation queue. OurChat patch.
 const CANCELLATIONS_KEPT: usize = 64;
 
+// Find the next complete chain of events from the queue
+// Returns None if the queue is empty.
 fn peek_one_chain(queue: &VecDeque<UringDescriptor>, ring_size: usize) -> Option<Range<usize>> {
     if queue.is_empty() {
         return None;
