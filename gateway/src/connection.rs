@@ -17,10 +17,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
-use ourchat_protocol::codec::{self, FrameError, HEADER_LEN};
+use ourchat_protocol::codec::FrameError;
 use ourchat_protocol::ids::now_ms;
 use ourchat_protocol::payload;
 use ourchat_protocol::pb::{self, ChatMessage};
@@ -34,7 +34,9 @@ use crate::limits::{FrameLimiter, IpSlot, Limit, Verdict};
 use crate::metrics::CoreMetrics;
 use crate::outbox::{Next, Outbox, Parking};
 
+mod framing;
 mod parked;
+use framing::{FrameReader, ReadEnd};
 use parked::serve_plain;
 pub use parked::{resume_parked, Lot, Parked};
 
@@ -145,17 +147,6 @@ enum Step<'a> {
     /// End the connection, after this.
     Close(Pin<Box<dyn Future<Output = ()> + 'a>>),
     /// Stop reading: the connection parks.
-    Park,
-}
-
-/// Why reading stopped.
-enum ReadEnd {
-    /// Peer closed, the socket failed, or we shut it down (kick, timeout,
-    /// shutdown, slow reader: the reason was already queued).
-    Closed,
-    /// A frame the protocol does not allow.
-    Bad(FrameError),
-    /// Asked to park, with no frame begun.
     Park,
 }
 
@@ -489,13 +480,15 @@ impl Connection {
     /// boundary, finds itself asked to park.
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R, outbox: &Outbox) -> Ended {
         let max_frame = self.core.shared.config.server.max_frame_bytes;
+        let mut frames = FrameReader::default();
+        let asked_to_park = || outbox.parking() == Parking::Asked;
         loop {
             // The frame goes straight into a plain function that boxes
             // what must be awaited: an envelope (hundreds of bytes) then
             // never has a slot in this future, which every idle connection
             // carries (it was 840 bytes, mostly that slot).
             let step = {
-                let read = read_frame(&mut reader, max_frame, outbox).await;
+                let read = frames.next(&mut reader, max_frame, asked_to_park).await;
                 self.next_step(read)
             };
             match step {
@@ -1413,38 +1406,6 @@ fn error_in(body: &Body) -> Option<&pb::Error> {
 /// Reads one frame: a 4-byte header, then exactly the body. Nothing is
 /// buffered between frames, so an idle connection holds no read buffer.
 /// Between frames, a request to park ends the read.
-async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    max_frame: usize,
-    outbox: &Outbox,
-) -> Result<Envelope, ReadEnd> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut filled = 0;
-    std::future::poll_fn(|cx| loop {
-        if filled == 0 && outbox.parking() == Parking::Asked {
-            return Poll::Ready(Err(ReadEnd::Park));
-        }
-        match Pin::new(&mut *reader).poll_read(cx, &mut header[filled..]) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(ReadEnd::Closed)),
-            Poll::Ready(Ok(n)) => {
-                filled += n;
-                if filled == HEADER_LEN {
-                    return Poll::Ready(Ok(()));
-                }
-            }
-        }
-    })
-    .await?;
-    let len = codec::body_len(header, max_frame).map_err(ReadEnd::Bad)?;
-    let mut body = vec![0u8; len];
-    reader
-        .read_exact(&mut body)
-        .await
-        .map_err(|_| ReadEnd::Closed)?;
-    codec::decode_body(&body).map_err(ReadEnd::Bad)
-}
-
 const MAX_USERNAME_CHARS: usize = 32;
 pub(crate) const MIN_PASSWORD_BYTES: usize = 8;
 /// Argon2 accepts long inputs, but nobody types 1 KiB passwords.

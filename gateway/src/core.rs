@@ -30,7 +30,7 @@ use ourchat_protocol::ids::{now_ms, IdGenerator};
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{codec, Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::redis::{RedisSeq, SendBudget, SeqGrant, SeqRequest};
-use ourchat_storage::{ReadStore, StoreError, WriteOp, WriteOutcome};
+use ourchat_storage::{MemoryReads, ReadStore, StoreError, WriteOp, WriteOutcome};
 use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
 
 use crate::auth::TokenKeys;
@@ -71,6 +71,9 @@ pub struct Shared {
     /// Cluster mode's message writer and seq allocation (`None`: one node
     /// on its own).
     pub cluster: Option<ClusterShared>,
+    /// What the store answers from memory, on the reactor itself (the
+    /// embedded store, one node on its own).
+    pub memory: Option<Arc<dyn MemoryReads>>,
 }
 
 /// Messages between cores.
@@ -771,11 +774,18 @@ impl Core {
     }
 
     async fn load_conversation(self: Rc<Self>, conv: ConversationId) {
-        let id = conv.to_string();
-        let window = self.shared.config.storage.dedupe_window;
-        let head = self
-            .read(move |store| store.conversation_head(&id, window))
-            .await;
+        // A first send between two users needs no reader thread: the
+        // store knows from memory that there is nothing to read.
+        let in_memory = self.shared.memory.as_ref();
+        let head = match in_memory.and_then(|memory| memory.empty_direct_head(conv)) {
+            Some(head) => Ok(head),
+            None => {
+                let id = conv.to_string();
+                let window = self.shared.config.storage.dedupe_window;
+                self.read(move |store| store.conversation_head(&id, window))
+                    .await
+            }
+        };
         let mut reactor = Reactor::new(&self);
         self.sequencer.borrow_mut().loaded(conv, head, &mut reactor);
         reactor.spawn_deferred();

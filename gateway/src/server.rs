@@ -161,6 +161,7 @@ pub fn serve(
         false => (None, InboxEnds::default()),
     };
     let shared = Arc::new(Shared {
+        memory: cluster.is_none().then(|| backend.memory_reads()).flatten(),
         cluster: cluster.as_ref().map(|node| node.shared.clone()),
         cores,
         writer: writer.handle(),

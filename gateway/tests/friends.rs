@@ -175,6 +175,33 @@ async fn blocking_refuses_messages_and_requests_until_unblocked() {
     );
 }
 
+/// A conversation with no message yet has its head answered from the
+/// store's memory, blocks included: the first send after a block is
+/// refused, before and after a restart, and goes through once unblocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_before_any_message_refuses_the_first_send() {
+    let mut server = start_node!(2);
+    let (alice, sa) = user_on(server.addr, "alice", "d").await;
+    let (bob, sb) = user_on(server.addr, "bob", "d").await;
+    bob.block(sa.user_id, true).await.unwrap();
+    let err = alice.send_text(sb.user_id, "first").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    drop((alice, bob));
+    server.restart();
+    let alice = ourchat_testkit::device_of(server.addr, "alice", "d").await;
+    let bob = ourchat_testkit::device_of(server.addr, "bob", "d").await;
+    let err = bob.send_text(sa.user_id, "first").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    bob.block(sa.user_id, false).await.unwrap();
+    alice.send_text(sb.user_id, "hello").await.unwrap();
+    let history = bob.history(sa.user_id, 0, 10).await.unwrap();
+    assert_eq!(
+        history.messages.len(),
+        1,
+        "nothing sent while blocked was stored"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_friend_limit_is_enforced_on_both_sides() {
     let server = start_node!(2, "auth.max_friends" => "1");

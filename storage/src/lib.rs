@@ -708,4 +708,19 @@ pub trait Backend: Send + Sync {
     fn writer(&self) -> Result<Box<dyn WriteStore>, StoreError>;
     /// A connection for a reader thread.
     fn reader(&self) -> Result<Box<dyn ReadStore>, StoreError>;
+    /// What the store can answer from memory, without a reader thread
+    /// (`None`: nothing).
+    fn memory_reads(&self) -> Option<std::sync::Arc<dyn MemoryReads>> {
+        None
+    }
+}
+
+/// Reads a store answers from memory alone, quickly enough for a reactor
+/// thread to make them itself; `None` means "ask a reader".
+pub trait MemoryReads: Send + Sync {
+    /// The head of a 1:1 conversation that holds no message yet.
+    fn empty_direct_head(
+        &self,
+        conversation: ourchat_protocol::ConversationId,
+    ) -> Option<ConversationHead>;
 }

@@ -291,3 +291,70 @@ fn a_writer_batch_bigger_than_a_segment_is_stored_whole() {
         60_000
     );
 }
+
+#[test]
+fn a_first_send_s_head_is_known_from_memory_and_follows_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let conv: ourchat_protocol::ConversationId = "si_1_2".parse().unwrap();
+    let block = |block| WriteOp::Block {
+        user_id: 2,
+        blocked_id: 1,
+        block,
+        at_ms: 1,
+    };
+    {
+        let store = open(dir.path()).unwrap();
+        let memory = store.memory_reads().unwrap();
+        let mut writer = store.writer().unwrap();
+        let mut reader = store.reader().unwrap();
+        let head = memory.empty_direct_head(conv).unwrap();
+        assert_eq!((head.last_seq, head.blocked), (0, false));
+        assert!(head.recent.is_empty());
+        assert_eq!(head, reader.conversation_head("si_1_2", 16).unwrap());
+        // Groups are never answered from memory: their roster is SQLite's.
+        assert!(memory.empty_direct_head("sg_9".parse().unwrap()).is_none());
+
+        assert_eq!(
+            writer.apply_batch(&[block(true)]).unwrap(),
+            [WriteOutcome::Done]
+        );
+        assert!(memory.empty_direct_head(conv).unwrap().blocked);
+        assert!(reader.conversation_head("si_1_2", 16).unwrap().blocked);
+        assert_eq!(
+            writer.apply_batch(&[block(false)]).unwrap(),
+            [WriteOutcome::Done]
+        );
+        assert!(!memory.empty_direct_head(conv).unwrap().blocked);
+        // An unblock of what is not blocked changes nothing.
+        assert_eq!(
+            writer.apply_batch(&[block(false)]).unwrap(),
+            [WriteOutcome::Refused]
+        );
+        writer.apply_batch(&[block(true)]).unwrap();
+
+        // Once the conversation holds a message, a reader loads its head.
+        writer
+            .apply_batch(&[WriteOp::AppendMessage(text("si_1_2", 1, 1, 1))])
+            .unwrap();
+        assert!(memory.empty_direct_head(conv).is_none());
+        let head = reader.conversation_head("si_1_2", 16).unwrap();
+        assert_eq!(
+            (head.last_seq, head.recent.len(), head.blocked),
+            (1, 1, true)
+        );
+    }
+    // Blocks are read back at open.
+    let store = open(dir.path()).unwrap();
+    let memory = store.memory_reads().unwrap();
+    assert!(memory
+        .empty_direct_head("si_2_3".parse().unwrap())
+        .is_some());
+    assert!(
+        store
+            .reader()
+            .unwrap()
+            .conversation_head("si_1_2", 16)
+            .unwrap()
+            .blocked
+    );
+}

@@ -10,12 +10,13 @@
 //! then a store written before the log existed has its messages moved in.
 
 mod change;
+mod memory;
 mod reader;
 mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection};
 
@@ -25,7 +26,8 @@ use crate::msglog::store::{Append, MessageReader, MessageStore, SharedIndex};
 use crate::sqlite::{
     apply_group_change, message_from_row, Durability, SqliteBackend, MESSAGE_COLUMNS,
 };
-use crate::{Backend, ReadStore, StoreError, WriteStore};
+use crate::{Backend, MemoryReads, ReadStore, StoreError, WriteStore};
+use memory::{Blocks, EmbeddedMemory};
 use reader::EmbeddedReader;
 use writer::EmbeddedWriter;
 
@@ -43,6 +45,8 @@ pub struct EmbeddedBackend {
     sqlite: SqliteBackend,
     log_dir: PathBuf,
     index: SharedIndex,
+    /// Who blocked whom, kept by the writer.
+    blocks: Arc<Blocks>,
     /// The one writer, until it is taken.
     writer: Mutex<Option<MessageStore<FileDisk>>>,
     /// Held (flock) while the store is open: a second process on the same
@@ -118,8 +122,10 @@ impl EmbeddedBackend {
                 MigrateError::Log(e) => in_log(e),
             })?;
         }
+        let blocks = Arc::new(Blocks::load(&conn)?);
         Ok(EmbeddedBackend {
             sqlite,
+            blocks,
             index: log.index(),
             log_dir,
             writer: Mutex::new(Some(log)),
@@ -148,6 +154,7 @@ impl Backend for EmbeddedBackend {
         Ok(Box::new(EmbeddedWriter {
             log,
             conn: self.sqlite.connect(false)?,
+            blocks: self.blocks.clone(),
             stopped: None,
         }))
     }
@@ -156,6 +163,14 @@ impl Backend for EmbeddedBackend {
         Ok(Box::new(EmbeddedReader {
             sql: self.sqlite.sqlite_reader()?,
             log: MessageReader::new(FileDisk::new(&self.log_dir)?, self.index.clone()),
+            blocks: self.blocks.clone(),
+        }))
+    }
+
+    fn memory_reads(&self) -> Option<Arc<dyn MemoryReads>> {
+        Some(Arc::new(EmbeddedMemory {
+            index: self.index.clone(),
+            blocks: self.blocks.clone(),
         }))
     }
 }

@@ -3,10 +3,12 @@
 //! everything relational from SQLite.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ourchat_protocol::ConversationId;
 
 use super::log_error;
+use super::memory::Blocks;
 use crate::msglog::disk::FileDisk;
 use crate::msglog::index::Index;
 use crate::msglog::store::MessageReader;
@@ -20,6 +22,7 @@ use crate::{
 pub(crate) struct EmbeddedReader {
     pub(crate) sql: SqliteReader,
     pub(crate) log: MessageReader<FileDisk>,
+    pub(crate) blocks: Arc<Blocks>,
 }
 
 fn recent_send(message: &ChatMessage) -> RecentSend {
@@ -119,8 +122,12 @@ impl ReadStore for EmbeddedReader {
         conversation_id: &str,
         window: usize,
     ) -> Result<ConversationHead, StoreError> {
-        // Blocks and the group's roster are SQLite's; the messages the log's.
-        let (blocked, group) = self.sql.standing(conversation_id)?;
+        // Blocks are in memory, the group's roster SQLite's, the messages
+        // the log's.
+        let (blocked, group) = match conversation_id.parse() {
+            Ok(ConversationId::Direct { low, high }) => (self.blocks.between(low, high), None),
+            _ => self.sql.standing(conversation_id)?,
+        };
         let (last_seq, recent) = self.read(
             conversation_id,
             (0, Vec::new()),

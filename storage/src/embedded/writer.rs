@@ -11,8 +11,11 @@
 //! the messages are durable (a resend gets their seqs) and the writer stops
 //! until a restart, whose replay brings the group tables up to the log.
 
+use std::sync::Arc;
+
 use rusqlite::{params, Connection};
 
+use super::memory::Blocks;
 use super::{change, log_error};
 use crate::msglog::disk::FileDisk;
 use crate::msglog::store::{Append, Appended, MessageStore};
@@ -22,6 +25,7 @@ use crate::{StoreError, WriteOp, WriteOutcome, WriteStore};
 pub(crate) struct EmbeddedWriter {
     pub(crate) log: MessageStore<FileDisk>,
     pub(crate) conn: Connection,
+    pub(crate) blocks: Arc<Blocks>,
     /// Why the writer stopped (SQLite failed after a durable log batch).
     pub(crate) stopped: Option<String>,
 }
@@ -188,6 +192,7 @@ impl WriteStore for EmbeddedWriter {
             self.stopped = Some(err.to_string());
             return Err(err);
         }
+        self.blocks.apply(ops, &outcomes);
         Ok(outcomes)
     }
 }

@@ -628,9 +628,19 @@ impl UringQueueState {
         self.submissions.is_empty() && self.cancellations.is_empty()
     }
 
-    pub(crate) fn cancel_request(&mut self, id: SourceId) {
+    // OurChat patch: a timeout is taken off the ring's timeout list with
+    // TIMEOUT_REMOVE. ASYNC_CANCEL looks for its target among the ring's
+    // pending polls first, walking a hash bucket that holds a share of
+    // every connection's pending read, and the executor cancels a timer
+    // or two on every turn of its loop.
+    pub(crate) fn cancel_request(&mut self, id: SourceId, timeout: bool) {
+        let target = to_user_data(id);
         self.cancellations.push_back(UringDescriptor {
-            args: UringOpDescriptor::Cancel(to_user_data(id)),
+            args: if timeout {
+                UringOpDescriptor::TimeoutRemove(target)
+            } else {
+                UringOpDescriptor::Cancel(target)
+            },
             fd: -1,
             flags: SubmissionFlags::empty(),
             user_data: 0,
@@ -1840,12 +1850,21 @@ impl Reactor {
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // OurChat patch: one still pending is kept rather than removed and
+        // armed again on every turn of the loop (two ring operations and a
+        // cancelled eventfd write each time). Its count of completions then
+        // runs on across turns: it preempts once per `ring_depth` of them.
+        let pending = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|timer| timer.result().is_none());
+        self.throughput_preemption_timeout_src
+            .set(Some(pending.unwrap_or_else(|| {
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                )
+            })));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...

@@ -1,0 +1,136 @@
+//! What the embedded store answers from memory alone, for a reactor that
+//! must not wait on a reader thread: the head of a 1:1 conversation that
+//! holds no message yet (every first send between two users), and who
+//! blocked whom. Blocks are few rows, kept here so that no conversation
+//! head reads SQLite for them; the writer applies each committed block
+//! and unblock.
+
+use std::collections::HashSet;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use ourchat_protocol::ConversationId;
+use rusqlite::Connection;
+
+use crate::msglog::store::SharedIndex;
+use crate::{ConversationHead, MemoryReads, StoreError, WriteOp, WriteOutcome};
+
+/// Every (blocker, blocked) pair.
+#[derive(Default)]
+pub(crate) struct Blocks {
+    pairs: RwLock<HashSet<(i64, i64)>>,
+}
+
+impl Blocks {
+    pub(crate) fn load(conn: &Connection) -> Result<Blocks, StoreError> {
+        let pairs = conn
+            .prepare("SELECT user_id, blocked_id FROM blocks")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<HashSet<_>, _>>()?;
+        Ok(Blocks {
+            pairs: RwLock::new(pairs),
+        })
+    }
+
+    /// One of the two blocked the other.
+    pub(crate) fn between(&self, a: i64, b: i64) -> bool {
+        let pairs = self.pairs.read().unwrap_or_else(PoisonError::into_inner);
+        pairs.contains(&(a, b)) || pairs.contains(&(b, a))
+    }
+
+    /// Takes in the blocks and unblocks of a committed batch.
+    pub(crate) fn apply(&self, ops: &[WriteOp], outcomes: &[WriteOutcome]) {
+        let mut changes = ops
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(op, outcome)| match (op, outcome) {
+                (
+                    WriteOp::Block {
+                        user_id,
+                        blocked_id,
+                        block,
+                        ..
+                    },
+                    WriteOutcome::Done,
+                ) => Some(((*user_id, *blocked_id), *block)),
+                _ => None,
+            })
+            .peekable();
+        if changes.peek().is_none() {
+            return;
+        }
+        let mut pairs = self.pairs.write().unwrap_or_else(PoisonError::into_inner);
+        for (pair, block) in changes {
+            if block {
+                pairs.insert(pair);
+            } else {
+                pairs.remove(&pair);
+            }
+        }
+    }
+}
+
+/// The embedded store's [`MemoryReads`].
+pub(crate) struct EmbeddedMemory {
+    pub(crate) index: SharedIndex,
+    pub(crate) blocks: Arc<Blocks>,
+}
+
+impl MemoryReads for EmbeddedMemory {
+    fn empty_direct_head(&self, conversation: ConversationId) -> Option<ConversationHead> {
+        let ConversationId::Direct { low, high } = conversation else {
+            return None;
+        };
+        // Held for a lookup; the writer holds it only to move the index
+        // forward after a batch, for microseconds.
+        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        if index.last_seq(conversation) != 0 {
+            return None;
+        }
+        drop(index);
+        Some(ConversationHead {
+            last_seq: 0,
+            recent: Vec::new(),
+            blocked: self.blocks.between(low, high),
+            group: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(user_id: i64, blocked_id: i64, block: bool) -> WriteOp {
+        WriteOp::Block {
+            user_id,
+            blocked_id,
+            block,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn only_committed_blocks_and_unblocks_are_taken_in() {
+        let blocks = Blocks::default();
+        blocks.apply(
+            &[
+                block(1, 2, true),
+                block(3, 4, true),
+                WriteOp::Unfriend { a: 5, b: 6 },
+            ],
+            &[
+                WriteOutcome::Done,
+                WriteOutcome::Refused,
+                WriteOutcome::Done,
+            ],
+        );
+        assert!(blocks.between(1, 2) && blocks.between(2, 1));
+        assert!(!blocks.between(3, 4));
+        assert!(!blocks.between(5, 6));
+        blocks.apply(&[block(2, 1, true)], &[WriteOutcome::Done]);
+        blocks.apply(&[block(1, 2, false)], &[WriteOutcome::Done]);
+        assert!(blocks.between(1, 2), "2 still blocks 1");
+        blocks.apply(&[block(2, 1, false)], &[WriteOutcome::Done]);
+        assert!(!blocks.between(1, 2));
+    }
+}
