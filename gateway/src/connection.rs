@@ -1191,8 +1191,8 @@ impl Connection {
     }
 
     async fn delivery_ack(&self, req_id: u32, session: &Session, ack: pb::DeliveryAck) {
-        let conv = match self.visible(&ack.conversation_id, session.user_id).await {
-            Ok((conv, _)) => conv,
+        let conv = match self.acked(&ack.conversation_id, session.user_id).await {
+            Ok(conv) => conv,
             Err(error) => return self.reply_error(req_id, error),
         };
         if ack.seq <= 0 {
@@ -1509,6 +1509,24 @@ impl Connection {
             return Err(not_member());
         }
         Ok((conv, Visibility::default()))
+    }
+
+    /// The conversation a delivery ack names, when the user may see it.
+    /// Every member acks every group message: a group's visibility is
+    /// read from the store once per user and core, then remembered (a
+    /// past member keeps what they could see, so it never goes stale).
+    async fn acked(&self, id: &str, user_id: i64) -> Result<ConversationId, pb::Error> {
+        let group_viewers = &self.core.group_viewers;
+        if let Ok(conv @ ConversationId::Group(_)) = id.parse() {
+            if group_viewers.contains(&(user_id, conv)) {
+                return Ok(conv);
+            }
+        }
+        let (conv, _) = self.visible(id, user_id).await?;
+        if let ConversationId::Group(_) = conv {
+            group_viewers.insert((user_id, conv));
+        }
+        Ok(conv)
     }
 }
 

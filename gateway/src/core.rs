@@ -14,7 +14,7 @@
 //! `PushMany` carrying one frame to every member, one mesh message per core.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -41,6 +41,7 @@ use crate::group_state::GroupCommand;
 use crate::limits::{Limit, NodeLimits, TokenBucket};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::outbox::{clock_ms, Outbox};
+use crate::remembered::Remembered;
 use crate::sequencer::{self, reused_id, Recipients, Sequencer, Ticket, Write};
 
 /// Everything the cores share: read-only config and thread-safe handles.
@@ -253,6 +254,9 @@ pub(crate) fn mix(value: u64) -> u64 {
 /// Users whose existence a core remembers before asking the store again.
 const KNOWN_USERS_CAP: usize = 100_000;
 
+/// (user, group conversation) pairs a core remembers the user may see.
+const GROUP_VIEWERS_CAP: usize = 200_000;
+
 /// How long a reactor waits for room in a full worker queue before
 /// answering BUSY. Waiting, not failing, is the normal backpressure.
 const QUEUE_WAIT_LIMIT: Duration = Duration::from_secs(5);
@@ -270,7 +274,10 @@ pub struct Core {
     directory: RefCell<Directory>,
     sequencer: RefCell<Sequencer<oneshot::Sender<SendResult>>>,
     commits: LocalSender<PendingCommit>,
-    known_users: RefCell<HashSet<i64>>,
+    known_users: Remembered<i64>,
+    /// Users a store read showed may see a group conversation: their
+    /// delivery acks on it need no second read.
+    pub(crate) group_viewers: Remembered<(i64, ConversationId)>,
     /// Send buckets of users sending from this core; full ones are
     /// forgotten by the sweeper.
     send_buckets: RefCell<HashMap<i64, TokenBucket>>,
@@ -304,7 +311,8 @@ impl Core {
                 clustered: shared.cluster.is_some(),
             })),
             commits,
-            known_users: RefCell::default(),
+            known_users: Remembered::new(KNOWN_USERS_CAP),
+            group_viewers: Remembered::new(GROUP_VIEWERS_CAP),
             send_buckets: RefCell::default(),
             acks: Default::default(),
             shared,
@@ -688,18 +696,14 @@ impl Core {
         if user_id <= 0 {
             return Ok(false);
         }
-        if self.known_users.borrow().contains(&user_id) {
+        if self.known_users.contains(&user_id) {
             return Ok(true);
         }
         let exists = self
             .read(move |store| store.account_by_id(user_id).map(|a| a.is_some()))
             .await?;
         if exists {
-            let mut known = self.known_users.borrow_mut();
-            if known.len() >= KNOWN_USERS_CAP {
-                known.clear();
-            }
-            known.insert(user_id);
+            self.known_users.insert(user_id);
         }
         Ok(exists)
     }

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod parking;
 mod presence;
+mod remembered;
 pub mod sequencer;
 pub mod server;
 pub mod tls;

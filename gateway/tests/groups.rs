@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ourchat_client::{Client, ErrorCode, Push, SeqTracker};
 use ourchat_protocol::pb::{self, group_event::Kind, ChatMessage, MessageType};
+use ourchat_protocol::Body;
 use ourchat_testkit::{start_node, user_on};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -118,6 +119,33 @@ async fn roles_events_and_visibility() {
             (m.seq, m.content.as_str(), m.group_id),
             (2, "hello group", group)
         );
+    }
+    // Delivery acks: a non-member's is refused every time; a member's
+    // first is checked against the store, the next from the core's
+    // memory, and both move the cursor.
+    for _ in 0..2 {
+        let ack = pb::DeliveryAck {
+            conversation_id: conv.clone(),
+            seq: 2,
+        };
+        let refused = tokio::time::timeout(WAIT, eve.request(Body::DeliveryAck(ack)))
+            .await
+            .expect("an answer");
+        assert_eq!(code(refused), ErrorCode::Forbidden);
+    }
+    alice.ack(&conv, 1).await.unwrap();
+    alice.ack(&conv, 2).await.unwrap();
+    let unseen = || async {
+        let page = alice.sync_page(&[], 100).await.unwrap();
+        page.messages
+            .iter()
+            .filter(|m| m.conversation_id == conv)
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while unseen().await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "acks not stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Roles: members cannot manage; admins manage members only.
