@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Per-thread CPU time and context switches of a process, from /proc.
 
-  p2p-threads.py snap PID FILE        record every thread's counters
-  p2p-threads.py diff A B MESSAGES    per message between two records,
+  threads.py snap PID FILE        record every thread's counters
+  threads.py diff A B MESSAGES    per message between two records,
                                       summed by thread name
 """
 import json

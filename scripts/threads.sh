@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Where a node's CPU goes per delivered message, by thread: one loadgen
+# run against a fresh node, with every thread's user and system time,
+# sleeps (voluntary context switches) and preemptions counted over 8 s in
+# the middle of it, per message delivered, and the disk's write requests
+# per message. BIN: the binaries' folder.
+#   BIN=target/release RATE=5000 scripts/threads.sh        # 1:1, 10,000 users, RATE msg/s
+#   SCENARIO=group RATE=40 scripts/threads.sh              # one 5,000-member group, RATE sends/s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release}; RATE=${RATE:-5000}; SCENARIO=${SCENARIO:-p2p}
+OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-threads.XXXXXX")
+. scripts/bench-lib.sh
+trap stop_node EXIT
+case $SCENARIO in
+  p2p) users=10000; fanout=1; shape=(--heartbeat 30 --drain 3) ;;
+  group) users=5000; fanout=$((users - 1)); shape=(--group-size "$users" --drain 15) ;;
+  *) echo "SCENARIO is p2p or group" >&2; exit 2 ;;
+esac
+start_node "$users" --cores 2
+echo "load $(cut -d' ' -f1-3 /proc/loadavg), $BIN, $SCENARIO at $RATE sends/s"
+"$BIN/ourchat-loadgen" "$SCENARIO" --users "$users" --procs 2 --rate "$RATE" --duration 15 \
+  --ramp 20000 "${shape[@]}" --targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
+  --tokens "$DATA/tokens" --server-pid "$NODE_PID" --json "$OUT/run.json" >"$OUT/loadgen.log" 2>&1 &
+loadgen=$!
+disk_writes() { awk -v d="$(findmnt -no SOURCE --target "$DATA" | xargs basename)" '$3 == d { print $8 }' /proc/diskstats; }
+sleep 6
+scripts/threads.py snap "$NODE_PID" "$OUT/a.json"; writes0=$(disk_writes)
+sleep 8
+scripts/threads.py snap "$NODE_PID" "$OUT/b.json"; writes1=$(disk_writes)
+wait "$loadgen" || echo "(the loadgen reported errors: $OUT/loadgen.log)"
+messages=$((RATE * 8 * fanout))
+scripts/threads.py diff "$OUT/a.json" "$OUT/b.json" "$messages"
+echo "disk write requests per message: $(python3 -c "print(round((${writes1:-0} - ${writes0:-0}) / $messages, 3))")"
+python3 -c "
+import json; r = json.load(open('$OUT/run.json')); d = r['send_to_deliver_us']
+print(f\"delivered {r['deliveries_per_sec']:.0f}/s, deliver p50 {d['p50'] / 1000:.1f} ms, p99 {d['p99'] / 1000:.1f} ms,\",
+      f\"{r.get('server_cpu_us_per_delivered', 0):.1f} CPU µs per delivered message, lost {r['lost']}\")"
