@@ -37,6 +37,7 @@ use crate::auth::TokenKeys;
 use crate::cluster::{ClusterShared, DeviceChange};
 use crate::config::Config;
 use crate::directory::{Announce, Directory};
+use crate::fanout;
 use crate::group_state::GroupCommand;
 use crate::limits::{Limit, NodeLimits, TokenBucket};
 use crate::metrics::{CoreMetrics, Metrics};
@@ -639,32 +640,31 @@ impl Core {
         skip_conn: u64,
         committed_at: Option<Instant>,
     ) {
-        let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); self.shared.cores];
-        for conn_id in self.directory.borrow().connections(user_ids, skip_conn) {
-            if let Some(conns) = by_core.get_mut(core_of_conn(conn_id)) {
-                conns.push(conn_id);
-            }
-        }
-        for (core, conn_ids) in by_core.into_iter().enumerate() {
-            match conn_ids.len() {
-                0 => {}
-                1 => {
-                    let push = CoreMsg::Push {
-                        conn_id: conn_ids[0],
+        let pushes = fanout::pushes_by_core(
+            self.directory.borrow().connections(user_ids, skip_conn),
+            self.shared.cores,
+            core_of_conn,
+        );
+        for push in pushes {
+            let (core, push) = match push {
+                fanout::Push::One { core, conn_id } => (
+                    core,
+                    CoreMsg::Push {
+                        conn_id,
                         frame: frame.clone(),
                         committed_at,
-                    };
-                    self.route(core, push).await;
-                }
-                _ => {
-                    let push = CoreMsg::PushMany {
+                    },
+                ),
+                fanout::Push::Many { core, conn_ids } => (
+                    core,
+                    CoreMsg::PushMany {
                         conn_ids,
                         frame: frame.clone(),
                         committed_at,
-                    };
-                    self.route(core, push).await;
-                }
-            }
+                    },
+                ),
+            };
+            self.route(core, push).await;
         }
     }
 
@@ -1035,16 +1035,10 @@ impl Core {
         skip_conn: u64,
         committed_at: Option<Instant>,
     ) {
-        let mut by_owner: Vec<Vec<i64>> = vec![Vec::new(); self.shared.cores];
-        for user_id in user_ids {
-            if let Some(users) = by_owner.get_mut(self.owner_of_user(*user_id)) {
-                users.push(*user_id);
-            }
-        }
-        for (core, user_ids) in by_owner.into_iter().enumerate() {
-            if user_ids.is_empty() {
-                continue;
-            }
+        let owners = fanout::users_by_owner(user_ids, self.shared.cores, |user_id| {
+            self.owner_of_user(user_id)
+        });
+        for (core, user_ids) in owners {
             let deliver = CoreMsg::DeliverMany {
                 user_ids,
                 frame: frame.clone(),

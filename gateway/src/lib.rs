@@ -20,6 +20,7 @@ mod conversations;
 pub mod core;
 pub mod data_dir;
 mod directory;
+mod fanout;
 mod friends;
 pub mod group_state;
 mod groups;
