@@ -160,6 +160,8 @@ impl ClusterNode {
                 queue_capacity: storage.writer_queue,
                 max_batch: storage.max_batch,
                 cpus: storage.worker_cpus.clone(),
+                // Measured on the embedded store only.
+                linger: std::time::Duration::ZERO,
             },
         )?;
         let (url, ttl) = (cluster.redis.clone(), cluster.dedupe_ttl_secs);

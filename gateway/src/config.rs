@@ -313,6 +313,9 @@ pub struct StorageConfig {
     pub writer_queue: usize,
     /// Most ops committed in one transaction.
     pub max_batch: usize,
+    /// Group commit: under load, the writer waits this long (µs) after a
+    /// batch's first op so that more share its fdatasync (0: never).
+    pub commit_linger_us: u64,
     /// Reader threads (history, sync, logins).
     pub readers: usize,
     /// Recent sends per conversation kept to answer resends without a read.
@@ -333,6 +336,7 @@ impl Default for StorageConfig {
             durability: Durability::Full,
             writer_queue: 65_536,
             max_batch: 4_096,
+            commit_linger_us: 1_000,
             readers: 2,
             dedupe_window: 128,
             max_conversations_per_core: 200_000,
@@ -472,6 +476,9 @@ impl Config {
         let st = &self.storage;
         if st.writer_queue == 0 || st.max_batch == 0 || st.readers == 0 {
             return invalid("storage.writer_queue, max_batch and readers must be positive");
+        }
+        if st.commit_linger_us > 100_000 {
+            return invalid("storage.commit_linger_us must be at most 100000 (0.1 s)");
         }
         // Whether each CPU is online is checked at start, on the machine
         // that runs; here only what no machine has.

@@ -130,6 +130,7 @@ pub fn serve(
             queue_capacity: storage.writer_queue,
             max_batch: storage.max_batch,
             cpus: storage.worker_cpus.clone(),
+            linger: std::time::Duration::from_micros(storage.commit_linger_us),
         },
     )?;
     let workers_on = &storage.worker_cpus;

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
@@ -31,6 +31,10 @@ pub struct WriterConfig {
     pub max_batch: usize,
     /// CPUs the writer thread may run on (empty: any).
     pub cpus: Vec<usize>,
+    /// Group commit: while ops keep coming (the last batch ended less than
+    /// two of these ago), the writer waits this long after the first op
+    /// of a batch for others to join it. Zero: never waits.
+    pub linger: Duration,
 }
 
 impl Default for WriterConfig {
@@ -39,6 +43,7 @@ impl Default for WriterConfig {
             queue_capacity: 65_536,
             max_batch: 4_096,
             cpus: Vec::new(),
+            linger: Duration::ZERO,
         }
     }
 }
@@ -127,14 +132,14 @@ impl WriterPool {
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
         let max_batch = config.max_batch.max(1);
-        let cpus = config.cpus;
+        let (cpus, linger) = (config.cpus, config.linger);
         let thread = std::thread::Builder::new()
             .name("ourchat-writer".into())
             .spawn(move || {
                 if let Err(e) = crate::pin_current_thread(&cpus) {
                     tracing::warn!(error = %e, ?cpus, "could not pin the store writer");
                 }
-                run_writer(store, rx, &thread_bell, max_batch, &thread_stats)
+                run_writer(store, rx, &thread_bell, max_batch, linger, &thread_stats)
             })?;
         Ok(WriterPool {
             handle: WriterHandle { tx, bell, stats },
@@ -205,9 +210,11 @@ fn run_writer(
     rx: Receiver<Queued>,
     bell: &Doorbell,
     max_batch: usize,
+    linger: Duration,
     stats: &WriterStats,
 ) {
     let mut ops = Vec::with_capacity(max_batch);
+    let mut last_commit: Option<Instant> = None;
     let mut waiters = Vec::with_capacity(max_batch);
     let mut stopping = false;
     while !stopping {
@@ -217,6 +224,13 @@ fn run_writer(
                 waiters.push(first.done);
             }
             Ok(Queued::Stop) | Err(_) => break,
+        }
+        // A commit costs the writer a wake-up, a write and an fdatasync
+        // however few ops it holds; under load, waiting a moment lets the
+        // next ones share it. An op arriving after a quiet spell is
+        // committed at once.
+        if !linger.is_zero() && last_commit.is_some_and(|end| end.elapsed() < 2 * linger) {
+            std::thread::sleep(linger);
         }
         while ops.len() < max_batch {
             match rx.try_recv() {
@@ -231,8 +245,9 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = commit_with_retry(store.as_mut(), &ops);
+        last_commit = Some(Instant::now());
         stats.commit_us.record(started.elapsed().as_micros() as u64);
         stats.batch_sizes.record(ops.len() as u64);
         stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -331,6 +346,44 @@ mod tests {
         pool.shutdown();
     }
 
+    /// Ops arriving while the writer lingers after a busy batch's first
+    /// op join that batch; without lingering each has a batch of its own.
+    #[test]
+    fn a_lingering_writer_gathers_ops_arriving_under_load() {
+        let batches_for = |linger: Duration| {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = SqliteBackend::open(dir.path(), Durability::Normal).unwrap();
+            let config = WriterConfig {
+                linger,
+                ..WriterConfig::default()
+            };
+            let pool = WriterPool::start(backend.writer().unwrap(), config).unwrap();
+            let handle = pool.handle();
+            // One op alone first: the writer has just committed when the
+            // paced ones come, so it is under load.
+            let first = handle.try_submit(account(1, "u1")).unwrap();
+            futures::executor::block_on(first).unwrap().unwrap();
+            let completions: Vec<_> = (2..=21)
+                .map(|i| {
+                    std::thread::sleep(Duration::from_millis(1));
+                    handle.try_submit(account(i, &format!("u{i}"))).unwrap()
+                })
+                .collect();
+            for completion in completions {
+                let outcome = futures::executor::block_on(completion).unwrap().unwrap();
+                assert_eq!(outcome, WriteOutcome::Done);
+            }
+            let batches = handle.stats().batches.load(Ordering::Relaxed);
+            drop(handle);
+            pool.shutdown();
+            batches
+        };
+        let lingering = batches_for(Duration::from_millis(40));
+        assert!(lingering <= 3, "{lingering} batches for 21 ops");
+        let eager = batches_for(Duration::ZERO);
+        assert!(eager >= 10, "{eager} batches for 21 ops");
+    }
+
     #[test]
     fn full_queue_hands_the_op_back() {
         struct Stuck(std::sync::mpsc::Receiver<()>);
@@ -347,6 +400,7 @@ mod tests {
                 queue_capacity: 2,
                 max_batch: 1,
                 cpus: Vec::new(),
+                linger: Duration::ZERO,
             },
         )
         .unwrap();
