@@ -313,8 +313,9 @@ pub struct StorageConfig {
     pub writer_queue: usize,
     /// Most ops committed in one transaction.
     pub max_batch: usize,
-    /// Group commit: under load, the writer waits this long (µs) after a
-    /// batch's first op so that more share its fdatasync (0: never).
+    /// Group commit: while ops come fast enough that two more are
+    /// expected meanwhile, the writer waits this long (µs) after a batch's
+    /// first op so that they share its fdatasync (0: never).
     pub commit_linger_us: u64,
     /// Reader threads (history, sync, logins).
     pub readers: usize,

@@ -31,9 +31,9 @@ pub struct WriterConfig {
     pub max_batch: usize,
     /// CPUs the writer thread may run on (empty: any).
     pub cpus: Vec<usize>,
-    /// Group commit: while ops keep coming (the last batch ended less than
-    /// two of these ago), the writer waits this long after the first op
-    /// of a batch for others to join it. Zero: never waits.
+    /// Group commit: while ops come fast enough that at least two more
+    /// are expected to join (see [`worth_lingering`]), the writer waits
+    /// this long after the first op of a batch. Zero: never waits.
     pub linger: Duration,
 }
 
@@ -205,6 +205,16 @@ impl WriterHandle {
     }
 }
 
+/// Whether waiting `linger` for more ops pays: a commit costs the writer
+/// a wake-up, a write and an fdatasync however few ops it holds, so under
+/// load a moment's wait lets the next ones share it. Worth it when, at the
+/// rate the previous batch's ops came (`previous_len` of them in the
+/// `cycle` from its first op to this one), at least two more would arrive
+/// meanwhile; at a trickle each op is committed at once.
+fn worth_lingering(previous_len: usize, cycle: Duration, linger: Duration) -> bool {
+    !linger.is_zero() && previous_len as f64 * linger.as_secs_f64() >= 2.0 * cycle.as_secs_f64()
+}
+
 fn run_writer(
     mut store: Box<dyn WriteStore>,
     rx: Receiver<Queued>,
@@ -214,7 +224,8 @@ fn run_writer(
     stats: &WriterStats,
 ) {
     let mut ops = Vec::with_capacity(max_batch);
-    let mut last_commit: Option<Instant> = None;
+    // The previous batch: when its first op was taken, and its size.
+    let mut previous: Option<(Instant, usize)> = None;
     let mut waiters = Vec::with_capacity(max_batch);
     let mut stopping = false;
     while !stopping {
@@ -225,11 +236,8 @@ fn run_writer(
             }
             Ok(Queued::Stop) | Err(_) => break,
         }
-        // A commit costs the writer a wake-up, a write and an fdatasync
-        // however few ops it holds; under load, waiting a moment lets the
-        // next ones share it. An op arriving after a quiet spell is
-        // committed at once.
-        if !linger.is_zero() && last_commit.is_some_and(|end| end.elapsed() < 2 * linger) {
+        let taken = Instant::now();
+        if previous.is_some_and(|(at, len)| worth_lingering(len, taken - at, linger)) {
             std::thread::sleep(linger);
         }
         while ops.len() < max_batch {
@@ -245,9 +253,9 @@ fn run_writer(
                 Err(_) => break,
             }
         }
+        previous = Some((taken, ops.len()));
         let started = Instant::now();
         let result = commit_with_retry(store.as_mut(), &ops);
-        last_commit = Some(Instant::now());
         stats.commit_us.record(started.elapsed().as_micros() as u64);
         stats.batch_sizes.record(ops.len() as u64);
         stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -346,6 +354,21 @@ mod tests {
         pool.shutdown();
     }
 
+    #[test]
+    fn lingers_only_when_two_more_ops_are_expected() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        // 5,000 ops/s: 2 ops in the 0.4 ms since the last batch began.
+        assert!(worth_lingering(2, us(400), ms(1)));
+        // Lingering keeps itself up while the rate holds: 6 in 1.3 ms.
+        assert!(worth_lingering(6, us(1_300), ms(1)));
+        // 1,000 ops/s is a trickle: one op per millisecond...
+        assert!(!worth_lingering(1, ms(1), ms(1)));
+        // ...and lingering does not sustain itself there: 1.3 in 1.3 ms.
+        assert!(!worth_lingering(1, us(1_300), ms(1)));
+        assert!(!worth_lingering(100, us(10), Duration::ZERO));
+    }
+
     /// Ops arriving while the writer lingers after a busy batch's first
     /// op join that batch; without lingering each has a batch of its own.
     #[test]
@@ -378,7 +401,7 @@ mod tests {
             pool.shutdown();
             batches
         };
-        let lingering = batches_for(Duration::from_millis(40));
+        let lingering = batches_for(Duration::from_millis(100));
         assert!(lingering <= 3, "{lingering} batches for 21 ops");
         let eager = batches_for(Duration::ZERO);
         assert!(eager >= 10, "{eager} batches for 21 ops");
