@@ -1403,9 +1403,6 @@ fn error_in(body: &Body) -> Option<&pb::Error> {
     }
 }
 
-/// Reads one frame: a 4-byte header, then exactly the body. Nothing is
-/// buffered between frames, so an idle connection holds no read buffer.
-/// Between frames, a request to park ends the read.
 const MAX_USERNAME_CHARS: usize = 32;
 pub(crate) const MIN_PASSWORD_BYTES: usize = 8;
 /// Argon2 accepts long inputs, but nobody types 1 KiB passwords.

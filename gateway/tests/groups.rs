@@ -133,8 +133,6 @@ async fn roles_events_and_visibility() {
             .expect("an answer");
         assert_eq!(code(refused), ErrorCode::Forbidden);
     }
-    alice.ack(&conv, 1).await.unwrap();
-    alice.ack(&conv, 2).await.unwrap();
     let unseen = || async {
         let page = alice.sync_page(&[], 100).await.unwrap();
         page.messages
@@ -142,6 +140,9 @@ async fn roles_events_and_visibility() {
             .filter(|m| m.conversation_id == conv)
             .count()
     };
+    assert_eq!(unseen().await, 2, "seqs 1 and 2 not acked yet");
+    alice.ack(&conv, 1).await.unwrap();
+    alice.ack(&conv, 2).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     while unseen().await > 0 {
         assert!(tokio::time::Instant::now() < deadline, "acks not stored");

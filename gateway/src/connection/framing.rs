@@ -66,9 +66,11 @@ impl FrameReader {
             if self.buffered.is_empty() && asked_to_park() {
                 return Poll::Ready(Err(ReadEnd::Park));
             }
-            let frame_len = frame_len(&self.buffered, max_frame).map_err(ReadEnd::Bad)?;
-            if frame_len.is_some_and(|len| len > SCRATCH_BYTES) {
-                ready!(self.poll_read_large(cx, reader, frame_len.unwrap_or(0)))?;
+            let large = frame_len(&self.buffered, max_frame)
+                .map_err(ReadEnd::Bad)?
+                .filter(|&len| len > SCRATCH_BYTES);
+            if let Some(len) = large {
+                ready!(self.poll_read_large(cx, reader, len))?;
                 continue;
             }
             let read = SCRATCH.with(|scratch| {

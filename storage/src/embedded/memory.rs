@@ -6,7 +6,7 @@
 //! and unblock.
 
 use std::collections::HashSet;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, TryLockError};
 
 use ourchat_protocol::ConversationId;
 use rusqlite::Connection;
@@ -80,9 +80,14 @@ impl MemoryReads for EmbeddedMemory {
         let ConversationId::Direct { low, high } = conversation else {
             return None;
         };
-        // Held for a lookup; the writer holds it only to move the index
-        // forward after a batch, for microseconds.
-        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        // Never waited for on a reactor: a reader thread holds the index
+        // while it reads a history page from disk, and a writer queued
+        // behind it holds off new readers; then a reader thread answers.
+        let index = match self.index.try_read() {
+            Ok(index) => index,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
         if index.last_seq(conversation) != 0 {
             return None;
         }
@@ -107,6 +112,20 @@ mod tests {
             block,
             at_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_busy_index_is_left_to_a_reader_thread() {
+        let memory = EmbeddedMemory {
+            index: SharedIndex::default(),
+            blocks: Arc::default(),
+        };
+        let conversation = ConversationId::Direct { low: 1, high: 2 };
+        assert!(memory.empty_direct_head(conversation).is_some());
+        let held = memory.index.write().unwrap();
+        assert!(memory.empty_direct_head(conversation).is_none());
+        drop(held);
+        assert!(memory.empty_direct_head(conversation).is_some());
     }
 
     #[test]
