@@ -12,13 +12,13 @@ use ourchat_protocol::pb;
 use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::{WriteOp, WriteOutcome};
 
-use crate::connection::{bad, page_size, Connection, Session};
 use crate::core::encode_frame;
+use crate::handlers::{bad, page_size, Caller, Session};
 
 /// Most conversations one page of the list carries.
 const MAX_CONVERSATION_PAGE: usize = 100;
 
-impl Connection {
+impl Caller {
     /// Pushes `body` to every device of both sides of `conv` (of every
     /// member, for a group) but this one.
     async fn push_to_conversation(&self, conv: &ConversationId, me: i64, body: Body) {
@@ -47,14 +47,13 @@ impl Connection {
 
     pub(crate) async fn mark_read(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::MarkReadRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let result = self.mark_read_inner(session, request).await;
         match result {
-            Ok(response) => self.reply(req_id, Body::MarkReadResp(response)),
-            Err(error) => self.reply_error(req_id, error),
+            Ok(response) => Ok(Body::MarkReadResp(response)),
+            Err(error) => Err(error),
         }
     }
 
@@ -112,10 +111,9 @@ impl Connection {
 
     pub(crate) async fn conversations(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::ConversationsRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let limit = page_size(request.limit).min(MAX_CONVERSATION_PAGE);
         let me = session.user_id;
         let before = (request.before_at_ms > 0 || !request.before_conversation_id.is_empty())
@@ -160,15 +158,19 @@ impl Connection {
             })
             .await;
         match result {
-            Ok(response) => self.reply(req_id, Body::ConversationsResp(response)),
-            Err(error) => self.reply_error(req_id, error),
+            Ok(response) => Ok(Body::ConversationsResp(response)),
+            Err(error) => Err(error),
         }
     }
 
-    pub(crate) async fn recall(&self, req_id: u32, session: &Session, request: pb::RecallRequest) {
+    pub(crate) async fn recall(
+        &self,
+        session: &Session,
+        request: pb::RecallRequest,
+    ) -> Result<Body, pb::Error> {
         match self.recall_inner(session, request).await {
-            Ok(recalled) => self.reply(req_id, Body::RecallResp(recalled)),
-            Err(error) => self.reply_error(req_id, error),
+            Ok(recalled) => Ok(Body::RecallResp(recalled)),
+            Err(error) => Err(error),
         }
     }
 
@@ -245,19 +247,20 @@ impl Connection {
         Ok(recalled)
     }
 
-    pub(crate) async fn typing(&self, req_id: u32, session: &Session, request: pb::Typing) {
+    pub(crate) async fn typing(
+        &self,
+        session: &Session,
+        request: pb::Typing,
+    ) -> Result<(), pb::Error> {
         let me = session.user_id;
         let conv = match ConversationId::direct(me, request.peer_id) {
             Some(conv) if request.peer_id > 0 => conv,
-            _ => return self.reply_error(req_id, bad("peer_id must be another user")),
+            _ => return Err(bad("peer_id must be another user")),
         };
         match self.core.user_exists(request.peer_id).await {
             Ok(true) => {}
-            Ok(false) => {
-                return self
-                    .reply_error(req_id, pb::Error::new(ErrorCode::NotFound, "no such user"))
-            }
-            Err(error) => return self.reply_error(req_id, error),
+            Ok(false) => return Err(pb::Error::new(ErrorCode::NotFound, "no such user")),
+            Err(error) => return Err(error),
         }
         // Ephemeral: pushed to the peer's online devices, never stored.
         let push = pb::Typing {
@@ -268,5 +271,6 @@ impl Connection {
         };
         let frame = encode_frame(&Envelope::new(0, Body::TypingPush(push)));
         self.core.push_to_user(request.peer_id, frame, 0).await;
+        Ok(())
     }
 }

@@ -9,8 +9,8 @@ use ourchat_protocol::pb::{self, FriendEventKind};
 use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::{WriteOp, WriteOutcome};
 
-use crate::connection::{bad, profile_of, Connection, Session};
 use crate::core::{encode_frame, CoreMsg};
+use crate::handlers::{bad, profile_of, Caller, Session};
 
 /// Longest note on a friend request.
 const MAX_NOTE_CHARS: usize = 256;
@@ -19,7 +19,7 @@ const MAX_SEARCH_PAGE: usize = 50;
 /// Shortest and longest search prefix.
 const SEARCH_PREFIX_CHARS: std::ops::RangeInclusive<usize> = 1..=64;
 
-impl Connection {
+impl Caller {
     /// Tells `other`'s devices and my other devices.
     async fn announce(&self, me: i64, other: i64, event: pb::FriendEvent) {
         let frame = encode_frame(&Envelope::new(0, Body::FriendEvent(event)));
@@ -40,12 +40,11 @@ impl Connection {
 
     pub(crate) async fn request_friend(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::FriendRequestRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let result = self.request_friend_inner(session.user_id, request).await;
-        self.answer_done(req_id, result);
+        result.map(|()| done())
     }
 
     async fn request_friend_inner(
@@ -138,10 +137,9 @@ impl Connection {
 
     pub(crate) async fn respond_friend(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::RespondFriendRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let me = session.user_id;
         let from = request.from_user_id;
         let result = async {
@@ -175,15 +173,14 @@ impl Connection {
             Ok(())
         }
         .await;
-        self.answer_done(req_id, result);
+        result.map(|()| done())
     }
 
     pub(crate) async fn delete_friend(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::DeleteFriendRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let (me, other) = (session.user_id, request.user_id);
         let result = async {
             if self
@@ -204,10 +201,14 @@ impl Connection {
             Ok(())
         }
         .await;
-        self.answer_done(req_id, result);
+        result.map(|()| done())
     }
 
-    pub(crate) async fn block(&self, req_id: u32, session: &Session, request: pb::BlockRequest) {
+    pub(crate) async fn block(
+        &self,
+        session: &Session,
+        request: pb::BlockRequest,
+    ) -> Result<Body, pb::Error> {
         let (me, other) = (session.user_id, request.user_id);
         let result = async {
             self.other_user(me, other).await?;
@@ -244,10 +245,10 @@ impl Connection {
             Ok(())
         }
         .await;
-        self.answer_done(req_id, result);
+        result.map(|()| done())
     }
 
-    pub(crate) async fn friends(&self, req_id: u32, session: &Session) {
+    pub(crate) async fn friends(&self, session: &Session) -> Result<Body, pb::Error> {
         let me = session.user_id;
         let listed = self
             .core
@@ -287,21 +288,20 @@ impl Connection {
                 for friend in &mut response.friends {
                     friend.online = !self.core.online_devices(friend.user_id).await.is_empty();
                 }
-                self.reply(req_id, Body::FriendsResp(response));
+                Ok(Body::FriendsResp(response))
             }
-            Err(error) => self.reply_error(req_id, error),
+            Err(error) => Err(error),
         }
     }
 
     pub(crate) async fn search_users(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::SearchUsersRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let query = request.query.trim().to_string();
         if !SEARCH_PREFIX_CHARS.contains(&query.chars().count()) {
-            return self.reply_error(req_id, bad("query must be 1-64 characters"));
+            return Err(bad("query must be 1-64 characters"));
         }
         let limit = (request.limit as usize).clamp(1, MAX_SEARCH_PAGE);
         let after = request.after_user_id;
@@ -315,19 +315,17 @@ impl Connection {
                 let has_more = accounts.len() > limit;
                 accounts.truncate(limit);
                 let users = accounts.into_iter().map(|a| profile_of(a, me)).collect();
-                self.reply(
-                    req_id,
-                    Body::SearchUsersResp(pb::SearchUsersResponse { users, has_more }),
-                );
+                Ok(Body::SearchUsersResp(pb::SearchUsersResponse {
+                    users,
+                    has_more,
+                }))
             }
-            Err(error) => self.reply_error(req_id, error),
+            Err(error) => Err(error),
         }
     }
+}
 
-    fn answer_done(&self, req_id: u32, result: Result<(), pb::Error>) {
-        match result {
-            Ok(()) => self.reply(req_id, Body::Done(pb::Done {})),
-            Err(error) => self.reply_error(req_id, error),
-        }
-    }
+/// The reply to a request that only says it was done.
+fn done() -> Body {
+    Body::Done(pb::Done {})
 }

@@ -11,35 +11,27 @@ use ourchat_protocol::pb::{self, ChatMessage, MessageType};
 use ourchat_protocol::{Body, ConversationId, ErrorCode};
 use ourchat_storage::{GroupRow, NewGroup};
 
-use crate::connection::{bad, page_size, Connection, Session};
 use crate::core::{pool_error, CoreMsg, SendJob};
 use crate::group_state::GroupCommand;
+use crate::handlers::{bad, page_size, Caller, Session};
 
 const MAX_NAME_CHARS: usize = 64;
 const MAX_DESCRIPTION_CHARS: usize = 512;
 const MAX_AVATAR_URL_CHARS: usize = 2048;
 
-impl Connection {
+impl Caller {
     pub(crate) async fn create_group(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::CreateGroupRequest,
-    ) {
-        let response = match self.create_group_inner(session, request).await {
-            Ok(group_id) => pb::CreateGroupResponse {
-                success: true,
-                error: None,
-                group_id,
-                conversation_id: ConversationId::Group(group_id).to_string(),
-            },
-            Err(error) => pb::CreateGroupResponse {
-                success: false,
-                error: Some(error),
-                ..Default::default()
-            },
-        };
-        self.reply(req_id, Body::CreateGroupResp(response));
+    ) -> Result<Body, pb::Error> {
+        let group_id = self.create_group_inner(session, request).await?;
+        Ok(Body::CreateGroupResp(pb::CreateGroupResponse {
+            success: true,
+            error: None,
+            group_id,
+            conversation_id: ConversationId::Group(group_id).to_string(),
+        }))
     }
 
     async fn create_group_inner(
@@ -121,30 +113,22 @@ impl Connection {
     /// Replies to a change with its event's seq, or the refusal.
     async fn reply_change(
         &self,
-        req_id: u32,
         session: &Session,
         group_id: i64,
         command: Result<GroupCommand, pb::Error>,
-    ) {
-        let result = match command {
-            Ok(command) => self.change(session, group_id, command).await,
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok(seq) => self.reply(
-                req_id,
-                Body::GroupChangeResp(pb::GroupChangeResponse { group_id, seq }),
-            ),
-            Err(error) => self.reply_error(req_id, error),
-        }
+    ) -> Result<Body, pb::Error> {
+        let seq = self.change(session, group_id, command?).await?;
+        Ok(Body::GroupChangeResp(pb::GroupChangeResponse {
+            group_id,
+            seq,
+        }))
     }
 
     pub(crate) async fn update_group(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::UpdateGroupRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let command = (|| {
             if request.name.is_none()
                 && request.description.is_none()
@@ -170,105 +154,87 @@ impl Connection {
                 avatar_url: request.avatar_url.clone(),
             })
         })();
-        self.reply_change(req_id, session, request.group_id, command)
-            .await;
+        self.reply_change(session, request.group_id, command).await
     }
 
     pub(crate) async fn add_members(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::AddMembersRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let mut users = request.user_ids;
         let command = match self.check_users_exist(&mut users).await {
             Ok(()) if users.is_empty() => Err(bad("name whom to add")),
             Ok(()) => Ok(GroupCommand::Add(users)),
             Err(error) => Err(error),
         };
-        self.reply_change(req_id, session, request.group_id, command)
-            .await;
+        self.reply_change(session, request.group_id, command).await
     }
 
     pub(crate) async fn remove_members(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::RemoveMembersRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let command = self.bounded(request.user_ids).map(GroupCommand::Remove);
-        self.reply_change(req_id, session, request.group_id, command)
-            .await;
+        self.reply_change(session, request.group_id, command).await
     }
 
     pub(crate) async fn leave_group(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::LeaveGroupRequest,
-    ) {
-        self.reply_change(req_id, session, request.group_id, Ok(GroupCommand::Leave))
-            .await;
+    ) -> Result<Body, pb::Error> {
+        self.reply_change(session, request.group_id, Ok(GroupCommand::Leave))
+            .await
     }
 
     pub(crate) async fn transfer_owner(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::TransferOwnerRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let command = Ok(GroupCommand::TransferOwner(request.new_owner_id));
-        self.reply_change(req_id, session, request.group_id, command)
-            .await;
+        self.reply_change(session, request.group_id, command).await
     }
 
     pub(crate) async fn set_admin(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::SetAdminRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let command = Ok(GroupCommand::SetAdmin {
             user_id: request.user_id,
             admin: request.admin,
         });
-        self.reply_change(req_id, session, request.group_id, command)
-            .await;
+        self.reply_change(session, request.group_id, command).await
     }
 
     pub(crate) async fn dissolve_group(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::DissolveGroupRequest,
-    ) {
-        self.reply_change(
-            req_id,
-            session,
-            request.group_id,
-            Ok(GroupCommand::Dissolve),
-        )
-        .await;
+    ) -> Result<Body, pb::Error> {
+        self.reply_change(session, request.group_id, Ok(GroupCommand::Dissolve))
+            .await
     }
 
     pub(crate) async fn get_group(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::GetGroupRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         match self.member_view(session.user_id, request.group_id).await {
-            Ok(group) => self.reply(req_id, Body::GroupInfo(group_info(group))),
-            Err(error) => self.reply_error(req_id, error),
+            Ok(group) => Ok(Body::GroupInfo(group_info(group))),
+            Err(error) => Err(error),
         }
     }
 
     pub(crate) async fn group_members(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::GroupMembersRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let result = async {
             self.member_view(session.user_id, request.group_id).await?;
             let limit = page_size(request.limit);
@@ -296,17 +262,16 @@ impl Connection {
         }
         .await;
         match result {
-            Ok(response) => self.reply(req_id, Body::GroupMembersResp(response)),
-            Err(error) => self.reply_error(req_id, error),
+            Ok(response) => Ok(Body::GroupMembersResp(response)),
+            Err(error) => Err(error),
         }
     }
 
     pub(crate) async fn my_groups(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::MyGroupsRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let limit = page_size(request.limit);
         let (me, after) = (session.user_id, request.after_group_id);
         let result = self
@@ -318,12 +283,12 @@ impl Connection {
                 let has_more = rows.len() > limit;
                 rows.truncate(limit);
                 let groups = rows.into_iter().map(group_info).collect();
-                self.reply(
-                    req_id,
-                    Body::MyGroupsResp(pb::MyGroupsResponse { groups, has_more }),
-                );
+                Ok(Body::MyGroupsResp(pb::MyGroupsResponse {
+                    groups,
+                    has_more,
+                }))
             }
-            Err(error) => self.reply_error(req_id, error),
+            Err(error) => Err(error),
         }
     }
 

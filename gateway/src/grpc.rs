@@ -1,9 +1,8 @@
 //! The seed's six gRPC services (tonic) on one port, on a small tokio
 //! runtime of its own thread. Nothing is implemented twice: each call is
 //! carried over a [`Bridge`] to a reactor core, which runs it through the
-//! same handler as a client frame on a socketless connection (see
-//! `Connection::handle_detached`: its answer comes back as the handler
-//! gave it, never framed and decoded again), so validation, authorization and
+//! same handler as a client frame (`handlers::call`: the handler's result
+//! comes back as it is, never framed and decoded), so validation, authorization and
 //! delivery are the client protocol's own, and a message sent here is
 //! pushed to connected clients like any other. The bearer token is checked
 //! there too, revocation included. GatewayService is for operators: it
@@ -24,7 +23,6 @@ use ourchat_protocol::pb::{self, *};
 use ourchat_protocol::{Body, Envelope, ErrorCode};
 use tonic::{Request, Response, Status};
 
-use crate::connection::Connection;
 use crate::core::{encode_frame, Core, CoreMsg, Shared};
 
 /// Calls waiting for one core before callers wait for room.
@@ -131,7 +129,7 @@ pub async fn serve_bridge(core: Rc<Core>, mut calls: mpsc::Receiver<BridgeCall>)
 async fn run(core: Rc<Core>, request: BridgeRequest) -> BridgeReply {
     match request {
         BridgeRequest::Client { token, peer, body } => {
-            Connection::handle_detached(core, token, peer, *body)
+            crate::handlers::call(core, token, peer, *body)
                 .await
                 .map(|reply| Answer::Reply(Box::new(reply)))
         }

@@ -6,27 +6,25 @@
 use ourchat_protocol::pb;
 use ourchat_protocol::Body;
 
-use crate::connection::{bad, Connection, Session};
 use crate::core::CoreMsg;
+use crate::handlers::{bad, Caller, Session};
 
 /// Most users one presence query may name.
 const MAX_PRESENCE_QUERY: usize = 200;
 
-impl Connection {
+impl Caller {
     pub(crate) async fn set_presence(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::SetPresenceRequest,
-    ) {
+    ) -> Result<Body, pb::Error> {
         let away = match pb::PresenceState::try_from(request.state) {
             Ok(pb::PresenceState::Online) => false,
             Ok(pb::PresenceState::Away) => true,
             _ => {
-                return self.reply_error(
-                    req_id,
-                    bad("state must be ONLINE or AWAY (disconnect to go offline)"),
-                )
+                return Err(bad(
+                    "state must be ONLINE or AWAY (disconnect to go offline)",
+                ))
             }
         };
         let owner = self.core.owner_of_user(session.user_id);
@@ -39,22 +37,21 @@ impl Connection {
         };
         self.core.route(owner, set).await;
         let _ = applied.await;
-        self.reply(req_id, Body::Done(pb::Done {}));
+        Ok(Body::Done(pb::Done {}))
     }
 
     pub(crate) async fn presence_query(
         &self,
-        req_id: u32,
         session: &Session,
         request: pb::PresenceQuery,
-    ) {
+    ) -> Result<Body, pb::Error> {
         if request.user_ids.len() > MAX_PRESENCE_QUERY {
-            return self.reply_error(req_id, bad("at most 200 user_ids per query"));
+            return Err(bad("at most 200 user_ids per query"));
         }
         let me = session.user_id;
         let friends = match self.core.read(move |store| store.friends(me)).await {
             Ok(friends) => friends,
-            Err(error) => return self.reply_error(req_id, error),
+            Err(error) => return Err(error),
         };
         // Presence is for friends (and yourself); others are left out.
         let mut users = Vec::new();
@@ -63,6 +60,6 @@ impl Connection {
                 users.push(self.core.presence(user_id).await);
             }
         }
-        self.reply(req_id, Body::PresenceList(pb::PresenceList { users }));
+        Ok(Body::PresenceList(pb::PresenceList { users }))
     }
 }

@@ -53,12 +53,12 @@ pub(super) fn serve_plain(
             let fd = stream.borrow().as_raw_fd();
             let ended = conn.run(&stream, fd).await;
             let Some(lot) = lot.as_ref().filter(|_| ended == Ended::Parked) else {
-                conn.core.remove_connection(conn.conn_id);
+                conn.caller.core.remove_connection(conn.caller.conn_id);
                 return;
             };
             let socket = OwnedFd::from(stream.into_inner());
             let outbox = conn.outbox();
-            outbox.parked(lot.unparks().clone(), conn.conn_id);
+            outbox.parked(lot.unparks().clone(), conn.caller.conn_id);
             match park(lot, socket, Parked { conn, slot }) {
                 Ok(()) => return,
                 // Not watched: it goes on as a task.
@@ -78,7 +78,7 @@ pub(super) fn serve_plain(
     reason = "the error hands back what was passed in, on a path taken only when epoll refuses"
 )]
 fn park(lot: &Lot, socket: OwnedFd, parked: Parked) -> Result<(), (OwnedFd, Parked)> {
-    let (conn_id, core) = (parked.conn.conn_id, parked.conn.core.clone());
+    let (conn_id, core) = (parked.conn.caller.conn_id, parked.conn.caller.core.clone());
     lot.park(conn_id, socket, parked)?;
     CoreMetrics::inc(&core.metrics().parked);
     Ok(())
@@ -92,7 +92,7 @@ pub async fn resume_parked(lot: Rc<Lot>) {
     loop {
         lot.woken(&mut woken).await;
         for (_, socket, mut parked, why) in woken.drain(..) {
-            let core = parked.conn.core.clone();
+            let core = parked.conn.caller.core.clone();
             core.metrics().parked.fetch_sub(1, Ordering::Relaxed);
             let parked_again =
                 if why == Woken::Readable && answered_while_parked(&mut parked.conn, &socket) {
@@ -136,7 +136,7 @@ fn answered_while_parked(conn: &mut Connection, socket: &OwnedFd) -> bool {
     };
     let mut header = [0u8; HEADER_LEN];
     header.copy_from_slice(&frame[..HEADER_LEN]);
-    let max_frame = conn.core.shared.config.server.max_frame_bytes;
+    let max_frame = conn.caller.core.shared.config.server.max_frame_bytes;
     let Ok(body_len) = codec::body_len(header, max_frame) else {
         return false;
     };
@@ -162,9 +162,9 @@ fn answered_while_parked(conn: &mut Connection, socket: &OwnedFd) -> bool {
     }
     let outbox = conn.outbox();
     outbox.touch();
-    let metrics = conn.core.metrics();
+    let metrics = conn.caller.core.metrics();
     CoreMetrics::inc(&metrics.frames_in);
-    conn.core.touch_directory(user_id);
+    conn.caller.core.touch_directory(user_id);
     let ack = encode_frame(&Envelope::new(
         envelope.req_id,
         Body::HeartbeatAck(pb::HeartbeatAck {
