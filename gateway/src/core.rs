@@ -244,6 +244,21 @@ pub fn core_of_conn(conn_id: u64) -> usize {
     (conn_id >> CONN_CORE_SHIFT) as usize
 }
 
+/// The `n`th connection id of `core`.
+pub(crate) fn conn_id_on(core: usize, n: u64) -> u64 {
+    ((core as u64) << CONN_CORE_SHIFT) | n
+}
+
+/// The core (of `cores`) that owns a user's directory entry.
+pub(crate) fn user_owner(user_id: i64, cores: usize) -> usize {
+    (mix(user_id as u64) % cores as u64) as usize
+}
+
+/// The core (of `cores`) that sequences a conversation.
+pub(crate) fn conversation_owner(conv: &ConversationId, cores: usize) -> usize {
+    (mix(conv.shard_hash()) % cores as u64) as usize
+}
+
 /// Spreads ids over cores; snowflake low bits alone are too regular.
 pub(crate) fn mix(value: u64) -> u64 {
     let mut z = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -328,12 +343,12 @@ impl Core {
 
     /// The core owning `user_id`'s online devices.
     pub fn owner_of_user(&self, user_id: i64) -> usize {
-        (mix(user_id as u64) % self.shared.cores as u64) as usize
+        user_owner(user_id, self.shared.cores)
     }
 
     /// The core owning a conversation's sequence.
     pub fn owner_of_conversation(&self, conv: &ConversationId) -> usize {
-        (mix(conv.shard_hash()) % self.shared.cores as u64) as usize
+        conversation_owner(conv, self.shared.cores)
     }
 
     /// This core's counters.
@@ -355,7 +370,7 @@ impl Core {
     pub fn new_conn_id(&self) -> u64 {
         let n = self.next_conn.get();
         self.next_conn.set(n + 1);
-        ((self.id as u64) << CONN_CORE_SHIFT) | n
+        conn_id_on(self.id, n)
     }
 
     /// Forgets a closed connection.
@@ -981,14 +996,9 @@ impl Core {
         // A group change the store did not take was applied in memory.
         let unstored_change = sent_before && message.group_event.is_some();
         let mut reactor = Reactor::new(self);
-        self.sequencer.borrow_mut().committed(
-            ticket,
-            conv,
-            &message,
-            &result,
-            unstored_change,
-            &mut reactor,
-        );
+        self.sequencer
+            .borrow_mut()
+            .committed(ticket, conv, &result, unstored_change, &mut reactor);
         reactor.spawn_deferred();
         if result.is_err() || sent_before {
             return;
@@ -996,34 +1006,26 @@ impl Core {
         CoreMetrics::inc(&self.metrics().messages_accepted);
         let committed_at = Some(Instant::now());
         let frame = encode_frame(&Envelope::new(0, Body::PushMessage(message)));
-        let (receiver, sender) = match recipients {
-            Recipients::Direct { receiver, sender } => (receiver, sender),
-            Recipients::Group(members) => {
-                return self
-                    .deliver_to_users(&members, frame, origin_conn, committed_at)
-                    .await;
-            }
-        };
-        self.route(
-            self.owner_of_user(receiver),
-            CoreMsg::Deliver {
-                user_id: receiver,
-                frame: frame.clone(),
-                skip_conn: 0,
-                committed_at,
-            },
-        )
-        .await;
-        self.route(
-            self.owner_of_user(sender),
-            CoreMsg::Deliver {
-                user_id: sender,
-                frame,
-                skip_conn: origin_conn,
-                committed_at,
-            },
-        )
-        .await;
+        let plan = fanout::deliveries(&recipients, origin_conn, self.shared.cores, |user| {
+            self.owner_of_user(user)
+        });
+        for leg in plan {
+            let deliver = match leg.user_ids[..] {
+                [user_id] => CoreMsg::Deliver {
+                    user_id,
+                    frame: frame.clone(),
+                    skip_conn: leg.skip_conn,
+                    committed_at,
+                },
+                _ => CoreMsg::DeliverMany {
+                    user_ids: leg.user_ids,
+                    frame: frame.clone(),
+                    skip_conn: leg.skip_conn,
+                    committed_at,
+                },
+            };
+            self.route(leg.core, deliver).await;
+        }
     }
 
     /// Pushes `frame` to every online device of `user_ids` except the

@@ -3,8 +3,53 @@
 //! message per owner core, however many of its users), then from each
 //! owner to the cores holding those users' connections (one per core:
 //! `Push` for a single connection, `PushMany` for more). The core only
-//! sends what these plans say (`Core::deliver_to_users`,
-//! `Core::deliver_local`).
+//! sends what these plans say (`Core::finish_commit`,
+//! `Core::deliver_to_users`, `Core::deliver_local`); `crate::simulation`
+//! runs them with the sequencer and the directory over simulated cores.
+
+use crate::sequencer::Recipients;
+
+/// One leg of a committed message's delivery: users one core owns, and
+/// the connection (the sender's) they are not pushed on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Deliver {
+    pub core: usize,
+    pub user_ids: Vec<i64>,
+    pub skip_conn: u64,
+}
+
+/// Where a message committed from `origin_conn` goes first: in a 1:1, to
+/// the receiver's owner (every device) and the sender's (their other
+/// devices); in a group, to each core owning members, once.
+pub fn deliveries(
+    recipients: &Recipients,
+    origin_conn: u64,
+    cores: usize,
+    owner_of: impl Fn(i64) -> usize,
+) -> Vec<Deliver> {
+    match recipients {
+        Recipients::Direct { receiver, sender } => vec![
+            Deliver {
+                core: owner_of(*receiver),
+                user_ids: vec![*receiver],
+                skip_conn: 0,
+            },
+            Deliver {
+                core: owner_of(*sender),
+                user_ids: vec![*sender],
+                skip_conn: origin_conn,
+            },
+        ],
+        Recipients::Group(members) => users_by_owner(members, cores, owner_of)
+            .into_iter()
+            .map(|(core, user_ids)| Deliver {
+                core,
+                user_ids,
+                skip_conn: origin_conn,
+            })
+            .collect(),
+    }
+}
 
 /// The users of a delivery, grouped by the core that owns each; cores
 /// owning none are left out, and each user appears once per time listed.
@@ -90,6 +135,36 @@ mod tests {
         );
         // A core number out of range (a stale id) goes nowhere.
         assert!(pushes_by_core([0x301], 2, core_of).is_empty());
+    }
+
+    #[test]
+    fn a_committed_message_goes_to_both_sides_or_to_each_members_owner() {
+        let owner = |user: i64| (user % 2) as usize;
+        let direct = Recipients::Direct {
+            receiver: 3,
+            sender: 4,
+        };
+        assert_eq!(
+            deliveries(&direct, 77, 2, owner),
+            vec![
+                Deliver {
+                    core: 1,
+                    user_ids: vec![3],
+                    skip_conn: 0,
+                },
+                Deliver {
+                    core: 0,
+                    user_ids: vec![4],
+                    skip_conn: 77,
+                },
+            ]
+        );
+        let group = Recipients::Group(vec![1, 2, 3, 4].into());
+        let legs = deliveries(&group, 77, 2, owner);
+        assert_eq!(legs.len(), 2, "one leg per owner core");
+        assert!(legs.iter().all(|leg| leg.skip_conn == 77));
+        assert_eq!(legs[0].user_ids, vec![2, 4]);
+        assert_eq!(legs[1].user_ids, vec![1, 3]);
     }
 
     /// Random deliveries, many seeds: every user reaches its owner and

@@ -35,6 +35,8 @@ mod presence;
 mod remembered;
 pub mod sequencer;
 pub mod server;
+#[cfg(test)]
+mod simulation;
 pub mod tls;
 pub mod websocket;
 

@@ -288,7 +288,6 @@ impl<R> Sequencer<R> {
         &mut self,
         ticket: Ticket,
         conv: Option<ConversationId>,
-        message: &ChatMessage,
         result: &SendResult,
         unstored_change: bool,
         out: &mut impl Effects<R>,
@@ -297,7 +296,7 @@ impl<R> Sequencer<R> {
         if let Some(conv) = conv {
             match (result, self.convs.get_mut(&conv)) {
                 (Ok(accepted), Some(Slot::Ready(state))) if !unstored_change => {
-                    state.mark_committed(message, *accepted);
+                    state.mark_committed(ticket, *accepted);
                     self.reload_if_stale(conv, out);
                 }
                 // The seq may be half-known to the store: start over from
@@ -724,12 +723,13 @@ impl<R> ConvState<R> {
 
     /// Records the stored seq (or the first send's, for a resend) of an
     /// in-flight send, so later resends are answered from the window.
-    fn mark_committed(&mut self, message: &ChatMessage, accepted: Accepted) {
+    /// Write `ticket` is stored. Found by its ticket, not by its sender and
+    /// client id: after a failure dropped the state, a send reusing the id
+    /// may be staged again (from a head read before this write landed),
+    /// and must keep its own answer to come.
+    fn mark_committed(&mut self, ticket: Ticket, accepted: Accepted) {
         self.last_seq = self.last_seq.max(accepted.seq);
-        let entry = self.recent.iter_mut().rev().find(|r| {
-            r.sender_id == message.sender_id && r.client_message_id == message.client_message_id
-        });
-        if let Some(entry) = entry {
+        if let Some(entry) = self.recent.iter_mut().find(|r| r.ticket == Some(ticket)) {
             entry.accepted = accepted;
             entry.ticket = None;
         }

@@ -282,7 +282,7 @@ fn commit_next(world: &mut World, sequencer: &mut Sequencer<ReplyId>, rng: &mut 
     };
     let result = world.store_write(&write, rng.gen_range(0..25) == 0);
     let conv = write.message.conversation_id.parse().ok();
-    sequencer.committed(write.ticket, conv, &write.message, &result, false, world);
+    sequencer.committed(write.ticket, conv, &result, false, world);
 }
 
 fn check(seed: u64, world: &World, sent: &[Sent], sequencer: &Sequencer<ReplyId>) {
@@ -398,14 +398,7 @@ fn a_resend_in_flight_waits_for_the_first_sends_answer() {
     assert!(world.answers.is_empty());
     let write = world.writes.pop_front().expect("queued");
     let result = world.store_write(&write, false);
-    sequencer.committed(
-        write.ticket,
-        Some(conv),
-        &write.message,
-        &result,
-        false,
-        &mut world,
-    );
+    sequencer.committed(write.ticket, Some(conv), &result, false, &mut world);
     assert_eq!(world.answers[&0], vec![result.clone()]);
     assert_eq!(world.answers[&1], vec![result]);
     let resend = Job {
@@ -417,4 +410,60 @@ fn a_resend_in_flight_waits_for_the_first_sends_answer() {
     sequencer.send(resend, &mut world);
     let refused = world.answers[&2][0].as_ref().expect_err("another payload");
     assert_eq!(refused.code, ErrorCode::Conflict as i32);
+}
+
+/// Found by the node's simulation (`crate::simulation`, seed 1027): a
+/// failed write drops the conversation's state while a later write is
+/// still queued; a send reusing that write's id with other content is
+/// then staged again from a head read before the queued write landed.
+/// When the queued write commits, it must mark its own entry, not the
+/// newer one with the same id: else a resend of the other content was
+/// acknowledged at once with the first message's seq, and then the store
+/// refused its write.
+#[test]
+fn a_commit_marks_its_own_write_not_a_newer_one_with_its_id() {
+    let mut world = World::default();
+    let mut sequencer: Sequencer<ReplyId> = Sequencer::new(LIMITS);
+    let conv = ConversationId::direct(1, 2).expect("a 1:1 id");
+    let send = |sequencer: &mut Sequencer<ReplyId>, world: &mut World, id, text, reply| {
+        let job = Job {
+            message: chat(conv, 1, id, text),
+            origin_conn: 7,
+            command: None,
+            reply,
+        };
+        sequencer.send(job, world);
+    };
+    let commit = |sequencer: &mut Sequencer<ReplyId>, world: &mut World, fails| {
+        let write = world.writes.pop_front().expect("a write queued");
+        let result = world.store_write(&write, fails);
+        sequencer.committed(write.ticket, Some(conv), &result, false, world);
+    };
+    send(&mut sequencer, &mut world, 10, "x", 0);
+    send(&mut sequencer, &mut world, 11, "y", 1);
+    let head = world.head(conv, LIMITS.window);
+    sequencer.loaded(conv, Ok(head), &mut world);
+    assert_eq!(world.writes.len(), 2);
+    // The first write fails: the state goes, the second is still queued.
+    commit(&mut sequencer, &mut world, true);
+    send(&mut sequencer, &mut world, 11, "y!", 2);
+    let head = world.head(conv, LIMITS.window);
+    sequencer.loaded(conv, Ok(head), &mut world);
+    assert_eq!(
+        world.writes.len(),
+        2,
+        "id 11 staged again from the old head"
+    );
+    commit(&mut sequencer, &mut world, false);
+    assert!(world.answers[&1][0].is_ok(), "the queued write landed");
+    send(&mut sequencer, &mut world, 11, "y!", 3);
+    assert!(
+        !world.answers.contains_key(&3),
+        "a resend of the other content waits for its own write"
+    );
+    commit(&mut sequencer, &mut world, false);
+    for reply in [2, 3] {
+        let refused = world.answers[&reply][0].as_ref().expect_err("id reused");
+        assert_eq!(refused.code, ErrorCode::Conflict as i32);
+    }
 }
