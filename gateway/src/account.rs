@@ -292,7 +292,15 @@ impl Caller {
         &self,
         request: pb::LoginRequest,
     ) -> Result<Body, pb::Error> {
-        let grant = self.authenticate(&request).await?;
+        let metrics = self.core.metrics();
+        let grant = match self.authenticate(&request).await {
+            Ok(grant) => grant,
+            Err(error) => {
+                CoreMetrics::inc(&metrics.logins_failed);
+                return Err(error);
+            }
+        };
+        CoreMetrics::inc(&metrics.logins_ok);
         self.touch_device(&grant, &request.device_type).await;
         Ok(grant.response(&self.core))
     }

@@ -139,36 +139,41 @@ pub(crate) async fn call(
         core,
         peer,
     };
-    let session = match (token, body) {
-        (None, Body::Register(request)) => return caller.register(request).await,
-        (None, Body::Login(request)) => return caller.login_without_connection(request).await,
-        (None, _) => {
-            return Err(pb::Error::new(
-                ErrorCode::Unauthenticated,
-                "a bearer token is required",
-            ))
-        }
-        (Some(token), body) => {
-            let grant = caller
-                .authenticate(&pb::LoginRequest {
-                    token,
-                    ..Default::default()
-                })
+    let result = caller.call(token, body).await;
+    if let Err(error) = &result {
+        caller.core.metrics().error(error.code);
+    }
+    result
+}
+
+impl Caller {
+    async fn call(&self, token: Option<String>, body: Body) -> Result<Body, pb::Error> {
+        let (session, body) = match (token, body) {
+            (None, Body::Register(request)) => return self.register(request).await,
+            (None, Body::Login(request)) => return self.login_without_connection(request).await,
+            (None, _) => {
+                return Err(pb::Error::new(
+                    ErrorCode::Unauthenticated,
+                    "a bearer token is required",
+                ))
+            }
+            (Some(token), body) => {
+                let grant = self
+                    .authenticate(&pb::LoginRequest {
+                        token,
+                        ..Default::default()
+                    })
+                    .await?;
+                (grant.session(), body)
+            }
+        };
+        if let Body::Logout(_) = body {
+            self.sign_out_device(session.user_id, &session.device_id, "logged out")
                 .await?;
-            (grant.session(), body)
+            return Ok(Body::Done(pb::Done {}));
         }
-    };
-    match session {
-        (session, Body::Logout(_)) => {
-            caller
-                .sign_out_device(session.user_id, &session.device_id, "logged out")
-                .await?;
-            Ok(Body::Done(pb::Done {}))
-        }
-        (session, body) => Ok(caller
-            .handle(&session, body)
-            .await?
-            .unwrap_or(Body::Done(pb::Done {}))),
+        let reply = self.handle(&session, body).await?;
+        Ok(reply.unwrap_or(Body::Done(pb::Done {})))
     }
 }
 
