@@ -10,6 +10,7 @@
 #   scripts/bench-peers.sh full     # the BENCHMARKS.md figures (~15 min)
 #   ONLY="idle storm" scripts/bench-peers.sh full   # some rows: idle p2p fanout storm
 #   BIN=/tmp/build-a ...            # run those binaries instead of building
+#   CORES=1 ...                     # the node on one reactor core (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-short}
@@ -84,7 +85,7 @@ mq() {
 # oc NAME SCENARIO USERS [loadgen flags...]: the same against a fresh node.
 oc() {
   local name=$1 scenario=$2 users=$3; shift 3
-  start_node "$users" --cores 2
+  start_node "$users" --cores "${CORES:-2}"
   echo "   (load $(cut -d' ' -f1 /proc/loadavg))" >&2
   run "$name" "$scenario" --users "$users" "$@"
   stop_node

@@ -6,9 +6,10 @@
 # per message. BIN: the binaries' folder.
 #   BIN=target/release RATE=5000 scripts/threads.sh        # 1:1, 10,000 users, RATE msg/s
 #   SCENARIO=group RATE=40 scripts/threads.sh              # one 5,000-member group, RATE sends/s
+#   CORES=1 scripts/threads.sh                             # the node on one reactor core (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-target/release}; RATE=${RATE:-5000}; SCENARIO=${SCENARIO:-p2p}
+BIN=${BIN:-target/release}; RATE=${RATE:-5000}; SCENARIO=${SCENARIO:-p2p}; CORES=${CORES:-2}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-threads.XXXXXX")
 . scripts/bench-lib.sh
 trap stop_node EXIT
@@ -17,7 +18,7 @@ case $SCENARIO in
   group) users=5000; fanout=$((users - 1)); shape=(--group-size "$users" --drain 15) ;;
   *) echo "SCENARIO is p2p or group" >&2; exit 2 ;;
 esac
-start_node "$users" --cores 2
+start_node "$users" --cores "$CORES"
 echo "load $(cut -d' ' -f1-3 /proc/loadavg), $BIN, $SCENARIO at $RATE sends/s"
 "$BIN/ourchat-loadgen" "$SCENARIO" --users "$users" --procs 2 --rate "$RATE" --duration 15 \
   --ramp 20000 "${shape[@]}" --targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
