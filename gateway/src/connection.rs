@@ -1,5 +1,7 @@
 //! One client connection, from accept to close: read a frame, check the
-//! session state allows it, handle it, reply. The first frame must be
+//! session state allows it, have it carried out (`handlers.rs`: the
+//! handlers return their result and know nothing of sockets), frame the
+//! reply. The first frame must be
 //! Register or Login within the login deadline; after login the connection
 //! must stay chatty (any frame, usually Heartbeat) within the idle timeout.
 //! Both deadlines are enforced by the core's sweeper, not by a timer per

@@ -760,4 +760,6 @@ impl<R> ConvState<R> {
 }
 
 #[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
 mod simulation;

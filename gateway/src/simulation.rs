@@ -20,17 +20,15 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{ConversationId, ErrorCode};
-use ourchat_storage::{fingerprint_of, ConversationHead, RecentSend, WriteOp};
+use ourchat_storage::WriteOp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::core::{conn_id_on, conversation_owner, core_of_conn, user_owner};
 use crate::directory::Directory;
 use crate::fanout::{self, Push};
-use crate::sequencer::{Accepted, Effects, Job, Limits, SendResult, Sequencer, Ticket, Write};
-
-/// A send's answer slot: its number in the run.
-type ReplyId = usize;
+use crate::sequencer::fake::{FakeStore, Recorder, ReplyId};
+use crate::sequencer::{Job, Limits, SendResult, Sequencer, Ticket, Write};
 
 const LIMITS: Limits = Limits {
     window: 4,
@@ -82,14 +80,6 @@ struct Conn {
     inbox: Vec<Pushed>,
 }
 
-/// One stored message: who sent it, from where, and with what.
-struct Stored {
-    sender: i64,
-    client_id: i64,
-    fingerprint: u64,
-    accepted: Accepted,
-}
-
 /// A write's completion waiting on its core's commit pump.
 struct Completion {
     write: Write,
@@ -102,49 +92,8 @@ struct Completion {
 struct Core {
     sequencer: Sequencer<ReplyId>,
     directory: Directory,
-    effects: CoreEffects,
+    effects: Recorder,
     pump: VecDeque<Completion>,
-}
-
-/// The sequencer's effects on one core, carried out by the world later.
-#[derive(Default)]
-struct CoreEffects {
-    loads: Vec<ConversationId>,
-    writes: Vec<Write>,
-    answers: Vec<(ReplyId, SendResult)>,
-    next_id: i64,
-}
-
-impl Effects<ReplyId> for CoreEffects {
-    fn load(&mut self, conv: ConversationId) {
-        self.loads.push(conv);
-    }
-
-    fn answer(&mut self, reply: ReplyId, result: SendResult) {
-        self.answers.push((reply, result));
-    }
-
-    fn write(&mut self, write: Write) -> Result<(), pb::Error> {
-        self.writes.push(write);
-        Ok(())
-    }
-
-    fn allocate(&mut self, _: ConversationId) {
-        unreachable!("the simulation runs the embedded store's mode");
-    }
-
-    fn next_id(&mut self) -> i64 {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    fn now_ms(&mut self) -> i64 {
-        1_000_000 + self.next_id
-    }
-
-    fn over_budget(&mut self) -> pb::Error {
-        unreachable!("no budget in the embedded store's mode");
-    }
 }
 
 /// One send the simulation made.
@@ -167,7 +116,7 @@ struct World {
     mesh: BTreeMap<(usize, usize), VecDeque<Msg>>,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
-    store: HashMap<ConversationId, Vec<Stored>>,
+    store: FakeStore,
     /// (core, conversation) loads waiting for the store.
     loads: Vec<(usize, ConversationId)>,
     /// The writer's queue: one store, ops in queue order.
@@ -188,9 +137,9 @@ impl World {
                 .map(|core| Core {
                     sequencer: Sequencer::new(LIMITS),
                     directory: Directory::default(),
-                    effects: CoreEffects {
+                    effects: Recorder {
                         next_id: (core as i64) << 40,
-                        ..CoreEffects::default()
+                        ..Recorder::default()
                     },
                     pump: VecDeque::new(),
                 })
@@ -198,7 +147,7 @@ impl World {
             mesh: BTreeMap::new(),
             conns: BTreeMap::new(),
             next_conn: 1,
-            store: HashMap::new(),
+            store: FakeStore::default(),
             loads: Vec::new(),
             writer: VecDeque::new(),
             answers: HashMap::new(),
@@ -221,11 +170,11 @@ impl World {
             .drain(..)
             .map(|write| (core, write))
             .collect();
-        let answers: Vec<_> = effects.answers.drain(..).collect();
+        let answers: Vec<_> = effects.answers.drain().collect();
         self.loads.extend(loads);
         self.writer.extend(writes);
-        for (reply, result) in answers {
-            self.answers.entry(reply).or_default().push(result);
+        for (reply, results) in answers {
+            self.answers.entry(reply).or_default().extend(results);
         }
     }
 
@@ -249,17 +198,21 @@ impl World {
         self.route(core, owner, Msg::Online { user, device, conn });
     }
 
-    fn logout(&mut self, rng: &mut StdRng) {
+    /// A logged-in connection still open, if any.
+    fn pick_open(&self, rng: &mut StdRng) -> Option<u64> {
         let open: Vec<u64> = self
             .conns
             .iter()
             .filter(|(_, c)| c.registered && !c.closed)
             .map(|(id, _)| *id)
             .collect();
-        if open.is_empty() {
+        (!open.is_empty()).then(|| open[rng.gen_range(0..open.len())])
+    }
+
+    fn logout(&mut self, rng: &mut StdRng) {
+        let Some(conn_id) = self.pick_open(rng) else {
             return;
-        }
-        let conn_id = open[rng.gen_range(0..open.len())];
+        };
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
@@ -277,16 +230,9 @@ impl World {
     /// A new send from an open connection, or a resend of one of its
     /// user's earlier sends (now and then with another payload).
     fn send(&mut self, rng: &mut StdRng, users: i64) {
-        let open: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.registered && !c.closed)
-            .map(|(id, _)| *id)
-            .collect();
-        if open.is_empty() {
+        let Some(conn_id) = self.pick_open(rng) else {
             return;
-        }
-        let conn_id = open[rng.gen_range(0..open.len())];
+        };
         let sender = self.conns[&conn_id].user;
         let earlier: Vec<usize> = (0..self.sent.len())
             .filter(|&i| self.sent[i].sender == sender)
@@ -417,35 +363,11 @@ impl World {
         let (core, conv) = self.loads.swap_remove(rng.gen_range(0..self.loads.len()));
         let head = match rng.gen_range(0..15) {
             0 => Err(pb::Error::new(ErrorCode::StoreUnavailable, "store busy")),
-            _ => Ok(self.head(conv)),
+            _ => Ok(self.store.head(conv, LIMITS.window)),
         };
         let owner = &mut self.cores[core];
         owner.sequencer.loaded(conv, head, &mut owner.effects);
         self.collect_effects(core);
-    }
-
-    fn head(&self, conv: ConversationId) -> ConversationHead {
-        let messages = self.store.get(&conv).map_or(&[][..], |s| &s[..]);
-        let recent = messages
-            .iter()
-            .enumerate()
-            .rev()
-            .take(LIMITS.window)
-            .map(|(i, stored)| RecentSend {
-                sender_id: stored.sender,
-                client_message_id: stored.client_id,
-                seq: i as i64 + 1,
-                server_msg_id: stored.accepted.server_msg_id,
-                sent_at_ms: stored.accepted.sent_at_ms,
-                fingerprint: stored.fingerprint,
-            })
-            .collect();
-        ConversationHead {
-            last_seq: messages.len() as i64,
-            recent,
-            blocked: false,
-            group: None,
-        }
     }
 
     /// The writer commits its oldest op, as the embedded store does: a
@@ -471,45 +393,20 @@ impl World {
         });
     }
 
+    /// The store takes a message; one it did not hold yet remembers its
+    /// origin connection and when it was stored.
     fn store_append(&mut self, message: &ChatMessage, origin: u64) -> (SendResult, bool) {
-        let conv: ConversationId = match message.conversation_id.parse() {
-            Ok(conv) => conv,
-            Err(_) => unreachable!("the simulation's ids parse"),
-        };
-        let stored = self.store.entry(conv).or_default();
-        let fingerprint = fingerprint_of(message);
-        let key = (message.sender_id, message.client_message_id);
-        if let Some((i, first)) = stored
-            .iter()
-            .enumerate()
-            .find(|(_, s)| (s.sender, s.client_id) == key)
+        let (result, sent_before) = self.store.append(message);
+        if let (Ok(accepted), false, Ok(conv)) =
+            (&result, sent_before, message.conversation_id.parse())
         {
-            let result = match first.fingerprint == fingerprint {
-                true => Ok(Accepted {
-                    seq: i as i64 + 1,
-                    ..first.accepted
-                }),
-                false => Err(crate::sequencer::reused_id(message.client_message_id)),
+            let pushed = Pushed {
+                conv,
+                seq: accepted.seq,
             };
-            return (result, true);
+            self.origin.insert(pushed, (origin, self.clock));
         }
-        let accepted = Accepted {
-            seq: stored.len() as i64 + 1,
-            server_msg_id: message.server_msg_id,
-            sent_at_ms: message.sent_at_ms,
-        };
-        stored.push(Stored {
-            sender: key.0,
-            client_id: key.1,
-            fingerprint,
-            accepted,
-        });
-        let pushed = Pushed {
-            conv,
-            seq: accepted.seq,
-        };
-        self.origin.insert(pushed, (origin, self.clock));
-        (Ok(accepted), false)
+        (result, sent_before)
     }
 
     /// Core `core`'s commit pump takes its oldest completion: answers,
@@ -571,9 +468,9 @@ impl World {
             *core = Core {
                 sequencer: Sequencer::new(LIMITS),
                 directory: Directory::default(),
-                effects: CoreEffects {
+                effects: Recorder {
                     next_id: core.effects.next_id,
-                    ..CoreEffects::default()
+                    ..Recorder::default()
                 },
                 pump: VecDeque::new(),
             };
@@ -671,7 +568,7 @@ fn check(seed: u64, world: &World) {
                 seq_of.insert(key, (accepted.seq, &sent.content));
             }
         }
-        let stored = &world.store[&sent.conv][accepted.seq as usize - 1];
+        let stored = &world.store.messages(&sent.conv)[accepted.seq as usize - 1];
         assert_eq!(
             (stored.sender, stored.client_id),
             (sent.sender, sent.client_id),

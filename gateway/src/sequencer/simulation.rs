@@ -9,135 +9,33 @@
 //! id with another payload refused, and a conversation's new sends stored
 //! in the order they arrived.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::fake::{FakeStore, Recorder, ReplyId};
 use super::*;
 
-/// A send's answer slot: its number in the run.
-type ReplyId = usize;
-
-/// What the fake store holds of one conversation.
-#[derive(Default)]
-struct StoredConv {
-    /// Seq `i + 1`: (sender, client id, fingerprint, accepted).
-    messages: Vec<(i64, i64, u64, Accepted)>,
-}
-
-/// The sequencer's outside: a store, a load queue, a write queue, a clock.
+/// The sequencer's outside: a store, and the effects asked for (loads,
+/// writes, answers, ids).
 #[derive(Default)]
 struct World {
-    store: HashMap<ConversationId, StoredConv>,
-    loads: Vec<ConversationId>,
-    writes: VecDeque<Write>,
-    answers: HashMap<ReplyId, Vec<SendResult>>,
-    next_id: i64,
-    refuse_next_write: bool,
-}
-
-impl Effects<ReplyId> for World {
-    fn load(&mut self, conv: ConversationId) {
-        self.loads.push(conv);
-    }
-
-    fn answer(&mut self, reply: ReplyId, result: SendResult) {
-        self.answers.entry(reply).or_default().push(result);
-    }
-
-    fn write(&mut self, write: Write) -> Result<(), pb::Error> {
-        if std::mem::take(&mut self.refuse_next_write) {
-            return Err(pb::Error::new(ErrorCode::Busy, "writer queue full"));
-        }
-        self.writes.push_back(write);
-        Ok(())
-    }
-
-    fn allocate(&mut self, _: ConversationId) {
-        unreachable!("the simulation runs the embedded store's mode");
-    }
-
-    fn next_id(&mut self) -> i64 {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    fn now_ms(&mut self) -> i64 {
-        1_000_000 + self.next_id
-    }
-
-    fn over_budget(&mut self) -> pb::Error {
-        unreachable!("no budget in the embedded store's mode");
-    }
+    store: FakeStore,
+    out: Recorder,
 }
 
 impl World {
     fn head(&self, conv: ConversationId, window: usize) -> ConversationHead {
-        let stored = self.store.get(&conv);
-        let messages = stored.map_or(&[][..], |s| &s.messages[..]);
-        let recent = messages
-            .iter()
-            .enumerate()
-            .rev()
-            .take(window)
-            .map(
-                |(i, (sender_id, client_message_id, fingerprint, accepted))| StoredSend {
-                    sender_id: *sender_id,
-                    client_message_id: *client_message_id,
-                    seq: i as i64 + 1,
-                    server_msg_id: accepted.server_msg_id,
-                    sent_at_ms: accepted.sent_at_ms,
-                    fingerprint: *fingerprint,
-                },
-            )
-            .collect();
-        ConversationHead {
-            last_seq: messages.len() as i64,
-            recent,
-            blocked: false,
-            group: None,
-        }
+        self.store.head(conv, window)
     }
 
-    /// The store takes a write as the embedded store does: a (sender,
-    /// client id) already there is answered with its first send, else the
-    /// message gets the next seq. Returns the answer and whether the
-    /// write changed nothing (a resend).
+    /// The store takes a write (or fails it).
     fn store_write(&mut self, write: &Write, fails: bool) -> SendResult {
         if fails {
             return Err(pb::Error::new(ErrorCode::Internal, "disk failed"));
         }
-        let message = &write.message;
-        let conv = message.conversation_id.parse().expect("a valid id");
-        let stored = self.store.entry(conv).or_default();
-        let fingerprint = fingerprint_of(message);
-        let first = stored
-            .messages
-            .iter()
-            .enumerate()
-            .find(|(_, (s, c, _, _))| (*s, *c) == (message.sender_id, message.client_message_id));
-        if let Some((i, (_, _, first_fingerprint, accepted))) = first {
-            return match *first_fingerprint == fingerprint {
-                true => Ok(Accepted {
-                    seq: i as i64 + 1,
-                    ..*accepted
-                }),
-                false => Err(reused_id(message.client_message_id)),
-            };
-        }
-        let accepted = Accepted {
-            seq: stored.messages.len() as i64 + 1,
-            server_msg_id: message.server_msg_id,
-            sent_at_ms: message.sent_at_ms,
-        };
-        stored.messages.push((
-            message.sender_id,
-            message.client_message_id,
-            fingerprint,
-            accepted,
-        ));
-        Ok(accepted)
+        self.store.append(&write.message).0
     }
 }
 
@@ -213,7 +111,7 @@ fn run(seed: u64) {
                     content.push('!');
                 }
                 if rng.gen_range(0..20) == 0 {
-                    world.refuse_next_write = true;
+                    world.out.refuse_next_write = true;
                 }
                 let reply = sent.len();
                 sent.push(Sent {
@@ -229,16 +127,19 @@ fn run(seed: u64) {
                     command: None,
                     reply,
                 };
-                sequencer.send(job, &mut world);
+                sequencer.send(job, &mut world.out);
             }
             // A load lands (any of those pending, not in order).
-            45..=64 if !world.loads.is_empty() => {
-                let conv = world.loads.swap_remove(rng.gen_range(0..world.loads.len()));
+            45..=64 if !world.out.loads.is_empty() => {
+                let conv = world
+                    .out
+                    .loads
+                    .swap_remove(rng.gen_range(0..world.out.loads.len()));
                 let head = match rng.gen_range(0..15) {
                     0 => Err(pb::Error::new(ErrorCode::StoreUnavailable, "store busy")),
                     _ => Ok(world.head(conv, LIMITS.window)),
                 };
-                sequencer.loaded(conv, head, &mut world);
+                sequencer.loaded(conv, head, &mut world.out);
             }
             // The oldest write commits (the pump answers in order).
             65..=89 => commit_next(&mut world, &mut sequencer, &mut rng),
@@ -247,14 +148,14 @@ fn run(seed: u64) {
             // The core crashes: what was queued may or may not be written,
             // and nobody in flight hears back.
             _ => {
-                while let Some(write) = world.writes.pop_front() {
+                while let Some(write) = world.out.writes.pop_front() {
                     if rng.gen_bool(0.5) {
                         let _ = world.store_write(&write, false);
                     }
                 }
-                world.loads.clear();
+                world.out.loads.clear();
                 for (i, send) in sent.iter_mut().enumerate() {
-                    if !world.answers.contains_key(&i) {
+                    if !world.out.answers.contains_key(&i) {
                         send.cut_off = true;
                     }
                 }
@@ -264,10 +165,10 @@ fn run(seed: u64) {
     }
     // Drain: every load lands, every write commits.
     loop {
-        if let Some(conv) = world.loads.pop() {
+        if let Some(conv) = world.out.loads.pop() {
             let head = world.head(conv, LIMITS.window);
-            sequencer.loaded(conv, Ok(head), &mut world);
-        } else if !world.writes.is_empty() {
+            sequencer.loaded(conv, Ok(head), &mut world.out);
+        } else if !world.out.writes.is_empty() {
             commit_next(&mut world, &mut sequencer, &mut rng);
         } else {
             break;
@@ -277,30 +178,26 @@ fn run(seed: u64) {
 }
 
 fn commit_next(world: &mut World, sequencer: &mut Sequencer<ReplyId>, rng: &mut StdRng) {
-    let Some(write) = world.writes.pop_front() else {
+    let Some(write) = world.out.writes.pop_front() else {
         return;
     };
     let result = world.store_write(&write, rng.gen_range(0..25) == 0);
     let conv = write.message.conversation_id.parse().ok();
-    sequencer.committed(write.ticket, conv, &result, false, world);
+    sequencer.committed(write.ticket, conv, &result, false, &mut world.out);
 }
 
 fn check(seed: u64, world: &World, sent: &[Sent], sequencer: &Sequencer<ReplyId>) {
     assert_eq!(sequencer.writes_in_flight(), 0, "seed {seed}: writes left");
     // The store: gapless by construction; each (sender, client id) once.
-    for (conv, stored) in &world.store {
-        let mut keys: Vec<_> = stored.messages.iter().map(|m| (m.0, m.1)).collect();
+    for (conv, stored) in &world.store.convs {
+        let mut keys: Vec<_> = stored.iter().map(|m| (m.sender, m.client_id)).collect();
         keys.sort_unstable();
         keys.dedup();
-        assert_eq!(
-            keys.len(),
-            stored.messages.len(),
-            "seed {seed}: {conv} stored twice"
-        );
+        assert_eq!(keys.len(), stored.len(), "seed {seed}: {conv} stored twice");
     }
     let mut order: BTreeMap<ConversationId, Vec<(usize, i64)>> = BTreeMap::new();
     for (i, send) in sent.iter().enumerate() {
-        let answers = world.answers.get(&i).map_or(&[][..], Vec::as_slice);
+        let answers = world.out.answers.get(&i).map_or(&[][..], Vec::as_slice);
         match (answers.len(), send.cut_off) {
             (1, _) | (0, true) => {}
             (n, _) => panic!("seed {seed}: send {i} answered {n} times: {answers:?}"),
@@ -308,16 +205,17 @@ fn check(seed: u64, world: &World, sent: &[Sent], sequencer: &Sequencer<ReplyId>
         let Some(answer) = answers.first() else {
             continue;
         };
-        let stored = world.store.get(&send.conv).and_then(|s| {
-            s.messages
-                .iter()
-                .enumerate()
-                .find(|(_, m)| (m.0, m.1) == (send.sender, send.client_id))
-        });
+        let stored = world
+            .store
+            .messages(&send.conv)
+            .iter()
+            .enumerate()
+            .find(|(_, m)| (m.sender, m.client_id) == (send.sender, send.client_id));
         let fingerprint =
             fingerprint_of(&chat(send.conv, send.sender, send.client_id, &send.content));
         match (answer, stored) {
-            (Ok(accepted), Some((at, (_, _, stored_fingerprint, first)))) => {
+            (Ok(accepted), Some((at, stored))) => {
+                let (stored_fingerprint, first) = (&stored.fingerprint, &stored.accepted);
                 assert_eq!(accepted.seq, at as i64 + 1, "seed {seed}: send {i}'s seq");
                 assert_eq!(
                     accepted.server_msg_id, first.server_msg_id,
@@ -337,7 +235,7 @@ fn check(seed: u64, world: &World, sent: &[Sent], sequencer: &Sequencer<ReplyId>
             // A reused id is refused only when another payload claimed it
             // first (stored, or in flight then).
             (Err(error), stored) if error.code == ErrorCode::Conflict as i32 => {
-                let held_by_other = stored.is_some_and(|(_, (_, _, f, _))| *f != fingerprint);
+                let held_by_other = stored.is_some_and(|(_, m)| m.fingerprint != fingerprint);
                 let claimed_before = sent[..i].iter().any(|earlier| {
                     (earlier.conv, earlier.sender, earlier.client_id)
                         == (send.conv, send.sender, send.client_id)
@@ -390,25 +288,31 @@ fn a_resend_in_flight_waits_for_the_first_sends_answer() {
             command: None,
             reply,
         };
-        sequencer.send(job, &mut world);
+        sequencer.send(job, &mut world.out);
     }
     let head = world.head(conv, LIMITS.window);
-    sequencer.loaded(conv, Ok(head), &mut world);
-    assert_eq!(world.writes.len(), 1, "one write for a send and its resend");
-    assert!(world.answers.is_empty());
-    let write = world.writes.pop_front().expect("queued");
+    sequencer.loaded(conv, Ok(head), &mut world.out);
+    assert_eq!(
+        world.out.writes.len(),
+        1,
+        "one write for a send and its resend"
+    );
+    assert!(world.out.answers.is_empty());
+    let write = world.out.writes.pop_front().expect("queued");
     let result = world.store_write(&write, false);
-    sequencer.committed(write.ticket, Some(conv), &result, false, &mut world);
-    assert_eq!(world.answers[&0], vec![result.clone()]);
-    assert_eq!(world.answers[&1], vec![result]);
+    sequencer.committed(write.ticket, Some(conv), &result, false, &mut world.out);
+    assert_eq!(world.out.answers[&0], vec![result.clone()]);
+    assert_eq!(world.out.answers[&1], vec![result]);
     let resend = Job {
         message: chat(conv, 1, 42, "hello again"),
         origin_conn: 7,
         command: None,
         reply: 2,
     };
-    sequencer.send(resend, &mut world);
-    let refused = world.answers[&2][0].as_ref().expect_err("another payload");
+    sequencer.send(resend, &mut world.out);
+    let refused = world.out.answers[&2][0]
+        .as_ref()
+        .expect_err("another payload");
     assert_eq!(refused.code, ErrorCode::Conflict as i32);
 }
 
@@ -432,38 +336,40 @@ fn a_commit_marks_its_own_write_not_a_newer_one_with_its_id() {
             command: None,
             reply,
         };
-        sequencer.send(job, world);
+        sequencer.send(job, &mut world.out);
     };
     let commit = |sequencer: &mut Sequencer<ReplyId>, world: &mut World, fails| {
-        let write = world.writes.pop_front().expect("a write queued");
+        let write = world.out.writes.pop_front().expect("a write queued");
         let result = world.store_write(&write, fails);
-        sequencer.committed(write.ticket, Some(conv), &result, false, world);
+        sequencer.committed(write.ticket, Some(conv), &result, false, &mut world.out);
     };
     send(&mut sequencer, &mut world, 10, "x", 0);
     send(&mut sequencer, &mut world, 11, "y", 1);
     let head = world.head(conv, LIMITS.window);
-    sequencer.loaded(conv, Ok(head), &mut world);
-    assert_eq!(world.writes.len(), 2);
+    sequencer.loaded(conv, Ok(head), &mut world.out);
+    assert_eq!(world.out.writes.len(), 2);
     // The first write fails: the state goes, the second is still queued.
     commit(&mut sequencer, &mut world, true);
     send(&mut sequencer, &mut world, 11, "y!", 2);
     let head = world.head(conv, LIMITS.window);
-    sequencer.loaded(conv, Ok(head), &mut world);
+    sequencer.loaded(conv, Ok(head), &mut world.out);
     assert_eq!(
-        world.writes.len(),
+        world.out.writes.len(),
         2,
         "id 11 staged again from the old head"
     );
     commit(&mut sequencer, &mut world, false);
-    assert!(world.answers[&1][0].is_ok(), "the queued write landed");
+    assert!(world.out.answers[&1][0].is_ok(), "the queued write landed");
     send(&mut sequencer, &mut world, 11, "y!", 3);
     assert!(
-        !world.answers.contains_key(&3),
+        !world.out.answers.contains_key(&3),
         "a resend of the other content waits for its own write"
     );
     commit(&mut sequencer, &mut world, false);
     for reply in [2, 3] {
-        let refused = world.answers[&reply][0].as_ref().expect_err("id reused");
+        let refused = world.out.answers[&reply][0]
+            .as_ref()
+            .expect_err("id reused");
         assert_eq!(refused.code, ErrorCode::Conflict as i32);
     }
 }
