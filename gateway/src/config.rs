@@ -242,6 +242,9 @@ pub struct ServerConfig {
     /// Page origins (`https://chat.example`) allowed to open a WebSocket
     /// besides the node's own (the host the browser asked for).
     pub ws_allowed_origins: Vec<String>,
+    /// A built web app's folder (with `index.html`), served on the
+    /// WebSocket listener's port; empty = none.
+    pub web_root: String,
     /// Time a new connection has to log in, in milliseconds.
     pub login_timeout_ms: u64,
     /// Heartbeat interval told to clients, in seconds.
@@ -279,6 +282,7 @@ impl Default for ServerConfig {
             grpc_listen: "0.0.0.0:50051".into(),
             ws_listen: String::new(),
             ws_allowed_origins: Vec::new(),
+            web_root: String::new(),
             login_timeout_ms: 10_000,
             heartbeat_secs: 30,
             idle_timeout_secs: 90,
@@ -539,6 +543,9 @@ impl Config {
         }
         if tls.ws && s.ws_listen.is_empty() {
             return invalid("tls.ws needs server.ws_listen");
+        }
+        if !s.web_root.is_empty() && s.ws_listen.is_empty() {
+            return invalid("server.web_root is served on server.ws_listen: set it too");
         }
         let l = &self.limits;
         let rates = [

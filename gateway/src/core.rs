@@ -76,6 +76,9 @@ pub struct Shared {
     /// What the store answers from memory, on the reactor itself (the
     /// embedded store, one node on its own).
     pub memory: Option<Arc<dyn MemoryReads>>,
+    /// The web app's files (`server.web_root`), served on the WebSocket
+    /// listener's port.
+    pub web: Option<Arc<crate::web::WebAssets>>,
 }
 
 /// Messages between cores.

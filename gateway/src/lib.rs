@@ -38,6 +38,7 @@ pub mod server;
 #[cfg(test)]
 mod simulation;
 pub mod tls;
+pub mod web;
 pub mod websocket;
 
 pub use config::Config;

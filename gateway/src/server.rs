@@ -63,6 +63,9 @@ pub enum ServeError {
     /// The data directory does not hold the store it was initialised with.
     #[error("data directory: {0}")]
     DataDir(#[from] crate::data_dir::DataDirError),
+    /// The web app's files could not be read.
+    #[error("{0}")]
+    Web(#[from] crate::web::WebError),
     /// A listener could not be opened.
     #[error("cannot serve {what} on {addr}: {source}")]
     Listen {
@@ -161,7 +164,12 @@ pub fn serve(
         }
         false => (None, InboxEnds::default()),
     };
+    let web = match config.server.web_root.as_str() {
+        "" => None,
+        root => Some(Arc::new(crate::web::WebAssets::load(Path::new(root))?)),
+    };
     let shared = Arc::new(Shared {
+        web,
         memory: cluster.is_none().then(|| backend.memory_reads()).flatten(),
         cluster: cluster.as_ref().map(|node| node.shared.clone()),
         cores,

@@ -19,6 +19,8 @@
 //! none and is let through (it holds no one else's cookies).
 
 use std::io;
+
+use futures::io::{AsyncReadExt, AsyncWriteExt};
 use std::net::IpAddr;
 use std::rc::Rc;
 
@@ -63,6 +65,35 @@ async fn upgrade_then_serve<S>(
     S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin + 'static,
 {
     let server = &core.shared.config.server;
+    let deadline = std::time::Duration::from_millis(server.login_timeout_ms);
+    // The request head first: an upgrade goes on to the handshake (which
+    // reads it again from `Rewind`), anything else is a web app file.
+    let mut stream = stream;
+    let read = Box::pin(async {
+        read_head(&mut stream)
+            .await
+            .map_err(glommio::GlommioError::IoError)
+    });
+    let (head, bytes) = match glommio::timer::timeout(deadline, read).await {
+        Ok(read) => read,
+        Err(e) => {
+            CoreMetrics::inc(&core.metrics().ws_upgrades_refused);
+            tracing::debug!(error = %e, "no request head");
+            return;
+        }
+    };
+    if !head.upgrade {
+        let answer = crate::web::respond(core.shared.web.as_deref(), &head);
+        let _ = stream.write_all(&answer).await;
+        let _ = stream.flush().await;
+        let _ = stream.close().await;
+        return;
+    }
+    let stream = Rewind {
+        prefix: bytes,
+        at: 0,
+        inner: stream,
+    };
     let max_frame = server.max_frame_bytes;
     let config = ourchat_protocol::ws::lean_config(max_frame);
     let allowed = server.ws_allowed_origins.clone();
@@ -70,7 +101,6 @@ async fn upgrade_then_serve<S>(
     #[allow(clippy::result_large_err)]
     let check =
         move |request: &Request, response: Response| check_upgrade(request, response, &allowed);
-    let deadline = std::time::Duration::from_millis(server.login_timeout_ms);
     let upgrade = Box::pin(async {
         async_tungstenite::accept_hdr_async_with_config(stream, check, Some(config))
             .await
@@ -85,6 +115,91 @@ async fn upgrade_then_serve<S>(
             CoreMetrics::inc(&core.metrics().ws_upgrades_refused);
             tracing::debug!(error = %e, "WebSocket upgrade refused or failed");
         }
+    }
+}
+
+/// Reads until a whole request head has arrived: the head and every byte
+/// read. A malformed or oversized head is answered 400 / 431 here.
+async fn read_head<S>(stream: &mut S) -> io::Result<(crate::web::Head, Vec<u8>)>
+where
+    S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
+{
+    let mut bytes = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        match crate::web::parse_head(&bytes) {
+            Ok(Some(head)) => return Ok((head, bytes)),
+            Ok(None) => {}
+            Err(error) => {
+                let status = match error {
+                    crate::web::HeadError::TooLarge => "431 Request Header Fields Too Large",
+                    crate::web::HeadError::Malformed => "400 Bad Request",
+                };
+                let answer =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.close().await;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+            }
+        }
+    }
+}
+
+/// A stream that first gives back bytes already read from it (the request
+/// head), so the WebSocket handshake can read the request itself.
+struct Rewind<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: futures::io::AsyncRead + Unpin> futures::io::AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = buf.len().min(this.prefix.len() - this.at);
+            buf[..n].copy_from_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures::io::AsyncWrite + Unpin> futures::io::AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 

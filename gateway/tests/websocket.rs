@@ -5,7 +5,10 @@
 //! site's page (`Origin`) and any path but `/ws` are refused at the
 //! upgrade; a text message is closed with 1003 and a message over
 //! `server.max_frame_bytes` with 1009. With `tls.ws` the listener speaks
-//! WSS with the `tls.*` pair, and a plain upgrade there gets nowhere.
+//! WSS with the `tls.*` pair, and a plain upgrade there gets nowhere. With
+//! `server.web_root` the same port serves the web app's files (CSP,
+//! precompressed forms, cache lifetimes, nothing outside the folder),
+//! and a folder without `index.html` stops the node at start.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -228,4 +231,85 @@ fn wss_serves_the_protocol_over_tls_with_the_nodes_pair() {
     }
     // A plain upgrade on the WSS port gets no socket.
     assert!(connect(wss, "/ws", None).is_err());
+}
+
+/// One raw HTTP/1.1 exchange: the whole answer (the node closes after it).
+fn http(addr: SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("writes");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("reads to the close");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn the_same_port_serves_the_web_app_and_the_upgrade() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    std::fs::create_dir_all(root.path().join("assets")).expect("mkdir");
+    std::fs::write(root.path().join("index.html"), "<!doctype html><p>hi").expect("write");
+    std::fs::write(root.path().join("assets/app-9f8e.js"), "plain()").expect("write");
+    std::fs::write(root.path().join("assets/app-9f8e.js.gz"), "gzipped").expect("write");
+    let ws_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _server = start_node!(2,
+        "server.ws_listen" => ws_addr,
+        "server.web_root" => format!("{:?}", root.path().display().to_string()),
+    );
+
+    let index = http(ws_addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(index.starts_with("HTTP/1.1 200 OK\r\n"), "{index}");
+    assert!(index.contains("Content-Security-Policy: default-src 'none'"));
+    assert!(index.contains("Cache-Control: no-cache\r\n"));
+    assert!(index.ends_with("<!doctype html><p>hi"));
+    let script = http(
+        ws_addr,
+        "GET /assets/app-9f8e.js HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, br\r\n\r\n",
+    );
+    assert!(script.contains("Content-Encoding: gzip\r\n"), "{script}");
+    assert!(script.contains("immutable"));
+    assert!(script.ends_with("gzipped"));
+    let missing = http(ws_addr, "GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+    let garbage = http(ws_addr, "\x16\x03\x01garbage\r\n\r\n");
+    assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
+
+    // The upgrade still works on the same port, its request read twice.
+    let mut ws = connect(ws_addr, "/ws", Some(&format!("http://{ws_addr}"))).expect("upgrades");
+    let register = pb::RegisterRequest {
+        username: "web_root_user".into(),
+        password: TEST_PASSWORD.into(),
+        ..Default::default()
+    };
+    let Body::RegisterResp(registered) = call(&mut ws, 1, Body::Register(register)) else {
+        panic!("a register reply");
+    };
+    assert!(registered.success, "{registered:?}");
+}
+
+#[test]
+fn a_web_root_needs_the_websocket_listener_and_an_index() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let dir = format!("{:?}", root.path().display().to_string());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ourchat"))
+        .args(["serve", "--data-dir"])
+        .arg(root.path().join("data"))
+        .args(["--set", &format!("server.web_root={dir}")])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("server.ws_listen"), "{said}");
+
+    let ws_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ourchat"))
+        .args(["serve", "--data-dir"])
+        .arg(root.path().join("data"))
+        .args(["--set", &format!("server.web_root={dir}")])
+        .args(["--set", &format!("server.ws_listen=\"{ws_addr}\"")])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("has no index.html"), "{said}");
 }
