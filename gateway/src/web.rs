@@ -207,7 +207,10 @@ fn accepts(accept_encoding: &str, coding: &str) -> bool {
     accept_encoding.split(',').any(|item| {
         let mut parts = item.split(';').map(str::trim);
         let named = parts.next().is_some_and(|c| c.eq_ignore_ascii_case(coding));
-        let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+        let refused = parts.any(|p| {
+            let weight = p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="));
+            weight.and_then(|q| q.trim().parse::<f32>().ok()) == Some(0.0)
+        });
         named && !refused
     })
 }
@@ -339,7 +342,7 @@ mod tests {
         assert!(br.contains("Content-Encoding: br\r\n") && br.ends_with("BROTLI"));
         let gz = text(&respond(Some(&assets), &get(path, "gzip")));
         assert!(gz.contains("Content-Encoding: gzip\r\n") && gz.ends_with("GZIPPED"));
-        let refused = text(&respond(Some(&assets), &get(path, "br;q=0, gzip;q=0")));
+        let refused = text(&respond(Some(&assets), &get(path, "br;q=0, gzip; q=0.000")));
         assert!(!refused.contains("Content-Encoding") && refused.ends_with("'plain')"));
     }
 
