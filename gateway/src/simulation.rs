@@ -4,7 +4,8 @@
 //! cores joined by FIFO queues (glommio's mesh keeps each pair's order),
 //! one store with one writer, and each core's commit pump. Random
 //! interleavings of logins (a device logging in again replaces its old
-//! connection), logouts, new sends, resends (same payload or another),
+//! connection), logouts, new sends to another user or to the run's one
+//! group (whose last user is not a member), resends (same payload or another),
 //! mesh messages arriving, loads landing, writes committing or failing,
 //! pumps running, and crashes of the node (each queued write may or may
 //! not reach the disk; cores and connections start over). Each seed
@@ -12,15 +13,15 @@
 //! most once if a crash cut it off), and an accepted one stored; one seq
 //! per (conversation, sender, client id), never reused; each connection
 //! got a conversation's messages in seq order, each at most once, and
-//! never its own; and every stored message reached every device of both
-//! sides that was online from before it was sent to the end, except the
-//! connection that sent it.
+//! never its own, and only a side's (a member's, in the group); and every
+//! stored message reached every device of every side that was online from
+//! before it was sent to the end, except the connection that sent it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{ConversationId, ErrorCode};
-use ourchat_storage::WriteOp;
+use ourchat_storage::{GroupRole, GroupRoster, WriteOp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -36,6 +37,22 @@ const LIMITS: Limits = Limits {
     max_group_members: 100,
     clustered: false,
 };
+
+/// The one group of every run: every user but the last is a member (so
+/// one user's sends to it are refused).
+const GROUP: i64 = 900;
+
+fn group_members(users: i64) -> Vec<i64> {
+    (1..users).collect()
+}
+
+/// Whether `user` is on the receiving side of `conv`.
+fn side_of(conv: &ConversationId, user: i64, users: i64) -> bool {
+    match conv {
+        ConversationId::Group(_) => group_members(users).contains(&user),
+        _ => conv.peer_of(user).is_some(),
+    }
+}
 
 /// A committed message as pushed: enough to check order and origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,10 +145,26 @@ struct World {
     sent: Vec<Sent>,
     /// Steps taken.
     clock: u64,
+    /// Users `1..=users`.
+    users: i64,
 }
 
 impl World {
-    fn new(cores: usize) -> World {
+    fn new(cores: usize, users: i64) -> World {
+        let mut store = FakeStore::default();
+        let members = group_members(users)
+            .into_iter()
+            .map(|user| match user {
+                1 => (user, GroupRole::Owner),
+                _ => (user, GroupRole::Member),
+            })
+            .collect();
+        let roster = GroupRoster {
+            owner_id: 1,
+            dissolved: false,
+            members,
+        };
+        store.groups.insert(GROUP, roster);
         World {
             cores: (0..cores)
                 .map(|core| Core {
@@ -147,13 +180,14 @@ impl World {
             mesh: BTreeMap::new(),
             conns: BTreeMap::new(),
             next_conn: 1,
-            store: FakeStore::default(),
+            store,
             loads: Vec::new(),
             writer: VecDeque::new(),
             answers: HashMap::new(),
             origin: HashMap::new(),
             sent: Vec::new(),
             clock: 0,
+            users,
         }
     }
 
@@ -243,8 +277,12 @@ impl World {
                 if peer == sender {
                     peer = peer % users + 1;
                 }
-                let Some(conv) = ConversationId::direct(sender, peer) else {
-                    return;
+                let conv = match rng.gen_range(0..4) {
+                    0 => ConversationId::Group(GROUP),
+                    _ => match ConversationId::direct(sender, peer) {
+                        Some(conv) => conv,
+                        None => return,
+                    },
                 };
                 let n = self.sent.len();
                 (conv, n as i64 + 1, format!("m{n}"))
@@ -261,7 +299,7 @@ impl World {
         let online_then = self
             .conns
             .iter()
-            .filter(|(_, c)| c.registered && !c.closed && (c.user == sender || c.user == receiver))
+            .filter(|(_, c)| c.registered && !c.closed && side_of(&conv, c.user, users))
             .map(|(id, _)| *id)
             .collect();
         let reply = self.sent.len();
@@ -278,6 +316,10 @@ impl World {
             conversation_id: conv.to_string(),
             sender_id: sender,
             receiver_id: receiver,
+            group_id: match conv {
+                ConversationId::Group(group_id) => group_id,
+                _ => 0,
+            },
             client_message_id: client_id,
             content,
             ..ChatMessage::default()
@@ -524,11 +566,12 @@ impl World {
     }
 }
 
-fn run(seed: u64) {
+/// Runs one seed; how many group messages it stored and pushed.
+fn run(seed: u64) -> (usize, usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let cores = rng.gen_range(2..=4);
     let users = rng.gen_range(2..=5);
-    let mut world = World::new(cores);
+    let mut world = World::new(cores, users);
     for _ in 0..rng.gen_range(100..400) {
         world.step(&mut rng, users, false);
     }
@@ -539,6 +582,12 @@ fn run(seed: u64) {
         assert!(rounds < 100_000, "seed {seed}: the drain does not end");
     }
     check(seed, &world);
+    let group = ConversationId::Group(GROUP);
+    let pushed = world.conns.values().flat_map(|c| &c.inbox);
+    (
+        world.store.messages(&group).len(),
+        pushed.filter(|p| p.conv == group).count(),
+    )
 }
 
 fn check(seed: u64, world: &World) {
@@ -590,7 +639,7 @@ fn check(seed: u64, world: &World) {
             let origin = world.origin.get(pushed).map(|(origin, _)| origin);
             assert_ne!(origin, Some(conn_id), "seed {seed}: echoed");
             assert!(
-                pushed.conv.peer_of(conn.user).is_some(),
+                side_of(&pushed.conv, conn.user, world.users),
                 "seed {seed}: outsider"
             );
             received.insert((*conn_id, *pushed));
@@ -633,7 +682,15 @@ fn sequencer_directory_and_fan_out_over_simulated_cores() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000);
+    let (mut stored, mut pushed) = (0, 0);
     for seed in 0..seeds {
-        run(seed);
+        let (s, p) = run(seed);
+        stored += s;
+        pushed += p;
     }
+    // The runs must exercise groups, not refuse them all.
+    assert!(
+        seeds < 100 || (stored > 100 && pushed > 100),
+        "{stored} stored, {pushed} pushed"
+    );
 }

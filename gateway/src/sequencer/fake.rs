@@ -18,10 +18,11 @@ pub(crate) struct StoredMessage {
     pub(crate) accepted: Accepted,
 }
 
-/// Stored messages by conversation.
+/// Stored messages by conversation, and the groups there are.
 #[derive(Default)]
 pub(crate) struct FakeStore {
     pub(crate) convs: HashMap<ConversationId, Vec<StoredMessage>>,
+    pub(crate) groups: HashMap<i64, ourchat_storage::GroupRoster>,
 }
 
 impl FakeStore {
@@ -46,11 +47,15 @@ impl FakeStore {
                 fingerprint: stored.fingerprint,
             })
             .collect();
+        let group = match conv {
+            ConversationId::Group(group_id) => self.groups.get(&group_id).cloned(),
+            _ => None,
+        };
         ConversationHead {
             last_seq: messages.len() as i64,
             recent,
             blocked: false,
-            group: None,
+            group,
         }
     }
 
