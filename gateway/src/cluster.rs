@@ -35,7 +35,7 @@ use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{Body, ConversationId, Envelope};
 use ourchat_storage::kafka::{self, LoggedWriter, MessageLog};
 use ourchat_storage::redis::RedisSeq;
-use ourchat_storage::{Backend, WriteStore};
+use ourchat_storage::{Backend, StoreError, WriteStore};
 use ourchat_workers::{JobHandle, JobPool, WriterConfig, WriterHandle, WriterPool};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -43,7 +43,6 @@ use rdkafka::Message as _;
 
 use crate::config::Config;
 use crate::core::{encode_frame, Core};
-use crate::server::ServeError;
 
 /// Records waiting for a core before the tail thread waits.
 const INBOX_QUEUE: usize = 4096;
@@ -126,19 +125,42 @@ pub struct ClusterNode {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Redis or Kafka could not be reached or set up.
+    #[error("cluster: {what}: {message}")]
+    Unavailable {
+        /// Which part.
+        what: &'static str,
+        /// What it said.
+        message: String,
+    },
+    /// The store's writer could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A thread could not be started.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
 impl ClusterNode {
     /// Connects to Redis and Kafka (creating the topics when missing) and
     /// starts the feeder and tail threads; returns the cores' inbox ends.
+    /// `job_queue`: jobs waiting for the Redis threads before cores wait.
     pub fn start(
         config: &Config,
         backend: &dyn Backend,
         cores: usize,
-    ) -> Result<(ClusterNode, InboxEnds), ServeError> {
+        job_queue: usize,
+    ) -> Result<(ClusterNode, InboxEnds), ClusterError> {
         let cluster = &config.cluster;
         let storage = &config.storage;
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            ServeError::Core(format!("cluster: {what}: {e}"))
-        };
+        let unavailable =
+            |what: &'static str, e: &dyn std::fmt::Display| ClusterError::Unavailable {
+                what,
+                message: e.to_string(),
+            };
         let mut probe = RedisSeq::new(&cluster.redis, cluster.dedupe_ttl_secs)
             .map_err(|e| unavailable("redis", &e))?;
         probe.ping().map_err(|e| unavailable("redis", &e))?;
@@ -168,7 +190,7 @@ impl ClusterNode {
         let redis_pool = JobPool::start(
             "ourchat-redis",
             cluster.redis_threads,
-            crate::server::JOB_QUEUE,
+            job_queue,
             &storage.worker_cpus,
             move |_| RedisSeq::new(&url, ttl),
         )?;

@@ -28,9 +28,8 @@ use ourchat_protocol::pb;
 use ourchat_protocol::{Body, Envelope, ErrorCode};
 
 use crate::core::{encode_frame, Core, CoreMsg};
-use crate::handlers::{refusal_for, Caller, Session};
+use crate::handlers::{refusal_for, refused_send, Caller, Session};
 use crate::limits::{FrameLimiter, IpSlot, Limit, Verdict};
-use crate::messages::refused_send;
 use crate::metrics::CoreMetrics;
 use crate::outbox::{Next, Outbox, Parking};
 

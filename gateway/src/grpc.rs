@@ -644,7 +644,7 @@ async fn report_health(health: tonic_health::server::HealthReporter, shared: Arc
     use tonic_health::ServingStatus;
     loop {
         let probe = shared.clone();
-        let ready = tokio::task::spawn_blocking(move || crate::metrics::readiness(&probe))
+        let ready = tokio::task::spawn_blocking(move || crate::admin_http::readiness(&probe))
             .await
             .is_ok_and(|ready| ready.is_ok());
         let status = match ready {

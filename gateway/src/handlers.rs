@@ -97,7 +97,7 @@ impl Caller {
 /// where the protocol gives it an error field, else as `Error`.
 pub(crate) fn refusal_for(request: &Body) -> fn(pb::Error) -> Body {
     match request {
-        Body::Send(_) => |error| Body::SendResp(crate::messages::refused_send(error)),
+        Body::Send(_) => |error| Body::SendResp(refused_send(error)),
         Body::Login(_) => |error| {
             Body::LoginResp(pb::LoginResponse {
                 success: false,
@@ -120,6 +120,15 @@ pub(crate) fn refusal_for(request: &Body) -> fn(pb::Error) -> Body {
             })
         },
         _ => Body::Error,
+    }
+}
+
+/// A send's refusal, as its own reply carries it.
+pub(crate) fn refused_send(error: pb::Error) -> pb::SendMessageResponse {
+    pb::SendMessageResponse {
+        success: false,
+        error: Some(error),
+        ..Default::default()
     }
 }
 

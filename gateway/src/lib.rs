@@ -12,6 +12,7 @@
 mod account;
 pub mod acks;
 pub mod admin;
+pub mod admin_http;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -10,7 +10,7 @@ use ourchat_protocol::{Body, ConversationId, ErrorCode};
 use ourchat_storage::Visibility;
 
 use crate::core::{pool_error, CoreMsg, SendJob, SendResult};
-use crate::handlers::{bad, member_conversation, page_size, Caller, Session};
+use crate::handlers::{bad, member_conversation, page_size, refused_send, Caller, Session};
 
 /// A send on its way: the conversation, and its answer to come.
 pub(crate) struct Submitted {
@@ -33,15 +33,6 @@ impl Submitted {
             Ok(Err(error)) => refused_send(error),
             Err(_) => refused_send(pool_error(ourchat_workers::PoolError::Closed)),
         }
-    }
-}
-
-/// A send's refusal, as its own reply carries it.
-pub(crate) fn refused_send(error: pb::Error) -> pb::SendMessageResponse {
-    pb::SendMessageResponse {
-        success: false,
-        error: Some(error),
-        ..Default::default()
     }
 }
 

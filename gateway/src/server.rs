@@ -40,7 +40,7 @@ const MESH_CAPACITY: usize = 4096;
 const IO_MEMORY: usize = 256 << 10;
 
 /// Jobs waiting for reader or hashing threads before reactors wait.
-pub(crate) const JOB_QUEUE: usize = 16_384;
+const JOB_QUEUE: usize = 16_384;
 
 /// How often a core looks at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
@@ -66,6 +66,9 @@ pub enum ServeError {
     /// The web app's files could not be read.
     #[error("{0}")]
     Web(#[from] crate::web::WebError),
+    /// Cluster mode could not start.
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A listener could not be opened.
     #[error("cannot serve {what} on {addr}: {source}")]
     Listen {
@@ -159,7 +162,7 @@ pub fn serve(
     )?;
     let (cluster, inbox_ends) = match config.cluster.enabled {
         true => {
-            let (node, ends) = ClusterNode::start(&config, backend.as_ref(), cores)?;
+            let (node, ends) = ClusterNode::start(&config, backend.as_ref(), cores, JOB_QUEUE)?;
             (Some(node), ends)
         }
         false => (None, InboxEnds::default()),
@@ -187,7 +190,7 @@ pub fn serve(
     let admin = match shared.config.server.admin_listen.parse::<SocketAddr>() {
         Ok(addr) => {
             let listener = bind("the admin HTTP endpoint (server.admin_listen)", addr)?;
-            Some(crate::metrics::spawn_admin(listener, shared.clone())?)
+            Some(crate::admin_http::spawn_admin(listener, shared.clone())?)
         }
         Err(_) => None,
     };
