@@ -2,8 +2,9 @@
 //! message sent over gRPC is pushed to a TCP client and both see one
 //! conversation; every call but Register/Login needs a valid, unrevoked
 //! bearer token; ids in requests must be the token's user; GatewayService
-//! takes only the admin token. Health and reflection answer as grpcurl
-//! and load balancers expect.
+//! takes only the admin token; refusals and logins over gRPC are counted
+//! in /metrics as a connection's are. Health and reflection answer as
+//! grpcurl and load balancers expect.
 
 use std::time::Duration;
 
@@ -261,6 +262,23 @@ async fn grpc_and_tcp_share_one_conversation() {
         .await
         .unwrap_err();
     assert_eq!(revoked.code(), Code::Unauthenticated);
+
+    // gRPC refusals and logins are counted as a connection's are.
+    let (_, metrics) = server.admin_get("/metrics").expect("metrics");
+    let total = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(series)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(total("ourchat_logins_failed_total") >= 1, "{metrics}");
+    assert!(total("ourchat_logins_total") >= 2, "{metrics}");
+    assert!(total("ourchat_errors_total{code=\"CONFLICT\"}") >= 1);
+    assert!(total("ourchat_errors_total{code=\"UNAUTHENTICATED\"}") >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
