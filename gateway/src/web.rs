@@ -3,8 +3,9 @@
 //! `server.web_root` are read into memory once at start (a built web app
 //! is a few hundred kilobytes): a request never touches the disk, and a
 //! path is only ever a key of that map, so no request can name a file
-//! outside it. A build's precompressed siblings (`app.js.br`,
-//! `app.js.gz`) are sent to a browser that accepts them. Hashed assets
+//! outside it (symlinked folders are not walked). A build's precompressed
+//! siblings (`app.js.br`, `app.js.gz`) are sent to a browser that accepts
+//! them. Hashed assets
 //! (under `assets/`) are cacheable for a year; everything else is
 //! revalidated by its ETag. Every answer carries a strict
 //! Content-Security-Policy.
@@ -95,9 +96,16 @@ fn read_tree(root: &Path, dir: &Path, into: &mut HashMap<String, Bytes>) -> Resu
         move |source| WebError::Read { path, source }
     };
     for entry in std::fs::read_dir(dir).map_err(read_error(dir))? {
-        let path = entry.map_err(read_error(dir))?.path();
-        if path.is_dir() {
+        let entry = entry.map_err(read_error(dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(read_error(&path))?;
+        // Folders are walked, symlinks are not (a link to a folder above
+        // would loop); a link to a file is read like the file.
+        if kind.is_dir() {
             read_tree(root, &path, into)?;
+            continue;
+        }
+        if kind.is_symlink() && !path.is_file() {
             continue;
         }
         let Ok(relative) = path.strip_prefix(root) else {
@@ -407,6 +415,19 @@ mod tests {
         );
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
         assert_eq!(parse_head(huge.as_bytes()), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn a_link_to_a_folder_is_not_followed_and_a_link_to_a_file_is_read() {
+        let (dir, _) = assets();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("assets/loop")).expect("link");
+        let index = dir.path().join("index.html");
+        std::os::unix::fs::symlink(index, dir.path().join("home.html")).expect("link");
+        let assets = WebAssets::load(dir.path()).expect("loads despite the loop");
+        let home = text(&respond(Some(&assets), &get("/home.html", "")));
+        assert!(home.ends_with("<title>OurChat</title>"), "{home}");
+        let looped = text(&respond(Some(&assets), &get("/assets/loop/index.html", "")));
+        assert!(looped.starts_with("HTTP/1.1 404 "));
     }
 
     #[test]
