@@ -48,10 +48,8 @@ impl Caller {
                 .ok_or_else(|| pb::Error::new(ErrorCode::NotFound, "no such user"))
         }
         .await;
-        match result {
-            Ok(profile) => Ok(Body::UserProfile(profile)),
-            Err(error) => Err(error),
-        }
+        let profile = result?;
+        Ok(Body::UserProfile(profile))
     }
 
     pub(crate) async fn change_password(
@@ -59,12 +57,10 @@ impl Caller {
         session: &Session,
         request: pb::ChangePasswordRequest,
     ) -> Result<Body, pb::Error> {
-        match self.change_password_inner(session, request).await {
-            Ok(signed_out) => Ok(Body::ChangePasswordResp(pb::ChangePasswordResponse {
-                devices_signed_out: signed_out,
-            })),
-            Err(error) => Err(error),
-        }
+        let signed_out = self.change_password_inner(session, request).await?;
+        Ok(Body::ChangePasswordResp(pb::ChangePasswordResponse {
+            devices_signed_out: signed_out,
+        }))
     }
 
     async fn change_password_inner(
@@ -134,35 +130,29 @@ impl Caller {
                 .map_err(|_| pb::Error::new(ErrorCode::Internal, "could not issue token"))
         }
         .await;
-        match result {
-            Ok((token, expire_at)) => Ok(Body::RefreshTokenResp(pb::RefreshTokenResponse {
-                token,
-                expire_at: expire_at as i64,
-            })),
-            Err(error) => Err(error),
-        }
+        let (token, expire_at) = result?;
+        Ok(Body::RefreshTokenResp(pb::RefreshTokenResponse {
+            token,
+            expire_at: expire_at as i64,
+        }))
     }
 
     pub(crate) async fn list_devices(&self, session: &Session) -> Result<Body, pb::Error> {
         let me = session.user_id;
         let stored = self.core.read(move |store| store.devices(me)).await;
         let online = self.core.online_devices(me).await;
-        match stored {
-            Ok(devices) => {
-                let devices = devices
-                    .into_iter()
-                    .filter(|d| !d.signed_out)
-                    .map(|d| pb::DeviceInfo {
-                        online: online.contains(&d.device_id),
-                        device_id: d.device_id,
-                        device_type: d.device_type,
-                        last_seen_ms: d.last_seen_ms,
-                    })
-                    .collect();
-                Ok(Body::ListDevicesResp(pb::ListDevicesResponse { devices }))
-            }
-            Err(error) => Err(error),
-        }
+        let devices = stored?;
+        let devices = devices
+            .into_iter()
+            .filter(|d| !d.signed_out)
+            .map(|d| pb::DeviceInfo {
+                online: online.contains(&d.device_id),
+                device_id: d.device_id,
+                device_type: d.device_type,
+                last_seen_ms: d.last_seen_ms,
+            })
+            .collect();
+        Ok(Body::ListDevicesResp(pb::ListDevicesResponse { devices }))
     }
 
     pub(crate) async fn kick_device(
@@ -173,17 +163,14 @@ impl Caller {
         if request.device_id == session.device_id {
             return Err(bad("to sign this device out, use Logout"));
         }
-        match self
+        let was_online = self
             .sign_out_device(
                 session.user_id,
                 &request.device_id,
                 "signed out from another device",
             )
-            .await
-        {
-            Ok(was_online) => Ok(Body::KickDeviceResp(pb::KickDeviceResponse { was_online })),
-            Err(error) => Err(error),
-        }
+            .await?;
+        Ok(Body::KickDeviceResp(pb::KickDeviceResponse { was_online }))
     }
 }
 
@@ -237,12 +224,9 @@ impl Caller {
         let now = std::time::Instant::now();
         if let Err(wait) = self.core.shared.limits.registration_allowed(self.peer, now) {
             self.core.metrics().limited(Limit::Registration);
-            return Err(pb::Error::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "too many registrations from your address: retry in {} s",
-                    wait.as_secs().max(1)
-                ),
+            return Err(retry_later(
+                "too many registrations from your address",
+                wait,
             ));
         }
         let pb::RegisterRequest {
@@ -384,13 +368,8 @@ impl Caller {
             limits.login_allowed(&request.username, self.peer, std::time::Instant::now())
         {
             self.core.metrics().limited(Limit::LoginBackoff);
-            return Err(pb::Error::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "too many failed logins for this account or address: retry in {} s",
-                    wait.as_secs().max(1)
-                ),
-            ));
+            let why = "too many failed logins for this account or address";
+            return Err(retry_later(why, wait));
         }
         let username = request.username.clone();
         let account = self
@@ -501,12 +480,17 @@ impl Caller {
                 }
             })
             .await;
-        match result {
-            Ok(Some(account)) => Ok(Body::UserProfile(profile_of(account, session.user_id))),
-            Ok(None) => Err(pb::Error::new(ErrorCode::NotFound, "no such user")),
-            Err(error) => Err(error),
+        match result? {
+            Some(account) => Ok(Body::UserProfile(profile_of(account, session.user_id))),
+            None => Err(pb::Error::new(ErrorCode::NotFound, "no such user")),
         }
     }
+}
+
+/// A refusal by an abuse limit, saying when to try again.
+fn retry_later(why: &str, wait: std::time::Duration) -> pb::Error {
+    let message = format!("{why}: retry in {} s", wait.as_secs().max(1));
+    pb::Error::new(ErrorCode::RateLimited, message)
 }
 
 /// A successful authentication.

@@ -51,10 +51,8 @@ impl Caller {
         request: pb::MarkReadRequest,
     ) -> Result<Body, pb::Error> {
         let result = self.mark_read_inner(session, request).await;
-        match result {
-            Ok(response) => Ok(Body::MarkReadResp(response)),
-            Err(error) => Err(error),
-        }
+        let response = result?;
+        Ok(Body::MarkReadResp(response))
     }
 
     async fn mark_read_inner(
@@ -157,10 +155,8 @@ impl Caller {
                 })
             })
             .await;
-        match result {
-            Ok(response) => Ok(Body::ConversationsResp(response)),
-            Err(error) => Err(error),
-        }
+        let response = result?;
+        Ok(Body::ConversationsResp(response))
     }
 
     pub(crate) async fn recall(
@@ -168,10 +164,8 @@ impl Caller {
         session: &Session,
         request: pb::RecallRequest,
     ) -> Result<Body, pb::Error> {
-        match self.recall_inner(session, request).await {
-            Ok(recalled) => Ok(Body::RecallResp(recalled)),
-            Err(error) => Err(error),
-        }
+        let recalled = self.recall_inner(session, request).await?;
+        Ok(Body::RecallResp(recalled))
     }
 
     async fn recall_inner(

@@ -1013,21 +1013,35 @@ impl Core {
             self.owner_of_user(user)
         });
         for leg in plan {
-            let deliver = match leg.user_ids[..] {
-                [user_id] => CoreMsg::Deliver {
+            let (core, deliver) = match leg {
+                fanout::Deliver::One {
+                    core,
                     user_id,
-                    frame: frame.clone(),
-                    skip_conn: leg.skip_conn,
-                    committed_at,
-                },
-                _ => CoreMsg::DeliverMany {
-                    user_ids: leg.user_ids,
-                    frame: frame.clone(),
-                    skip_conn: leg.skip_conn,
-                    committed_at,
-                },
+                    skip_conn,
+                } => (
+                    core,
+                    CoreMsg::Deliver {
+                        user_id,
+                        frame: frame.clone(),
+                        skip_conn,
+                        committed_at,
+                    },
+                ),
+                fanout::Deliver::Many {
+                    core,
+                    user_ids,
+                    skip_conn,
+                } => (
+                    core,
+                    CoreMsg::DeliverMany {
+                        user_ids,
+                        frame: frame.clone(),
+                        skip_conn,
+                        committed_at,
+                    },
+                ),
             };
-            self.route(leg.core, deliver).await;
+            self.route(core, deliver).await;
         }
     }
 

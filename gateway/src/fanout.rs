@@ -12,43 +12,58 @@ use crate::sequencer::Recipients;
 /// One leg of a committed message's delivery: users one core owns, and
 /// the connection (the sender's) they are not pushed on.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Deliver {
-    pub core: usize,
-    pub user_ids: Vec<i64>,
-    pub skip_conn: u64,
+pub enum Deliver {
+    /// A side of a 1:1 conversation.
+    One {
+        core: usize,
+        user_id: i64,
+        skip_conn: u64,
+    },
+    /// The members of a group that core owns.
+    Many {
+        core: usize,
+        user_ids: Vec<i64>,
+        skip_conn: u64,
+    },
 }
 
 /// Where a message committed from `origin_conn` goes first: in a 1:1, to
 /// the receiver's owner (every device) and the sender's (their other
-/// devices); in a group, to each core owning members, once.
+/// devices), without allocating; in a group, to each core owning members,
+/// once.
 pub fn deliveries(
     recipients: &Recipients,
     origin_conn: u64,
     cores: usize,
     owner_of: impl Fn(i64) -> usize,
-) -> Vec<Deliver> {
-    match recipients {
-        Recipients::Direct { receiver, sender } => vec![
-            Deliver {
-                core: owner_of(*receiver),
-                user_ids: vec![*receiver],
-                skip_conn: 0,
-            },
-            Deliver {
-                core: owner_of(*sender),
-                user_ids: vec![*sender],
-                skip_conn: origin_conn,
-            },
-        ],
-        Recipients::Group(members) => users_by_owner(members, cores, owner_of)
-            .into_iter()
-            .map(|(core, user_ids)| Deliver {
-                core,
-                user_ids,
-                skip_conn: origin_conn,
-            })
-            .collect(),
-    }
+) -> impl Iterator<Item = Deliver> {
+    let (direct, group) = match recipients {
+        Recipients::Direct { receiver, sender } => {
+            let legs = [
+                Deliver::One {
+                    core: owner_of(*receiver),
+                    user_id: *receiver,
+                    skip_conn: 0,
+                },
+                Deliver::One {
+                    core: owner_of(*sender),
+                    user_id: *sender,
+                    skip_conn: origin_conn,
+                },
+            ];
+            (Some(legs), None)
+        }
+        Recipients::Group(members) => (None, Some(users_by_owner(members, cores, owner_of))),
+    };
+    let group_legs = group
+        .into_iter()
+        .flatten()
+        .map(move |(core, user_ids)| Deliver::Many {
+            core,
+            user_ids,
+            skip_conn: origin_conn,
+        });
+    direct.into_iter().flatten().chain(group_legs)
 }
 
 /// The users of a delivery, grouped by the core that owns each; cores
@@ -145,26 +160,36 @@ mod tests {
             sender: 4,
         };
         assert_eq!(
-            deliveries(&direct, 77, 2, owner),
+            deliveries(&direct, 77, 2, owner).collect::<Vec<_>>(),
             vec![
-                Deliver {
+                Deliver::One {
                     core: 1,
-                    user_ids: vec![3],
+                    user_id: 3,
                     skip_conn: 0,
                 },
-                Deliver {
+                Deliver::One {
                     core: 0,
-                    user_ids: vec![4],
+                    user_id: 4,
                     skip_conn: 77,
                 },
             ]
         );
         let group = Recipients::Group(vec![1, 2, 3, 4].into());
-        let legs = deliveries(&group, 77, 2, owner);
-        assert_eq!(legs.len(), 2, "one leg per owner core");
-        assert!(legs.iter().all(|leg| leg.skip_conn == 77));
-        assert_eq!(legs[0].user_ids, vec![2, 4]);
-        assert_eq!(legs[1].user_ids, vec![1, 3]);
+        assert_eq!(
+            deliveries(&group, 77, 2, owner).collect::<Vec<_>>(),
+            vec![
+                Deliver::Many {
+                    core: 0,
+                    user_ids: vec![2, 4],
+                    skip_conn: 77,
+                },
+                Deliver::Many {
+                    core: 1,
+                    user_ids: vec![1, 3],
+                    skip_conn: 77,
+                },
+            ]
+        );
     }
 
     /// Random deliveries, many seeds: every user reaches its owner and
@@ -178,7 +203,7 @@ mod tests {
             let users: Vec<i64> = (0..rng.gen_range(0..50))
                 .map(|_| rng.gen_range(1..10_000))
                 .collect();
-            let owner = |user: i64| (crate::core::mix(user as u64) % cores as u64) as usize;
+            let owner = |user: i64| crate::core::user_owner(user, cores);
             let plan = users_by_owner(&users, cores, owner);
             let mut seen: Vec<i64> = Vec::new();
             let mut last_core = None;

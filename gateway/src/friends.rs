@@ -283,15 +283,11 @@ impl Caller {
                 })
             })
             .await;
-        match listed {
-            Ok(mut response) => {
-                for friend in &mut response.friends {
-                    friend.online = !self.core.online_devices(friend.user_id).await.is_empty();
-                }
-                Ok(Body::FriendsResp(response))
-            }
-            Err(error) => Err(error),
+        let mut response = listed?;
+        for friend in &mut response.friends {
+            friend.online = !self.core.online_devices(friend.user_id).await.is_empty();
         }
+        Ok(Body::FriendsResp(response))
     }
 
     pub(crate) async fn search_users(
@@ -310,18 +306,14 @@ impl Caller {
             .core
             .read(move |store| store.search_users(&query, after, limit + 1))
             .await;
-        match found {
-            Ok(mut accounts) => {
-                let has_more = accounts.len() > limit;
-                accounts.truncate(limit);
-                let users = accounts.into_iter().map(|a| profile_of(a, me)).collect();
-                Ok(Body::SearchUsersResp(pb::SearchUsersResponse {
-                    users,
-                    has_more,
-                }))
-            }
-            Err(error) => Err(error),
-        }
+        let mut accounts = found?;
+        let has_more = accounts.len() > limit;
+        accounts.truncate(limit);
+        let users = accounts.into_iter().map(|a| profile_of(a, me)).collect();
+        Ok(Body::SearchUsersResp(pb::SearchUsersResponse {
+            users,
+            has_more,
+        }))
     }
 }
 

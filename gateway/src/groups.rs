@@ -224,10 +224,8 @@ impl Caller {
         session: &Session,
         request: pb::GetGroupRequest,
     ) -> Result<Body, pb::Error> {
-        match self.member_view(session.user_id, request.group_id).await {
-            Ok(group) => Ok(Body::GroupInfo(group_info(group))),
-            Err(error) => Err(error),
-        }
+        let group = self.member_view(session.user_id, request.group_id).await?;
+        Ok(Body::GroupInfo(group_info(group)))
     }
 
     pub(crate) async fn group_members(
@@ -261,10 +259,8 @@ impl Caller {
             })
         }
         .await;
-        match result {
-            Ok(response) => Ok(Body::GroupMembersResp(response)),
-            Err(error) => Err(error),
-        }
+        let response = result?;
+        Ok(Body::GroupMembersResp(response))
     }
 
     pub(crate) async fn my_groups(
@@ -278,18 +274,14 @@ impl Caller {
             .core
             .read(move |store| store.my_groups(me, after, limit + 1))
             .await;
-        match result {
-            Ok(mut rows) => {
-                let has_more = rows.len() > limit;
-                rows.truncate(limit);
-                let groups = rows.into_iter().map(group_info).collect();
-                Ok(Body::MyGroupsResp(pb::MyGroupsResponse {
-                    groups,
-                    has_more,
-                }))
-            }
-            Err(error) => Err(error),
-        }
+        let mut rows = result?;
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        let groups = rows.into_iter().map(group_info).collect();
+        Ok(Body::MyGroupsResp(pb::MyGroupsResponse {
+            groups,
+            has_more,
+        }))
     }
 
     /// The group, if `user_id` is a member of it; members only may look.

@@ -196,10 +196,8 @@ impl Caller {
                 Ok(pb::SyncResponse { messages, has_more })
             })
             .await;
-        match result {
-            Ok(response) => Ok(Body::SyncResp(response)),
-            Err(error) => Err(error),
-        }
+        let response = result?;
+        Ok(Body::SyncResp(response))
     }
 
     pub(crate) async fn history(
@@ -247,18 +245,14 @@ impl Caller {
                 Ok(messages)
             })
             .await;
-        match result {
-            Ok(mut messages) => {
-                let has_more = messages.len() > limit;
-                messages.truncate(limit);
-                Ok(Body::HistoryResp(pb::HistoryResponse {
-                    conversation_id: conv.to_string(),
-                    messages,
-                    has_more,
-                }))
-            }
-            Err(error) => Err(error),
-        }
+        let mut messages = result?;
+        let has_more = messages.len() > limit;
+        messages.truncate(limit);
+        Ok(Body::HistoryResp(pb::HistoryResponse {
+            conversation_id: conv.to_string(),
+            messages,
+            has_more,
+        }))
     }
 }
 

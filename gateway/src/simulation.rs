@@ -29,7 +29,7 @@ use crate::core::{conn_id_on, conversation_owner, core_of_conn, user_owner};
 use crate::directory::Directory;
 use crate::fanout::{self, Push};
 use crate::sequencer::fake::{FakeStore, Recorder, ReplyId};
-use crate::sequencer::{Job, Limits, SendResult, Sequencer, Ticket, Write};
+use crate::sequencer::{Job, Limits, SendResult, Sequencer, Write};
 
 const LIMITS: Limits = Limits {
     window: 4,
@@ -212,8 +212,8 @@ impl World {
         }
     }
 
-    fn login(&mut self, rng: &mut StdRng, users: i64) {
-        let user = rng.gen_range(1..=users);
+    fn login(&mut self, rng: &mut StdRng) {
+        let user = rng.gen_range(1..=self.users);
         let device = rng.gen_range(0..2u8);
         let core = rng.gen_range(0..self.cores.len());
         let conn = conn_id_on(core, self.next_conn);
@@ -263,7 +263,8 @@ impl World {
 
     /// A new send from an open connection, or a resend of one of its
     /// user's earlier sends (now and then with another payload).
-    fn send(&mut self, rng: &mut StdRng, users: i64) {
+    fn send(&mut self, rng: &mut StdRng) {
+        let users = self.users;
         let Some(conn_id) = self.pick_open(rng) else {
             return;
         };
@@ -470,7 +471,6 @@ impl World {
             ..
         } = write;
         let conv = message.conversation_id.parse().ok();
-        let ticket: Ticket = ticket;
         let owner = &mut self.cores[core];
         owner
             .sequencer
@@ -485,12 +485,24 @@ impl World {
         };
         let cores = self.cores.len();
         for leg in fanout::deliveries(&recipients, origin_conn, cores, |u| user_owner(u, cores)) {
+            let (to, users, skip) = match leg {
+                fanout::Deliver::One {
+                    core,
+                    user_id,
+                    skip_conn,
+                } => (core, vec![user_id], skip_conn),
+                fanout::Deliver::Many {
+                    core,
+                    user_ids,
+                    skip_conn,
+                } => (core, user_ids, skip_conn),
+            };
             let deliver = Msg::Deliver {
-                users: leg.user_ids,
-                skip: leg.skip_conn,
+                users,
+                skip,
                 message: pushed,
             };
-            self.route(core, leg.core, deliver);
+            self.route(core, to, deliver);
         }
     }
 
@@ -535,7 +547,7 @@ impl World {
             || self.cores.iter().any(|c| !c.pump.is_empty())
     }
 
-    fn step(&mut self, rng: &mut StdRng, users: i64, draining: bool) {
+    fn step(&mut self, rng: &mut StdRng, draining: bool) {
         self.clock += 1;
         let cores = self.cores.len();
         let roll = match draining {
@@ -543,9 +555,9 @@ impl World {
             false => rng.gen_range(0..100),
         };
         match roll {
-            0..=7 => self.login(rng, users),
+            0..=7 => self.login(rng),
             8..=11 => self.logout(rng),
-            12..=29 => self.send(rng, users),
+            12..=29 => self.send(rng),
             30..=64 => {
                 let busy: Vec<(usize, usize)> = self
                     .mesh
@@ -573,11 +585,11 @@ fn run(seed: u64) -> (usize, usize) {
     let users = rng.gen_range(2..=5);
     let mut world = World::new(cores, users);
     for _ in 0..rng.gen_range(100..400) {
-        world.step(&mut rng, users, false);
+        world.step(&mut rng, false);
     }
     let mut rounds = 0;
     while world.busy() {
-        world.step(&mut rng, users, true);
+        world.step(&mut rng, true);
         rounds += 1;
         assert!(rounds < 100_000, "seed {seed}: the drain does not end");
     }
