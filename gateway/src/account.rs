@@ -48,8 +48,7 @@ impl Caller {
                 .ok_or_else(|| pb::Error::new(ErrorCode::NotFound, "no such user"))
         }
         .await;
-        let profile = result?;
-        Ok(Body::UserProfile(profile))
+        result.map(Body::UserProfile)
     }
 
     pub(crate) async fn change_password(

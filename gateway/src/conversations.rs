@@ -51,8 +51,7 @@ impl Caller {
         request: pb::MarkReadRequest,
     ) -> Result<Body, pb::Error> {
         let result = self.mark_read_inner(session, request).await;
-        let response = result?;
-        Ok(Body::MarkReadResp(response))
+        result.map(Body::MarkReadResp)
     }
 
     async fn mark_read_inner(
@@ -155,8 +154,7 @@ impl Caller {
                 })
             })
             .await;
-        let response = result?;
-        Ok(Body::ConversationsResp(response))
+        result.map(Body::ConversationsResp)
     }
 
     pub(crate) async fn recall(

@@ -259,8 +259,7 @@ impl Caller {
             })
         }
         .await;
-        let response = result?;
-        Ok(Body::GroupMembersResp(response))
+        result.map(Body::GroupMembersResp)
     }
 
     pub(crate) async fn my_groups(

@@ -196,8 +196,7 @@ impl Caller {
                 Ok(pb::SyncResponse { messages, has_more })
             })
             .await;
-        let response = result?;
-        Ok(Body::SyncResp(response))
+        result.map(Body::SyncResp)
     }
 
     pub(crate) async fn history(
