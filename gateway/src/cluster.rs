@@ -424,7 +424,7 @@ pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Inbound>) {
     while let Some(inbound) = inbox.next().await {
         match inbound {
             Inbound::Message(message) => core.deliver_from_another_node(*message).await,
-            Inbound::Presence(info) => core.clone().tell_friends(info).await,
+            Inbound::Presence(info) => core.tell_friends(info),
             Inbound::Changed(conv) => core.forget_conversation(conv).await,
             Inbound::SignOut(sign_out) => core.sign_out_here(sign_out).await,
         }

@@ -42,6 +42,7 @@ use crate::group_state::GroupCommand;
 use crate::limits::{Limit, NodeLimits, TokenBucket};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::outbox::{clock_ms, Outbox};
+use crate::presence_queue::PresenceQueue;
 use crate::remembered::Remembered;
 use crate::sequencer::{self, reused_id, Recipients, Sequencer, Ticket, Write};
 
@@ -302,6 +303,8 @@ pub struct Core {
     send_buckets: RefCell<HashMap<i64, TokenBucket>>,
     /// Delivery acks waiting to go to the store together.
     pub acks: crate::acks::AckCoalescer,
+    /// Presence changes waiting to be pushed to friends, in order.
+    presence_out: PresenceQueue,
 }
 
 impl Core {
@@ -334,6 +337,7 @@ impl Core {
             group_viewers: Remembered::new(GROUP_VIEWERS_CAP),
             send_buckets: RefCell::default(),
             acks: Default::default(),
+            presence_out: Default::default(),
             shared,
         };
         (Rc::new(core), pending)
@@ -1081,8 +1085,8 @@ impl Core {
     }
 
     /// Tells a user's friends of their new presence (`None`: it did not
-    /// change). The friend list is read off the reactor, in a task of its
-    /// own.
+    /// change): other nodes through the log, this node's through the
+    /// presence queue.
     fn announce_presence(self: &Rc<Self>, announce: Announce) {
         let Some(info) = announce else {
             return;
@@ -1100,21 +1104,48 @@ impl Core {
                 tracing::warn!(user_id, "presence not published: cluster threads busy");
             }
         }
-        glommio::spawn_local(self.clone().tell_friends(info)).detach();
+        self.tell_friends(info);
     }
 
-    /// Pushes a presence change to the user's friends' devices on this node.
-    pub(crate) async fn tell_friends(self: Rc<Self>, info: pb::PresenceInfo) {
-        let user_id = info.user_id;
-        let Ok(friends) = self.read(move |store| store.friends(user_id)).await else {
-            return;
-        };
-        if friends.is_empty() {
-            return;
+    /// Queues a presence change for the user's friends' devices on this
+    /// node; they hear changes in the order they were queued.
+    pub(crate) fn tell_friends(self: &Rc<Self>, info: pb::PresenceInfo) {
+        if self.presence_out.add(info) {
+            glommio::spawn_local(self.clone().push_presence_changes()).detach();
         }
-        let frame = encode_frame(&Envelope::new(0, Body::Presence(info)));
-        for (friend, _) in friends {
-            self.push_to_user(friend, frame.clone(), 0).await;
+    }
+
+    /// Drains the presence queue: one store read for the friends of every
+    /// change waiting, then the pushes in order, until nothing waits.
+    async fn push_presence_changes(self: Rc<Self>) {
+        loop {
+            let changes = self.presence_out.take();
+            if changes.is_empty() {
+                return;
+            }
+            let user_ids: Vec<i64> = changes.iter().map(|info| info.user_id).collect();
+            let read = self.read(move |store| {
+                user_ids
+                    .iter()
+                    .map(|user_id| store.friends(*user_id))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            let Ok(friend_lists) = read.await else {
+                tracing::warn!(
+                    changes = changes.len(),
+                    "presence not pushed: friends unread"
+                );
+                continue;
+            };
+            for (info, friends) in changes.into_iter().zip(friend_lists) {
+                if friends.is_empty() {
+                    continue;
+                }
+                let frame = encode_frame(&Envelope::new(0, Body::Presence(info)));
+                for (friend, _) in friends {
+                    self.push_to_user(friend, frame.clone(), 0).await;
+                }
+            }
         }
     }
 

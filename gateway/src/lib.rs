@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod parking;
 mod presence;
+pub mod presence_queue;
 mod remembered;
 pub mod sequencer;
 pub mod server;

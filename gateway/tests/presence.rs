@@ -119,3 +119,36 @@ async fn a_heartbeat_timeout_marks_the_device_offline() {
     );
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friends_hear_a_burst_of_changes_in_order() {
+    let server = start_node!(2);
+    let (alice, sa) = user_on(server.addr, "alice", "phone").await;
+    let (bob, _) = user_on(server.addr, "bob", "d").await;
+    befriend(&alice, &bob).await;
+    // Pipelined: the node applies them in order, but the pushes they
+    // cause race each other unless it keeps them in order too.
+    let sets = (0..100).map(|round| {
+        let state = if round % 2 == 0 {
+            PresenceState::Away
+        } else {
+            PresenceState::Online
+        };
+        alice.set_presence(state)
+    });
+    for done in futures::future::join_all(sets).await {
+        done.unwrap();
+    }
+    let mut heard = Vec::new();
+    while let Some(push) = bob.next_push(Duration::from_millis(500)).await {
+        if let Push::Presence(p) = push {
+            if p.user_id == sa.user_id {
+                heard.push(PresenceState::try_from(p.state).unwrap());
+            }
+        }
+    }
+    assert_eq!(heard.len(), 100, "every change is pushed once");
+    let flips = heard.windows(2).filter(|pair| pair[0] == pair[1]).count();
+    assert_eq!(flips, 0, "changes alternate as they were made: {heard:?}");
+    assert_eq!(heard.last(), Some(&PresenceState::Online));
+}

@@ -1,0 +1,71 @@
+//! Presence changes on their way to friends, in the order they happened.
+//! Each change used to be pushed by a task of its own after reading the
+//! user's friends off the reactor, and two reads could finish in either
+//! order: a friend could be told "away" after "offline" and keep the stale
+//! state. Changes now wait here; one drain at a time takes everything
+//! waiting, reads every friend list in one store job and pushes in the
+//! order the changes happened, so what a friend hears last is what is
+//! true.
+
+use std::cell::{Cell, RefCell};
+
+use ourchat_protocol::pb;
+
+/// The presence changes waiting on one core.
+#[derive(Default)]
+pub struct PresenceQueue {
+    waiting: RefCell<Vec<pb::PresenceInfo>>,
+    draining: Cell<bool>,
+}
+
+impl PresenceQueue {
+    /// Queues a change; `true` when no drain is running (the caller starts one).
+    pub fn add(&self, info: pb::PresenceInfo) -> bool {
+        self.waiting.borrow_mut().push(info);
+        !self.draining.replace(true)
+    }
+
+    /// Everything waiting, oldest first; empty when the drain is done
+    /// (the next `add` starts a new one).
+    pub fn take(&self) -> Vec<pb::PresenceInfo> {
+        let batch = std::mem::take(&mut *self.waiting.borrow_mut());
+        if batch.is_empty() {
+            self.draining.set(false);
+        }
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(user_id: i64, state: pb::PresenceState) -> pb::PresenceInfo {
+        pb::PresenceInfo {
+            user_id,
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_drain_at_a_time_takes_every_change_in_order() {
+        let queue = PresenceQueue::default();
+        assert!(queue.add(info(1, pb::PresenceState::Away)), "start a drain");
+        assert!(!queue.add(info(2, pb::PresenceState::Online)));
+        assert!(!queue.add(info(1, pb::PresenceState::Offline)));
+        assert_eq!(
+            queue.take(),
+            vec![
+                info(1, pb::PresenceState::Away),
+                info(2, pb::PresenceState::Online),
+                info(1, pb::PresenceState::Offline),
+            ]
+        );
+        // Changes while the drain pushes go in its next round, not a new drain.
+        assert!(!queue.add(info(1, pb::PresenceState::Online)));
+        assert_eq!(queue.take(), vec![info(1, pb::PresenceState::Online)]);
+        assert!(queue.take().is_empty(), "the drain ends");
+        assert!(queue.add(info(3, pb::PresenceState::Online)), "a new drain");
+    }
+}
