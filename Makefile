@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench bench-peers bench-store run test fmt-check lint unit build release clean fuzz engines engines-stop
+.PHONY: bench bench-peers bench-store run test fmt-check lint unit web web-test build release clean fuzz engines engines-stop
 
 ## Short benchmark of every loadgen scenario (a few minutes); prints a table.
 ## `scripts/bench.sh full` produces the BENCHMARKS.md figures.
@@ -19,12 +19,15 @@ bench-peers:
 bench-store:
 	STORE_BENCH_DIR=$${TMPDIR:-/tmp} $(CARGO) bench -p ourchat-storage --bench store_mix
 
-## Run a node on the embedded store in ./data, client TCP on :50003.
+## Run a node on the embedded store in ./data: client TCP on :50003, the
+## web app (the committed build in web/dist) and its WebSocket on :50080.
+WEB_PORT ?= 50080
 run:
-	$(CARGO) run --release --bin ourchat -- serve $(ARGS)
+	$(CARGO) run --release --bin ourchat -- serve \
+	  --set 'server.ws_listen="0.0.0.0:$(WEB_PORT)"' --set 'server.web_root="web/dist"' $(ARGS)
 
-## Everything CI checks: formatting, lints as errors, every test.
-test: fmt-check lint unit
+## Everything CI checks: formatting, lints as errors, every test, the web app.
+test: fmt-check lint unit web-test
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -39,6 +42,14 @@ unit:
 	scripts/engines.sh start $(ENGINES_DIR)
 	. $(ENGINES_DIR)/env && OURCHAT_REQUIRE_ENGINES=1 $(CARGO) test --workspace; \
 	  status=$$?; scripts/engines.sh stop $(ENGINES_DIR); exit $$status
+
+## The web app: regenerate and rebuild web/dist (commit the result).
+web:
+	scripts/web.sh build
+
+## Web unit tests and the end-to-end run in headless Chromium.
+web-test:
+	scripts/web.sh test
 
 ## Start the engines once and keep them (source target/engines/env, then
 ## run any `cargo test`); `make engines-stop` ends them.

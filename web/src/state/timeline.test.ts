@@ -1,0 +1,77 @@
+import { describe, expect, it } from "vitest";
+import { MessageType } from "../gen/common_pb";
+import { acked, addPending, emptyTimeline, failed, merge, newestSeq, oldestSeq, recalled, recent, retrying, type Item } from "./timeline";
+
+const ME = 1n;
+const PEER = 2n;
+
+function item(seq: bigint, over: Partial<Item> = {}): Item {
+  return {
+    conversationId: "si_1_2", seq, clientMessageId: 100n + seq, senderId: PEER, type: MessageType.TEXT,
+    content: `m${seq}`, sentAtMs: Number(seq), status: "sent", recalled: false, ...over,
+  };
+}
+
+const seqs = (items: Item[]) => items.map((i) => i.seq);
+
+describe("timeline", () => {
+  it("keeps each seq once, in order, whatever order pages and pushes come in", () => {
+    let t = merge(emptyTimeline(), [item(5n), item(3n)], ME);
+    t = merge(t, [item(4n), item(5n), item(1n)], ME);
+    t = merge(t, [item(3n)], ME);
+    expect(seqs(t.items)).toEqual([1n, 3n, 4n, 5n]);
+    expect(newestSeq(t)).toBe(5n);
+    expect(oldestSeq(t)).toBe(1n);
+  });
+
+  it("shows a send pending, then stored at its seq when acked", () => {
+    const mine = item(0n, { senderId: ME, clientMessageId: 42n, content: "hi" });
+    let t = addPending(merge(emptyTimeline(), [item(1n)], ME), mine);
+    expect(t.items.map((i) => i.status)).toEqual(["sent", "pending"]);
+    // A push that lands before the ack goes above the pending send.
+    t = merge(t, [item(2n)], ME);
+    expect(seqs(t.items)).toEqual([1n, 2n, 0n]);
+    t = acked(t, 42n, 3n, 1234);
+    expect(seqs(t.items)).toEqual([1n, 2n, 3n]);
+    expect(t.items[2]).toMatchObject({ status: "sent", content: "hi", sentAtMs: 1234 });
+  });
+
+  it("drops the pending copy when the stored one arrived first (sync after a reconnect)", () => {
+    const mine = item(0n, { senderId: ME, clientMessageId: 42n });
+    let t = addPending(emptyTimeline(), mine);
+    t = merge(t, [item(7n, { senderId: ME, clientMessageId: 42n })], ME);
+    expect(seqs(t.items)).toEqual([7n]);
+    t = acked(t, 42n, 7n, 1);
+    expect(seqs(t.items)).toEqual([7n]);
+  });
+
+  it("a pending send of someone else's id is not taken for mine", () => {
+    let t = addPending(emptyTimeline(), item(0n, { senderId: ME, clientMessageId: 42n }));
+    t = merge(t, [item(7n, { senderId: PEER, clientMessageId: 42n })], ME);
+    expect(seqs(t.items)).toEqual([7n, 0n]);
+  });
+
+  it("a failed send stays, retries as pending with the same id, then succeeds", () => {
+    let t = addPending(emptyTimeline(), item(0n, { senderId: ME, clientMessageId: 9n }));
+    t = failed(t, 9n, "store unavailable");
+    expect(t.items[0]).toMatchObject({ status: "failed", error: "store unavailable", clientMessageId: 9n });
+    t = retrying(t, 9n);
+    expect(t.items[0]).toMatchObject({ status: "pending", error: undefined });
+    t = acked(t, 9n, 1n, 5);
+    expect(t.items[0]).toMatchObject({ status: "sent", seq: 1n });
+  });
+
+  it("a recall blanks the message but keeps its place", () => {
+    const t = recalled(merge(emptyTimeline(), [item(1n), item(2n)], ME), 1n);
+    expect(t.items[0]).toMatchObject({ seq: 1n, recalled: true, content: "" });
+    expect(t.items[1].recalled).toBe(false);
+  });
+
+  it("the cache keeps the newest messages and every pending one", () => {
+    let t = merge(emptyTimeline(), [1n, 2n, 3n, 4n].map((s) => item(s)), ME);
+    t = addPending({ ...t, hasMore: false }, item(0n, { senderId: ME, clientMessageId: 77n }));
+    const kept = recent(t, 2);
+    expect(seqs(kept.items)).toEqual([3n, 4n, 0n]);
+    expect(kept.hasMore).toBe(true);
+  });
+});
