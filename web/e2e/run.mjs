@@ -121,6 +121,8 @@ test("the web app against a real node", async (t) => {
       await befriend(alice, bob, "bob", "alice");
       await tab(alice, "Contacts");
       await alice.getByRole("list", { name: "Friends" }).getByText("Bob", { exact: true }).waitFor();
+      await axe(alice, "contacts");
+      await shoot(alice, "contacts");
     });
 
     await step("they chat both ways with every message type, typing and read receipts", async () => {
@@ -151,7 +153,7 @@ test("the web app against a real node", async (t) => {
       await alice.getByLabel("Latitude, longitude").fill("52.52, 13.405");
       await alice.getByLabel("Caption").fill("Berlin");
       await alice.getByRole("button", { name: "Send" }).click();
-      await messages(bob).getByText(/Berlin \(52\.5200, 13\.4050\)/).waitFor();
+      await messages(bob).getByText(/Location: Berlin \(52\.5200, 13\.4050\)/).waitFor();
       // Presence: each sees the other online.
       await alice.getByRole("region", { name: "Chat with Bob" }).getByText("online", { exact: true }).waitFor();
       await axe(alice, "chat");
@@ -174,7 +176,7 @@ test("the web app against a real node", async (t) => {
       await messages(alice).locator('[data-status="sent"], [data-status="read"]').filter({ hasText: "from the browser" }).waitFor();
       const history = node.cli("cli", "history", "--with", "alice");
       assert.match(history, /from the browser/);
-      await shoot(alice, "contacts-after");
+      await shoot(alice, "chat-with-cli-user");
     });
 
     await step("a group of three with roles", async () => {
@@ -227,6 +229,19 @@ test("the web app against a real node", async (t) => {
       await tab(bob, "Chats");
       await bob.getByRole("button", { name: /^Alice/ }).click();
       await messages(bob).getByText("back again").waitFor({ timeout: 20_000 });
+    });
+
+    await step("a recall reaches the other side; profile and devices under Me", async () => {
+      await say(alice, "oops, wrong chat");
+      const mine = messages(alice).locator("li.msg").filter({ hasText: "oops, wrong chat" });
+      await mine.getByRole("button", { name: "Recall" }).click();
+      await messages(bob).getByText("oops, wrong chat").waitFor({ state: "detached" });
+      assert.ok((await messages(bob).getByText("Message recalled").count()) >= 1);
+      await tab(alice, "Me");
+      await alice.getByLabel("Nickname").fill("Alice A.");
+      await alice.getByRole("button", { name: "Save profile" }).click();
+      await alice.getByText("Profile saved").waitFor();
+      await alice.getByRole("list", { name: "Devices" }).getByText("(this one)").waitFor();
     });
 
     await step("dark mode persists across a reload, and the list draws from the cache", async () => {

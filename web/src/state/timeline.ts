@@ -190,15 +190,15 @@ export function preview(item: Item): string {
     case MessageType.TEXT:
       return item.content;
     case MessageType.IMAGE:
-      return "📷 Image";
+      return "Image";
     case MessageType.VOICE:
-      return "🎤 Voice";
+      return "Voice message";
     case MessageType.VIDEO:
-      return "🎬 Video";
+      return "Video";
     case MessageType.FILE:
-      return `📎 ${item.media?.fileName || "File"}`;
+      return `File: ${item.media?.fileName || "file"}`;
     case MessageType.LOCATION:
-      return `📍 ${item.location?.title || "Location"}`;
+      return `Location: ${item.location?.title || "shared"}`;
     default:
       return item.content;
   }

@@ -22,7 +22,7 @@ function Body({ item }: { item: Item }) {
   }
   if (item.location) {
     const { latitude, longitude, title } = item.location;
-    return <span>📍 {title || "Location"} ({latitude.toFixed(4)}, {longitude.toFixed(4)})</span>;
+    return <span>Location: {title || "shared"} ({latitude.toFixed(4)}, {longitude.toFixed(4)})</span>;
   }
   return <span class="text">{item.content}</span>;
 }
@@ -40,7 +40,7 @@ export function Message({ item, mine, author, read, onRetry, onRecall }: Props) 
       </div>
       <span class="meta">
         <time>{new Date(item.sentAtMs).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}</time>
-        {mine && <span class="status" aria-label={status}>{{ pending: "⏳", sent: "✓", read: "✓✓", failed: "⚠" }[status]}</span>}
+        {mine && <span class="status" aria-label={status}>{{ pending: "…", sent: "✓", read: "✓✓", failed: "!" }[status]}</span>}
         {item.status === "failed" && (
           <button class="link" onClick={onRetry}>Retry{item.error ? ` (${item.error})` : ""}</button>
         )}
