@@ -67,7 +67,7 @@ export function Contacts({ onChat }: { onChat: (id: string) => void }) {
       <ul class="people" aria-label="Friends">
         {state.friends.map((f) => (
           <li key={String(f.userId)}>
-            <span><span class={app.online(f.userId) ? "dot on" : "dot"} aria-label={app.online(f.userId) ? "online" : "offline"} />
+            <span><span class={app.online(f.userId) ? "dot on" : "dot"} role="img" aria-label={app.online(f.userId) ? "online" : "offline"} />
               {f.nickname || f.username}</span>
             <span>
               <button onClick={() => onChat(app.chatWith(f.userId))}>Chat with {f.username}</button>
