@@ -159,6 +159,10 @@ test("the web app against a real node", async (t) => {
       await axe(alice, "chat");
       await shoot(alice, "chat");
       await tab(alice, "Chats");
+      // The list alone: on a phone an open chat covers it.
+      await alice.setViewportSize(PHONE);
+      await alice.getByRole("button", { name: "Back to conversations" }).click();
+      await alice.setViewportSize(DESKTOP);
       await shoot(alice, "chat-list");
     });
 
