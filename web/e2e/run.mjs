@@ -214,6 +214,26 @@ test("the web app against a real node", async (t) => {
       await members.getByRole("listitem").filter({ hasText: "Alice" }).getByText("owner", { exact: true }).waitFor();
       await axe(alice, "groups");
       await shoot(alice, "groups");
+      // Carol leaves; everyone's chat says so. Then the owner dissolves it.
+      await tab(carol, "Groups");
+      await carol.getByRole("button", { name: "Manage Trio" }).click();
+      await carol.getByRole("button", { name: "Leave group" }).click();
+      await carol.getByRole("button", { name: "Manage Trio" }).waitFor({ state: "detached" });
+      await tab(bob, "Chats");
+      await bob.getByRole("button", { name: /^Trio/ }).click();
+      await messages(bob).getByText("carol left the group").waitFor();
+      await alice.getByRole("button", { name: "Dissolve group" }).click();
+      await messages(bob).getByText("Alice dissolved the group").waitFor();
+    });
+
+    await step("a blocked user cannot write; unblocked, they can again", async () => {
+      await tab(alice, "Contacts");
+      const carolRow = alice.getByRole("list", { name: "Friends" }).getByRole("listitem").filter({ hasText: "carol" });
+      await carolRow.getByRole("button", { name: "Block" }).click();
+      await alice.getByRole("button", { name: "Unblock" }).waitFor();
+      assert.throws(() => node.cli("cli", "send", "--to", "alice", "let me in"), /Command failed/);
+      await alice.getByRole("button", { name: "Unblock" }).click();
+      await alice.getByRole("button", { name: "Unblock" }).waitFor({ state: "detached" });
     });
 
     await step("the node is killed and restarted: the page reconnects and misses nothing", async () => {
