@@ -183,6 +183,26 @@ test("the web app against a real node", async (t) => {
       await shoot(alice, "chat-with-cli-user");
     });
 
+    await step("a second device pages history in as it scrolls up", async () => {
+      for (let n = 1; n <= 40; n++) node.cli("cli", "send", "--to", "alice", `page test ${n}`);
+      const context = await browser.newContext({ viewport: DESKTOP });
+      const laptop = await context.newPage();
+      await laptop.goto(node.url);
+      await laptop.getByLabel("Username").fill("alice");
+      await laptop.getByLabel("Password").fill(PASSWORD);
+      await laptop.getByRole("button", { name: "Sign in" }).click();
+      await laptop.getByRole("button", { name: /^carol/ }).click();
+      await messages(laptop).getByText("page test 40", { exact: true }).waitFor();
+      assert.equal(await messages(laptop).getByText("from the terminal").count(), 0, "one page first");
+      for (let i = 0; i < 5 && !(await messages(laptop).getByText("Start of the conversation").count()); i++) {
+        await messages(laptop).evaluate((list) => list.scrollTo({ top: 0 }));
+        await laptop.waitForTimeout(300);
+      }
+      await messages(laptop).getByText("from the terminal").waitFor();
+      assert.equal(await messages(laptop).locator("li.msg").count(), 42, "every message once");
+      await context.close();
+    });
+
     await step("a group of three with roles", async () => {
       carol = await browser.newContext({ viewport: DESKTOP }).then((c) => c.newPage());
       await carol.goto(node.url);

@@ -47,6 +47,8 @@ export type Listener = (state: State) => void;
 
 const SESSION_KEY = "ourchat.session";
 const TYPING_SHOWN_MS = 5_000;
+/** Messages per history page, and what a new device syncs per conversation. */
+const PAGE = 30n;
 
 function randomId(): bigint {
   const words = crypto.getRandomValues(new Uint32Array(2));
@@ -215,12 +217,19 @@ export class App {
     this.persistSoon();
   }
 
-  /** Everything after each cached conversation's newest seq. */
+  /**
+   * Everything after each cached conversation's newest seq; a conversation
+   * this browser has nothing of starts one page before its end (older
+   * pages come with scrolling), so a new device does not pull every
+   * conversation's whole past.
+   */
   private async sync(): Promise<void> {
     for (let page = 0; page < 50; page++) {
-      const since = Object.entries(this.state.timelines)
-        .map(([conversationId, timeline]) => ({ conversationId, seq: newestSeq(timeline) }))
-        .filter((cursor) => cursor.seq > 0n);
+      const since = this.state.chats.map((chat) => {
+        const cached = newestSeq(this.state.timelines[chat.id] ?? emptyTimeline());
+        const seq = cached > 0n ? cached : chat.lastSeq > PAGE ? chat.lastSeq - PAGE : 0n;
+        return { conversationId: chat.id, seq };
+      });
       const reply = expect(await this.net.request({ case: "sync", value: { since, limit: 500 } }), "syncResp");
       this.take(reply.messages.map(fromChat));
       if (!reply.hasMore || reply.messages.length === 0) return;
@@ -329,7 +338,7 @@ export class App {
     const timeline = this.state.timelines[conversationId] ?? emptyTimeline();
     if (!timeline.hasMore || this.state.net !== "online") return;
     const reply = expect(
-      await this.net.request({ case: "history", value: { conversationId, beforeSeq: oldestSeq(timeline), limit: 30 } }),
+      await this.net.request({ case: "history", value: { conversationId, beforeSeq: oldestSeq(timeline), limit: Number(PAGE) } }),
       "historyResp",
     );
     const me = this.state.session?.userId ?? 0n;
