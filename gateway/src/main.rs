@@ -214,6 +214,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     flag.store(true, Ordering::SeqCst);
                 }
             });
+            let web_scheme = match (config.server.web_root.is_empty(), config.tls.ws) {
+                (true, _) => None,
+                (false, false) => Some("http"),
+                (false, true) => Some("https"),
+            };
             ourchat_gateway::serve(config, shutdown, |listening| {
                 let admin = listening
                     .admin
@@ -229,9 +234,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     listening.cores,
                     data_dir.display()
                 );
+                if let (Some(scheme), Some(ws)) = (web_scheme, listening.ws) {
+                    println!("web app: open {}", web_address(scheme, ws));
+                }
             })?;
             Ok(())
         }
+    }
+}
+
+/// Where a person on this machine opens the web app: an unspecified bind
+/// address (0.0.0.0, ::) is reached as localhost.
+fn web_address(scheme: &str, ws: std::net::SocketAddr) -> String {
+    if ws.ip().is_unspecified() {
+        format!("{scheme}://localhost:{}/", ws.port())
+    } else {
+        format!("{scheme}://{ws}/")
     }
 }
 
