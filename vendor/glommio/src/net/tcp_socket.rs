@@ -126,7 +126,11 @@ impl TcpListener {
         let addr = socket2::SockAddr::from(addr);
         sk.set_reuse_port(true)?;
         sk.bind(&addr)?;
-        sk.listen(1024)?;
+        // OurChat: the largest backlog the kernel grants (it caps the
+        // number at net.core.somaxconn), not 1024: a reconnect storm of
+        // tens of thousands overflowed 1024 per listener, and every
+        // dropped handshake cost its client a 1 s SYN retransmit.
+        sk.listen(i32::MAX)?;
         let listener = sk.into();
 
         Ok(TcpListener {
