@@ -154,6 +154,21 @@ test("the web app against a real node", async (t) => {
       await alice.getByLabel("Caption").fill("Berlin");
       await alice.getByRole("button", { name: "Send" }).click();
       await messages(bob).getByText(/Location: Berlin \(52\.5200, 13\.4050\)/).waitFor();
+      // ...and the other way round.
+      await alice.getByLabel("Attachment").selectOption("image");
+      await alice.getByLabel("Link").fill(`${node.url}/favicon.svg`);
+      await alice.getByLabel("Caption").fill("our logo");
+      await alice.getByRole("button", { name: "Send" }).click();
+      await messages(bob).getByRole("img", { name: "our logo" }).waitFor({ state: "attached" });
+      await bob.getByLabel("Attachment").selectOption("file");
+      await bob.getByLabel("Link").fill("https://example.com/minutes.txt");
+      await bob.getByRole("button", { name: "Send" }).click();
+      await messages(alice).getByRole("link", { name: "minutes.txt" }).waitFor();
+      await bob.getByLabel("Attachment").selectOption("location");
+      await bob.getByLabel("Latitude, longitude").fill("-33.8688, 151.2093");
+      await bob.getByLabel("Caption").fill("Sydney");
+      await bob.getByRole("button", { name: "Send" }).click();
+      await messages(alice).getByText(/Location: Sydney \(-33\.8688, 151\.2093\)/).waitFor();
       // Presence: each sees the other online.
       await alice.getByRole("region", { name: "Chat with Bob" }).getByText("online", { exact: true }).waitFor();
       await axe(alice, "chat");
