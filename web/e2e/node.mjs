@@ -36,8 +36,10 @@ function reachable(port) {
 }
 
 export class Node {
-  static async create() {
+  /** `settings`: more `--set key=value` pairs. */
+  static async create(settings = []) {
     const node = new Node();
+    node.settings = settings;
     node.dataDir = mkdtempSync(join(tmpdir(), "ourchat-web-e2e-"));
     node.tcpPort = await freePort();
     node.wsPort = await freePort();
@@ -62,6 +64,7 @@ export class Node {
         "--set", `server.ws_listen="127.0.0.1:${this.wsPort}"`,
         "--set", `server.web_root="${join(web, "dist")}"`,
         "--set", 'server.admin_listen=""', "--set", 'server.grpc_listen=""',
+        ...this.settings.flatMap((kv) => ["--set", kv]),
       ],
       { stdio: ["ignore", "ignore", "pipe"] },
     );

@@ -342,3 +342,24 @@ test("the web app against a real node", async (t) => {
     await node.stop();
   }
 });
+
+test("an open tab refreshes its token before it expires", async () => {
+  const node = await Node.create(["auth.token_ttl_secs=6"]);
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: ["--no-sandbox"] });
+  try {
+    const page = await register(browser, node, "dana");
+    const first = await page.evaluate(() => window.ourchat.state.session.token);
+    // 80% of 6 s: a new token by about 5 s, before the first expires.
+    await page.waitForFunction((t) => window.ourchat.state.session.token !== t, first, { timeout: 15_000 });
+    await page.waitForTimeout(3_000);
+    // The first token has expired; a reconnect must log in with the new one.
+    await node.crash();
+    await page.getByText("Reconnecting…").waitFor();
+    await node.start();
+    await page.getByText("Reconnecting…").waitFor({ state: "detached", timeout: 20_000 });
+    assert.equal(await page.getByRole("heading", { name: "OurChat" }).count(), 0, "still signed in");
+  } finally {
+    await browser.close();
+    await node.stop();
+  }
+});

@@ -73,6 +73,7 @@ export class App {
   private connection?: Connection;
   private password?: string;
   private saveTimer?: ReturnType<typeof setTimeout>;
+  private refreshTimer?: ReturnType<typeof setTimeout>;
   private readonly unsent = new Map<bigint, { conversationId: string; body: Body }>();
 
   constructor(private readonly url = socketUrl()) {}
@@ -200,7 +201,37 @@ export class App {
       });
     }
     this.net.keepAlive(login.heartbeatSecs || 30);
+    this.refreshBefore(Number(login.expireAt) * 1000);
     await this.catchUp();
+  }
+
+  /**
+   * Asks for a fresh token when 80% of this one's life has gone, so an
+   * open tab never reconnects with an expired token.
+   */
+  private refreshBefore(expiresAtMs: number): void {
+    clearTimeout(this.refreshTimer);
+    if (!expiresAtMs) return;
+    const wait = Math.max(1_000, (expiresAtMs - Date.now()) * 0.8);
+    // setTimeout holds at most 2^31-1 ms (24.8 days); a longer token checks again then.
+    this.refreshTimer = setTimeout(() => {
+      if (expiresAtMs - Date.now() > 2 ** 31 - 1) return this.refreshBefore(expiresAtMs);
+      void this.refreshToken();
+    }, Math.min(wait, 2 ** 31 - 1));
+  }
+
+  private async refreshToken(): Promise<void> {
+    const session = this.state.session;
+    if (!session || this.state.net !== "online") return;
+    try {
+      const fresh = expect(await this.net.request({ case: "refreshToken", value: {} }), "refreshTokenResp");
+      const next = { ...session, token: fresh.token };
+      localStorage.setItem(SESSION_KEY, JSON.stringify({ ...next, userId: String(next.userId) }));
+      this.set({ session: next });
+      this.refreshBefore(Number(fresh.expireAt) * 1000);
+    } catch {
+      // The next login (on reconnect) refreshes the schedule.
+    }
   }
 
   private async catchUp(): Promise<void> {
@@ -307,6 +338,7 @@ export class App {
   }
 
   private signedOut(notice: string): void {
+    clearTimeout(this.refreshTimer);
     this.connection?.stop();
     this.connection = undefined;
     localStorage.removeItem(SESSION_KEY);
