@@ -42,7 +42,8 @@ export class Node {
     node.settings = settings;
     node.dataDir = mkdtempSync(join(tmpdir(), "ourchat-web-e2e-"));
     node.tcpPort = await freePort();
-    node.wsPort = await freePort();
+    do node.wsPort = await freePort();
+    while (node.wsPort === node.tcpPort);
     await node.start();
     return node;
   }
