@@ -45,6 +45,13 @@ export interface State {
 
 export type Listener = (state: State) => void;
 
+interface Unsent {
+  conversationId: string;
+  body: Body;
+  /** Lost with the connection (or refused for now): resent after a reconnect. */
+  auto: boolean;
+}
+
 const SESSION_KEY = "ourchat.session";
 const TYPING_SHOWN_MS = 5_000;
 /** Messages per history page, and what a new device syncs per conversation. */
@@ -74,7 +81,11 @@ export class App {
   private password?: string;
   private saveTimer?: ReturnType<typeof setTimeout>;
   private refreshTimer?: ReturnType<typeof setTimeout>;
-  private readonly unsent = new Map<bigint, { conversationId: string; body: Body }>();
+  /**
+   * Sends not yet acked, by client_message_id: resent as they were after a
+   * reconnect (`auto`), or when the person taps retry after a refusal.
+   */
+  private readonly unsent = new Map<bigint, Unsent>();
 
   constructor(private readonly url = socketUrl()) {}
 
@@ -86,6 +97,19 @@ export class App {
   private set(patch: Partial<State>): void {
     this.state = { ...this.state, ...patch };
     for (const listener of this.listeners) listener(this.state);
+  }
+
+  /** Applies `change` to one conversation's timeline (an empty one if none). */
+  private updateTimeline(conversationId: string, change: (timeline: Timeline) => Timeline): Timeline {
+    const next = change(this.state.timelines[conversationId] ?? emptyTimeline());
+    this.set({ timelines: { ...this.state.timelines, [conversationId]: next } });
+    return next;
+  }
+
+  /** Keeps the session for reloads (ids as strings: JSON has no bigint). */
+  private remember(session: Session): void {
+    localStorage.setItem(SESSION_KEY, JSON.stringify({ ...session, userId: String(session.userId) }));
+    this.set({ session });
   }
 
   private persistSoon(): void {
@@ -185,8 +209,7 @@ export class App {
     const login = expect(reply, "loginResp");
     this.password = undefined;
     const fresh: Session = { ...session, userId: login.userId, token: login.token, deviceId: login.deviceId || session.deviceId };
-    localStorage.setItem(SESSION_KEY, JSON.stringify({ ...fresh, userId: String(fresh.userId) }));
-    this.set({ session: fresh });
+    this.remember(fresh);
     if (session.userId !== fresh.userId) {
       // Pushes may come in while the cache loads: it goes under them, not over them.
       const cached = await cache.load(fresh.userId);
@@ -225,9 +248,7 @@ export class App {
     if (!session || this.state.net !== "online") return;
     try {
       const fresh = expect(await this.net.request({ case: "refreshToken", value: {} }), "refreshTokenResp");
-      const next = { ...session, token: fresh.token };
-      localStorage.setItem(SESSION_KEY, JSON.stringify({ ...next, userId: String(next.userId) }));
-      this.set({ session: next });
+      this.remember({ ...session, token: fresh.token });
       this.refreshBefore(Number(fresh.expireAt) * 1000);
     } catch {
       // The next login (on reconnect) refreshes the schedule.
@@ -244,7 +265,7 @@ export class App {
     await Promise.all([this.loadFriends(), this.loadGroups()]);
     await this.loadProfiles(this.state.chats.map((c) => c.peerId).filter((id) => id > 0n));
     // Sends cut off by the drop go again with their client_message_id.
-    for (const [clientMessageId, unsent] of this.unsent) void this.deliver(clientMessageId, unsent);
+    for (const [clientMessageId, unsent] of this.unsent) if (unsent.auto) this.retry(clientMessageId);
     this.persistSoon();
   }
 
@@ -300,21 +321,14 @@ export class App {
         if (readerId === me) {
           this.set({ chats: onRead(this.state.chats, conversationId, seq) });
         } else {
-          const timeline = this.state.timelines[conversationId] ?? emptyTimeline();
-          this.set({
-            chats: onPeerRead(this.state.chats, conversationId, seq),
-            timelines: { ...this.state.timelines, [conversationId]: { ...timeline, peerReadSeq: seq } },
-          });
+          this.set({ chats: onPeerRead(this.state.chats, conversationId, seq) });
+          this.updateTimeline(conversationId, (timeline) => ({ ...timeline, peerReadSeq: seq }));
         }
         break;
       }
-      case "recalled": {
-        const timeline = this.state.timelines[body.value.conversationId];
-        if (timeline) {
-          this.set({ timelines: { ...this.state.timelines, [body.value.conversationId]: recalled(timeline, body.value.seq) } });
-        }
+      case "recalled":
+        this.updateTimeline(body.value.conversationId, (timeline) => recalled(timeline, body.value.seq));
         break;
-      }
       case "typingPush": {
         const until = body.value.typing ? Date.now() + TYPING_SHOWN_MS : 0;
         this.set({ typing: { ...this.state.typing, [body.value.conversationId]: until } });
@@ -421,22 +435,22 @@ export class App {
       conversationId, seq: 0n, clientMessageId, senderId: session.userId, type, content: what.text ?? "",
       media: what.media, location: what.location, sentAtMs: Date.now(), status: "pending", recalled: false,
     };
-    const timeline = this.state.timelines[conversationId] ?? emptyTimeline();
-    this.set({ timelines: { ...this.state.timelines, [conversationId]: addPending(timeline, item) } });
-    this.unsent.set(clientMessageId, { conversationId, body });
-    void this.deliver(clientMessageId, { conversationId, body });
+    this.updateTimeline(conversationId, (timeline) => addPending(timeline, item));
+    this.unsent.set(clientMessageId, { conversationId, body, auto: true });
+    void this.deliver(clientMessageId);
   }
 
   /** Sends a failed message again, with the same client_message_id. */
-  retry(conversationId: string, clientMessageId: bigint): void {
+  retry(clientMessageId: bigint): void {
     const unsent = this.unsent.get(clientMessageId);
-    const timeline = this.state.timelines[conversationId];
-    if (!unsent || !timeline) return;
-    this.set({ timelines: { ...this.state.timelines, [conversationId]: retrying(timeline, clientMessageId) } });
-    void this.deliver(clientMessageId, unsent);
+    if (!unsent) return;
+    this.updateTimeline(unsent.conversationId, (timeline) => retrying(timeline, clientMessageId));
+    void this.deliver(clientMessageId);
   }
 
-  private async deliver(clientMessageId: bigint, unsent: { conversationId: string; body: Body }): Promise<void> {
+  private async deliver(clientMessageId: bigint): Promise<void> {
+    const unsent = this.unsent.get(clientMessageId);
+    if (!unsent) return;
     const { conversationId } = unsent;
     try {
       const reply = expect(await this.net.request(unsent.body as { case: "send"; value: object }), "sendResp");
@@ -445,28 +459,25 @@ export class App {
         throw new ServerError(refusal?.code ?? 0, refusal?.message ?? "not sent", refusal?.retryable ?? false);
       }
       this.unsent.delete(clientMessageId);
-      const timeline = this.state.timelines[conversationId] ?? emptyTimeline();
-      const done = acked(timeline, clientMessageId, reply.seq, Number(reply.sentAtMs));
+      const done = this.updateTimeline(conversationId, (timeline) =>
+        acked(timeline, clientMessageId, reply.seq, Number(reply.sentAtMs)),
+      );
       const item = done.items.find((i) => i.seq === reply.seq);
-      this.set({ timelines: { ...this.state.timelines, [conversationId]: done } });
       if (item && this.state.session) {
         this.set({ chats: onMessage(this.state.chats, item, this.state.session.userId, this.state.viewing) });
       }
       this.persistSoon();
     } catch (error) {
-      // A lost connection resends on reconnect; a refusal waits for "retry".
-      if (error instanceof ServerError && !error.retryable) this.unsent.delete(clientMessageId);
-      const timeline = this.state.timelines[conversationId] ?? emptyTimeline();
-      this.set({ timelines: { ...this.state.timelines, [conversationId]: failed(timeline, clientMessageId, errorText(error)) } });
-      if (error instanceof ServerError && !error.retryable) return;
-      this.unsent.set(clientMessageId, unsent);
+      // A lost connection (or a "later" from the node) resends after the
+      // reconnect; a refusal waits for the person's retry.
+      unsent.auto = !(error instanceof ServerError && !error.retryable);
+      this.updateTimeline(conversationId, (timeline) => failed(timeline, clientMessageId, errorText(error)));
     }
   }
 
   async recall(conversationId: string, seq: bigint): Promise<void> {
     await this.net.request({ case: "recall", value: { conversationId, seq } });
-    const timeline = this.state.timelines[conversationId];
-    if (timeline) this.set({ timelines: { ...this.state.timelines, [conversationId]: recalled(timeline, seq) } });
+    this.updateTimeline(conversationId, (timeline) => recalled(timeline, seq));
   }
 
   typing(conversationId: string, typing: boolean): void {

@@ -133,7 +133,7 @@ export function ChatView({ id, onBack }: { id: string; onBack: () => void }) {
             <Message key={item.seq > 0n ? `s${item.seq}` : `c${item.clientMessageId}`} item={item} mine={mine}
               author={app.name(item.senderId)}
               read={mine && item.seq > 0n && (timeline?.peerReadSeq ?? 0n) >= item.seq}
-              onRetry={() => app.retry(id, item.clientMessageId)}
+              onRetry={() => app.retry(item.clientMessageId)}
               onRecall={recallable ? () => act(() => app.recall(id, item.seq)) : undefined} />
           );
         })}
