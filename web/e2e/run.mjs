@@ -277,17 +277,23 @@ test("the web app against a real node", async (t) => {
       const before = await messages(alice).locator("li.msg").count();
       await node.crash();
       await alice.getByText("Reconnecting…").waitFor();
+      // Typed while the node is down: shown failed, resent after the reconnect.
+      await say(alice, "typed while you were down");
+      const offline = messages(alice).locator("li.msg").filter({ hasText: "typed while you were down" });
+      await offline.and(alice.locator('[data-status="failed"]')).waitFor();
       await node.start();
       node.cli("bobcli", "login", "bob", PASSWORD);
       for (const n of [1, 2, 3]) node.cli("bobcli", "send", "--to", "alice", `while you were away ${n}`);
       await messages(alice).getByText("while you were away 3").waitFor({ timeout: 20_000 });
       await alice.getByText("Reconnecting…").waitFor({ state: "detached" });
       for (const n of [1, 2, 3]) assert.equal(await messages(alice).getByText(`while you were away ${n}`).count(), 1);
-      assert.equal(await messages(alice).locator("li.msg").count(), before + 3, "nothing twice");
+      await offline.and(alice.locator('[data-status="sent"], [data-status="read"]')).waitFor();
+      assert.equal(await messages(alice).locator("li.msg").count(), before + 4, "nothing twice");
       await say(alice, "back again");
       await tab(bob, "Chats");
       await bob.getByRole("button", { name: /^Alice/ }).click();
       await messages(bob).getByText("back again").waitFor({ timeout: 20_000 });
+      assert.equal(await messages(bob).getByText("typed while you were down").count(), 1, "resent once");
     });
 
     await step("a recall reaches the other side; profile and devices under Me", async () => {
