@@ -37,6 +37,7 @@ export function ChatView({ id, onBack }: { id: string; onBack: () => void }) {
   const [error, act] = useAction();
   const list = useRef<HTMLOListElement>(null);
   const lastTyping = useRef(0);
+  const input = useRef<HTMLInputElement>(null);
   const me = state.session?.userId ?? 0n;
   const chat = state.chats.find((c) => c.id === id);
   const timeline = state.timelines[id];
@@ -48,6 +49,8 @@ export function ChatView({ id, onBack }: { id: string; onBack: () => void }) {
 
   useEffect(() => {
     act(() => app.open(id));
+    // Ready to type on a wide screen; a phone would throw its keyboard up.
+    if (matchMedia("(min-width: 721px)").matches) input.current?.focus();
     return () => app.close();
   }, [id]);
 
@@ -151,7 +154,7 @@ export function ChatView({ id, onBack }: { id: string; onBack: () => void }) {
           <input aria-label={attach === "location" ? "Latitude, longitude" : "Link"} value={url}
             placeholder={attach === "location" ? "52.52, 13.40" : "https://…"} onInput={(e) => setUrl(e.currentTarget.value)} />
         )}
-        <input aria-label={attach ? "Caption" : "Message"} placeholder={attach ? "Caption" : "Message"} value={text}
+        <input ref={input} aria-label={attach ? "Caption" : "Message"} placeholder={attach ? "Caption" : "Message"} value={text}
           onInput={(e) => onInput(e.currentTarget.value)} onBlur={() => app.typing(id, false)} />
         <button type="submit">Send</button>
       </form>
