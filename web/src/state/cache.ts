@@ -69,13 +69,17 @@ export async function save(userId: bigint, snapshot: Snapshot): Promise<void> {
   try {
     const tx = database.transaction(STORE, "readwrite");
     tx.objectStore(STORE).put({ ...snapshot, timelines }, `user:${userId}`);
-    await new Promise<void>((resolve, reject) => {
-      tx.oncomplete = () => resolve();
-      tx.onerror = () => reject(tx.error);
-    });
+    await done(tx);
   } catch {
     // A full or refused store only costs the next reload its head start.
   }
+}
+
+function done(tx: IDBTransaction): Promise<void> {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+  });
 }
 
 /** Forgets a user's cache (logout). */
@@ -84,4 +88,5 @@ export async function forget(userId: bigint): Promise<void> {
   if (!database) return;
   const tx = database.transaction(STORE, "readwrite");
   tx.objectStore(STORE).delete(`user:${userId}`);
+  await done(tx).catch(() => {});
 }
