@@ -11,6 +11,10 @@ use std::cell::{Cell, RefCell};
 
 use ourchat_protocol::pb;
 
+/// Most changes one store read serves: a reconnect storm queues thousands,
+/// and one read for all of them would hold a reader thread that long.
+pub const MAX_BATCH: usize = 256;
+
 /// The presence changes waiting on one core.
 #[derive(Default)]
 pub struct PresenceQueue {
@@ -25,10 +29,12 @@ impl PresenceQueue {
         !self.draining.replace(true)
     }
 
-    /// Everything waiting, oldest first; empty when the drain is done
-    /// (the next `add` starts a new one).
+    /// The oldest waiting changes, up to [`MAX_BATCH`]; empty when the
+    /// drain is done (the next `add` starts a new one).
     pub fn take(&self) -> Vec<pb::PresenceInfo> {
-        let batch = std::mem::take(&mut *self.waiting.borrow_mut());
+        let mut waiting = self.waiting.borrow_mut();
+        let count = waiting.len().min(MAX_BATCH);
+        let batch: Vec<_> = waiting.drain(..count).collect();
         if batch.is_empty() {
             self.draining.set(false);
         }
@@ -67,5 +73,22 @@ mod tests {
         assert_eq!(queue.take(), vec![info(1, pb::PresenceState::Online)]);
         assert!(queue.take().is_empty(), "the drain ends");
         assert!(queue.add(info(3, pb::PresenceState::Online)), "a new drain");
+    }
+
+    #[test]
+    fn a_storm_is_served_in_bounded_batches_in_order() {
+        let queue = PresenceQueue::default();
+        for user_id in 0..(MAX_BATCH as i64 * 2 + 1) {
+            queue.add(info(user_id, pb::PresenceState::Online));
+        }
+        let sizes: Vec<usize> = std::iter::from_fn(|| Some(queue.take()))
+            .take_while(|batch| !batch.is_empty())
+            .map(|batch| batch.len())
+            .collect();
+        assert_eq!(sizes, vec![MAX_BATCH, MAX_BATCH, 1]);
+        assert!(
+            queue.add(info(0, pb::PresenceState::Away)),
+            "drained: a new drain"
+        );
     }
 }
