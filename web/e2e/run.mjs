@@ -110,6 +110,12 @@ test("the web app against a real node", async (t) => {
       const response = await page.goto(node.url);
       assert.match(response.headers()["content-security-policy"], /script-src 'self'/);
       await page.getByRole("heading", { name: "OurChat" }).waitFor();
+      // A refused login says why and stays on this screen.
+      await page.getByLabel("Username").fill("nobody");
+      await page.getByLabel("Password").fill("not the password");
+      await page.getByRole("button", { name: "Sign in" }).click();
+      await page.getByRole("alert").getByText("wrong username or password").waitFor();
+      assert.equal(await page.getByRole("navigation", { name: "Sections" }).count(), 0);
       await axe(page, "login");
       await shoot(page, "login");
       await context.close();

@@ -20,7 +20,7 @@ let js = 0;
 for (const path of files(dist)) {
   if (!/\.(js|css|html|svg|json)$/.test(path)) continue;
   const body = readFileSync(path);
-  // mtime 0 in the gzip header keeps the build reproducible.
+  // Node's gzip header carries no mtime, so the build stays reproducible.
   const gz = gzipSync(body, { level: 9 });
   writeFileSync(`${path}.gz`, gz);
   writeFileSync(`${path}.br`, brotliCompressSync(body, { params: { [constants.BROTLI_PARAM_QUALITY]: 11 } }));

@@ -93,6 +93,19 @@ describe("connection", () => {
     expect(states.at(-1)).toBe("online");
   });
 
+  it("a reply that says success: false is a refusal, not a result", async () => {
+    const socket = FakeSocket.last;
+    const login = connection.request({ case: "login", value: { username: "a", password: "wrong" } });
+    socket.reply(socket.sent[0].reqId, {
+      case: "loginResp",
+      value: { success: false, error: { code: ErrorCode.UNAUTHENTICATED, message: "wrong username or password" } },
+    });
+    await expect(login).rejects.toMatchObject({ code: ErrorCode.UNAUTHENTICATED, message: "wrong username or password" });
+    const send = connection.request({ case: "send", value: {} });
+    socket.reply(socket.sent[1].reqId, { case: "sendResp", value: { success: true, seq: 4n } });
+    expect((await send).case).toBe("sendResp");
+  });
+
   it("a request with no reply times out instead of hanging", async () => {
     const lost = connection.request({ case: "friends", value: {} });
     const failed = expect(lost).rejects.toBeInstanceOf(NetError);

@@ -150,8 +150,9 @@ export class Connection {
     }
     this.waiting.delete(envelope.reqId);
     clearTimeout(waiting.timer);
-    if (body.case === "error") {
-      waiting.reject(new ServerError(body.value.code, body.value.message, body.value.retryable));
+    const refusal = refusalIn(body as Body);
+    if (refusal) {
+      waiting.reject(new ServerError(refusal.code, refusal.message, refusal.retryable));
     } else {
       waiting.resolve(body as Body);
     }
@@ -165,6 +166,18 @@ export class Connection {
     }
     this.waiting.clear();
   }
+}
+
+/**
+ * The refusal a reply carries: an `Error` body, or the seed's replies
+ * that say `success: false` with their own error field (send, login,
+ * register, create group) — never to be taken for a success.
+ */
+function refusalIn(body: Body): { code: ErrorCode; message: string; retryable: boolean } | undefined {
+  if (body.case === "error") return body.value;
+  const value = body.value as { success?: boolean; error?: { code: ErrorCode; message: string; retryable: boolean } };
+  if (value.success === false) return value.error ?? { code: ErrorCode.INTERNAL, message: "refused", retryable: false };
+  return undefined;
 }
 
 /** The reply's body if it is of the expected case. */

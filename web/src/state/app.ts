@@ -81,6 +81,8 @@ export class App {
   private password?: string;
   private saveTimer?: ReturnType<typeof setTimeout>;
   private refreshTimer?: ReturnType<typeof setTimeout>;
+  /** Profiles requested and not answered yet. */
+  private readonly profilesAsked = new Set<bigint>();
   /**
    * Sends not yet acked, by client_message_id: resent as they were after a
    * reconnect (`auto`), or when the person taps retry after a refusal.
@@ -292,13 +294,23 @@ export class App {
   private take(items: Item[]): void {
     const session = this.state.session;
     if (!session || items.length === 0) return;
+    const byConversation = new Map<string, Item[]>();
+    for (const item of items) {
+      const same = byConversation.get(item.conversationId);
+      if (same) same.push(item);
+      else byConversation.set(item.conversationId, [item]);
+    }
     const timelines = { ...this.state.timelines };
     let chats = this.state.chats;
     const newest = new Map<string, bigint>();
-    for (const item of items) {
-      timelines[item.conversationId] = merge(timelines[item.conversationId] ?? emptyTimeline(), [item], session.userId);
-      chats = onMessage(chats, item, session.userId, this.state.viewing);
-      if ((newest.get(item.conversationId) ?? 0n) < item.seq) newest.set(item.conversationId, item.seq);
+    for (const [conversationId, arrived] of byConversation) {
+      const timeline = merge(timelines[conversationId] ?? emptyTimeline(), arrived, session.userId);
+      timelines[conversationId] = timeline;
+      const last = timeline.items.filter((i) => i.seq > 0n).at(-1);
+      if (last) {
+        chats = onMessage(chats, last, session.userId, this.state.viewing);
+        newest.set(conversationId, last.seq);
+      }
     }
     this.set({ timelines, chats });
     for (const [conversationId, seq] of newest) {
@@ -414,7 +426,7 @@ export class App {
     if (!session) return;
     const clientMessageId = randomId();
     const type = what.media ? what.media.type : what.location ? MessageType.LOCATION : MessageType.TEXT;
-    const groupId = BigInt(conversationId.startsWith("sg_") ? conversationId.slice(3) : 0);
+    const groupId = groupOf(conversationId);
     const body: Body = {
       case: "send",
       value: {
@@ -454,10 +466,6 @@ export class App {
     const { conversationId } = unsent;
     try {
       const reply = expect(await this.net.request(unsent.body as { case: "send"; value: object }), "sendResp");
-      if (!reply.success || reply.seq <= 0n) {
-        const refusal = reply.error;
-        throw new ServerError(refusal?.code ?? 0, refusal?.message ?? "not sent", refusal?.retryable ?? false);
-      }
       this.unsent.delete(clientMessageId);
       const done = this.updateTimeline(conversationId, (timeline) =>
         acked(timeline, clientMessageId, reply.seq, Number(reply.sentAtMs)),
@@ -510,13 +518,18 @@ export class App {
   }
 
   async loadProfiles(userIds: bigint[]): Promise<void> {
-    const missing = [...new Set(userIds)].filter((id) => id > 0n && !this.state.profiles[String(id)]);
+    // Pushes and pages name the same senders over and over: ask once each.
+    const missing = [...new Set(userIds)].filter(
+      (id) => id > 0n && !this.state.profiles[String(id)] && !this.profilesAsked.has(id),
+    );
     if (!missing.length || this.state.net === "signed-out") return;
+    for (const id of missing) this.profilesAsked.add(id);
     const found = await Promise.all(
       missing.map((userId) =>
         this.net.request({ case: "getUser", value: { userId } }).then((b) => expect(b, "userProfile"), () => undefined),
       ),
     );
+    for (const id of missing) this.profilesAsked.delete(id);
     const profiles = { ...this.state.profiles };
     for (const p of found) if (p) profiles[String(p.userId)] = { userId: p.userId, username: p.username, nickname: p.nickname, avatarUrl: p.avatarUrl };
     this.set({ profiles });

@@ -177,10 +177,8 @@ export function oldestSeq(timeline: Timeline): bigint {
 export function recent(timeline: Timeline, keep: number): Timeline {
   const stored = timeline.items.filter((i) => i.seq > 0n);
   if (stored.length <= keep) return timeline;
-  const cut = stored.length - keep;
-  return { ...timeline, hasMore: true, items: timeline.items.filter((i) => i.seq === 0n).length
-    ? [...stored.slice(cut), ...timeline.items.filter((i) => i.seq === 0n)]
-    : stored.slice(cut) };
+  const pending = timeline.items.filter((i) => i.seq === 0n);
+  return { ...timeline, hasMore: true, items: [...stored.slice(stored.length - keep), ...pending] };
 }
 
 /** What a chat list shows for a message. */
