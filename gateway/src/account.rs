@@ -333,17 +333,22 @@ impl Caller {
                 ));
             }
             let (user_id, device) = (verified.user_id, verified.device_id.clone());
-            let stored = self
-                .core
-                .read(move |store| {
-                    if store.account_by_id(user_id)?.is_none() {
-                        return Ok(None);
-                    }
-                    store.device(user_id, &device)
-                })
-                .await?;
+            let in_memory = self.core.shared.memory.as_ref();
+            let epoch = match in_memory.and_then(|m| m.token_epoch(user_id, &device)) {
+                Some(epoch) => Some(epoch),
+                None => {
+                    self.core
+                        .read(move |store| {
+                            if store.account_by_id(user_id)?.is_none() {
+                                return Ok(None);
+                            }
+                            Ok(store.device(user_id, &device)?.map(|d| d.token_epoch))
+                        })
+                        .await?
+                }
+            };
             // A revoked device (logout, kick, password change) has a newer epoch.
-            if stored.is_none_or(|d| d.token_epoch != verified.epoch) {
+            if epoch != Some(verified.epoch) {
                 return Err(pb::Error::new(
                     ErrorCode::Unauthenticated,
                     "token revoked: log in with your password",

@@ -718,7 +718,10 @@ impl Core {
         if user_id <= 0 {
             return Ok(false);
         }
-        if self.known_users.contains(&user_id) {
+        let in_memory = self.shared.memory.as_ref();
+        if self.known_users.contains(&user_id)
+            || in_memory.is_some_and(|m| m.account_known(user_id))
+        {
             return Ok(true);
         }
         let exists = self

@@ -230,7 +230,9 @@ impl Conn {
                 return;
             }
         };
-        self.record_login(started);
+        // A storm's figure is its reconnects, timed from the drop; the
+        // first logins, paced by the ramp, would halve the sample.
+        self.record_login((self.plan.scenario != Scenario::Storm).then_some(started));
         self.shared.attempted.fetch_add(1, Ordering::Relaxed);
         counters.online.fetch_add(1, Ordering::Relaxed);
         loop {
@@ -250,7 +252,7 @@ impl Conn {
                     match self.connect().await {
                         Some(again) => {
                             session = again;
-                            self.record_login(go);
+                            self.record_login(Some(go));
                             counters.online.fetch_add(1, Ordering::Relaxed);
                         }
                         None => {
@@ -264,8 +266,10 @@ impl Conn {
         counters.online.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn record_login(&self, since: Instant) {
+    /// Counts a login, and times it from `since` when given.
+    fn record_login(&self, since: Option<Instant>) {
         self.shared.counters.logins.fetch_add(1, Ordering::Relaxed);
+        let Some(since) = since else { return };
         if let Ok(mut h) = self.histograms.lock() {
             let _ = h.login.record(since.elapsed().as_micros().max(1) as u64);
         }

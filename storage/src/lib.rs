@@ -723,4 +723,11 @@ pub trait MemoryReads: Send + Sync {
         &self,
         conversation: ourchat_protocol::ConversationId,
     ) -> Option<ConversationHead>;
+
+    /// True: the account exists. False: not known here; ask the store.
+    fn account_known(&self, user_id: i64) -> bool;
+
+    /// The device's current token epoch (0 for a device never revoked),
+    /// or `None` when the account is not known here: ask the store.
+    fn token_epoch(&self, user_id: i64, device_id: &str) -> Option<i64>;
 }

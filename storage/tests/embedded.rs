@@ -358,3 +358,82 @@ fn a_first_send_s_head_is_known_from_memory_and_follows_blocks() {
             .blocked
     );
 }
+
+#[test]
+fn accounts_and_revoked_devices_are_known_from_memory_as_the_store_has_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let account = |user_id, username: &str| {
+        WriteOp::CreateAccount(ourchat_storage::NewAccount {
+            user_id,
+            username: username.into(),
+            password_hash: "h".into(),
+            phone: String::new(),
+            email: String::new(),
+            nickname: String::new(),
+            created_at_ms: 1,
+        })
+    };
+    let touch = |user_id, device: &str| WriteOp::TouchDevice {
+        user_id,
+        device_id: device.into(),
+        device_type: "test".into(),
+        seen_at_ms: 1,
+    };
+    let revoke = |user_id, device: &str| WriteOp::RevokeDevice {
+        user_id,
+        device_id: device.into(),
+    };
+    {
+        let store = open(dir.path()).unwrap();
+        let memory = store.memory_reads().unwrap();
+        let mut writer = store.writer().unwrap();
+        assert!(!memory.account_known(1));
+        assert_eq!(memory.token_epoch(1, "a"), None, "unknown: ask the store");
+        let outcomes = writer
+            .apply_batch(&[
+                account(1, "ann"),
+                account(2, "ann"),
+                touch(1, "a"),
+                touch(1, "b"),
+                touch(1, "c"),
+            ])
+            .unwrap();
+        assert_eq!(outcomes[1], WriteOutcome::UsernameTaken);
+        assert!(memory.account_known(1));
+        assert!(!memory.account_known(2), "a refused account is not known");
+        assert_eq!(memory.token_epoch(1, "a"), Some(0));
+
+        // A revocation is known before the writer answers it; a refused
+        // one (no such device) changes nothing.
+        let outcomes = writer
+            .apply_batch(&[revoke(1, "a"), revoke(1, "nope")])
+            .unwrap();
+        assert_eq!(outcomes, [WriteOutcome::Done, WriteOutcome::Refused]);
+        assert_eq!(memory.token_epoch(1, "a"), Some(1));
+        assert_eq!(memory.token_epoch(1, "b"), Some(0));
+        // A password change revokes every device but the one that asked.
+        writer
+            .apply_batch(&[WriteOp::SetPassword {
+                user_id: 1,
+                password_hash: "h2".into(),
+                keep_device: "b".into(),
+            }])
+            .unwrap();
+        let epochs = ["a", "b", "c"].map(|d| memory.token_epoch(1, d));
+        assert_eq!(epochs, [Some(2), Some(0), Some(1)]);
+
+        // The same as SQLite holds.
+        let mut reader = store.reader().unwrap();
+        let stored = |reader: &mut Box<dyn ourchat_storage::ReadStore>, d| {
+            reader.device(1, d).unwrap().map(|d| d.token_epoch)
+        };
+        assert_eq!(stored(&mut reader, "a"), Some(2));
+        assert_eq!(stored(&mut reader, "c"), Some(1));
+    }
+    // Read back at open.
+    let store = open(dir.path()).unwrap();
+    let memory = store.memory_reads().unwrap();
+    assert!(memory.account_known(1) && !memory.account_known(2));
+    let epochs = ["a", "b", "c", "never-seen"].map(|d| memory.token_epoch(1, d));
+    assert_eq!(epochs, [Some(2), Some(0), Some(1), Some(0)]);
+}

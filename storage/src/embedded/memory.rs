@@ -1,7 +1,8 @@
 //! What the embedded store answers from memory alone, for a reactor that
 //! must not wait on a reader thread: the head of a 1:1 conversation that
-//! holds no message yet (every first send between two users), and who
-//! blocked whom. Blocks are few rows, kept here so that no conversation
+//! holds no message yet (every first send between two users), who
+//! blocked whom, whether an account exists and a device's token epoch
+//! (`accounts`: every token login and every send's recipient check). Blocks are few rows, kept here so that no conversation
 //! head reads SQLite for them; the writer applies each committed block
 //! and unblock.
 
@@ -11,6 +12,7 @@ use std::sync::{Arc, PoisonError, RwLock, TryLockError};
 use ourchat_protocol::ConversationId;
 use rusqlite::Connection;
 
+use super::accounts::Accounts;
 use crate::msglog::store::SharedIndex;
 use crate::{ConversationHead, MemoryReads, StoreError, WriteOp, WriteOutcome};
 
@@ -73,9 +75,18 @@ impl Blocks {
 pub(crate) struct EmbeddedMemory {
     pub(crate) index: SharedIndex,
     pub(crate) blocks: Arc<Blocks>,
+    pub(crate) accounts: Arc<Accounts>,
 }
 
 impl MemoryReads for EmbeddedMemory {
+    fn account_known(&self, user_id: i64) -> bool {
+        self.accounts.knows(user_id)
+    }
+
+    fn token_epoch(&self, user_id: i64, device_id: &str) -> Option<i64> {
+        self.accounts.token_epoch(user_id, device_id)
+    }
+
     fn empty_direct_head(&self, conversation: ConversationId) -> Option<ConversationHead> {
         let ConversationId::Direct { low, high } = conversation else {
             return None;
@@ -119,6 +130,7 @@ mod tests {
         let memory = EmbeddedMemory {
             index: SharedIndex::default(),
             blocks: Arc::default(),
+            accounts: Arc::default(),
         };
         let conversation = ConversationId::Direct { low: 1, high: 2 };
         assert!(memory.empty_direct_head(conversation).is_some());

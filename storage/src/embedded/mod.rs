@@ -9,6 +9,7 @@
 //! are brought up to the log (a crash may have fallen between the two),
 //! then a store written before the log existed has its messages moved in.
 
+mod accounts;
 mod change;
 mod memory;
 mod reader;
@@ -27,6 +28,7 @@ use crate::sqlite::{
     apply_group_change, message_from_row, Durability, SqliteBackend, MESSAGE_COLUMNS,
 };
 use crate::{Backend, MemoryReads, ReadStore, StoreError, WriteStore};
+use accounts::Accounts;
 use memory::{Blocks, EmbeddedMemory};
 use reader::EmbeddedReader;
 use writer::EmbeddedWriter;
@@ -47,6 +49,8 @@ pub struct EmbeddedBackend {
     index: SharedIndex,
     /// Who blocked whom, kept by the writer.
     blocks: Arc<Blocks>,
+    /// Account ids and revoked devices, kept by the writer.
+    accounts: Arc<Accounts>,
     /// The one writer, until it is taken.
     writer: Mutex<Option<MessageStore<FileDisk>>>,
     /// Held (flock) while the store is open: a second process on the same
@@ -123,9 +127,11 @@ impl EmbeddedBackend {
             })?;
         }
         let blocks = Arc::new(Blocks::load(&conn)?);
+        let accounts = Arc::new(Accounts::load(&conn)?);
         Ok(EmbeddedBackend {
             sqlite,
             blocks,
+            accounts,
             index: log.index(),
             log_dir,
             writer: Mutex::new(Some(log)),
@@ -155,6 +161,7 @@ impl Backend for EmbeddedBackend {
             log,
             conn: self.sqlite.connect(false)?,
             blocks: self.blocks.clone(),
+            accounts: self.accounts.clone(),
             stopped: None,
         }))
     }
@@ -171,6 +178,7 @@ impl Backend for EmbeddedBackend {
         Some(Arc::new(EmbeddedMemory {
             index: self.index.clone(),
             blocks: self.blocks.clone(),
+            accounts: self.accounts.clone(),
         }))
     }
 }

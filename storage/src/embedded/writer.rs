@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection};
 
+use super::accounts::Accounts;
 use super::memory::Blocks;
 use super::{change, log_error};
 use crate::msglog::disk::FileDisk;
@@ -26,6 +27,7 @@ pub(crate) struct EmbeddedWriter {
     pub(crate) log: MessageStore<FileDisk>,
     pub(crate) conn: Connection,
     pub(crate) blocks: Arc<Blocks>,
+    pub(crate) accounts: Arc<Accounts>,
     /// Why the writer stopped (SQLite failed after a durable log batch).
     pub(crate) stopped: Option<String>,
 }
@@ -145,6 +147,10 @@ impl WriteStore for EmbeddedWriter {
                 _ => WriteOutcome::Refused,
             });
         }
+        let account_changes = match &tx {
+            Some(tx) => Accounts::changes(tx, ops, &outcomes)?,
+            None => Default::default(),
+        };
         let mut appended_all = Vec::with_capacity(appends.len());
         let mut batch_no = None;
         for chunk in log_batches(&appends) {
@@ -193,6 +199,7 @@ impl WriteStore for EmbeddedWriter {
             return Err(err);
         }
         self.blocks.apply(ops, &outcomes);
+        self.accounts.apply(account_changes);
         Ok(outcomes)
     }
 }
