@@ -92,6 +92,10 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// OurChat patch. Completions for this ring that arrive while its
+        /// thread runs in user space wait for its next entry into the
+        /// kernel instead of interrupting it with an IPI (Linux 5.19+).
+        const COOP_TASKRUN = 1 << 8;
     }
 }
 

@@ -927,8 +927,20 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        // OurChat patch: a reactor enters the kernel many times a millisecond
+        // (sends, receives, submissions) and sleeps in io_uring_enter, so
+        // it need not be interrupted to see a completion; a kernel without
+        // the flag refuses it, and gets the ring as before.
+        let ring = match iou::IoUring::new_with_flags(
+            size as _,
+            iou::SetupFlags::COOP_TASKRUN,
+            iou::SetupFeatures::empty(),
+        ) {
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => iou::IoUring::new(size as _)?,
+            ring => ring?,
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
