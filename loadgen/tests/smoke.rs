@@ -162,6 +162,15 @@ fn p2p_and_storm_lose_nothing() {
     // Every user logged in once, then again after the storm.
     assert_eq!(storm["counters"]["logins"], 600, "{storm:#}");
     assert_eq!(storm["counters"]["connect_errors"], 0);
+    // The storm's latencies are its 300 reconnects, each timed from the
+    // drop, and its phase ends with the slowest of them.
+    assert_eq!(storm["login_us"]["count"], 300, "{storm:#}");
+    let slowest_us = storm["login_us"]["max"].as_f64().unwrap();
+    let phase_us = storm["phase_secs"].as_f64().unwrap() * 1e6;
+    assert!(
+        slowest_us > 0.0 && (phase_us - slowest_us).abs() <= slowest_us * 0.002,
+        "{storm:#}"
+    );
 
     // Groups of 100: each acked send owes 99 deliveries, all of them made.
     let group = loadgen(
