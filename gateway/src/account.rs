@@ -98,13 +98,13 @@ impl Caller {
             .commit(WriteOp::SetPassword {
                 user_id: me,
                 password_hash: hash,
-                keep_device: session.device_id.clone(),
+                keep_device: session.device_id.to_string(),
             })
             .await?;
         let mut signed_out = 0;
         for device in devices
             .into_iter()
-            .filter(|d| d.device_id != session.device_id && !d.signed_out)
+            .filter(|d| *d.device_id != *session.device_id && !d.signed_out)
         {
             signed_out += 1;
             self.core
@@ -115,7 +115,7 @@ impl Caller {
     }
 
     pub(crate) async fn refresh_token(&self, session: &Session) -> Result<Body, pb::Error> {
-        let (me, device_id) = (session.user_id, session.device_id.clone());
+        let (me, device_id) = (session.user_id, session.device_id.to_string());
         let result = async {
             let device = self
                 .core
@@ -159,7 +159,7 @@ impl Caller {
         session: &Session,
         request: pb::KickDeviceRequest,
     ) -> Result<Body, pb::Error> {
-        if request.device_id == session.device_id {
+        if *request.device_id == *session.device_id {
             return Err(bad("to sign this device out, use Logout"));
         }
         let was_online = self
@@ -511,7 +511,7 @@ impl LoginGrant {
     pub(crate) fn session(&self) -> Session {
         Session {
             user_id: self.user_id,
-            device_id: self.device_id.clone(),
+            device_id: self.device_id.as_str().into(),
         }
     }
 

@@ -8,15 +8,18 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
+use ourchat_protocol::ConversationId;
 use ourchat_storage::WriteOp;
 
 /// How long an ack may wait for others.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
-/// (user, device, conversation).
-type Key = (i64, Box<str>, String);
+/// (user, device, conversation): kept as the session has them (the device
+/// shared, the conversation a number); text only when they go to the store.
+type Key = (i64, Rc<str>, ConversationId);
 
 /// The acks waiting on one core.
 #[derive(Default)]
@@ -28,10 +31,16 @@ pub struct AckCoalescer {
 impl AckCoalescer {
     /// Records an ack; `true` when no flush is scheduled yet (the caller
     /// schedules one `ACK_DELAY` from now).
-    pub fn add(&self, user_id: i64, device_id: &str, conversation_id: String, seq: i64) -> bool {
+    pub fn add(
+        &self,
+        user_id: i64,
+        device_id: &Rc<str>,
+        conversation: ConversationId,
+        seq: i64,
+    ) -> bool {
         let mut pending = self.pending.borrow_mut();
         let cursor = pending
-            .entry((user_id, device_id.into(), conversation_id))
+            .entry((user_id, device_id.clone(), conversation))
             .or_insert(0);
         *cursor = (*cursor).max(seq);
         !self.flush_scheduled.replace(true)
@@ -44,10 +53,10 @@ impl AckCoalescer {
             .borrow_mut()
             .drain()
             .map(
-                |((user_id, device_id, conversation_id), seq)| WriteOp::AdvanceCursor {
+                |((user_id, device_id, conversation), seq)| WriteOp::AdvanceCursor {
                     user_id,
-                    device_id: device_id.into(),
-                    conversation_id,
+                    device_id: device_id.to_string(),
+                    conversation_id: conversation.to_string(),
                     seq,
                 },
             )
@@ -62,10 +71,12 @@ mod tests {
     #[test]
     fn acks_coalesce_to_the_highest_seq_per_device_and_conversation() {
         let acks = AckCoalescer::default();
-        assert!(acks.add(1, "phone", "si_1_2".into(), 3), "first: schedule");
-        assert!(!acks.add(1, "phone", "si_1_2".into(), 5));
-        assert!(!acks.add(1, "phone", "si_1_2".into(), 4));
-        assert!(!acks.add(1, "tablet", "si_1_2".into(), 2));
+        let (phone, tablet): (Rc<str>, Rc<str>) = ("phone".into(), "tablet".into());
+        let conv = ConversationId::Direct { low: 1, high: 2 };
+        assert!(acks.add(1, &phone, conv, 3), "first: schedule");
+        assert!(!acks.add(1, &phone, conv, 5));
+        assert!(!acks.add(1, &phone, conv, 4));
+        assert!(!acks.add(1, &tablet, conv, 2));
         let mut ops = acks.take();
         ops.sort_by_key(|op| format!("{op:?}"));
         assert_eq!(
@@ -87,7 +98,7 @@ mod tests {
         );
         assert!(acks.take().is_empty());
         assert!(
-            acks.add(1, "phone", "si_1_2".into(), 6),
+            acks.add(1, &phone, conv, 6),
             "after a flush: schedule again"
         );
     }

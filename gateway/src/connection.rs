@@ -378,7 +378,7 @@ impl Connection {
             let owner = self.caller.core.owner_of_user(session.user_id);
             let offline = CoreMsg::Offline {
                 user_id: session.user_id,
-                device_id: session.device_id,
+                device_id: session.device_id.to_string(),
                 conn_id: self.caller.conn_id,
             };
             self.caller.core.route(owner, offline).await;
@@ -603,7 +603,7 @@ impl Connection {
         let owner = core.owner_of_user(session.user_id);
         let online = CoreMsg::Online {
             user_id: session.user_id,
-            device_id: session.device_id.clone(),
+            device_id: session.device_id.to_string(),
             conn_id: self.caller.conn_id,
             done,
         };

@@ -97,8 +97,24 @@ pub fn pushes_by_core(
     cores: usize,
     core_of: impl Fn(u64) -> usize,
 ) -> Vec<Push> {
+    // Every 1:1 message comes here twice, mostly for one connection or
+    // none: those need no per-core lists.
+    let mut conn_ids = conn_ids.into_iter();
+    let Some(first) = conn_ids.next() else {
+        return Vec::new();
+    };
+    let Some(second) = conn_ids.next() else {
+        let core = core_of(first);
+        return match core < cores {
+            true => vec![Push::One {
+                core,
+                conn_id: first,
+            }],
+            false => Vec::new(),
+        };
+    };
     let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); cores];
-    for conn_id in conn_ids {
+    for conn_id in [first, second].into_iter().chain(conn_ids) {
         if let Some(conns) = by_core.get_mut(core_of(conn_id)) {
             conns.push(conn_id);
         }
@@ -148,6 +164,14 @@ mod tests {
                 },
             ]
         );
+        assert_eq!(
+            pushes_by_core([0x102], 2, core_of),
+            vec![Push::One {
+                core: 1,
+                conn_id: 0x102
+            }]
+        );
+        assert!(pushes_by_core([], 2, core_of).is_empty());
         // A core number out of range (a stale id) goes nowhere.
         assert!(pushes_by_core([0x301], 2, core_of).is_empty());
     }

@@ -24,7 +24,8 @@ const DEFAULT_PAGE: usize = 100;
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub(crate) user_id: i64,
-    pub(crate) device_id: String,
+    /// Shared: a connection hands its session to every request it serves.
+    pub(crate) device_id: Rc<str>,
 }
 
 /// Where a request runs and where it came from: all a handler needs.

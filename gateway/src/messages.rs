@@ -69,7 +69,7 @@ impl Caller {
             content: request.content,
             client_message_id: request.client_message_id,
             sent_at_ms: 0,
-            sender_device: session.device_id.clone(),
+            sender_device: session.device_id.to_string(),
             media: request.media,
             location: request.location,
             recalled: false,
@@ -119,12 +119,10 @@ impl Caller {
         }
         // Cursors only move forward and a lost one costs a re-sync: the ack
         // joins the core's others and is not waited for.
-        let first = self.core.acks.add(
-            session.user_id,
-            &session.device_id,
-            conv.to_string(),
-            ack.seq,
-        );
+        let first = self
+            .core
+            .acks
+            .add(session.user_id, &session.device_id, conv, ack.seq);
         if first {
             let core = self.core.clone();
             glommio::spawn_local(async move {
@@ -162,7 +160,7 @@ impl Caller {
         }
         let limit = page_size(request.limit);
         let user_id = session.user_id;
-        let device_id = session.device_id.clone();
+        let device_id = session.device_id.to_string();
         let result = self
             .core
             .read(move |store| {

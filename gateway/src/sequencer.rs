@@ -74,6 +74,10 @@ pub(crate) struct Write {
     pub(crate) recipients: Recipients,
 }
 
+/// Who waits for one write: its sender, and any resend of it meanwhile
+/// (rare: held inline, no allocation per send).
+type Waiters<R> = smallvec::SmallVec<[R; 1]>;
+
 /// Cluster mode: seqs to ask Redis for, one per staged send in order.
 pub(crate) struct Allocation {
     /// The conversation's last seq known here (Redis never goes below).
@@ -128,7 +132,7 @@ pub(crate) struct Sequencer<R> {
     stale_loads: HashSet<ConversationId>,
     /// Answers owed per write in flight (apart from the conversation's
     /// state, which a failure may drop while writes are in flight).
-    waiting: HashMap<Ticket, Vec<R>>,
+    waiting: HashMap<Ticket, Waiters<R>>,
     next_ticket: Ticket,
     limits: Limits,
 }
@@ -618,10 +622,11 @@ impl<R> Sequencer<R> {
             None => WriteOp::AppendMessage(message.clone()),
         };
         let ticket = self.next_ticket;
+        let (sender_id, client_message_id) = (message.sender_id, message.client_message_id);
         let written = out.write(Write {
             ticket,
             op,
-            message: message.clone(),
+            message,
             origin_conn,
             recipients,
         });
@@ -633,11 +638,11 @@ impl<R> Sequencer<R> {
             return out.answer(reply, Err(error));
         }
         self.next_ticket += 1;
-        self.waiting.insert(ticket, vec![reply]);
+        self.waiting.insert(ticket, smallvec::smallvec![reply]);
         state.last_seq = state.last_seq.max(accepted.seq);
         state.recent.push_back(RecentSend {
-            sender_id: message.sender_id,
-            client_message_id: message.client_message_id,
+            sender_id,
+            client_message_id,
             fingerprint,
             accepted,
             ticket: Some(ticket),
@@ -735,12 +740,12 @@ impl<R> ConvState<R> {
         }
     }
 
-    fn has_pending(&self, waiting: &HashMap<Ticket, Vec<R>>) -> bool {
+    fn has_pending(&self, waiting: &HashMap<Ticket, Waiters<R>>) -> bool {
         self.in_flight(waiting) || !self.held.is_empty()
     }
 
     /// Sends checked against this state and not yet answered.
-    fn in_flight(&self, waiting: &HashMap<Ticket, Vec<R>>) -> bool {
+    fn in_flight(&self, waiting: &HashMap<Ticket, Waiters<R>>) -> bool {
         self.allocating
             || !self.awaiting.is_empty()
             || self

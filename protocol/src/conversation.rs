@@ -74,12 +74,48 @@ impl ConversationId {
     }
 }
 
-impl fmt::Display for ConversationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConversationId::Direct { low, high } => write!(f, "si_{low}_{high}"),
-            ConversationId::Group(group) => write!(f, "sg_{group}"),
+/// Room for the longest id: "si_", two 20-character i64s and a "_".
+const MAX_ID_LEN: usize = 44;
+
+/// `value`'s decimal digits (and sign) appended at `buf[len..]`; the new length.
+fn put_i64(buf: &mut [u8; MAX_ID_LEN], mut len: usize, value: i64) -> usize {
+    if value < 0 {
+        buf[len] = b'-';
+        len += 1;
+    }
+    let mut magnitude = value.unsigned_abs();
+    let start = len;
+    loop {
+        buf[len] = b'0' + (magnitude % 10) as u8;
+        len += 1;
+        magnitude /= 10;
+        if magnitude == 0 {
+            break;
         }
+    }
+    buf[start..len].reverse();
+    len
+}
+
+impl fmt::Display for ConversationId {
+    /// Written in one piece: `to_string()` runs for every message sent and
+    /// acked, and piecewise writes made it grow its buffer three times.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; MAX_ID_LEN];
+        let len = match *self {
+            ConversationId::Direct { low, high } => {
+                buf[..3].copy_from_slice(b"si_");
+                let len = put_i64(&mut buf, 3, low);
+                buf[len] = b'_';
+                put_i64(&mut buf, len + 1, high)
+            }
+            ConversationId::Group(group) => {
+                buf[..3].copy_from_slice(b"sg_");
+                put_i64(&mut buf, 3, group)
+            }
+        };
+        // Only ASCII digits, signs, letters and underscores were written.
+        f.pad(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -111,6 +147,33 @@ impl FromStr for ConversationId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_written_in_one_piece_and_read_back() {
+        let cases = [
+            (ConversationId::Direct { low: 1, high: 2 }, "si_1_2"),
+            (
+                ConversationId::Direct {
+                    low: i64::MAX - 1,
+                    high: i64::MAX,
+                },
+                "si_9223372036854775806_9223372036854775807",
+            ),
+            (ConversationId::Group(7), "sg_7"),
+            (ConversationId::Group(i64::MIN), "sg_-9223372036854775808"),
+        ];
+        for (id, text) in cases {
+            let written = id.to_string();
+            assert_eq!(written, text);
+            // One allocation, of the id's length (a String holds 8 at least).
+            assert_eq!(written.capacity(), text.len().max(8));
+            assert_eq!(format!("{id:>8}").trim_start(), text);
+        }
+        assert_eq!(
+            "si_1_2".parse(),
+            Ok(ConversationId::Direct { low: 1, high: 2 })
+        );
+    }
 
     #[test]
     fn direct_is_symmetric_and_round_trips() {
