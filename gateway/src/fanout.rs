@@ -105,13 +105,13 @@ pub fn pushes_by_core(
     };
     let Some(second) = conn_ids.next() else {
         let core = core_of(first);
-        return match core < cores {
-            true => vec![Push::One {
-                core,
-                conn_id: first,
-            }],
-            false => Vec::new(),
-        };
+        if core >= cores {
+            return Vec::new();
+        }
+        return vec![Push::One {
+            core,
+            conn_id: first,
+        }];
     };
     let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); cores];
     for conn_id in [first, second].into_iter().chain(conn_ids) {

@@ -231,7 +231,7 @@ impl Conn {
             }
         };
         // A storm's figure is its reconnects, timed from the drop; the
-        // first logins, paced by the ramp, would halve the sample.
+        // first logins, paced by the ramp, would be half the sample.
         self.record_login((self.plan.scenario != Scenario::Storm).then_some(started));
         self.shared.attempted.fetch_add(1, Ordering::Relaxed);
         counters.online.fetch_add(1, Ordering::Relaxed);
