@@ -763,6 +763,16 @@ impl Core {
             .map_err(|refused| pool_error(refused.error))
     }
 
+    /// Queues a write nobody waits for (see
+    /// [`WriterHandle::try_submit_detached`]).
+    pub async fn write_detached(&self, op: WriteOp) -> Result<(), pb::Error> {
+        self.wait_for_writer_room().await?;
+        self.shared
+            .writer
+            .try_submit_detached(op)
+            .map_err(|refused| pool_error(refused.error))
+    }
+
     /// Queues a write and waits until it is durable; the store's answer or
     /// a client-facing error.
     pub async fn commit(&self, op: WriteOp) -> Result<WriteOutcome, pb::Error> {

@@ -128,7 +128,7 @@ impl Caller {
             glommio::spawn_local(async move {
                 glommio::timer::sleep(crate::acks::ACK_DELAY).await;
                 for op in core.acks.take() {
-                    if let Err(error) = core.write(op).await {
+                    if let Err(error) = core.write_detached(op).await {
                         tracing::debug!(?error, "a delivery ack was not stored");
                     }
                 }

@@ -56,9 +56,12 @@ const COMMIT_ATTEMPTS: u32 = 4;
 /// Result of one submitted op, delivered once its batch commits or fails.
 pub type WriteCompletion = oneshot::Receiver<Result<WriteOutcome, PoolError>>;
 
+/// Who hears how a write went: its caller, or nobody (detached).
+type Done = Option<oneshot::Sender<Result<WriteOutcome, PoolError>>>;
+
 struct WriteJob {
     op: WriteOp,
-    done: oneshot::Sender<Result<WriteOutcome, PoolError>>,
+    done: Done,
 }
 
 /// What travels on the writer queue. `Stop` is queued by shutdown behind
@@ -171,10 +174,21 @@ impl WriterHandle {
     /// A full queue gives the op back (boxed: refusal is the rare path).
     pub fn try_submit(&self, op: WriteOp) -> Result<WriteCompletion, Box<Refused>> {
         let (done, completion) = oneshot::channel();
+        self.queue(op, Some(done)).map(|()| completion)
+    }
+
+    /// Queues `op` with nobody to tell how it went: for writes whose loss
+    /// costs only a repeat (a delivery cursor's move), which then need no
+    /// completion channel each.
+    pub fn try_submit_detached(&self, op: WriteOp) -> Result<(), Box<Refused>> {
+        self.queue(op, None)
+    }
+
+    fn queue(&self, op: WriteOp, done: Done) -> Result<(), Box<Refused>> {
         let error = match self.tx.try_send(Queued::Job(WriteJob { op, done })) {
             Ok(()) => {
                 self.bell.ring();
-                return Ok(completion);
+                return Ok(());
             }
             Err(TrySendError::Full(queued)) => (queued, PoolError::Full),
             Err(TrySendError::Disconnected(queued)) => (queued, PoolError::Closed),
@@ -265,14 +279,16 @@ fn run_writer(
             Ok(outcomes) => {
                 for (done, outcome) in waiters.drain(..).zip(outcomes) {
                     // A caller that went away (closed connection) needs no answer.
-                    let _ = done.send(Ok(outcome));
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(outcome));
+                    }
                 }
             }
             Err(err) => {
                 stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %err, batch = ops.len(), "store batch failed");
                 let err = PoolError::from(err);
-                for done in waiters.drain(..) {
+                for done in waiters.drain(..).flatten() {
                     let _ = done.send(Err(err.clone()));
                 }
             }
@@ -350,6 +366,28 @@ mod tests {
             stats.batches.load(Ordering::Relaxed) < 2_001,
             "no batching happened"
         );
+        drop(handle);
+        pool.shutdown();
+    }
+
+    #[test]
+    fn detached_ops_are_committed_in_order_with_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(dir.path(), Durability::Normal).unwrap();
+        let pool = WriterPool::start(backend.writer().unwrap(), WriterConfig::default()).unwrap();
+        let handle = pool.handle();
+        for i in 1..=100 {
+            handle
+                .try_submit_detached(account(i, &format!("u{i}")))
+                .unwrap();
+        }
+        // Queued after them, so committed with or after them.
+        let last = handle.try_submit(account(101, "u1")).unwrap();
+        assert_eq!(
+            futures::executor::block_on(last).unwrap().unwrap(),
+            WriteOutcome::UsernameTaken
+        );
+        assert_eq!(handle.stats().ops.load(Ordering::Relaxed), 101);
         drop(handle);
         pool.shutdown();
     }
