@@ -1,10 +1,10 @@
 //! What the embedded store answers from memory alone, for a reactor that
 //! must not wait on a reader thread: the head of a 1:1 conversation that
-//! holds no message yet (every first send between two users), who
-//! blocked whom, whether an account exists and a device's token epoch
-//! (`accounts`: every token login and every send's recipient check). Blocks are few rows, kept here so that no conversation
-//! head reads SQLite for them; the writer applies each committed block
-//! and unblock.
+//! holds no message yet (every first send between two users), who blocked
+//! whom, whether an account exists and a device's token epoch (`accounts`:
+//! every token login and every send's recipient check). Blocks are few
+//! rows, kept here so that no conversation head reads SQLite for them; the
+//! writer applies each committed block and unblock.
 
 use std::collections::HashSet;
 use std::sync::{Arc, PoisonError, RwLock, TryLockError};
