@@ -122,6 +122,13 @@ pub fn render(shared: &Shared) -> String {
     );
     per_core(
         &mut out,
+        "ourchat_mesh_overflows_total",
+        "counter",
+        "Messages to another core queued behind its full channel.",
+        &|c| &c.mesh_overflows,
+    );
+    per_core(
+        &mut out,
         "ourchat_idle_closes_total",
         "counter",
         "Logged-in connections closed for silence (no heartbeat).",

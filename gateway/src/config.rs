@@ -222,6 +222,10 @@ pub struct ServerConfig {
     /// and every idle connection's readiness poll sits in that table; at
     /// glommio's default of 128 it has 8 buckets, at 4096 the maximum 256.
     pub ring_depth: usize,
+    /// Messages each core may have queued to each other core. A full
+    /// channel makes a sending connection wait (backpressure); a core's own
+    /// traffic (deliveries, answers) queues behind it in order instead.
+    pub mesh_capacity: usize,
     /// This node's number (0..128), part of every id it mints.
     pub node_id: u16,
     /// Largest accepted frame body in bytes; larger is a protocol error.
@@ -273,6 +277,7 @@ impl Default for ServerConfig {
             pin_cores: true,
             reactor_cpus: Vec::new(),
             ring_depth: 4096,
+            mesh_capacity: 4096,
             node_id: 0,
             max_frame_bytes: ourchat_protocol::DEFAULT_MAX_FRAME,
             max_content_bytes: 16 * 1024,
@@ -475,8 +480,17 @@ impl Config {
         if !(8..=32_768).contains(&s.ring_depth) || !s.ring_depth.is_power_of_two() {
             return invalid("server.ring_depth must be a power of two in 8..=32768");
         }
+        if s.mesh_capacity == 0 {
+            return invalid("server.mesh_capacity must be positive");
+        }
         if s.outbound_queue_frames == 0 || s.max_inflight_sends == 0 {
             return invalid("queue bounds must be positive");
+        }
+        // A connection's outbox keeps both as u16 (every connection holds one).
+        if s.outbound_queue_frames > u16::MAX as usize || s.max_inflight_sends > u16::MAX as usize {
+            return invalid(
+                "server.outbound_queue_frames and server.max_inflight_sends must be at most 65535",
+            );
         }
         let st = &self.storage;
         if st.writer_queue == 0 || st.max_batch == 0 || st.readers == 0 {
@@ -699,5 +713,12 @@ mod tests {
             Config::load(None, [], &invalid),
             Err(ConfigError::Invalid(_))
         ));
+        for key in ["server.outbound_queue_frames", "server.max_inflight_sends"] {
+            let too_many = [(key.to_string(), "65536".to_string())];
+            let err = Config::load(None, [], &too_many).unwrap_err().to_string();
+            assert!(err.contains("65535"), "{err}");
+            let most = [(key.to_string(), "65535".to_string())];
+            assert!(Config::load(None, [], &most).is_ok(), "{key}");
+        }
     }
 }

@@ -21,13 +21,12 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
-use glommio::sync::Semaphore;
 use ourchat_protocol::codec::FrameError;
 use ourchat_protocol::ids::now_ms;
 use ourchat_protocol::pb;
 use ourchat_protocol::{Body, Envelope, ErrorCode};
 
-use crate::core::{encode_frame, Core, CoreMsg};
+use crate::core::{encode_frame, ConnReply, Core, CoreMsg, Reply};
 use crate::handlers::{refusal_for, refused_send, Caller, Session};
 use crate::limits::{FrameLimiter, IpSlot, Limit, Verdict};
 use crate::metrics::CoreMetrics;
@@ -43,7 +42,7 @@ const MAX_LOGIN_FAILURES: u32 = 3;
 
 /// Queues an answer; a socket whose queue is full is closed (the client
 /// reconnects and syncs).
-fn queue_answer(outbox: &Outbox, req_id: u32, body: Body) {
+pub(crate) fn queue_answer(outbox: &Outbox, req_id: u32, body: Body) {
     if outbox
         .push(encode_frame(&Envelope::new(req_id, body)))
         .is_err()
@@ -298,9 +297,6 @@ pub struct Connection {
     outbox: Rc<Outbox>,
     session: Option<Session>,
     login_failures: u32,
-    /// Bounds sends awaiting their ack; made on the first send so idle
-    /// connections do not carry it.
-    inflight: Option<Rc<Semaphore>>,
     /// This connection's frame rate.
     frames: FrameLimiter,
 }
@@ -324,7 +320,6 @@ impl Connection {
             outbox,
             session: None,
             login_failures: 0,
-            inflight: None,
             frames: FrameLimiter::new(frame_rate, std::time::Instant::now()),
         }
     }
@@ -497,12 +492,7 @@ impl Connection {
     /// Closes with a reason once every send this connection has in flight
     /// is answered: a message stored before the close is acked before it.
     async fn close_after_inflight(&self, req_id: u32, code: ErrorCode, message: &str) {
-        if let Some(inflight) = &self.inflight {
-            let limit = self.caller.core.shared.config.server.max_inflight_sends as u64;
-            // Every permit back means every ack is queued; the semaphore is
-            // never closed, so an error here only skips the wait.
-            let _ = inflight.acquire(limit).await;
-        }
+        self.outbox.all_sends_answered().await;
         self.close_with_error(req_id, code, message);
     }
 
@@ -613,41 +603,29 @@ impl Connection {
         self.session = Some(session);
     }
 
-    /// A send, pipelined: its answer is awaited off the read loop, so one
-    /// connection may have several in flight (up to
-    /// `server.max_inflight_sends`; past it, this read loop waits here and
-    /// the socket is not read). Order is kept: each is routed before the
-    /// next frame is read.
+    /// A send, pipelined: its answer is queued on this connection's outbox
+    /// by whichever core sequences it (`Core::answer`), so one connection
+    /// may have several in flight (up to `server.max_inflight_sends`; past
+    /// it, this read loop waits here and the socket is not read). Order is
+    /// kept: each is routed before the next frame is read.
     async fn send(&mut self, req_id: u32, session: &Session, request: pb::SendMessageRequest) {
         let received_at = std::time::Instant::now();
-        let limit = self.caller.core.shared.config.server.max_inflight_sends as u64;
-        let inflight = self
-            .inflight
-            .get_or_insert_with(|| Rc::new(Semaphore::new(limit)))
-            .clone();
-        let Ok(permit) = inflight.acquire_static_permit(1).await else {
-            return;
+        // The config keeps it within u16.
+        let limit = self.caller.core.shared.config.server.max_inflight_sends as u16;
+        self.outbox.begin_send(limit).await;
+        let conn_id = self.caller.conn_id;
+        let reply_for = |conv| {
+            Reply::Connection(ConnReply {
+                conn_id,
+                req_id,
+                conv,
+                received_at,
+            })
         };
-        let submitted = match self.caller.submit_send(session, request).await {
-            Ok(submitted) => submitted,
-            Err(error) => return self.reply(req_id, Body::SendResp(refused_send(error))),
-        };
-        let outbox = self.outbox.clone();
-        let core = self.caller.core.clone();
-        glommio::spawn_local(async move {
-            let response = submitted.response().await;
-            let metrics = core.metrics();
-            match &response.error {
-                Some(error) => metrics.error(error.code),
-                None => metrics
-                    .send_ack_us
-                    .record(received_at.elapsed().as_micros() as u64),
-            }
-            queue_answer(&outbox, req_id, Body::SendResp(response));
-            // Released only once the ack is queued: a close waits for it.
-            drop(permit);
-        })
-        .detach();
+        if let Err(error) = self.caller.submit_send(session, request, reply_for).await {
+            self.reply(req_id, Body::SendResp(refused_send(error)));
+            self.outbox.send_answered();
+        }
     }
 }
 

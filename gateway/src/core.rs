@@ -15,8 +15,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -26,6 +24,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::{GlommioError, ResourceType};
 use ourchat_protocol::ids::{now_ms, IdGenerator};
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{codec, Body, ConversationId, Envelope, ErrorCode};
@@ -216,6 +215,13 @@ pub enum CoreMsg {
         /// Answered with the connections it was queued to.
         reply: oneshot::Sender<usize>,
     },
+    /// To a connection's core: a pipelined send's answer, for its outbox.
+    Answer {
+        /// Whose send, and how to answer it.
+        to: ConnReply,
+        /// The seq it was stored at, or the refusal.
+        result: SendResult,
+    },
     /// To a connection's core: tell the client why, then close it.
     Kick {
         /// Target connection.
@@ -223,6 +229,15 @@ pub enum CoreMsg {
         /// Shown to the client.
         reason: String,
     },
+}
+
+/// What a core queued for a peer whose channel was full.
+#[derive(Default)]
+struct Overflow {
+    /// In the order it was forwarded.
+    queue: std::collections::VecDeque<CoreMsg>,
+    /// A task is sending the queue; new messages go behind it.
+    draining: bool,
 }
 
 /// A message to sequence, from the sender's connection.
@@ -235,7 +250,29 @@ pub struct SendJob {
     /// applied by the group's core.
     pub command: Option<GroupCommand>,
     /// Answered once the message is durable (or refused).
-    pub reply: oneshot::Sender<SendResult>,
+    pub reply: Reply,
+}
+
+/// Who hears a send's answer.
+pub enum Reply {
+    /// A caller awaiting it (gRPC, group changes).
+    Waiting(oneshot::Sender<SendResult>),
+    /// A connection's pipelined send: answered straight into its outbox on
+    /// its own core (over the mesh from another), so no task and no channel
+    /// wait for it.
+    Connection(ConnReply),
+}
+
+/// A connection's send, as its answer must name it.
+pub struct ConnReply {
+    /// The sending connection (its core is in the id).
+    pub conn_id: u64,
+    /// The request the answer names.
+    pub req_id: u32,
+    /// The conversation, which the answer carries.
+    pub conv: ConversationId,
+    /// When the frame arrived, for the send-ack latency metric.
+    pub received_at: Instant,
 }
 
 pub use crate::sequencer::{Accepted, SendResult};
@@ -288,11 +325,13 @@ pub struct Core {
     /// Shared handles.
     pub shared: Arc<Shared>,
     mesh: Senders<CoreMsg>,
+    /// Per peer core: this core's traffic that found its channel full.
+    overflows: RefCell<Vec<Overflow>>,
     ids: RefCell<IdGenerator>,
     next_conn: Cell<u64>,
     conns: RefCell<HashMap<u64, Rc<Outbox>>>,
     directory: RefCell<Directory>,
-    sequencer: RefCell<Sequencer<oneshot::Sender<SendResult>>>,
+    sequencer: RefCell<Sequencer<Reply>>,
     commits: LocalSender<PendingCommit>,
     known_users: Remembered<i64>,
     /// Users a store read showed may see a group conversation: their
@@ -325,6 +364,7 @@ impl Core {
             ids: RefCell::new(IdGenerator::new(node, id as u16)),
             next_conn: Cell::new(1),
             conns: RefCell::default(),
+            overflows: RefCell::new((0..shared.cores).map(|_| Overflow::default()).collect()),
             directory: RefCell::default(),
             sequencer: RefCell::new(Sequencer::new(sequencer::Limits {
                 window: shared.config.storage.dedupe_window,
@@ -477,17 +517,72 @@ impl Core {
     /// Sends `msg` to `core`, handling it in place when that is us.
     pub async fn route(self: &Rc<Self>, core: usize, msg: CoreMsg) {
         if core == self.id {
-            // Boxed: handling may route again (Deliver → Push).
-            let local: Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(self.handle(msg));
-            local.await;
+            self.handle(msg);
         } else if self.mesh.send_to(core, msg).await.is_err() {
             // The peer is shutting down; its connections are closing anyway.
             tracing::debug!(peer = core, "mesh peer gone");
         }
     }
 
-    /// Handles one message from the mesh (or from ourselves).
-    pub async fn handle(self: &Rc<Self>, msg: CoreMsg) {
+    /// Sends a core's own traffic (deliveries, pushes, answers, kicks) to
+    /// `core` without ever waiting: what finds the peer's channel full
+    /// queues here, in order, behind it. A core's inbox must not wait on a
+    /// peer whose inbox may be waiting on it (with both channels full, the
+    /// two cores would stall for ever); the wait belongs to the connections
+    /// whose sends make the traffic ([`Core::route`]), and it reaches them
+    /// because the queue drains at the peer's pace.
+    pub fn forward(self: &Rc<Self>, core: usize, msg: CoreMsg) {
+        if core == self.id {
+            return self.handle(msg);
+        }
+        let mut overflows = self.overflows.borrow_mut();
+        let Some(overflow) = overflows.get_mut(core) else {
+            return;
+        };
+        if overflow.draining {
+            overflow.queue.push_back(msg);
+            return CoreMetrics::inc(&self.metrics().mesh_overflows);
+        }
+        match self.mesh.try_send_to(core, msg) {
+            Ok(()) => {}
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                overflow.queue.push_back(msg);
+                overflow.draining = true;
+                CoreMetrics::inc(&self.metrics().mesh_overflows);
+                // glommio runs a new task at once, up to its first wait.
+                drop(overflows);
+                glommio::spawn_local(self.clone().drain_overflow(core)).detach();
+            }
+            // The peer is shutting down; its connections are closing anyway.
+            Err(_) => tracing::debug!(peer = core, "mesh peer gone"),
+        }
+    }
+
+    /// Sends what queued for `core` in order, as its channel makes room.
+    async fn drain_overflow(self: Rc<Self>, core: usize) {
+        loop {
+            let next = self
+                .overflows
+                .borrow_mut()
+                .get_mut(core)
+                .and_then(|overflow| overflow.queue.pop_front());
+            let Some(msg) = next else {
+                break;
+            };
+            if self.mesh.send_to(core, msg).await.is_err() {
+                tracing::debug!(peer = core, "mesh peer gone");
+                break;
+            }
+        }
+        if let Some(overflow) = self.overflows.borrow_mut().get_mut(core) {
+            overflow.queue.clear();
+            overflow.draining = false;
+        }
+    }
+
+    /// Handles one message from the mesh (or from ourselves). It never
+    /// waits: what it sends on goes through [`Core::forward`].
+    pub fn handle(self: &Rc<Self>, msg: CoreMsg) {
         match msg {
             CoreMsg::Sequence(job) => self.sequence(*job),
             CoreMsg::Deliver {
@@ -495,19 +590,13 @@ impl Core {
                 frame,
                 skip_conn,
                 committed_at,
-            } => {
-                self.deliver_local(&[user_id], frame, skip_conn, committed_at)
-                    .await
-            }
+            } => self.deliver_local(&[user_id], frame, skip_conn, committed_at),
             CoreMsg::DeliverMany {
                 user_ids,
                 frame,
                 skip_conn,
                 committed_at,
-            } => {
-                self.deliver_local(&user_ids, frame, skip_conn, committed_at)
-                    .await
-            }
+            } => self.deliver_local(&user_ids, frame, skip_conn, committed_at),
             CoreMsg::PushMany {
                 conn_ids,
                 frame,
@@ -522,6 +611,7 @@ impl Core {
                 frame,
                 committed_at,
             } => self.push_local(conn_id, frame, committed_at),
+            CoreMsg::Answer { to, result } => self.answer_local(to, result),
             CoreMsg::Online {
                 user_id,
                 device_id,
@@ -551,14 +641,13 @@ impl Core {
                 self.announce_presence(logged_in.announce);
                 if let Some(old) = logged_in.replaced {
                     let reason = "this device logged in again elsewhere".to_string();
-                    self.route(
+                    self.forward(
                         core_of_conn(old),
                         CoreMsg::Kick {
                             conn_id: old,
                             reason,
                         },
-                    )
-                    .await;
+                    );
                 }
             }
             CoreMsg::Offline {
@@ -617,8 +706,7 @@ impl Core {
                     let _ = reply.send(conn.is_some());
                 }
                 if let Some(conn_id) = conn {
-                    self.route(core_of_conn(conn_id), CoreMsg::Kick { conn_id, reason })
-                        .await;
+                    self.forward(core_of_conn(conn_id), CoreMsg::Kick { conn_id, reason });
                 }
             }
             CoreMsg::SetBlocked {
@@ -655,7 +743,7 @@ impl Core {
 
     /// Pushes `frame` to the online devices of `user_ids` (users this core
     /// owns), one mesh message per core that holds any of their connections.
-    async fn deliver_local(
+    fn deliver_local(
         self: &Rc<Self>,
         user_ids: &[i64],
         frame: Bytes,
@@ -686,7 +774,7 @@ impl Core {
                     },
                 ),
             };
-            self.route(core, push).await;
+            self.forward(core, push);
         }
     }
 
@@ -711,6 +799,30 @@ impl Core {
                 "outbound queue full: reconnect and sync",
             )));
         }
+    }
+
+    /// Answers a connection's send, on its core: here, or over the mesh.
+    fn answer(self: &Rc<Self>, to: ConnReply, result: SendResult) {
+        self.forward(core_of_conn(to.conn_id), CoreMsg::Answer { to, result });
+    }
+
+    /// Queues a send's answer on its connection, if still open, and counts
+    /// the send as answered there.
+    fn answer_local(&self, to: ConnReply, result: SendResult) {
+        let conns = self.conns.borrow();
+        let Some(outbox) = conns.get(&to.conn_id) else {
+            return;
+        };
+        let metrics = self.metrics();
+        match &result {
+            Ok(_) => metrics
+                .send_ack_us
+                .record(to.received_at.elapsed().as_micros() as u64),
+            Err(error) => metrics.error(error.code),
+        }
+        let response = crate::messages::send_response(to.conv, result);
+        crate::connection::queue_answer(outbox, to.req_id, Body::SendResp(response));
+        outbox.send_answered();
     }
 
     /// Whether a user id exists (cached per core).
@@ -959,11 +1071,11 @@ impl Core {
     pub async fn run_commit_pump(self: Rc<Self>, pending: LocalReceiver<PendingCommit>) {
         while let Some(mut commit) = pending.recv().await {
             let outcome = (&mut commit.completion).await;
-            self.finish_commit(commit, outcome).await;
+            self.finish_commit(commit, outcome);
         }
     }
 
-    async fn finish_commit(
+    fn finish_commit(
         self: &Rc<Self>,
         commit: PendingCommit,
         outcome: Result<Result<WriteOutcome, PoolError>, oneshot::Canceled>,
@@ -1058,7 +1170,7 @@ impl Core {
                     },
                 ),
             };
-            self.route(core, deliver).await;
+            self.forward(core, deliver);
         }
     }
 
@@ -1234,7 +1346,8 @@ pub struct PendingCommit {
 
 /// The core carrying out the sequencer's effects: loads and Redis rounds
 /// as tasks of their own, writes into the writer's queue (and their
-/// completions onto the commit pump), answers over the senders' oneshots.
+/// completions onto the commit pump), answers to each sender as its
+/// `Reply` says.
 struct Reactor<'a> {
     core: &'a Rc<Core>,
     /// Tasks to start once the sequencer is no longer borrowed: glommio
@@ -1272,13 +1385,18 @@ impl<'a> Reactor<'a> {
     }
 }
 
-impl sequencer::Effects<oneshot::Sender<SendResult>> for Reactor<'_> {
+impl sequencer::Effects<Reply> for Reactor<'_> {
     fn load(&mut self, conv: ConversationId) {
         self.deferred.push(Deferred::Load(conv));
     }
 
-    fn answer(&mut self, reply: oneshot::Sender<SendResult>, result: SendResult) {
-        let _ = reply.send(result);
+    fn answer(&mut self, reply: Reply, result: SendResult) {
+        match reply {
+            Reply::Waiting(sender) => {
+                let _ = sender.send(result);
+            }
+            Reply::Connection(to) => self.core.answer(to, result),
+        }
     }
 
     fn write(&mut self, write: Write) -> Result<(), pb::Error> {

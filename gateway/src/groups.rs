@@ -11,7 +11,7 @@ use ourchat_protocol::pb::{self, ChatMessage, MessageType};
 use ourchat_protocol::{Body, ConversationId, ErrorCode};
 use ourchat_storage::{GroupRow, NewGroup};
 
-use crate::core::{pool_error, CoreMsg, SendJob};
+use crate::core::{pool_error, CoreMsg, Reply, SendJob};
 use crate::group_state::GroupCommand;
 use crate::handlers::{bad, page_size, Caller, Session};
 
@@ -97,7 +97,7 @@ impl Caller {
             message: event,
             origin_conn: self.conn_id,
             command: Some(command),
-            reply,
+            reply: Reply::Waiting(reply),
         };
         let owner = self.core.owner_of_conversation(&conv);
         self.core

@@ -9,42 +9,36 @@ use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{Body, ConversationId, ErrorCode};
 use ourchat_storage::Visibility;
 
-use crate::core::{pool_error, CoreMsg, SendJob, SendResult};
+use crate::core::{pool_error, CoreMsg, Reply, SendJob, SendResult};
 use crate::handlers::{bad, member_conversation, page_size, refused_send, Caller, Session};
 
-/// A send on its way: the conversation, and its answer to come.
-pub(crate) struct Submitted {
-    conv: ConversationId,
-    answer: oneshot::Receiver<SendResult>,
-}
-
-impl Submitted {
-    /// The answer, once the owner core gives it.
-    pub(crate) async fn response(self) -> pb::SendMessageResponse {
-        match self.answer.await {
-            Ok(Ok(accepted)) => pb::SendMessageResponse {
-                success: true,
-                error: None,
-                server_msg_id: accepted.server_msg_id,
-                conversation_id: self.conv.to_string(),
-                seq: accepted.seq,
-                sent_at_ms: accepted.sent_at_ms,
-            },
-            Ok(Err(error)) => refused_send(error),
-            Err(_) => refused_send(pool_error(ourchat_workers::PoolError::Closed)),
-        }
+/// A send's answer as the client reads it.
+pub(crate) fn send_response(conv: ConversationId, result: SendResult) -> pb::SendMessageResponse {
+    match result {
+        Ok(accepted) => pb::SendMessageResponse {
+            success: true,
+            error: None,
+            server_msg_id: accepted.server_msg_id,
+            conversation_id: conv.to_string(),
+            seq: accepted.seq,
+            sent_at_ms: accepted.sent_at_ms,
+        },
+        Err(error) => refused_send(error),
     }
 }
 
 impl Caller {
-    /// Validates a send and hands it to its conversation's owner core: the
-    /// answer comes once the message is stored (or refused there). Sends
-    /// submitted in order are sequenced in order.
+    /// Validates a send and hands it to its conversation's owner core, with
+    /// the reply `reply_for` makes for its conversation: the answer comes
+    /// there once the message is stored (or refused there). A refusal
+    /// returned here made no reply. Sends submitted in order are sequenced
+    /// in order.
     pub(crate) async fn submit_send(
         &self,
         session: &Session,
         request: pb::SendMessageRequest,
-    ) -> Result<Submitted, pb::Error> {
+        reply_for: impl FnOnce(ConversationId) -> Reply,
+    ) -> Result<ConversationId, pb::Error> {
         if !self.core.take_send(session.user_id) {
             return Err(self.core.slow_down());
         }
@@ -76,18 +70,17 @@ impl Caller {
             group_id: request.group_id,
             group_event: None,
         };
-        let (reply, answer) = oneshot::channel();
         let job = SendJob {
             message,
             origin_conn: self.conn_id,
             command: None,
-            reply,
+            reply: reply_for(conv),
         };
         let owner = self.core.owner_of_conversation(&conv);
         self.core
             .route(owner, CoreMsg::Sequence(Box::new(job)))
             .await;
-        Ok(Submitted { conv, answer })
+        Ok(conv)
     }
 
     /// Sends and waits until the message is stored: the whole answer.
@@ -96,8 +89,14 @@ impl Caller {
         session: &Session,
         request: pb::SendMessageRequest,
     ) -> Result<Body, pb::Error> {
-        let submitted = self.submit_send(session, request).await?;
-        let response = submitted.response().await;
+        let (reply, answer) = oneshot::channel();
+        let conv = self
+            .submit_send(session, request, |_| Reply::Waiting(reply))
+            .await?;
+        let result = answer
+            .await
+            .unwrap_or_else(|_| Err(pool_error(ourchat_workers::PoolError::Closed)));
+        let response = send_response(conv, result);
         match response.error {
             Some(error) => Err(error),
             None => Ok(Body::SendResp(response)),

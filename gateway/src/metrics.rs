@@ -41,6 +41,9 @@ pub struct CoreMetrics {
     pub events_pushed: AtomicU64,
     /// Connections closed because they did not read their pushes.
     pub slow_reader_closes: AtomicU64,
+    /// Messages to another core that found its channel full and queued
+    /// behind it (in order) instead of stalling this core.
+    pub mesh_overflows: AtomicU64,
     /// Logged-in connections closed for silence past the idle timeout.
     pub idle_closes: AtomicU64,
     /// TLS handshakes that failed or timed out.
@@ -73,6 +76,7 @@ impl Default for CoreMetrics {
             pushes: AtomicU64::new(0),
             events_pushed: AtomicU64::new(0),
             slow_reader_closes: AtomicU64::new(0),
+            mesh_overflows: AtomicU64::new(0),
             idle_closes: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             ws_upgrades_refused: AtomicU64::new(0),

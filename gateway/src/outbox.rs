@@ -59,7 +59,8 @@ pub enum Next {
 
 /// Frames for one connection.
 ///
-/// Kept to 80 bytes, so that with its `Rc` counts it is a 96-byte
+/// Kept to 80 bytes (hence the `u16` bounds, which the config checks), so
+/// that with its `Rc` counts it is a 96-byte
 /// allocation: every connection holds one for as long as it lives, parked
 /// or not, and in the 128-byte size class it shared slabs with the queue
 /// and batch buffers a connection frees when it parks, which left those
@@ -70,7 +71,9 @@ pub struct Outbox {
     /// What the sweeper measures from, in [`clock_ms`]: the accept until
     /// login (the login deadline), then the last whole frame (idling).
     since_ms: Cell<u64>,
-    capacity: u32,
+    capacity: u16,
+    /// Sends of this connection not answered yet (see [`Outbox::begin_send`]).
+    sends_in_flight: Cell<u16>,
     closing: Cell<bool>,
     logged_in: Cell<bool>,
     /// Only plain TCP connections park (a TLS or WebSocket session's state
@@ -87,7 +90,8 @@ impl Outbox {
             frames: RefCell::new(VecDeque::new()),
             waiter: Cell::new(Waiter::Nobody),
             since_ms: Cell::new(clock_ms()),
-            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+            capacity: u16::try_from(capacity).unwrap_or(u16::MAX),
+            sends_in_flight: Cell::new(0),
             closing: Cell::new(false),
             logged_in: Cell::new(false),
             parkable,
@@ -223,6 +227,51 @@ impl Outbox {
         .await
     }
 
+    /// Counts a send as in flight, first waiting while `limit` are. The
+    /// answer comes back through [`Outbox::send_answered`] on this core,
+    /// from wherever the send was sequenced, so no task waits for it.
+    pub async fn begin_send(&self, limit: u16) {
+        std::future::poll_fn(|cx| {
+            let in_flight = self.sends_in_flight.get();
+            if in_flight < limit {
+                self.sends_in_flight.set(in_flight + 1);
+                return Poll::Ready(());
+            }
+            self.wait_for_answers(cx);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// A send's answer is queued (or the send ended without one).
+    pub fn send_answered(&self) {
+        let in_flight = self.sends_in_flight.get();
+        self.sends_in_flight.set(in_flight.saturating_sub(1));
+        self.wake();
+    }
+
+    /// Waits until every send in flight is answered.
+    pub async fn all_sends_answered(&self) {
+        std::future::poll_fn(|cx| {
+            if self.sends_in_flight.get() == 0 {
+                return Poll::Ready(());
+            }
+            self.wait_for_answers(cx);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The waiter slot is the writer's, but the reader that waits here is
+    /// the other half of the same task: one waker serves both, and whichever
+    /// half registered last is woken with the other.
+    fn wait_for_answers(&self, cx: &mut std::task::Context<'_>) {
+        match self.waiter.take() {
+            parked @ Waiter::Parked { .. } => self.waiter.set(parked),
+            _ => self.waiter.set(Waiter::Task(cx.waker().clone())),
+        }
+    }
+
     fn wake(&self) {
         match self.waiter.take() {
             Waiter::Nobody => {}
@@ -294,6 +343,56 @@ mod tests {
         assert_eq!(block_on(outbox.take_batch(&mut batch)), Next::Write);
         assert_eq!(block_on(outbox.take_batch(&mut batch)), Next::Park);
         assert!(outbox.may_park());
+    }
+
+    #[test]
+    fn sends_in_flight_are_bounded_and_waited_for() {
+        use futures::FutureExt;
+        let outbox = Outbox::new(4, true);
+        assert!(
+            outbox.all_sends_answered().now_or_never().is_some(),
+            "none in flight"
+        );
+        block_on(outbox.begin_send(2));
+        block_on(outbox.begin_send(2));
+        assert!(
+            outbox.begin_send(2).now_or_never().is_none(),
+            "a third waits at a limit of two"
+        );
+        assert!(outbox.all_sends_answered().now_or_never().is_none());
+        outbox.send_answered();
+        assert!(outbox.begin_send(2).now_or_never().is_some(), "room again");
+        outbox.send_answered();
+        outbox.send_answered();
+        assert!(outbox.all_sends_answered().now_or_never().is_some());
+        outbox.send_answered();
+        assert!(
+            outbox.all_sends_answered().now_or_never().is_some(),
+            "an extra answer does not wrap the count"
+        );
+    }
+
+    #[test]
+    fn an_answer_wakes_the_task_waiting_for_room() {
+        use std::future::Future;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let outbox = Outbox::new(4, true);
+        block_on(outbox.begin_send(1));
+        let mut waiting = Box::pin(outbox.begin_send(1));
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        outbox.send_answered();
+        assert_eq!(woken.0.load(Ordering::Relaxed), 1);
+        assert!(waiting.as_mut().poll(&mut cx).is_ready());
     }
 
     #[test]

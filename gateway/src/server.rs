@@ -30,10 +30,6 @@ use crate::data_dir;
 use crate::grpc::{Bridge, BridgeCall};
 use crate::metrics::Metrics;
 
-/// Messages in flight between two cores before the sender waits. Large
-/// enough to absorb a group fan-out burst, small enough to push back.
-const MESH_CAPACITY: usize = 4096;
-
 /// io_uring memory each executor registers. Sockets do not use it (only
 /// file I/O does), and the machine allows 8 MiB of locked memory per
 /// process, so glommio's 10 MiB default would not even fit one core.
@@ -439,7 +435,8 @@ fn run_cores(
 ) -> Result<(), ServeError> {
     let cores = shared.cores;
     let placement = placement(&shared.config, cores)?;
-    let mesh: MeshBuilder<CoreMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
+    let mesh: MeshBuilder<CoreMsg, Full> =
+        MeshBuilder::full(cores, shared.config.server.mesh_capacity);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<CoreAddrs, String>>();
     let executor_shared = shared.clone();
     let handles = LocalExecutorPoolBuilder::new(placement)
@@ -511,7 +508,7 @@ async fn run_core(
         let core = core.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = stream.recv().await {
-                core.handle(msg).await;
+                core.handle(msg);
             }
         })
         .detach();
