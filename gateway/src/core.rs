@@ -514,7 +514,10 @@ impl Core {
         }
     }
 
-    /// Sends `msg` to `core`, handling it in place when that is us.
+    /// Sends a request's `msg` to `core`, handling it in place when that
+    /// is us; waits while the peer's channel is full (the backpressure that
+    /// stops a busy connection being read). A core's own traffic goes with
+    /// [`Core::forward`] instead.
     pub async fn route(self: &Rc<Self>, core: usize, msg: CoreMsg) {
         if core == self.id {
             self.handle(msg);

@@ -342,11 +342,16 @@ mod tests {
         })
     }
 
+    /// A writer pool over a fresh SQLite store in `dir`, default settings.
+    fn sqlite_pool(dir: &std::path::Path) -> WriterPool {
+        let backend = SqliteBackend::open(dir, Durability::Normal).unwrap();
+        WriterPool::start(backend.writer().unwrap(), WriterConfig::default()).unwrap()
+    }
+
     #[test]
     fn every_caller_is_completed_and_batches_form_under_load() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = SqliteBackend::open(dir.path(), Durability::Normal).unwrap();
-        let pool = WriterPool::start(backend.writer().unwrap(), WriterConfig::default()).unwrap();
+        let pool = sqlite_pool(dir.path());
         let handle = pool.handle();
         let completions: Vec<_> = (1..=2_000)
             .map(|i| handle.try_submit(account(i, &format!("u{i}"))).unwrap())
@@ -373,8 +378,7 @@ mod tests {
     #[test]
     fn detached_ops_are_committed_in_order_with_the_others() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = SqliteBackend::open(dir.path(), Durability::Normal).unwrap();
-        let pool = WriterPool::start(backend.writer().unwrap(), WriterConfig::default()).unwrap();
+        let pool = sqlite_pool(dir.path());
         let handle = pool.handle();
         for i in 1..=100 {
             handle
