@@ -7,7 +7,9 @@ use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 /// Segments numbered from 1, each a fixed-size file.
 pub trait Disk {
@@ -19,8 +21,19 @@ pub trait Disk {
     /// The high-water marks file's bytes (`None`: never written).
     fn read_marks(&mut self) -> io::Result<Option<Vec<u8>>>;
     /// Replaces the high-water marks file, durably and whole (a crash
-    /// leaves the old one or the new one).
+    /// leaves the old one or the new one), after any replacement handed
+    /// to [`Disk::write_marks_later`] before.
     fn write_marks(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Replaces the marks file as [`Disk::write_marks`] does, with bytes
+    /// made by `marks`, perhaps later: the writer must not wait for it (a
+    /// million conversations make tens of megabytes and a third of a
+    /// second). Replacements land in the order they are asked for. One
+    /// that fails is logged: the old marks only check less of the log.
+    fn write_marks_later(&mut self, marks: SummaryJob) {
+        if let Err(error) = self.write_marks(&marks()) {
+            tracing::warn!(%error, "the high-water marks were not written");
+        }
+    }
     /// The log-end file's bytes (empty: never written).
     fn read_end(&mut self) -> io::Result<Vec<u8>>;
     /// Writes `bytes` at `at` in the log-end file, durably.
@@ -45,7 +58,7 @@ pub trait Disk {
     fn write_summary(&self, segment: u64, summary: SummaryJob);
 }
 
-/// Makes a summary's bytes.
+/// Makes a file's bytes (a segment's summary, the marks) off the writer.
 pub type SummaryJob = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// The high-water marks file's name, next to the segments.
@@ -61,6 +74,76 @@ pub struct FileDisk {
     open: RefCell<Vec<(u64, File)>>,
     /// The log-end file, once written.
     end: Option<File>,
+    /// The thread writing the marks, once a write is handed to it.
+    marks: Option<MarksWriter>,
+}
+
+/// A marks file to write, and where to say how it went (`None`: nobody
+/// waits; a failure is logged).
+struct MarksWrite {
+    bytes: SummaryJob,
+    done: Option<mpsc::Sender<io::Result<()>>>,
+}
+
+/// The thread that replaces the marks file, one write after another.
+/// Dropping it waits for the writes handed to it.
+struct MarksWriter {
+    writes: Option<mpsc::Sender<MarksWrite>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MarksWriter {
+    fn start(dir: PathBuf) -> io::Result<Self> {
+        let (writes, queued) = mpsc::channel::<MarksWrite>();
+        let thread = std::thread::Builder::new()
+            .name("log-marks".into())
+            .spawn(move || {
+                for MarksWrite { bytes, done } in queued {
+                    let written = replace_marks(&dir, &bytes());
+                    match (done, written) {
+                        (Some(done), written) => {
+                            let _ = done.send(written);
+                        }
+                        (None, Err(error)) => {
+                            tracing::warn!(%error, "the high-water marks were not written");
+                        }
+                        (None, Ok(())) => {}
+                    }
+                }
+            })?;
+        Ok(MarksWriter {
+            writes: Some(writes),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `write`; gives it back if the thread is gone.
+    fn queue(&self, write: MarksWrite) -> Result<(), MarksWrite> {
+        match &self.writes {
+            Some(writes) => writes.send(write).map_err(|refused| refused.0),
+            None => Err(write),
+        }
+    }
+}
+
+impl Drop for MarksWriter {
+    fn drop(&mut self) {
+        self.writes.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Replaces `dir`'s marks file durably and whole: a crash leaves the old
+/// one or the new one.
+fn replace_marks(dir: &Path, bytes: &[u8]) -> io::Result<()> {
+    let making = dir.join(format!("{MARKS}.making"));
+    let mut file = File::create(&making)?;
+    io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&making, dir.join(MARKS))?;
+    File::open(dir)?.sync_all()
 }
 
 /// Segment handles kept open (the fds are shared with client sockets).
@@ -75,6 +158,7 @@ impl FileDisk {
             dir,
             open: RefCell::new(Vec::new()),
             end: None,
+            marks: None,
         })
     }
 
@@ -165,12 +249,43 @@ impl Disk for FileDisk {
     }
 
     fn write_marks(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let making = self.dir.join(format!("{MARKS}.making"));
-        let mut file = File::create(&making)?;
-        io::Write::write_all(&mut file, bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&making, self.dir.join(MARKS))?;
-        self.sync_dir()
+        // Behind the writes queued before it, if any were.
+        if let Some(writer) = &self.marks {
+            let (done, outcome) = mpsc::channel();
+            let owned = bytes.to_vec();
+            let write = MarksWrite {
+                bytes: Box::new(move || owned),
+                done: Some(done),
+            };
+            if writer.queue(write).is_ok() {
+                if let Ok(written) = outcome.recv() {
+                    return written;
+                }
+            }
+        }
+        replace_marks(&self.dir, bytes)
+    }
+
+    fn write_marks_later(&mut self, marks: SummaryJob) {
+        if self.marks.is_none() {
+            match MarksWriter::start(self.dir.clone()) {
+                Ok(writer) => self.marks = Some(writer),
+                Err(error) => tracing::warn!(%error, "no marks thread: writing them now"),
+            }
+        }
+        let write = MarksWrite {
+            bytes: marks,
+            done: None,
+        };
+        let unqueued = match &self.marks {
+            Some(writer) => writer.queue(write).err(),
+            None => Some(write),
+        };
+        if let Some(MarksWrite { bytes, .. }) = unqueued {
+            if let Err(error) = replace_marks(&self.dir, &bytes()) {
+                tracing::warn!(%error, "the high-water marks were not written");
+            }
+        }
     }
 
     fn read_end(&mut self) -> io::Result<Vec<u8>> {
@@ -294,6 +409,33 @@ mod tests {
             bodies.push(body.to_vec())
         })?;
         Ok(bodies)
+    }
+
+    #[test]
+    fn marks_written_later_land_in_order_and_before_a_direct_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = FileDisk::new(dir.path()).unwrap();
+        let slow = |bytes: &'static [u8]| -> SummaryJob {
+            Box::new(move || {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                bytes.to_vec()
+            })
+        };
+        disk.write_marks_later(slow(b"first"));
+        disk.write_marks_later(slow(b"second"));
+        // Waits for both queued before it, so it is the one kept.
+        disk.write_marks(b"direct").unwrap();
+        assert_eq!(disk.read_marks().unwrap().as_deref(), Some(&b"direct"[..]));
+
+        // One still queued when the disk is dropped is written first.
+        disk.write_marks_later(slow(b"last"));
+        drop(disk);
+        let mut reopened = FileDisk::new(dir.path()).unwrap();
+        assert_eq!(
+            reopened.read_marks().unwrap().as_deref(),
+            Some(&b"last"[..])
+        );
+        assert!(!dir.path().join("marks.making").exists());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use super::batch;
 use super::disk::Disk;
 use super::log::{LogError, Placed};
 use super::records::{self, Record};
+use super::sharded::Sharded;
 use super::summary::{self, Covers, Load, Noted, SegmentNotes};
 use crate::ChatMessage;
 
@@ -72,13 +73,13 @@ struct Conversation {
 /// The indexes.
 #[derive(Default)]
 pub struct Index {
-    conversations: Map<ConversationId, Conversation>,
+    conversations: Sharded<ConversationId, Conversation>,
     /// Device ids, each stored once: cursor lookups then allocate nothing.
     devices: Map<Box<str>, u32>,
     /// Device numbers back to ids.
     device_ids: Vec<Box<str>>,
     /// Each user's 1:1 conversations with at least one message.
-    direct: Map<i64, Vec<ConversationId>>,
+    direct: Sharded<i64, Vec<ConversationId>>,
     /// The newest segment's changes, for its summary (`None` while in a
     /// segment that was loaded from its summary or joined midway).
     notes: Option<SegmentNotes>,

@@ -340,6 +340,12 @@ impl<D: Disk> Log<D> {
             .map_err(|source| LogError::Io { segment: 0, source })
     }
 
+    /// Replaces the high-water marks file with bytes `marks` makes, off
+    /// this thread, after the replacements asked for before.
+    pub fn write_marks_later(&mut self, marks: super::disk::SummaryJob) {
+        self.disk.write_marks_later(marks);
+    }
+
     /// Reads `len` bytes of a body at `at` in `segment`.
     pub fn read(&self, segment: u64, at: u64, out: &mut [u8]) -> Result<(), LogError> {
         self.disk

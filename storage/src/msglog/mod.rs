@@ -20,6 +20,7 @@ pub mod disk;
 pub mod index;
 pub mod log;
 mod records;
+mod sharded;
 pub mod store;
 mod summary;
 

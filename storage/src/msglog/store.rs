@@ -220,25 +220,24 @@ impl<D: Disk> MessageStore<D> {
 
     /// Writes every conversation's last seq to the high-water marks file.
     pub fn checkpoint(&mut self) -> Result<(), LogError> {
-        let bytes = {
-            let index = read(&self.index);
-            let mut bytes = Vec::new();
-            bytes.extend_from_slice(MARKS_MAGIC);
-            let mut count = 0u32;
-            bytes.extend_from_slice(&count.to_le_bytes());
-            for (conversation, last_seq) in index.last_seqs() {
-                let id = conversation.to_string();
-                bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
-                bytes.extend_from_slice(id.as_bytes());
-                bytes.extend_from_slice(&last_seq.to_le_bytes());
-                count += 1;
-            }
-            bytes[4..8].copy_from_slice(&count.to_le_bytes());
-            let crc = crc32fast::hash(&bytes);
-            bytes.extend_from_slice(&crc.to_le_bytes());
-            bytes
-        };
+        let bytes = encode_marks(read(&self.index).last_seqs());
         self.log.write_marks(&bytes)?;
+        self.log.flush()?;
+        self.log.note_end()
+    }
+
+    /// [`MessageStore::checkpoint`] for a batch that opened a segment: the
+    /// marks are copied here and written on a thread of their own, so the
+    /// writer (and every send waiting on it) does not wait for them. At a
+    /// million conversations the copy takes tens of milliseconds, where
+    /// the whole write took a third of a second (BENCHMARKS.md, "The
+    /// writer's long stalls"). Each seq copied is durable already, so
+    /// marks written late claim nothing the log lacks; they only check a
+    /// little less.
+    fn checkpoint_later(&mut self) -> Result<(), LogError> {
+        let last_seqs: Vec<(ConversationId, i64)> = read(&self.index).last_seqs().collect();
+        self.log
+            .write_marks_later(Box::new(move || encode_marks(last_seqs.into_iter())));
         self.log.flush()?;
         self.log.note_end()
     }
@@ -384,7 +383,7 @@ impl<D: Disk> MessageStore<D> {
         if placed.segment != self.marked_segment {
             // Marks lag the log by at most a segment: enough to catch a
             // lost segment, and rare enough to cost nothing per batch.
-            self.checkpoint()?;
+            self.checkpoint_later()?;
             self.marked_segment = placed.segment;
         }
         if self.end_noted.elapsed() >= NOTE_END_EVERY {
@@ -588,6 +587,28 @@ fn open_index<D: Disk>(
         return Ok(Opened::SummariesWrong(log.into_disk()));
     }
     Ok(Opened::Whole(log, Box::new(index), groups))
+}
+
+/// The marks file's bytes: each conversation's last seq, checksummed.
+fn encode_marks(last_seqs: impl Iterator<Item = (ConversationId, i64)>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(MARKS_MAGIC);
+    let mut count = 0u32;
+    bytes.extend_from_slice(&count.to_le_bytes());
+    let mut id = String::new();
+    for (conversation, last_seq) in last_seqs {
+        id.clear();
+        // Writing into a String cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{conversation}"));
+        bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(id.as_bytes());
+        bytes.extend_from_slice(&last_seq.to_le_bytes());
+        count += 1;
+    }
+    bytes[4..8].copy_from_slice(&count.to_le_bytes());
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
 }
 
 /// Has the summary of a sealed segment written; a failure costs only a
@@ -873,6 +894,44 @@ mod tests {
             MessageStore::open(disk.clone(), 4 << 10),
             Err(LogError::BadMarks("checksum"))
         ));
+    }
+
+    /// On segment files, where the marks of a batch that opens a segment
+    /// are written on a thread of their own: they still catch a lost
+    /// segment, without the log-end file's help.
+    #[test]
+    fn marks_written_off_the_writer_still_catch_a_lost_segment() {
+        use crate::msglog::disk::FileDisk;
+        let dir = tempfile::tempdir().unwrap();
+        let open = || MessageStore::open(FileDisk::new(dir.path()).unwrap(), 4 << 10);
+        let mut store = open().unwrap();
+        for i in 1..=60 {
+            let conversation = format!("si_{}_{}", 1 + i % 5, 100);
+            let batch = [message(&conversation, 1 + i % 5, i, &"x".repeat(200))];
+            let appends: Vec<Append<'_>> = batch.iter().map(Append::Message).collect();
+            store.append(&appends).unwrap();
+        }
+        // Dropping the store waits for the marks still being written.
+        drop(store);
+        let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+            .collect();
+        segments.sort();
+        assert!(segments.len() > 3, "several segments: {segments:?}");
+        let marks = std::fs::read(dir.path().join("marks")).unwrap();
+        assert!(marks.len() > 12, "marks of several conversations");
+        assert!(open().is_ok());
+
+        // Two segments gone: the marks, written when the newer of them
+        // was opened, name a seq that is no longer there.
+        for lost in &segments[segments.len() - 2..] {
+            std::fs::remove_file(lost).unwrap();
+        }
+        std::fs::remove_file(dir.path().join("end")).unwrap();
+        let refused = open().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("was acknowledged"), "{refused}");
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! A hash map kept in shards, so that growing it never moves more than
+//! one shard's entries at once. The log's index holds every conversation
+//! ever written to; as one `HashMap` it doubles in one go, and at 917,504
+//! conversations that move stalled the writer, and every send waiting on
+//! it, for 350–410 ms (BENCHMARKS.md, "The writer's long stalls"). In 64
+//! shards each doubling moves a 64th. The shards are of unequal sizes,
+//! spread over one doubling, so that they do not all grow in the same
+//! few batches either.
+
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, Hash};
+
+use super::index::Map;
+
+/// Shards of a [`Sharded`] map: a power of two (the top bits of a hash
+/// pick one).
+const SHARDS: usize = 64;
+
+/// Slots of the table that picks a shard from a hash's top byte.
+const PICKS: usize = 256;
+
+/// Which shard each value of a hash's top byte picks: shard `i` gets a
+/// share of the keys growing with `2^(i / SHARDS)`, so the shards' sizes
+/// spread evenly over one doubling and each reaches its next doubling at
+/// a different total.
+fn pick_table() -> [u8; PICKS] {
+    let weight = |shard: usize| (shard as f64 / SHARDS as f64).exp2();
+    let total: f64 = (0..SHARDS).map(weight).sum();
+    let mut table = [0u8; PICKS];
+    let (mut shard, mut filled) = (0usize, 0.0f64);
+    for (slot, pick) in table.iter_mut().enumerate() {
+        // Move on once this shard has its share of the slots.
+        while shard + 1 < SHARDS && (slot as f64) >= filled + weight(shard) / total * PICKS as f64 {
+            filled += weight(shard) / total * PICKS as f64;
+            shard += 1;
+        }
+        *pick = shard as u8;
+    }
+    table
+}
+
+/// A map in [`SHARDS`] shards, picked by a hash seeded apart from the
+/// shards' own (with the same hash, a shard's keys would share its top
+/// bits, which its table uses to tell keys apart).
+pub(super) struct Sharded<K, V> {
+    picker: foldhash::fast::RandomState,
+    picks: [u8; PICKS],
+    shards: Box<[Map<K, V>]>,
+}
+
+impl<K, V> Default for Sharded<K, V> {
+    fn default() -> Self {
+        Sharded {
+            picker: foldhash::fast::RandomState::default(),
+            picks: pick_table(),
+            shards: (0..SHARDS).map(|_| Map::default()).collect(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> Sharded<K, V> {
+    fn shard_of(&self, key: &K) -> usize {
+        self.picks[(self.picker.hash_one(key) >> (u64::BITS - 8)) as usize] as usize
+    }
+
+    pub(super) fn get(&self, key: &K) -> Option<&V> {
+        self.shards[self.shard_of(key)].get(key)
+    }
+
+    pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let shard = self.shard_of(key);
+        self.shards[shard].get_mut(key)
+    }
+
+    pub(super) fn entry(&mut self, key: K) -> Entry<'_, K, V> {
+        let shard = self.shard_of(&key);
+        self.shards[shard].entry(key)
+    }
+
+    /// Every entry, shard by shard.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.shards.iter().flat_map(|shard| shard.iter())
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_what_a_map_holds_and_spreads_it() {
+        let mut sharded: Sharded<i64, i64> = Sharded::default();
+        let mut plain: Map<i64, i64> = Map::default();
+        for key in 0..100_000i64 {
+            let key = key.wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as i64);
+            *sharded.entry(key).or_default() += key % 7;
+            *plain.entry(key).or_default() += key % 7;
+        }
+        for key in [3i64, 5, 3] {
+            *sharded.entry(key).or_default() += 1;
+            *plain.entry(key).or_default() += 1;
+        }
+        if let Some(value) = sharded.get_mut(&3) {
+            *value += 10;
+        }
+        if let Some(value) = plain.get_mut(&3) {
+            *value += 10;
+        }
+        assert_eq!(sharded.len(), plain.len());
+        assert_eq!(sharded.get(&3), Some(&12));
+        assert_eq!(sharded.get(&4), None);
+        let mut all: Vec<(i64, i64)> = sharded.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut expected: Vec<(i64, i64)> = plain.into_iter().collect();
+        all.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(all, expected);
+        // Every shard is used, none holds much more than twice another.
+        let sizes: Vec<usize> = sharded.shards.iter().map(|shard| shard.len()).collect();
+        let (least, most) = (sizes.iter().min(), sizes.iter().max());
+        assert!(least > Some(&0), "{sizes:?}");
+        assert!(most < Some(&(3 * 100_000 / SHARDS)), "{sizes:?}");
+    }
+
+    #[test]
+    fn the_shares_spread_over_one_doubling() {
+        let table = pick_table();
+        let share = |shard: u8| table.iter().filter(|&&pick| pick == shard).count();
+        assert_eq!(table[0], 0);
+        assert_eq!(table[PICKS - 1] as usize, SHARDS - 1);
+        // From about 2.8 slots for the first to about 5.6 for the last.
+        assert!((2..=4).contains(&share(0)), "{}", share(0));
+        let last = (SHARDS - 1) as u8;
+        assert!((5..=7).contains(&share(last)), "{}", share(last));
+    }
+}
