@@ -41,5 +41,7 @@ run() {
   "$BIN/ourchat-loadgen" "$@" --targets "${TARGET:-127.0.0.1:$PORT}" --admin "127.0.0.1:$ADMIN" \
     --tokens "$DATA/tokens" --server-pid "$NODE_PID" --json "$OUT/$name.json" >&2 \
     || echo "($name reported errors)" >&2
+  # The node's own histograms (its store's commit times among them).
+  curl -s "http://127.0.0.1:$ADMIN/metrics" >"$OUT/$name.metrics" 2>/dev/null || true
 }
 
