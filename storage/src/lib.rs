@@ -20,6 +20,7 @@ pub mod kafka;
 pub mod msglog;
 pub mod mysql;
 pub mod redis;
+pub mod sharded;
 pub mod sqlite;
 
 pub use error::StoreError;

@@ -18,8 +18,8 @@ use super::batch;
 use super::disk::Disk;
 use super::log::{LogError, Placed};
 use super::records::{self, Record};
-use super::sharded::Sharded;
 use super::summary::{self, Covers, Load, Noted, SegmentNotes};
+use crate::sharded::Sharded;
 use crate::ChatMessage;
 
 /// The indexes' maps: foldhash, seeded per process (client ids are keys, so

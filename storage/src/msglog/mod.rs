@@ -20,7 +20,6 @@ pub mod disk;
 pub mod index;
 pub mod log;
 mod records;
-mod sharded;
 pub mod store;
 mod summary;
 

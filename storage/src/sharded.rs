@@ -1,16 +1,21 @@
-//! A hash map kept in shards, so that growing it never moves more than
-//! one shard's entries at once. The log's index holds every conversation
-//! ever written to; as one `HashMap` it doubles in one go, and at 917,504
-//! conversations that move stalled the writer, and every send waiting on
-//! it, for 350–410 ms (BENCHMARKS.md, "The writer's long stalls"). In 64
-//! shards each doubling moves a 64th. The shards are of unequal sizes,
-//! spread over one doubling, so that they do not all grow in the same
-//! few batches either.
+//! A hash map kept in shards, so that rebuilding its table never moves
+//! more than one shard's entries at once. A `HashMap` rebuilds in one go
+//! when it doubles, and when deleted entries have used up its room (a
+//! table at its cap with entries coming and going does that every few
+//! tens of thousands of changes). The log's index of every conversation
+//! stalled the writer, and every send waiting on it, for 350–410 ms at
+//! 917,504 conversations; a core's 200,000 sequenced conversations held
+//! the core for 80–127 ms (BENCHMARKS.md, "The writer's long stalls").
+//! In 64 shards each rebuild moves a 64th. The shards are of unequal
+//! sizes, spread over one doubling, so that they do not all grow at once
+//! either.
 
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hash};
 
-use super::index::Map;
+/// The shards' maps: foldhash, seeded per process (keys are not
+/// choosable to collide).
+pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Shards of a [`Sharded`] map: a power of two (the top bits of a hash
 /// pick one).
@@ -42,7 +47,7 @@ fn pick_table() -> [u8; PICKS] {
 /// A map in [`SHARDS`] shards, picked by a hash seeded apart from the
 /// shards' own (with the same hash, a shard's keys would share its top
 /// bits, which its table uses to tell keys apart).
-pub(super) struct Sharded<K, V> {
+pub struct Sharded<K, V> {
     picker: foldhash::fast::RandomState,
     picks: [u8; PICKS],
     shards: Box<[Map<K, V>]>,
@@ -63,28 +68,53 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         self.picks[(self.picker.hash_one(key) >> (u64::BITS - 8)) as usize] as usize
     }
 
-    pub(super) fn get(&self, key: &K) -> Option<&V> {
+    /// The value under `key`.
+    pub fn get(&self, key: &K) -> Option<&V> {
         self.shards[self.shard_of(key)].get(key)
     }
 
-    pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    /// The value under `key`, to change.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let shard = self.shard_of(key);
         self.shards[shard].get_mut(key)
     }
 
-    pub(super) fn entry(&mut self, key: K) -> Entry<'_, K, V> {
+    /// The entry of `key`, there or not.
+    pub fn entry(&mut self, key: K) -> Entry<'_, K, V> {
         let shard = self.shard_of(&key);
         self.shards[shard].entry(key)
     }
 
+    /// Puts `value` under `key`; the value it replaces, if any.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let shard = self.shard_of(&key);
+        self.shards[shard].insert(key, value)
+    }
+
+    /// Takes the value under `key` out.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        let shard = self.shard_of(key);
+        self.shards[shard].remove(key)
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.get(key).is_some()
+    }
+
     /// Every entry, shard by shard.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
         self.shards.iter().flat_map(|shard| shard.iter())
     }
 
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    /// Entries held.
+    pub fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.len()).sum()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|shard| shard.is_empty())
     }
 }
 
