@@ -5,7 +5,8 @@
 //! tens of thousands of changes). The log's index of every conversation
 //! stalled the writer, and every send waiting on it, for 350–410 ms at
 //! 917,504 conversations; a core's 200,000 sequenced conversations held
-//! the core for 80–127 ms (BENCHMARKS.md, "The writer's long stalls").
+//! the core for 80–127 ms (BENCHMARKS.md, "The writer's long stalls" and
+//! "The same on the cores").
 //! In 64 shards each rebuild moves a 64th. The shards are of unequal
 //! sizes, spread over one doubling, so that they do not all grow at once
 //! either.
