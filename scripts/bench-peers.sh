@@ -119,6 +119,8 @@ want storm && both "storm-$STORM" storm "$STORM" --procs "$(procs_for "$STORM")"
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
+sys.path.insert(0, "scripts")
+import commits  # scripts/commits.py
 out = sys.argv[1]
 def load(name):
     path = os.path.join(out, name + ".json")
@@ -145,22 +147,7 @@ def cells(r):
     cpu = f"{cpu:.1f}" if cpu and kind in ("p2p", "group") else "-"
     return [what, lat, lost, cpu]
 def slowest_commit(name):
-    """The node's slowest store commit in the run, as its histogram bounds
-    it ("≤250" ms), and how many took over 10 ms; None without metrics."""
-    path = os.path.join(out, "ourchat-" + name + ".metrics")
-    if not os.path.exists(path):
-        return None
-    buckets = []
-    for line in open(path):
-        if line.startswith("ourchat_store_commit_latency_us_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
-    if not buckets or not buckets[-1][1]:
-        return None
-    total = buckets[-1][1]
-    bound = next(le for le, count in buckets if count >= total)
-    over_10ms = total - max((count for le, count in buckets if le <= 10_000), default=0)
-    return ("≤" + (f"{bound / 1000:g}" if bound != float("inf") else "inf"), int(over_10ms))
+    return commits.slowest(os.path.join(out, "ourchat-" + name + ".metrics"))
 def ratio(o, m, key):
     try:
         return f"{key(o) / key(m):.2f}x"

@@ -30,6 +30,7 @@ scripts/threads.py snap "$NODE_PID" "$OUT/a.json"; writes0=$(disk_writes)
 sleep 8
 scripts/threads.py snap "$NODE_PID" "$OUT/b.json"; writes1=$(disk_writes)
 wait "$loadgen" || echo "(the loadgen reported errors: $OUT/loadgen.log)"
+curl -s "http://127.0.0.1:$ADMIN/metrics" >"$OUT/metrics" 2>/dev/null || true
 messages=$((RATE * 8 * fanout))
 scripts/threads.py diff "$OUT/a.json" "$OUT/b.json" "$messages"
 echo "disk write requests per message: $(python3 -c "print(round((${writes1:-0} - ${writes0:-0}) / $messages, 3))")"
@@ -37,3 +38,4 @@ python3 -c "
 import json; r = json.load(open('$OUT/run.json')); d = r['send_to_deliver_us']
 print(f\"delivered {r['deliveries_per_sec']:.0f}/s, deliver p50 {d['p50'] / 1000:.1f} ms, p99 {d['p99'] / 1000:.1f} ms,\",
       f\"{r.get('server_cpu_us_per_delivered', 0):.1f} CPU µs per delivered message, lost {r['lost']}\")"
+scripts/commits.py "$OUT/metrics"
