@@ -14,8 +14,9 @@
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hash};
 
-/// The shards' maps: foldhash, seeded per process (keys are not
-/// choosable to collide).
+/// The shards' maps, and the message log's: foldhash, seeded per process
+/// (keys such as client ids cannot be chosen to collide), several times
+/// cheaper than SipHash on these small keys.
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Shards of a [`Sharded`] map: a power of two (the top bits of a hash

@@ -10,8 +10,6 @@
 //! running node had. Each also notes the change for the newest segment's
 //! summary (`summary`), which a later start loads instead of the records.
 
-use std::collections::HashMap;
-
 use ourchat_protocol::ConversationId;
 
 use super::batch;
@@ -19,13 +17,10 @@ use super::disk::Disk;
 use super::log::{LogError, Placed};
 use super::records::{self, Record};
 use super::summary::{self, Covers, Load, Noted, SegmentNotes};
+/// The indexes' maps (client ids are keys: see [`Map`] on hashing).
+pub(super) use crate::sharded::Map;
 use crate::sharded::Sharded;
 use crate::ChatMessage;
-
-/// The indexes' maps: foldhash, seeded per process (client ids are keys, so
-/// collisions must not be choosable), several times cheaper than SipHash
-/// on these small keys.
-pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Where a record is: segment, offset and length of its bytes; length 0
 /// is a seq never stored (only given seqs, from cluster replays, can skip).
