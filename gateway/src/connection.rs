@@ -6,8 +6,9 @@
 //! must stay chatty (any frame, usually Heartbeat) within the idle timeout.
 //! Both deadlines are enforced by the core's sweeper, not by a timer per
 //! read. Replies and pushes go through the connection's [`Outbox`],
-//! written by a sibling task, so a slow peer never stalls the core; that
-//! task also ends the connection by shutting the socket down.
+//! written by the writing half of the connection's one task, so a slow
+//! peer never stalls the core. A close lets the peer read its last frames
+//! before the socket goes (`close_gracefully`).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -30,11 +31,11 @@ use crate::core::{encode_frame, ConnReply, Core, CoreMsg, Reply};
 use crate::handlers::{refusal_for, refused_send, Caller, Session};
 use crate::limits::{FrameLimiter, IpSlot, Limit, Verdict};
 use crate::metrics::CoreMetrics;
-use crate::outbox::{Next, Outbox, Parking};
+use crate::outbox::{Next, Outbox, Parking, LINGER};
 
 mod framing;
 mod parked;
-use framing::{FrameReader, ReadEnd};
+use framing::{Asked, FrameReader, ReadEnd};
 use parked::serve_plain;
 pub use parked::{resume_parked, Lot, Parked};
 /// Failed logins tolerated on one connection before it is closed.
@@ -186,14 +187,17 @@ pub(crate) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let mut conn = Connection::open(core, peer, false);
-    let stream = RefCell::new(*stream);
-    let ended = conn.run(&stream, fd).await;
+    let mut stream = RefCell::new(*stream);
+    let ended = conn.run(&stream).await;
     debug_assert_eq!(
         ended,
         Ended::Closed,
         "only a parkable outbox is asked to park"
     );
     conn.caller.core.remove_connection(conn.caller.conn_id);
+    drop(conn);
+    // Boxed: only a closing connection carries its state.
+    Box::pin(close_gracefully(stream.get_mut(), fd)).await;
 }
 
 /// How a connection's task ended.
@@ -238,16 +242,59 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<'_, S> {
     }
 }
 
-/// Writes whatever is queued, in batches, until the outbox closes (then
-/// shuts the socket down in both directions, which ends the reader's
-/// pending read) or the connection is to park. `fd` is the connection's
-/// socket, open for as long as this task holds its write half.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    fd: RawFd,
-    outbox: Rc<Outbox>,
-    core: Rc<Core>,
-) -> Ended {
+/// The writing half as the writer sees it: its writes fail once the close
+/// is given up ([`Outbox::give_up`]: the peer reads nothing), and a write
+/// the socket keeps waiting leaves the task's waker with the outbox, so
+/// that giving up reaches a writer stuck on a full socket.
+struct UnlessGivenUp<'a, W> {
+    writer: W,
+    outbox: &'a Outbox,
+}
+
+impl<W: AsyncWrite + Unpin> UnlessGivenUp<'_, W> {
+    fn poll_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut W>, &mut Context<'_>) -> Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if self.outbox.is_given_up() {
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        let written = write(Pin::new(&mut self.writer), cx);
+        if written.is_pending() {
+            self.outbox.register(cx);
+        }
+        written
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for UnlessGivenUp<'_, W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_with(cx, |writer, cx| writer.poll_write(cx, buf))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_with(cx, |writer, cx| writer.poll_flush(cx).map_ok(|()| 0))
+            .map_ok(|_| ())
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.writer).poll_close(cx)
+    }
+}
+
+/// Writes whatever is queued, in batches, until the outbox closes (what
+/// was queued is then written: the socket is closed after the task, by
+/// [`close_gracefully`]) or the connection is to park.
+async fn write_loop<W: AsyncWrite + Unpin>(writer: W, outbox: Rc<Outbox>, core: Rc<Core>) -> Ended {
+    let mut writer = UnlessGivenUp {
+        writer,
+        outbox: &outbox,
+    };
     let mut batch: Vec<Bytes> = Vec::new();
     let mut buffer: Vec<u8> = Vec::new();
     loop {
@@ -259,15 +306,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         core.metrics()
             .frames_out
             .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let result = if batch.len() == 1 {
-            writer.write_all(&batch[0]).await
+        let bytes = if batch.len() == 1 {
+            &batch[0][..]
         } else {
             buffer.clear();
             for frame in &batch {
                 buffer.extend_from_slice(frame);
             }
-            writer.write_all(&buffer).await
+            &buffer[..]
         };
+        let result = writer.write_all(bytes).await;
         // TLS keeps records it could not write yet in its own buffer (the
         // socket said "later"); only a flush pushes them out. Plain TCP
         // has nothing to flush.
@@ -284,10 +332,34 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             break;
         }
     }
-    let _ = writer.flush().await;
-    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
-    let _ = writer.close().await;
     Ended::Closed
+}
+
+/// Ends a connection so that its last frames (the reason for the close,
+/// the last acks) reach the peer. Closing a socket with received bytes
+/// unread makes the kernel answer with a reset, and a reset makes the
+/// peer's kernel drop what it had not yet handed to the client: a flooding
+/// client lost the flood error and the acks before it (`limits.rs`,
+/// `a_flood_close_acks_every_message_it_stored_first`). So this sends the
+/// end of the stream after what is queued (TLS's close_notify first), then
+/// reads and drops until the peer closes too, for at most [`LINGER`].
+/// The connection is gone from its core by then; only the socket lingers.
+async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, fd: RawFd) {
+    let drained = async {
+        let _ = stream.flush().await;
+        let _ = stream.close().await;
+        loop {
+            match std::future::poll_fn(|cx| framing::poll_discard(cx, stream)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    };
+    let _ = glommio::timer::timeout(LINGER, drained).await;
+    // A stream whose own close does not shut the socket (a WebSocket's)
+    // still ends here, before the socket is dropped.
+    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
 }
 
 /// One client connection's state: where its requests run (its core, its
@@ -341,7 +413,7 @@ impl Connection {
     /// or parks. Its halves share the stream (each borrows it only inside
     /// one poll), so a connection is one task and one allocation, with no
     /// lock between its halves.
-    async fn run<S>(&mut self, stream: &RefCell<S>, fd: RawFd) -> Ended
+    async fn run<S>(&mut self, stream: &RefCell<S>) -> Ended
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -356,7 +428,7 @@ impl Connection {
                 }
                 ended
             };
-            let writing = write_loop(Shared(stream), fd, outbox.clone(), core.clone());
+            let writing = write_loop(Shared(stream), outbox.clone(), core.clone());
             match futures::future::join(reading, writing).await {
                 (Ended::Parked, Ended::Parked) if outbox.may_park() => return Ended::Parked,
                 // Something was queued after the writer stopped: serve it.
@@ -366,7 +438,7 @@ impl Connection {
                 // The writer had stopped to park: it flushes and shuts down.
                 // (Boxed: rare, and this future lives as long as the task.)
                 (Ended::Closed, Ended::Parked) => {
-                    Box::pin(write_loop(Shared(stream), fd, outbox.clone(), core)).await;
+                    Box::pin(write_loop(Shared(stream), outbox.clone(), core)).await;
                 }
                 (Ended::Closed, Ended::Closed) => {}
             }
@@ -394,14 +466,22 @@ impl Connection {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R, outbox: &Outbox) -> Ended {
         let max_frame = self.caller.core.shared.config.server.max_frame_bytes;
         let mut frames = FrameReader::default();
-        let asked_to_park = || outbox.parking() == Parking::Asked;
+        let asked = || {
+            if outbox.is_closing() {
+                Asked::Close
+            } else if outbox.parking() == Parking::Asked {
+                Asked::Park
+            } else {
+                Asked::Nothing
+            }
+        };
         loop {
             // The frame goes straight into a plain function that boxes
             // what must be awaited: an envelope (hundreds of bytes) then
             // never has a slot in this future, which every idle connection
             // carries (it was 840 bytes, mostly that slot).
             let step = {
-                let read = frames.next(&mut reader, max_frame, asked_to_park).await;
+                let read = frames.next(&mut reader, max_frame, asked).await;
                 self.next_step(read)
             };
             match step {

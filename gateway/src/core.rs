@@ -436,8 +436,9 @@ impl Core {
 
     /// Closes connections past their deadline: no login within
     /// `login_timeout`, or logged in but silent for `idle_timeout`; asks
-    /// those silent for `park_after` to park. One sweep over the core's
-    /// connections replaces a timer per connection.
+    /// those silent for `park_after` to park; gives up closes that could
+    /// not write out in [`crate::outbox::LINGER`]. One sweep over the
+    /// core's connections replaces a timer per connection.
     pub fn sweep_deadlines(
         &self,
         login_timeout: Duration,
@@ -448,6 +449,9 @@ impl Core {
         let metrics = self.metrics();
         for outbox in self.conns.borrow().values() {
             if outbox.is_closing() {
+                if outbox.quiet_for(now_ms) >= crate::outbox::LINGER {
+                    outbox.give_up();
+                }
                 continue;
             }
             let silent = outbox.quiet_for(now_ms);

@@ -57,6 +57,16 @@ pub enum Next {
     Park,
 }
 
+/// Where a connection is in its closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Open,
+    /// Writing out what is queued, the reason for the close last.
+    WritingOut,
+    /// That took too long: the writer stops writing ([`Outbox::give_up`]).
+    GivenUp,
+}
+
 /// Frames for one connection.
 ///
 /// Kept to 80 bytes (hence the `u16` bounds, which the config checks), so
@@ -69,12 +79,13 @@ pub struct Outbox {
     frames: RefCell<VecDeque<Bytes>>,
     waiter: Cell<Waiter>,
     /// What the sweeper measures from, in [`clock_ms`]: the accept until
-    /// login (the login deadline), then the last whole frame (idling).
+    /// login (the login deadline), then the last whole frame (idling),
+    /// then the close (giving up on it).
     since_ms: Cell<u64>,
     capacity: u16,
     /// Sends of this connection not answered yet (see [`Outbox::begin_send`]).
     sends_in_flight: Cell<u16>,
-    closing: Cell<bool>,
+    closing: Cell<Closing>,
     logged_in: Cell<bool>,
     /// Only plain TCP connections park (a TLS or WebSocket session's state
     /// would have to be kept anyway).
@@ -92,7 +103,7 @@ impl Outbox {
             since_ms: Cell::new(clock_ms()),
             capacity: u16::try_from(capacity).unwrap_or(u16::MAX),
             sends_in_flight: Cell::new(0),
-            closing: Cell::new(false),
+            closing: Cell::new(Closing::Open),
             logged_in: Cell::new(false),
             parkable,
             parking: Cell::new(Parking::Active),
@@ -102,7 +113,7 @@ impl Outbox {
     /// Asks an active, parkable connection to park (its task is woken to
     /// notice); `false` if it cannot or is not active.
     pub fn ask_to_park(&self) -> bool {
-        if !self.parkable || self.closing.get() || self.parking.get() != Parking::Active {
+        if !self.parkable || self.is_closing() || self.parking.get() != Parking::Active {
             return false;
         }
         self.parking.set(Parking::Asked);
@@ -119,7 +130,7 @@ impl Outbox {
     /// closing.
     pub fn may_park(&self) -> bool {
         self.parking.get() == Parking::Asked
-            && !self.closing.get()
+            && !self.is_closing()
             && self.frames.borrow().is_empty()
     }
 
@@ -142,7 +153,7 @@ impl Outbox {
     /// Records that a whole frame arrived: a logged-in connection's idle
     /// clock restarts (before login the deadline runs from the accept).
     pub fn touch(&self) {
-        if self.logged_in.get() {
+        if self.logged_in.get() && !self.is_closing() {
             self.since_ms.set(clock_ms());
         }
     }
@@ -160,8 +171,8 @@ impl Outbox {
     }
 
     /// How long it has been, at `now_ms` on [`clock_ms`], since the
-    /// connection was accepted (not logged in yet) or since its last whole
-    /// frame (logged in).
+    /// connection was accepted (not logged in yet), since its last whole
+    /// frame (logged in), or since it began to close.
     pub fn quiet_for(&self, now_ms: u64) -> Duration {
         Duration::from_millis(now_ms.saturating_sub(self.since_ms.get()))
     }
@@ -169,7 +180,7 @@ impl Outbox {
     /// Queues a frame. Past the bound the frame is refused; the caller
     /// closes the connection (the client resyncs by seq).
     pub fn push(&self, frame: Bytes) -> Result<(), Overflow> {
-        if self.closing.get() {
+        if self.is_closing() {
             return Ok(());
         }
         let mut frames = self.frames.borrow_mut();
@@ -185,9 +196,12 @@ impl Outbox {
     /// Queues a last frame (even past the bound) and closes: the writer
     /// flushes what is queued and shuts the socket down, ending the read.
     pub fn close_with(&self, last: Option<Bytes>) {
-        if self.closing.replace(true) {
+        if self.closing.get() != Closing::Open {
             return;
         }
+        self.closing.set(Closing::WritingOut);
+        // From here the sweeper's clock times the close (see `give_up`).
+        self.since_ms.set(clock_ms());
         if let Some(frame) = last {
             self.frames.borrow_mut().push_back(frame);
         }
@@ -196,7 +210,23 @@ impl Outbox {
 
     /// Whether the connection is closing.
     pub fn is_closing(&self) -> bool {
-        self.closing.get()
+        self.closing.get() != Closing::Open
+    }
+
+    /// Stops writing to a connection that has been closing for too long:
+    /// its peer reads nothing, so what is queued can never be written,
+    /// and a writer waiting on the full socket would keep the connection
+    /// (and the socket's buffers) for as long as the peer stays silent.
+    pub fn give_up(&self) {
+        if self.closing.get() == Closing::WritingOut {
+            self.closing.set(Closing::GivenUp);
+            self.wake();
+        }
+    }
+
+    /// Whether the close was given up ([`Outbox::give_up`]).
+    pub fn is_given_up(&self) -> bool {
+        self.closing.get() == Closing::GivenUp
     }
 
     /// Moves every queued frame into `batch`, waiting while there are none
@@ -212,7 +242,7 @@ impl Outbox {
                 }
                 return Poll::Ready(Next::Write);
             }
-            if self.closing.get() {
+            if self.is_closing() {
                 return Poll::Ready(Next::Close);
             }
             if self.parking.get() == Parking::Asked {
@@ -237,7 +267,7 @@ impl Outbox {
                 self.sends_in_flight.set(in_flight + 1);
                 return Poll::Ready(());
             }
-            self.wait_for_answers(cx);
+            self.register(cx);
             Poll::Pending
         })
         .await
@@ -256,16 +286,18 @@ impl Outbox {
             if self.sends_in_flight.get() == 0 {
                 return Poll::Ready(());
             }
-            self.wait_for_answers(cx);
+            self.register(cx);
             Poll::Pending
         })
         .await
     }
 
-    /// The waiter slot is the writer's, but the reader that waits here is
-    /// the other half of the same task: one waker serves both, and whichever
-    /// half registered last is woken with the other.
-    fn wait_for_answers(&self, cx: &mut std::task::Context<'_>) {
+    /// Leaves the task's waker here, so that news on this outbox (a frame,
+    /// an answer, a close, giving up) wakes it. The waiter slot is the
+    /// writer's, but the reader waiting on answers is the other half of
+    /// the same task: one waker serves both, and whichever half registered
+    /// last is woken with the other.
+    pub fn register(&self, cx: &mut std::task::Context<'_>) {
         match self.waiter.take() {
             parked @ Waiter::Parked { .. } => self.waiter.set(parked),
             _ => self.waiter.set(Waiter::Task(cx.waker().clone())),
@@ -280,6 +312,12 @@ impl Outbox {
         }
     }
 }
+
+/// How long a closing connection has to write out what it queued (then
+/// the close is given up, [`Outbox::give_up`]), and again, once written,
+/// to let its peer read it before the socket is closed regardless
+/// (`connection.rs`, `close_gracefully`).
+pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Milliseconds on the node's monotonic clock (from its first reading):
 /// eight bytes per connection where an `Instant` takes sixteen.
@@ -326,6 +364,22 @@ mod tests {
         assert_eq!(batch.len(), 3);
         assert_eq!(block_on(outbox.take_batch(&mut batch)), Next::Close);
         assert!(outbox.is_closing());
+    }
+
+    #[test]
+    fn a_close_is_timed_from_its_start_and_given_up_only_once_begun() {
+        let outbox = Outbox::new(2, false);
+        outbox.set_logged_in();
+        outbox.give_up();
+        assert!(!outbox.is_given_up(), "an open connection is not given up");
+        outbox.since_ms.set(u64::MAX);
+        outbox.close_with(None);
+        let closed_at = outbox.since_ms.get();
+        assert!(closed_at <= clock_ms(), "the clock restarts at the close");
+        outbox.touch();
+        assert_eq!(outbox.since_ms.get(), closed_at, "a late frame does not");
+        outbox.give_up();
+        assert!(outbox.is_given_up() && outbox.is_closing());
     }
 
     #[test]

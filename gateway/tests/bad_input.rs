@@ -101,6 +101,37 @@ async fn malformed_frames_get_an_error_and_a_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_that_keeps_sending_is_cut_off_after_its_reason() {
+    // A closing connection reads and drops what its peer still sends, so
+    // the peer gets to read the reason (`limits.rs`,
+    // `a_flood_close_reaches_a_client_that_reads_later`); a peer that
+    // never stops is cut off all the same.
+    let server = server();
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&1_000_000u32.to_be_bytes()).await.unwrap();
+    let (mut reading, mut writing) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let junk = [0x5au8; 4096];
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if writing.write_all(&junk).await.is_err() {
+                return Some(started.elapsed());
+            }
+        }
+        None
+    });
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(WAIT, reading.read_to_end(&mut bytes)).await;
+    let mut buf = bytes::BytesMut::from(&bytes[..]);
+    let decoder = codec::FrameDecoder::new(1 << 20);
+    let first = decoder.decode(&mut buf).unwrap().expect("the reason");
+    assert_eq!(error_code(&first), Some(ErrorCode::FrameTooLarge));
+    let cut_off = sender.await.unwrap().expect("cut off while still sending");
+    assert!(cut_off < Duration::from_secs(20), "{cut_off:?}");
+    assert_still_serving(server.addr, "linger").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_frame_then_close_and_silence_are_survived() {
     let server = server();
     // Half a header, half a body, then hang up.

@@ -72,6 +72,89 @@ async fn frame_rate_refuses_then_a_flood_disconnects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_close_reaches_a_client_that_reads_later() {
+    // The flood's answers (20 acks, then 200 refusals of ~100 bytes) are
+    // more than this client's small receive window, so the last of them
+    // and the reason for the close wait in the server's send queue, and
+    // frames behind the flood wait unread in its receive queue. Closed
+    // with bytes unread, a socket resets, and a reset throws away its
+    // send queue: the client used to read a cut stream and a reset, never
+    // the reason. (This is how `a_flood_close_acks_every_message_it_stored_first`
+    // failed once in CI.)
+    let server = start_node!(1,
+        "limits.frames_per_sec" => 20,
+        "limits.frame_burst" => 20,
+        "limits.flood_refusals_per_sec" => 200,
+    );
+    let (_, session) = user_on(server.addr, "flooder", "raw").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut raw = ourchat_testkit::raw_login(stream, &session.token).await;
+    let frame = codec::encode_to_vec(&Envelope::new(0, Body::Heartbeat(Default::default())));
+    let flood: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 20_000)
+        .collect();
+    // The server stops reading at the flood: the rest may not all go.
+    let _ = tokio::time::timeout(Duration::from_millis(500), raw.write_all(&flood)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frames = ourchat_testkit::frames_until_close(&mut raw, WAIT).await;
+    let last = frames.last().expect("frames before the close");
+    assert!(
+        matches!(&last.body, Some(Body::Error(e)) if e.message.contains("flooding")),
+        "{} frames, the last {last:?}",
+        frames.len()
+    );
+    let answered = frames.iter().filter(|f| f.req_id == 0).count();
+    assert!(answered >= 200, "{answered} answers before the reason");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_and_its_connection_freed() {
+    // Pushes to a client that reads nothing fill its socket, then its
+    // outbox: it is closed as a slow reader. Its writer, stuck on the full
+    // socket, must still let go of the connection.
+    let server = start_node!(1,
+        "server.outbound_queue_frames" => 64,
+        "limits.frames_per_sec" => 100_000,
+        "limits.frame_burst" => 100_000,
+        "limits.user_sends_per_sec" => 100_000,
+        "limits.user_send_burst" => 100_000,
+    );
+    let (alice, _) = user_on(server.addr, "alice", "d").await;
+    let (_, bob) = user_on(server.addr, "bob", "d").await;
+    let (_, deaf) = user_on(server.addr, "bob", "deaf").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let _deaf = ourchat_testkit::raw_login(stream, &deaf.token).await;
+    let open = server.metric("ourchat_connections");
+    let text = "x".repeat(8000);
+    for _ in 0..40 {
+        if server.metric("ourchat_slow_reader_closes_total") > 0.0 {
+            break;
+        }
+        let sends = (0..32).map(|_| alice.send_text(bob.user_id, &text));
+        for sent in join_all(sends).await {
+            sent.unwrap();
+        }
+    }
+    assert_eq!(server.metric("ourchat_slow_reader_closes_total"), 1.0);
+    let deadline = std::time::Instant::now() + WAIT;
+    while server.metric("ourchat_connections") >= open {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deaf connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    alice.heartbeat().await.expect("others unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_sends_beyond_the_rate_are_refused_and_not_stored() {
     let server = start_node!(2,
         "limits.user_sends_per_sec" => 1,

@@ -626,9 +626,15 @@ pub async fn acked_messages_survive_kill_9_of(server: &mut ServerProcess) {
 /// A socket logged in with `token` by hand, for tests that write what the
 /// SDK never would (bursts of frames in one write, floods, damage).
 pub async fn raw_session(addr: SocketAddr, token: &str) -> tokio::net::TcpStream {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw_login(stream, token).await
+}
+
+/// [`raw_session`] on a socket the caller connected (with its own socket
+/// options).
+pub async fn raw_login(mut stream: tokio::net::TcpStream, token: &str) -> tokio::net::TcpStream {
     use ourchat_protocol::{codec, pb, Body, Envelope};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let login = pb::LoginRequest {
         token: token.into(),
         ..Default::default()

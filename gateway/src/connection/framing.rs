@@ -22,11 +22,24 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
 
+/// What the rest of the connection asks of its reader, looked at before
+/// each read and whenever the connection's task is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Asked {
+    /// Go on reading.
+    Nothing,
+    /// Park, once no frame is begun.
+    Park,
+    /// Stop now: the connection is closing (a kick, a timeout, a flood, a
+    /// slow reader: the reason is already queued). Frames read and not
+    /// yet handled are dropped with the connection.
+    Close,
+}
+
 /// Why reading stopped.
 #[derive(Debug)]
 pub(super) enum ReadEnd {
-    /// Peer closed, the socket failed, or we shut it down (kick, timeout,
-    /// shutdown, slow reader: the reason was already queued).
+    /// Peer closed, the socket failed, or the connection is closing.
     Closed,
     /// A frame the protocol does not allow.
     Bad(FrameError),
@@ -41,15 +54,14 @@ pub(super) struct FrameReader {
 }
 
 impl FrameReader {
-    /// The next frame's envelope. Stops with [`ReadEnd::Park`] instead
-    /// when `asked_to_park` says so and no frame is begun.
+    /// The next frame's envelope, unless `asked` says to stop first.
     pub(super) async fn next<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
         max_frame: usize,
-        asked_to_park: impl Fn() -> bool,
+        asked: impl Fn() -> Asked,
     ) -> Result<Envelope, ReadEnd> {
-        std::future::poll_fn(|cx| self.poll_next(cx, reader, max_frame, &asked_to_park)).await
+        std::future::poll_fn(|cx| self.poll_next(cx, reader, max_frame, &asked)).await
     }
 
     fn poll_next<R: AsyncRead + Unpin>(
@@ -57,13 +69,16 @@ impl FrameReader {
         cx: &mut Context<'_>,
         reader: &mut R,
         max_frame: usize,
-        asked_to_park: &impl Fn() -> bool,
+        asked: &impl Fn() -> Asked,
     ) -> Poll<Result<Envelope, ReadEnd>> {
         loop {
+            if asked() == Asked::Close {
+                return Poll::Ready(Err(ReadEnd::Closed));
+            }
             if let Some(envelope) = self.take_buffered(max_frame).map_err(ReadEnd::Bad)? {
                 return Poll::Ready(Ok(envelope));
             }
-            if self.buffered.is_empty() && asked_to_park() {
+            if self.buffered.is_empty() && asked() == Asked::Park {
                 return Poll::Ready(Err(ReadEnd::Park));
             }
             let large = frame_len(&self.buffered, max_frame)
@@ -139,6 +154,17 @@ impl FrameReader {
         }
         Ok(Some(envelope))
     }
+}
+
+/// Reads what has arrived and drops it: how a closing connection empties
+/// its socket. The bytes go through the core's scratch buffer, so a
+/// connection that lingers holds no buffer of its own. `Ok(0)` is the
+/// peer's end.
+pub(super) fn poll_discard<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    reader: &mut R,
+) -> Poll<std::io::Result<usize>> {
+    SCRATCH.with(|scratch| Pin::new(reader).poll_read(cx, &mut scratch.borrow_mut()[..]))
 }
 
 /// The length of the frame `bytes` begins with, header included, once
@@ -246,7 +272,7 @@ mod tests {
         let mut frames = FrameReader::default();
         let mut got = Vec::new();
         loop {
-            match block_on(frames.next(&mut source, max_frame, || false)) {
+            match block_on(frames.next(&mut source, max_frame, || Asked::Nothing)) {
                 Ok(envelope) => got.push(envelope),
                 Err(end) => return (got, end, source.reads),
             }
@@ -257,7 +283,7 @@ mod tests {
     fn a_whole_frame_takes_one_read_and_leaves_nothing_buffered() {
         let mut source = Chunks::new(vec![framed(&[heartbeat(1)])]);
         let mut frames = FrameReader::default();
-        let envelope = block_on(frames.next(&mut source, 1024, || false)).unwrap();
+        let envelope = block_on(frames.next(&mut source, 1024, || Asked::Nothing)).unwrap();
         assert_eq!(envelope, heartbeat(1));
         assert_eq!(source.reads, 1);
         assert_eq!(frames.buffered.capacity(), 0);
@@ -325,13 +351,26 @@ mod tests {
     }
 
     #[test]
+    fn a_closing_connection_stops_reading_even_with_frames_buffered() {
+        let mut source = Chunks::new(vec![framed(&[heartbeat(1), heartbeat(2)])]);
+        let mut frames = FrameReader::default();
+        let first = block_on(frames.next(&mut source, 1024, || Asked::Nothing));
+        assert_eq!(first.unwrap(), heartbeat(1));
+        assert!(matches!(
+            block_on(frames.next(&mut source, 1024, || Asked::Close)),
+            Err(ReadEnd::Closed)
+        ));
+        assert_eq!(source.reads, 1, "no read once closing");
+    }
+
+    #[test]
     fn parks_only_between_frames() {
         let bytes = framed(&[heartbeat(1), heartbeat(2)]);
         let mut source = Chunks::new(vec![bytes[..3].to_vec(), bytes[3..].to_vec()]);
         let mut frames = FrameReader::default();
         // Asked while nothing is begun: parks without reading.
         assert!(matches!(
-            block_on(frames.next(&mut source, 1024, || true)),
+            block_on(frames.next(&mut source, 1024, || Asked::Park)),
             Err(ReadEnd::Park)
         ));
         assert_eq!(source.reads, 0);
@@ -339,15 +378,20 @@ mod tests {
         let checks = std::cell::Cell::new(0);
         let first = block_on(frames.next(&mut source, 1024, || {
             checks.set(checks.get() + 1);
-            checks.get() > 1
+            // The close check, then the park check, come first.
+            if checks.get() > 2 {
+                Asked::Park
+            } else {
+                Asked::Nothing
+            }
         }));
         assert_eq!(first.unwrap(), heartbeat(1));
         assert_eq!(
-            block_on(frames.next(&mut source, 1024, || true)).unwrap(),
+            block_on(frames.next(&mut source, 1024, || Asked::Park)).unwrap(),
             heartbeat(2)
         );
         assert!(matches!(
-            block_on(frames.next(&mut source, 1024, || true)),
+            block_on(frames.next(&mut source, 1024, || Asked::Park)),
             Err(ReadEnd::Park)
         ));
     }

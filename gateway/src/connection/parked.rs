@@ -19,7 +19,7 @@ use ourchat_protocol::ids::now_ms;
 use ourchat_protocol::pb;
 use ourchat_protocol::{Body, Envelope};
 
-use super::{Connection, Ended};
+use super::{close_gracefully, Connection, Ended};
 use crate::core::encode_frame;
 use crate::limits::{IpSlot, Verdict};
 use crate::metrics::CoreMetrics;
@@ -50,11 +50,13 @@ pub(super) fn serve_plain(
     let mut stream = RefCell::new(stream);
     async move {
         loop {
-            let fd = stream.borrow().as_raw_fd();
-            let ended = conn.run(&stream, fd).await;
+            let ended = conn.run(&stream).await;
             let Some(lot) = lot.as_ref().filter(|_| ended == Ended::Parked) else {
                 conn.caller.core.remove_connection(conn.caller.conn_id);
-                return;
+                drop(conn);
+                let fd = stream.get_mut().as_raw_fd();
+                // Boxed: only a closing connection carries its state.
+                return Box::pin(close_gracefully(stream.get_mut(), fd)).await;
             };
             let socket = OwnedFd::from(stream.into_inner());
             let outbox = conn.outbox();
