@@ -1258,6 +1258,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    // OurChat patch: whether that timer was armed to preempt (and may be
+    // kept while pending) rather than to wake a sleep for a user timer.
+    latency_timer_preempts: Cell<bool>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1389,6 +1392,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_timer_preempts: Cell::new(false),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1858,7 +1862,16 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // OurChat patch: a preempt timer still pending is kept instead of
+        // being removed here and armed again: two ring submissions on
+        // every turn of the executor's loop. It is removed only when the
+        // executor goes to sleep (below). It then fires up to one preempt
+        // period after it was armed, not after this turn: a task queue may
+        // be preempted sooner, never later.
+        let mut kept_preempt = self
+            .latency_preemption_timeout_src
+            .take()
+            .filter(|timer| self.latency_timer_preempts.get() && timer.result().is_none());
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
@@ -1888,11 +1901,24 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let mut should_sleep = preempt_timer().is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
+        // OurChat patch: a kept preempt timer would wake the sleep.
+        if should_sleep {
+            if let Some(timer) = kept_preempt.take() {
+                drop(timer);
+                flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
+                flush_rings!(lat_ring, poll_ring, main_ring)?;
+                consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
+                should_sleep = (woke == 0)
+                    && poll_ring.can_sleep()
+                    && main_ring.can_sleep()
+                    && lat_ring.can_sleep();
+            }
+        }
 
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
@@ -1900,6 +1926,7 @@ impl Reactor {
             if let Some(dur) = user_timer {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                self.latency_timer_preempts.set(false); // OurChat patch
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1927,9 +1954,18 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            // OurChat patch: the pending one, if kept (see above).
+            self.latency_timer_preempts.set(true);
+            if let Some(timer) = kept_preempt {
+                self.latency_preemption_timeout_src.set(Some(timer));
+            } else {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                flush_rings!(lat_ring, main_ring)?;
+            }
+        } else if let Some(timer) = kept_preempt {
+            // OurChat patch: not sleeping, so still pending for the next turn.
+            self.latency_preemption_timeout_src.set(Some(timer));
         }
 
         // A Note about `need_preempt`:
