@@ -9,7 +9,8 @@
 //! "The same on the cores").
 //! In 64 shards each rebuild moves a 64th. The shards are of unequal
 //! sizes, spread over one doubling, so that they do not all grow at once
-//! either.
+//! either. The shard picker also serves the store's set of accounts,
+//! shared between threads with a lock per shard.
 
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hash};
@@ -19,9 +20,12 @@ use std::hash::{BuildHasher, Hash};
 /// cheaper than SipHash on these small keys.
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A [`Map`]'s set.
+pub type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// Shards of a [`Sharded`] map: a power of two (the top bits of a hash
 /// pick one).
-const SHARDS: usize = 64;
+pub const SHARDS: usize = 64;
 
 /// Slots of the table that picks a shard from a hash's top byte.
 const PICKS: usize = 256;
@@ -46,20 +50,42 @@ fn pick_table() -> [u8; PICKS] {
     table
 }
 
-/// A map in [`SHARDS`] shards, picked by a hash seeded apart from the
-/// shards' own (with the same hash, a shard's keys would share its top
-/// bits, which its table uses to tell keys apart).
-pub struct Sharded<K, V> {
+/// Which of [`SHARDS`] shards a key belongs in, by a hash seeded apart
+/// from the shards' own (with the same hash, a shard's keys would share
+/// its top bits, which its table uses to tell keys apart), with the
+/// staggered shares of [`pick_table`]. Also used by sets shared between
+/// threads, a lock per shard (the store's accounts).
+pub struct ShardPicker {
     picker: foldhash::fast::RandomState,
     picks: [u8; PICKS],
+}
+
+impl Default for ShardPicker {
+    fn default() -> Self {
+        ShardPicker {
+            picker: foldhash::fast::RandomState::default(),
+            picks: pick_table(),
+        }
+    }
+}
+
+impl ShardPicker {
+    /// The shard of `key`, below [`SHARDS`].
+    pub fn shard_of<K: Hash>(&self, key: &K) -> usize {
+        self.picks[(self.picker.hash_one(key) >> (u64::BITS - 8)) as usize] as usize
+    }
+}
+
+/// A map in [`SHARDS`] shards.
+pub struct Sharded<K, V> {
+    picker: ShardPicker,
     shards: Box<[Map<K, V>]>,
 }
 
 impl<K, V> Default for Sharded<K, V> {
     fn default() -> Self {
         Sharded {
-            picker: foldhash::fast::RandomState::default(),
-            picks: pick_table(),
+            picker: ShardPicker::default(),
             shards: (0..SHARDS).map(|_| Map::default()).collect(),
         }
     }
@@ -67,7 +93,7 @@ impl<K, V> Default for Sharded<K, V> {
 
 impl<K: Hash + Eq, V> Sharded<K, V> {
     fn shard_of(&self, key: &K) -> usize {
-        self.picks[(self.picker.hash_one(key) >> (u64::BITS - 8)) as usize] as usize
+        self.picker.shard_of(key)
     }
 
     /// The value under `key`.
