@@ -1,5 +1,5 @@
 //! How long the message log's writer stalls when a batch opens a new
-//! segment: it then writes every conversation's last seq (the marks).
+//! segment, which has every conversation's last seq (the marks) written.
 //! Fills `CONVERSATIONS` conversations (one message each, in batches of
 //! 1,000, one fsync per batch) on 16 MiB segments, then prints every batch
 //! that took over 20 ms with the conversations stored at the time, and the

@@ -135,6 +135,15 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         self.shards.iter().flat_map(|shard| shard.iter())
     }
 
+    /// The entries of shard `shard` (below [`SHARDS`]; none past it), so
+    /// that a walk over the whole map can stop between shards.
+    pub fn iter_shard(&self, shard: usize) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.shards
+            .get(shard)
+            .into_iter()
+            .flat_map(|shard| shard.iter())
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.len()).sum()

@@ -344,6 +344,17 @@ impl Index {
             .map(|(id, c)| (*id, c.locations.len() as i64))
     }
 
+    /// The last seqs of one shard of the conversations (`shard` below
+    /// [`crate::sharded::SHARDS`]): [`Index::last_seqs`] a part at a time.
+    pub(super) fn last_seqs_in_shard(
+        &self,
+        shard: usize,
+    ) -> impl Iterator<Item = (ConversationId, i64)> + '_ {
+        self.conversations
+            .iter_shard(shard)
+            .map(|(id, c)| (*id, c.locations.len() as i64))
+    }
+
     /// Whether `seq` of the conversation is stored.
     pub fn holds(&self, conversation: ConversationId, seq: i64) -> bool {
         self.location(conversation, seq).is_some()

@@ -227,17 +227,28 @@ impl<D: Disk> MessageStore<D> {
     }
 
     /// [`MessageStore::checkpoint`] for a batch that opened a segment: the
-    /// marks are copied here and written on a thread of their own, so the
-    /// writer (and every send waiting on it) does not wait for them. At a
-    /// million conversations the copy takes tens of milliseconds, where
-    /// the whole write took a third of a second (BENCHMARKS.md, "The
-    /// writer's long stalls"). Each seq copied is durable already, so
-    /// marks written late claim nothing the log lacks; they only check a
-    /// little less.
+    /// marks are read from the index and written on a thread of their
+    /// own, so the writer (and every send waiting on it) does not wait for
+    /// them. That thread reads the index a 64th at a time, under the read
+    /// lock only while it copies that part, so the writer waits for it no
+    /// longer than that. Copying all of it on the writer held every send
+    /// 25–72 ms at a million conversations, and writing it there a third
+    /// of a second (BENCHMARKS.md, "The writer's long stalls"). A seq is in
+    /// the index only once its batch is written (durable, at full
+    /// durability), so marks read later claim nothing the log lacks.
     fn checkpoint_later(&mut self) -> Result<(), LogError> {
-        let last_seqs: Vec<(ConversationId, i64)> = read(&self.index).last_seqs().collect();
-        self.log
-            .write_marks_later(Box::new(move || encode_marks(last_seqs.into_iter())));
+        let index = self.index.clone();
+        self.log.write_marks_later(Box::new(move || {
+            let mut marks = MarksEncoder::default();
+            let mut part = Vec::new();
+            for shard in 0..crate::sharded::SHARDS {
+                part.extend(read(&index).last_seqs_in_shard(shard));
+                for (conversation, last_seq) in part.drain(..) {
+                    marks.push(conversation, last_seq);
+                }
+            }
+            marks.finish()
+        }));
         self.log.flush()?;
         self.log.note_end()
     }
@@ -591,24 +602,52 @@ fn open_index<D: Disk>(
 
 /// The marks file's bytes: each conversation's last seq, checksummed.
 fn encode_marks(last_seqs: impl Iterator<Item = (ConversationId, i64)>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(MARKS_MAGIC);
-    let mut count = 0u32;
-    bytes.extend_from_slice(&count.to_le_bytes());
-    let mut id = String::new();
+    let mut marks = MarksEncoder::default();
     for (conversation, last_seq) in last_seqs {
-        id.clear();
-        // Writing into a String cannot fail.
-        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{conversation}"));
-        bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
-        bytes.extend_from_slice(id.as_bytes());
-        bytes.extend_from_slice(&last_seq.to_le_bytes());
-        count += 1;
+        marks.push(conversation, last_seq);
     }
-    bytes[4..8].copy_from_slice(&count.to_le_bytes());
-    let crc = crc32fast::hash(&bytes);
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    bytes
+    marks.finish()
+}
+
+/// The marks file's bytes in the making, a conversation at a time.
+struct MarksEncoder {
+    bytes: Vec<u8>,
+    count: u32,
+    id: String,
+}
+
+impl Default for MarksEncoder {
+    fn default() -> Self {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MARKS_MAGIC);
+        // The count, filled in at the end.
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        MarksEncoder {
+            bytes,
+            count: 0,
+            id: String::new(),
+        }
+    }
+}
+
+impl MarksEncoder {
+    fn push(&mut self, conversation: ConversationId, last_seq: i64) {
+        self.id.clear();
+        // Writing into a String cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut self.id, format_args!("{conversation}"));
+        self.bytes
+            .extend_from_slice(&(self.id.len() as u16).to_le_bytes());
+        self.bytes.extend_from_slice(self.id.as_bytes());
+        self.bytes.extend_from_slice(&last_seq.to_le_bytes());
+        self.count += 1;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.bytes[4..8].copy_from_slice(&self.count.to_le_bytes());
+        let crc = crc32fast::hash(&self.bytes);
+        self.bytes.extend_from_slice(&crc.to_le_bytes());
+        self.bytes
+    }
 }
 
 /// Has the summary of a sealed segment written; a failure costs only a
