@@ -6,6 +6,10 @@
 //! batch times' median, maximum and sum. A measurement, not a test:
 //!
 //! `cargo run --release -p ourchat-storage --example marks_stall [CONVERSATIONS]`
+//!
+//! With `one` after the count, the messages all go to one group instead
+//! (a conversation whose own tables grow with its messages):
+//! `cargo run --release -p ourchat-storage --example marks_stall 4000000 one`
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(count) => count.parse()?,
         None => 1_000_000,
     };
+    let one_group = std::env::args().nth(2).as_deref() == Some("one");
     let dir = tempfile::tempdir()?;
     let mut store = MessageStore::open(FileDisk::new(dir.path())?, SEGMENT)?;
     let mut times = Vec::new();
@@ -33,8 +38,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         batch.clear();
         batch.extend(
             (first..(first + BATCH).min(conversations)).map(|i| ChatMessage {
-                conversation_id: format!("si_{}_{}", 1_000_000 + i, 5_000_000 + i),
-                sender_id: 1_000_000 + i,
+                conversation_id: if one_group {
+                    "sg_42".to_string()
+                } else {
+                    format!("si_{}_{}", 1_000_000 + i, 5_000_000 + i)
+                },
+                // The group's 1,000 members take turns.
+                sender_id: 1_000_000 + if one_group { i % 1_000 } else { i },
                 client_message_id: i,
                 server_msg_id: i,
                 sent_at_ms: 1,
@@ -47,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.append(&appends)?;
         let took = started.elapsed();
         if took > Duration::from_millis(20) {
-            println!("batch at {first} conversations: {took:.1?}");
+            println!("batch at {first} messages: {took:.1?}");
         }
         times.push(took);
     }

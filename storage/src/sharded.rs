@@ -155,6 +155,100 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
     }
 }
 
+/// Entries past which a [`Growing`] map moves into shards: before its one
+/// table would double to 131,072 slots (at 57,344 entries), so that no
+/// rebuild moves more than this many entries at once.
+const SHARD_PAST: usize = 50_000;
+
+/// A map that is one [`Map`] while small (most are: a conversation's
+/// sends, per conversation) and moves into a [`Sharded`] map once it holds
+/// [`SHARD_PAST`] entries: one conversation with millions of messages
+/// rebuilt its table of sends on the writer for 53 / 104 / 209 ms at
+/// 0.9 / 1.8 / 3.7 million (BENCHMARKS.md, "A big conversation's own
+/// table").
+pub enum Growing<K, V> {
+    /// Small: one table.
+    One(Map<K, V>),
+    /// Large: in shards (boxed: most maps never get here).
+    Sharded(Box<Sharded<K, V>>),
+}
+
+impl<K, V> Default for Growing<K, V> {
+    fn default() -> Self {
+        Growing::One(Map::default())
+    }
+}
+
+impl<K: Hash + Eq, V: PartialEq> PartialEq for Growing<K, V> {
+    /// The same entries, however each is kept.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .all(|(key, value)| other.get(key) == Some(value))
+    }
+}
+
+impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Growing<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Growing::One(map) => f.debug_map().entries(map.iter()).finish(),
+            Growing::Sharded(sharded) => f
+                .debug_map()
+                .entries(sharded.shards.iter().flat_map(|shard| shard.iter()))
+                .finish(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> Growing<K, V> {
+    /// The value under `key`.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        match self {
+            Growing::One(map) => map.get(key),
+            Growing::Sharded(sharded) => sharded.get(key),
+        }
+    }
+
+    /// Puts `value` under `key`; the value it replaces, if any.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match self {
+            Growing::One(map) if map.len() >= SHARD_PAST && !map.contains_key(&key) => {
+                let mut sharded = Sharded::default();
+                for (key, value) in map.drain() {
+                    sharded.insert(key, value);
+                }
+                sharded.insert(key, value);
+                *self = Growing::Sharded(Box::new(sharded));
+                None
+            }
+            Growing::One(map) => map.insert(key, value),
+            Growing::Sharded(sharded) => sharded.insert(key, value),
+        }
+    }
+
+    /// Every entry.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&K, &V)> + '_> {
+        match self {
+            Growing::One(map) => Box::new(map.iter()),
+            Growing::Sharded(sharded) => Box::new(sharded.iter()),
+        }
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        match self {
+            Growing::One(map) => map.len(),
+            Growing::Sharded(sharded) => sharded.len(),
+        }
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +285,31 @@ mod tests {
         let (least, most) = (sizes.iter().min(), sizes.iter().max());
         assert!(least > Some(&0), "{sizes:?}");
         assert!(most < Some(&(3 * 100_000 / SHARDS)), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_growing_map_moves_into_shards_once_large_and_keeps_everything() {
+        let mut growing: Growing<i64, i64> = Growing::default();
+        for key in 0..SHARD_PAST as i64 {
+            assert_eq!(growing.insert(key, key * 2), None);
+        }
+        assert!(matches!(growing, Growing::One(_)));
+        // Replacing at the threshold does not move it.
+        assert_eq!(growing.insert(7, 70), Some(14));
+        assert!(matches!(growing, Growing::One(_)));
+        assert_eq!(growing.insert(SHARD_PAST as i64, 1), None);
+        assert!(matches!(growing, Growing::Sharded(_)));
+        assert_eq!(growing.len(), SHARD_PAST + 1);
+        assert_eq!(growing.get(&7), Some(&70));
+        assert_eq!(
+            growing.get(&(SHARD_PAST as i64 - 1)),
+            Some(&((SHARD_PAST as i64 - 1) * 2))
+        );
+        assert_eq!(growing.get(&(SHARD_PAST as i64)), Some(&1));
+        assert_eq!(growing.get(&-1), None);
+        assert_eq!(growing.insert(7, 71), Some(70));
+        assert_eq!(growing.iter().count(), SHARD_PAST + 1);
+        assert!(!growing.is_empty());
     }
 
     #[test]

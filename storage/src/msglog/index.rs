@@ -19,7 +19,7 @@ use super::records::{self, Record};
 use super::summary::{self, Covers, Load, Noted, SegmentNotes};
 /// The indexes' maps (client ids are keys: see [`Map`] on hashing).
 pub(super) use crate::sharded::Map;
-use crate::sharded::Sharded;
+use crate::sharded::{Growing, Sharded};
 use crate::ChatMessage;
 
 /// Where a record is: segment, offset and length of its bytes; length 0
@@ -52,7 +52,7 @@ struct Conversation {
     /// Seq `i + 1` is at `locations[i]`.
     locations: Vec<Location>,
     /// (sender, client id) -> seq.
-    sends: Map<(i64, i64), i64>,
+    sends: Growing<(i64, i64), i64>,
     /// Send time of the newest message.
     last_at_ms: i64,
     /// Recalled seqs (few).
