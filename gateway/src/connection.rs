@@ -433,9 +433,10 @@ impl Connection {
                 (Ended::Parked, Ended::Parked) if outbox.may_park() => return Ended::Parked,
                 // Something was queued after the writer stopped: serve it.
                 (Ended::Parked, Ended::Parked) => continue,
-                // The writer shut the socket down (a close, a failed write).
+                // The writer closed (a close queued after the reader
+                // parked, a failed write).
                 (Ended::Parked, Ended::Closed) => Box::pin(self.sign_off()).await,
-                // The writer had stopped to park: it flushes and shuts down.
+                // The writer had stopped to park: it writes what is left.
                 // (Boxed: rare, and this future lives as long as the task.)
                 (Ended::Closed, Ended::Parked) => {
                     Box::pin(write_loop(Shared(stream), outbox.clone(), core)).await;

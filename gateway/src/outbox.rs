@@ -193,8 +193,10 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues a last frame (even past the bound) and closes: the writer
-    /// flushes what is queued and shuts the socket down, ending the read.
+    /// Queues a last frame (even past the bound) and closes: the reader
+    /// stops at once, the writer writes what is queued, then the socket is
+    /// closed so that the peer can read it all (`connection.rs`,
+    /// `close_gracefully`).
     pub fn close_with(&self, last: Option<Bytes>) {
         if self.closing.get() != Closing::Open {
             return;
