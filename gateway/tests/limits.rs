@@ -19,6 +19,26 @@ fn limited(server: &ourchat_testkit::ServerProcess, limit: &str) -> f64 {
     server.metric(&format!("ourchat_limited_total{{limit=\"{limit}\"}}"))
 }
 
+/// `count` heartbeat frames back to back, to write in one go.
+fn heartbeats(count: usize) -> Vec<u8> {
+    let frame = codec::encode_to_vec(&Envelope::new(0, Body::Heartbeat(Default::default())));
+    frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * count)
+        .collect()
+}
+
+/// A raw connection logged in with `token` whose receive buffer is small,
+/// so that what the server sends it backs up in the server's send queue.
+async fn small_window_login(addr: std::net::SocketAddr, token: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    ourchat_testkit::raw_login(stream, token).await
+}
+
 fn is_rate_limited(result: &Result<impl Sized, ClientError>) -> bool {
     matches!(result, Err(e) if e.code() == Some(ErrorCode::RateLimited))
 }
@@ -48,13 +68,7 @@ async fn frame_rate_refuses_then_a_flood_disconnects() {
 
     // A flood: far more frames than the refusal budget in one write.
     let (flooder, _) = user_on(server.addr, "flooder", "d").await;
-    let frame = codec::encode_to_vec(&Envelope::new(0, Body::Heartbeat(Default::default())));
-    let flood: Vec<u8> = frame
-        .iter()
-        .copied()
-        .cycle()
-        .take(frame.len() * 1000)
-        .collect();
+    let flood = heartbeats(1000);
     flooder.send_raw(&flood).await.unwrap();
     let mut reason = None;
     while let Some(push) = flooder.next_push(WAIT).await {
@@ -87,17 +101,8 @@ async fn a_flood_close_reaches_a_client_that_reads_later() {
         "limits.flood_refusals_per_sec" => 200,
     );
     let (_, session) = user_on(server.addr, "flooder", "raw").await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let mut raw = ourchat_testkit::raw_login(stream, &session.token).await;
-    let frame = codec::encode_to_vec(&Envelope::new(0, Body::Heartbeat(Default::default())));
-    let flood: Vec<u8> = frame
-        .iter()
-        .copied()
-        .cycle()
-        .take(frame.len() * 20_000)
-        .collect();
+    let mut raw = small_window_login(server.addr, &session.token).await;
+    let flood = heartbeats(20_000);
     // The server stops reading at the flood: the rest may not all go.
     let _ = tokio::time::timeout(Duration::from_millis(500), raw.write_all(&flood)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -127,10 +132,7 @@ async fn a_client_that_never_reads_is_closed_and_its_connection_freed() {
     let (alice, _) = user_on(server.addr, "alice", "d").await;
     let (_, bob) = user_on(server.addr, "bob", "d").await;
     let (_, deaf) = user_on(server.addr, "bob", "deaf").await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let _deaf = ourchat_testkit::raw_login(stream, &deaf.token).await;
+    let _deaf = small_window_login(server.addr, &deaf.token).await;
     let open = server.metric("ourchat_connections");
     let text = "x".repeat(8000);
     for _ in 0..40 {
