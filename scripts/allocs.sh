@@ -3,7 +3,10 @@
 # on jemalloc's entry points of the node binary, counted with `perf stat`
 # over 4 s in the middle of a p2p run, divided by the pushes the node made
 # meanwhile (its /metrics). Needs perf (Debian: linux-perf) and root.
+# SITES=1 also records 2 s of call stacks and prints the cores' top
+# allocation sites (the first frame outside alloc/core/std/prost/bytes).
 #   BIN=target/release RATE=2000 scripts/allocs.sh
+#   SITES=1 BIN=target/release RATE=2000 scripts/allocs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}; RATE=${RATE:-2000}
@@ -24,6 +27,9 @@ sleep 6
 before=$(pushed)
 perf stat --per-thread -e 'probe_ourchat:*' -p "$NODE_PID" -o "$OUT/stat.txt" -- sleep 4 >/dev/null 2>&1
 after=$(pushed)
+if [[ ${SITES:-} == 1 ]]; then
+  perf record -q -e 'probe_ourchat:*' --call-graph dwarf,16384 -p "$NODE_PID" -o "$OUT/sites.data" -- sleep 2 >/dev/null 2>&1
+fi
 wait "$loadgen" || echo "(the loadgen reported errors: $OUT/loadgen.log)"
 python3 - "$OUT/stat.txt" $((after - before)) <<'PY'
 import collections, re, sys
@@ -39,3 +45,25 @@ for name, n in by_thread.most_common():
         print(f"{name:20s} {n / messages:6.2f} allocations per message")
 print(f"{'total':20s} {sum(by_thread.values()) / messages:6.2f}")
 PY
+[[ ${SITES:-} == 1 ]] || exit 0
+perf script -i "$OUT/sites.data" -F comm,ip,sym --no-inline 2>/dev/null | python3 -c '
+import collections, re, sys
+plumbing = re.compile(r"^<?(_rjem|alloc::|core::|std::|hashbrown|bytes::|__rust|T as alloc|prost)")
+sites = collections.Counter()
+comm, chain = None, []
+def done():
+    if comm and comm.startswith("ourchat-core") and len(chain) > 1:
+        sites[next((f for f in chain[1:] if not plumbing.match(f)), chain[-1])] += 1
+for line in sys.stdin:
+    if not line.strip():
+        done(); comm, chain = None, []
+    elif not line.startswith("\t"):
+        comm, chain = line.strip(), []
+    elif len(parts := line.split(None, 1)) == 2:
+        chain.append(re.sub(r"::h[0-9a-f]{16}$", "", parts[1].strip()))
+done()
+total = max(sum(sites.values()), 1)
+print("the cores allocation sites, share of their allocations:")
+for site, n in sites.most_common(15):
+    print(f"{100 * n / total:5.1f}% {site[:140]}")
+'

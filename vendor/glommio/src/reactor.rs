@@ -124,12 +124,18 @@ impl Timers {
     fn process_timers(&mut self) -> (Option<Duration>, usize) {
         let now = Instant::now();
 
-        // Split timers into ready and pending timers.
-        let pending = self.timers.split_off(&(now, 0));
-        let ready = mem::replace(&mut self.timers, pending);
-        let woke = ready.len();
-        for (_, waker) in ready {
+        // OurChat patch: the ready timers are taken off the front one by
+        // one. `split_off` allocated a node for the pending part on every
+        // call, that is on every turn of the executor's loop, whether any
+        // timer was due or not.
+        let mut woke = 0;
+        while let Some(entry) = self.timers.first_entry() {
+            if *entry.key() >= (now, 0) {
+                break;
+            }
+            let waker = entry.remove();
             wake!(waker);
+            woke += 1;
         }
 
         // Calculate the duration until the next event.
