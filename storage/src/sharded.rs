@@ -91,6 +91,13 @@ impl<K, V> Default for Sharded<K, V> {
     }
 }
 
+impl<K, V> Sharded<K, V> {
+    /// Every entry, shard by shard.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.shards.iter().flat_map(|shard| shard.iter())
+    }
+}
+
 impl<K: Hash + Eq, V> Sharded<K, V> {
     fn shard_of(&self, key: &K) -> usize {
         self.picker.shard_of(key)
@@ -128,11 +135,6 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
     /// Whether `key` has a value.
     pub fn contains_key(&self, key: &K) -> bool {
         self.get(key).is_some()
-    }
-
-    /// Every entry, shard by shard.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
-        self.shards.iter().flat_map(|shard| shard.iter())
     }
 
     /// The entries of shard `shard` (below [`SHARDS`]; none past it), so
@@ -191,12 +193,16 @@ impl<K: Hash + Eq, V: PartialEq> PartialEq for Growing<K, V> {
 
 impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Growing<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K, V> Growing<K, V> {
+    /// Every entry.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&K, &V)> + '_> {
         match self {
-            Growing::One(map) => f.debug_map().entries(map.iter()).finish(),
-            Growing::Sharded(sharded) => f
-                .debug_map()
-                .entries(sharded.shards.iter().flat_map(|shard| shard.iter()))
-                .finish(),
+            Growing::One(map) => Box::new(map.iter()),
+            Growing::Sharded(sharded) => Box::new(sharded.iter()),
         }
     }
 }
@@ -224,14 +230,6 @@ impl<K: Hash + Eq, V> Growing<K, V> {
             }
             Growing::One(map) => map.insert(key, value),
             Growing::Sharded(sharded) => sharded.insert(key, value),
-        }
-    }
-
-    /// Every entry.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = (&K, &V)> + '_> {
-        match self {
-            Growing::One(map) => Box::new(map.iter()),
-            Growing::Sharded(sharded) => Box::new(sharded.iter()),
         }
     }
 

@@ -13,7 +13,7 @@
 //! core's sends for 43 / 86 / 168 ms at 1.8 / 3.7 / 7.3 million accounts
 //! (BENCHMARKS.md, "The accounts set in shards").
 
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rusqlite::{params, Connection};
 
@@ -62,35 +62,33 @@ fn revoked_devices(conn: &Connection, user_id: i64) -> Result<Vec<(String, i64)>
 
 impl Accounts {
     pub(crate) fn load(conn: &Connection) -> Result<Accounts, StoreError> {
-        let accounts = Accounts::default();
-        // Nobody else holds the set yet: each shard is taken once.
+        let picker = ShardPicker::default();
+        // Nobody else holds the set yet: the shards are filled unlocked.
         let mut shards: Vec<Known> = (0..SHARDS).map(|_| Known::default()).collect();
         let mut statement = conn.prepare("SELECT user_id FROM users")?;
         for user_id in statement.query_map([], |row| row.get::<_, i64>(0))? {
             let user_id = user_id?;
-            shards[accounts.picker.shard_of(&user_id)]
-                .users
-                .insert(user_id);
+            shards[picker.shard_of(&user_id)].users.insert(user_id);
         }
         let mut statement = conn
             .prepare("SELECT user_id, device_id, token_epoch FROM devices WHERE token_epoch > 0")?;
         let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
         for row in rows {
             let (user_id, device_id, epoch): (i64, String, i64) = row?;
-            shards[accounts.picker.shard_of(&user_id)]
+            shards[picker.shard_of(&user_id)]
                 .revoked
                 .entry(user_id)
                 .or_default()
                 .push((device_id, epoch));
         }
         Ok(Accounts {
+            picker,
             shards: shards.into_iter().map(RwLock::new).collect(),
-            ..accounts
         })
     }
 
     /// The shard holding `user_id`, to read.
-    fn shard(&self, user_id: i64) -> RwLockReadGuard<'_, Known> {
+    fn read(&self, user_id: i64) -> RwLockReadGuard<'_, Known> {
         self.shards[self.picker.shard_of(&user_id)]
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -99,13 +97,13 @@ impl Accounts {
     /// True when the account exists; false when it is not known here (it
     /// may still exist: ask the store).
     pub(crate) fn knows(&self, user_id: i64) -> bool {
-        self.shard(user_id).users.contains(&user_id)
+        self.read(user_id).users.contains(&user_id)
     }
 
     /// The current token epoch of `user_id`'s device, if the account is
     /// known here.
     pub(crate) fn token_epoch(&self, user_id: i64, device_id: &str) -> Option<i64> {
-        let known = self.shard(user_id);
+        let known = self.read(user_id);
         if !known.users.contains(&user_id) {
             return None;
         }
@@ -153,7 +151,7 @@ impl Accounts {
     }
 
     /// The shard holding `user_id`, to change.
-    fn write(&self, user_id: i64) -> std::sync::RwLockWriteGuard<'_, Known> {
+    fn write(&self, user_id: i64) -> RwLockWriteGuard<'_, Known> {
         self.shards[self.picker.shard_of(&user_id)]
             .write()
             .unwrap_or_else(PoisonError::into_inner)

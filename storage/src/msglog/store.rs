@@ -239,15 +239,11 @@ impl<D: Disk> MessageStore<D> {
     fn checkpoint_later(&mut self) -> Result<(), LogError> {
         let index = self.index.clone();
         self.log.write_marks_later(Box::new(move || {
-            let mut marks = MarksEncoder::default();
-            let mut part = Vec::new();
-            for shard in 0..crate::sharded::SHARDS {
-                part.extend(read(&index).last_seqs_in_shard(shard));
-                for (conversation, last_seq) in part.drain(..) {
-                    marks.push(conversation, last_seq);
-                }
-            }
-            marks.finish()
+            // Each shard copied out under the lock, encoded after it.
+            encode_marks(
+                (0..crate::sharded::SHARDS)
+                    .flat_map(|shard| read(&index).last_seqs_in_shard(shard).collect::<Vec<_>>()),
+            )
         }));
         self.log.flush()?;
         self.log.note_end()
@@ -602,52 +598,24 @@ fn open_index<D: Disk>(
 
 /// The marks file's bytes: each conversation's last seq, checksummed.
 fn encode_marks(last_seqs: impl Iterator<Item = (ConversationId, i64)>) -> Vec<u8> {
-    let mut marks = MarksEncoder::default();
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(MARKS_MAGIC);
+    let mut count = 0u32;
+    bytes.extend_from_slice(&count.to_le_bytes());
+    let mut id = String::new();
     for (conversation, last_seq) in last_seqs {
-        marks.push(conversation, last_seq);
-    }
-    marks.finish()
-}
-
-/// The marks file's bytes in the making, a conversation at a time.
-struct MarksEncoder {
-    bytes: Vec<u8>,
-    count: u32,
-    id: String,
-}
-
-impl Default for MarksEncoder {
-    fn default() -> Self {
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(MARKS_MAGIC);
-        // The count, filled in at the end.
-        bytes.extend_from_slice(&0u32.to_le_bytes());
-        MarksEncoder {
-            bytes,
-            count: 0,
-            id: String::new(),
-        }
-    }
-}
-
-impl MarksEncoder {
-    fn push(&mut self, conversation: ConversationId, last_seq: i64) {
-        self.id.clear();
+        id.clear();
         // Writing into a String cannot fail.
-        let _ = std::fmt::Write::write_fmt(&mut self.id, format_args!("{conversation}"));
-        self.bytes
-            .extend_from_slice(&(self.id.len() as u16).to_le_bytes());
-        self.bytes.extend_from_slice(self.id.as_bytes());
-        self.bytes.extend_from_slice(&last_seq.to_le_bytes());
-        self.count += 1;
+        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{conversation}"));
+        bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(id.as_bytes());
+        bytes.extend_from_slice(&last_seq.to_le_bytes());
+        count += 1;
     }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.bytes[4..8].copy_from_slice(&self.count.to_le_bytes());
-        let crc = crc32fast::hash(&self.bytes);
-        self.bytes.extend_from_slice(&crc.to_le_bytes());
-        self.bytes
-    }
+    bytes[4..8].copy_from_slice(&count.to_le_bytes());
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
 }
 
 /// Has the summary of a sealed segment written; a failure costs only a
