@@ -8,7 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ourchat_protocol::ConversationId;
@@ -17,9 +17,10 @@ use ourchat_storage::WriteOp;
 /// How long an ack may wait for others.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
-/// (user, device, conversation): kept as the session has them (the device
-/// shared, the conversation a number); text only when they go to the store.
-type Key = (i64, Rc<str>, ConversationId);
+/// (user, device, conversation), as the session has them: the device
+/// shared, the conversation a number. The store takes them as they are, so
+/// an ack costs no text.
+type Key = (i64, Arc<str>, ConversationId);
 
 /// The acks waiting on one core.
 #[derive(Default)]
@@ -34,7 +35,7 @@ impl AckCoalescer {
     pub fn add(
         &self,
         user_id: i64,
-        device_id: &Rc<str>,
+        device_id: &Arc<str>,
         conversation: ConversationId,
         seq: i64,
     ) -> bool {
@@ -55,8 +56,8 @@ impl AckCoalescer {
             .map(
                 |((user_id, device_id, conversation), seq)| WriteOp::AdvanceCursor {
                     user_id,
-                    device_id: device_id.to_string(),
-                    conversation_id: conversation.to_string(),
+                    device_id,
+                    conversation,
                     seq,
                 },
             )
@@ -71,7 +72,7 @@ mod tests {
     #[test]
     fn acks_coalesce_to_the_highest_seq_per_device_and_conversation() {
         let acks = AckCoalescer::default();
-        let (phone, tablet): (Rc<str>, Rc<str>) = ("phone".into(), "tablet".into());
+        let (phone, tablet): (Arc<str>, Arc<str>) = ("phone".into(), "tablet".into());
         let conv = ConversationId::Direct { low: 1, high: 2 };
         assert!(acks.add(1, &phone, conv, 3), "first: schedule");
         assert!(!acks.add(1, &phone, conv, 5));
@@ -85,13 +86,13 @@ mod tests {
                 WriteOp::AdvanceCursor {
                     user_id: 1,
                     device_id: "phone".into(),
-                    conversation_id: "si_1_2".into(),
+                    conversation: conv,
                     seq: 5,
                 },
                 WriteOp::AdvanceCursor {
                     user_id: 1,
                     device_id: "tablet".into(),
-                    conversation_id: "si_1_2".into(),
+                    conversation: conv,
                     seq: 2,
                 },
             ]

@@ -524,6 +524,7 @@ impl Connection {
         };
         self.outbox.touch();
         match self.frame_verdict() {
+            Verdict::Allow if self.handled_in_line(&envelope) => Step::Next,
             Verdict::Allow => Step::Handle(Box::pin(self.handle(envelope))),
             // Refused frames are answered and never carried out.
             Verdict::Refuse => {
@@ -584,6 +585,24 @@ impl Connection {
     async fn close_after_inflight(&self, req_id: u32, code: ErrorCode, message: &str) {
         self.outbox.all_sends_answered().await;
         self.close_with_error(req_id, code, message);
+    }
+
+    /// Handles a frame that needs no waiting without boxing a future for
+    /// it: a logged-in device's delivery ack (one per push, half of what a
+    /// busy connection reads) for a conversation known here. `false`: not
+    /// handled, [`Connection::handle`] takes it.
+    fn handled_in_line(&self, envelope: &Envelope) -> bool {
+        let (Some(session), Some(Body::DeliveryAck(ack))) = (&self.session, &envelope.body) else {
+            return false;
+        };
+        let Some(conv) = self.caller.acked_now(&ack.conversation_id, session.user_id) else {
+            return false;
+        };
+        CoreMetrics::inc(&self.caller.core.metrics().frames_in);
+        if let Err(error) = conv.and_then(|conv| self.caller.record_ack(session, conv, ack.seq)) {
+            self.reply_error(envelope.req_id, error);
+        }
+        true
     }
 
     /// Handles one frame; `false` closes the connection.

@@ -30,7 +30,9 @@ use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{codec, Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::redis::{RedisSeq, SendBudget, SeqGrant, SeqRequest};
 use ourchat_storage::{MemoryReads, ReadStore, StoreError, WriteOp, WriteOutcome};
-use ourchat_workers::{JobHandle, PoolError, WriteCompletion, WriterHandle};
+use ourchat_workers::{
+    JobHandle, PoolError, Returned, ReturningCompletion, WriteCompletion, WriterHandle,
+};
 
 use crate::auth::TokenKeys;
 use crate::cluster::{ClusterShared, DeviceChange};
@@ -1085,16 +1087,21 @@ impl Core {
     fn finish_commit(
         self: &Rc<Self>,
         commit: PendingCommit,
-        outcome: Result<Result<WriteOutcome, PoolError>, oneshot::Canceled>,
+        returned: Result<Returned, oneshot::Canceled>,
     ) {
         let PendingCommit {
             ticket,
-            mut message,
+            conv,
             origin_conn,
             recipients,
             ..
         } = commit;
-        let conv = message.conversation_id.parse::<ConversationId>().ok();
+        // The op is the sequencer's: it always holds a message (a writer
+        // gone without answering leaves the default, and an error).
+        let (outcome, mut message) = match returned {
+            Ok((outcome, op)) => (Ok(outcome), op.into_message().unwrap_or_default()),
+            Err(canceled) => (Err(canceled), ChatMessage::default()),
+        };
         // A resend found by the store: answered with the first send, and
         // not pushed again (it was delivered when it was first stored).
         let mut sent_before = false;
@@ -1135,9 +1142,13 @@ impl Core {
         // A group change the store did not take was applied in memory.
         let unstored_change = sent_before && message.group_event.is_some();
         let mut reactor = Reactor::new(self);
-        self.sequencer
-            .borrow_mut()
-            .committed(ticket, conv, &result, unstored_change, &mut reactor);
+        self.sequencer.borrow_mut().committed(
+            ticket,
+            Some(conv),
+            &result,
+            unstored_change,
+            &mut reactor,
+        );
         reactor.spawn_deferred();
         if result.is_err() || sent_before {
             return;
@@ -1342,13 +1353,14 @@ impl Core {
     }
 }
 
-/// A queued write the commit pump waits on.
+/// A queued write the commit pump waits on. The message is in the writer's
+/// hands meanwhile and comes back with the outcome, to be pushed.
 pub struct PendingCommit {
     ticket: Ticket,
-    message: ChatMessage,
+    conv: ConversationId,
     origin_conn: u64,
     recipients: Recipients,
-    completion: WriteCompletion,
+    completion: ReturningCompletion,
 }
 
 /// The core carrying out the sequencer's effects: loads and Redis rounds
@@ -1413,11 +1425,11 @@ impl sequencer::Effects<Reply> for Reactor<'_> {
             None => &core.shared.writer,
         };
         let completion = writer
-            .try_submit(write.op)
+            .try_submit_returning(write.op)
             .map_err(|refused| pool_error(refused.error))?;
         let pending = PendingCommit {
             ticket: write.ticket,
-            message: write.message,
+            conv: write.conv,
             origin_conn: write.origin_conn,
             recipients: write.recipients,
             completion,

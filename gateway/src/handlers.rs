@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use ourchat_protocol::pb;
 use ourchat_protocol::{Body, ConversationId, ErrorCode};
@@ -25,7 +26,7 @@ const DEFAULT_PAGE: usize = 100;
 pub(crate) struct Session {
     pub(crate) user_id: i64,
     /// Shared: a connection hands its session to every request it serves.
-    pub(crate) device_id: Rc<str>,
+    pub(crate) device_id: Arc<str>,
 }
 
 /// Where a request runs and where it came from: all a handler needs.
@@ -219,17 +220,36 @@ impl Caller {
     /// read from the store once per user and core, then remembered (a
     /// past member keeps what they could see, so it never goes stale).
     pub(crate) async fn acked(&self, id: &str, user_id: i64) -> Result<ConversationId, pb::Error> {
-        let group_viewers = &self.core.group_viewers;
-        if let Ok(conv @ ConversationId::Group(_)) = id.parse() {
-            if group_viewers.contains(&(user_id, conv)) {
-                return Ok(conv);
-            }
+        if let Some(known) = self.acked_now(id, user_id) {
+            return known;
         }
         let (conv, _) = self.visible(id, user_id).await?;
         if let ConversationId::Group(_) = conv {
-            group_viewers.insert((user_id, conv));
+            self.core.group_viewers.insert((user_id, conv));
         }
         Ok(conv)
+    }
+
+    /// [`Caller::acked`]'s answer when it needs no store read (an id that
+    /// does not parse, a direct conversation, a group remembered here);
+    /// `None` when it does.
+    pub(crate) fn acked_now(
+        &self,
+        id: &str,
+        user_id: i64,
+    ) -> Option<Result<ConversationId, pb::Error>> {
+        let Ok(conv) = id.parse::<ConversationId>() else {
+            return Some(Err(bad("invalid conversation_id")));
+        };
+        match conv {
+            ConversationId::Group(_) => self
+                .core
+                .group_viewers
+                .contains(&(user_id, conv))
+                .then_some(Ok(conv)),
+            _ if conv.is_direct_member(user_id) => Some(Ok(conv)),
+            _ => Some(Err(not_member())),
+        }
     }
 }
 

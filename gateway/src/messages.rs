@@ -110,7 +110,18 @@ impl Caller {
         ack: pb::DeliveryAck,
     ) -> Result<(), pb::Error> {
         let conv = self.acked(&ack.conversation_id, session.user_id).await?;
-        if ack.seq <= 0 {
+        self.record_ack(session, conv, ack.seq)
+    }
+
+    /// The rest of a delivery ack once its conversation is known to be the
+    /// user's: nothing in it waits, so a connection runs it in line.
+    pub(crate) fn record_ack(
+        &self,
+        session: &Session,
+        conv: ConversationId,
+        seq: i64,
+    ) -> Result<(), pb::Error> {
+        if seq <= 0 {
             return Err(pb::Error::new(
                 ErrorCode::BadRequest,
                 "seq must be positive",
@@ -121,7 +132,7 @@ impl Caller {
         let first = self
             .core
             .acks
-            .add(session.user_id, &session.device_id, conv, ack.seq);
+            .add(session.user_id, &session.device_id, conv, seq);
         if first {
             let core = self.core.clone();
             glommio::spawn_local(async move {

@@ -67,10 +67,10 @@ pub(crate) enum Recipients {
 /// A staged message's write.
 pub(crate) struct Write {
     pub(crate) ticket: Ticket,
-    /// What the store is asked to do.
+    /// What the store is asked to do: it holds the message, pushed once
+    /// it commits ([`WriteOp::message`]).
     pub(crate) op: WriteOp,
-    /// The message as pushed once it commits.
-    pub(crate) message: ChatMessage,
+    pub(crate) conv: ConversationId,
     pub(crate) origin_conn: u64,
     pub(crate) recipients: Recipients,
 }
@@ -635,19 +635,19 @@ impl<R> Sequencer<R> {
         message.seq = accepted.seq;
         message.server_msg_id = accepted.server_msg_id;
         message.sent_at_ms = accepted.sent_at_ms;
+        let (sender_id, client_message_id) = (message.sender_id, message.client_message_id);
         let op = match change {
             Some(change) => WriteOp::GroupChange {
-                event: message.clone(),
+                event: message,
                 change,
             },
-            None => WriteOp::AppendMessage(message.clone()),
+            None => WriteOp::AppendMessage(message),
         };
         let ticket = self.next_ticket;
-        let (sender_id, client_message_id) = (message.sender_id, message.client_message_id);
         let written = out.write(Write {
             ticket,
             op,
-            message,
+            conv,
             origin_conn,
             recipients,
         });

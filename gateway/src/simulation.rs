@@ -465,12 +465,12 @@ impl World {
         };
         let Write {
             ticket,
-            message,
+            conv,
             origin_conn,
             recipients,
             ..
         } = write;
-        let conv = message.conversation_id.parse().ok();
+        let conv = Some(conv);
         let owner = &mut self.cores[core];
         owner
             .sequencer

@@ -289,6 +289,50 @@ async fn invalid_requests_are_refused_and_the_connection_stays() {
     assert!(alice.heartbeat().await.is_ok());
 }
 
+/// Delivery acks are handled in line (no future of their own): a bad one
+/// is still answered with its own request id, and moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_delivery_acks_are_refused_and_good_ones_move_the_cursor() {
+    let server = server();
+    let (alice, _) = user_on(server.addr, "ack_alice", "d").await;
+    let (bob, sb) = user_on(server.addr, "ack_bob", "d").await;
+    let sent = alice.send_text(sb.user_id, "ack me").await.unwrap();
+    assert_eq!(bob.next_message(WAIT).await.unwrap().content, "ack me");
+    let conv = sent.conversation_id;
+    let unseen = || async {
+        let page = bob.sync_page(&[], 100).await.unwrap();
+        page.messages
+            .iter()
+            .filter(|m| m.conversation_id == conv)
+            .count()
+    };
+    let cases = [
+        ("garbage", 1, ErrorCode::BadRequest),
+        ("si_1_2", 1, ErrorCode::Forbidden),
+        (conv.as_str(), 0, ErrorCode::BadRequest),
+        (conv.as_str(), -3, ErrorCode::BadRequest),
+    ];
+    for (conversation_id, seq, code) in cases {
+        let ack = pb::DeliveryAck {
+            conversation_id: conversation_id.into(),
+            seq,
+        };
+        let refused = bob.request(Body::DeliveryAck(ack)).await.unwrap_err();
+        assert_eq!(refused.code(), Some(code), "{conversation_id} at {seq}");
+    }
+    assert_eq!(unseen().await, 1, "a refused ack moved the cursor");
+    bob.ack(&conv, sent.seq).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while unseen().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ack was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(bob.heartbeat().await.is_ok(), "the connection stays");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_heartbeating_ones_kept() {
     let server = server();

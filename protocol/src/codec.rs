@@ -60,11 +60,15 @@ pub fn encode(envelope: &Envelope, dst: &mut BytesMut) {
     let _ = envelope.encode(dst);
 }
 
-/// Encodes one framed envelope into a fresh buffer.
+/// Encodes one framed envelope into a fresh buffer of exactly its size:
+/// one allocation, and a `Bytes` made from it takes it over as it is.
 pub fn encode_to_vec(envelope: &Envelope) -> Vec<u8> {
-    let mut buf = BytesMut::with_capacity(HEADER_LEN + envelope.encoded_len());
-    encode(envelope, &mut buf);
-    buf.to_vec()
+    let len = envelope.encoded_len();
+    let mut buf = Vec::with_capacity(HEADER_LEN + len);
+    buf.put_u32(len as u32);
+    // Cannot fail: a Vec grows as needed, and its capacity is already exact.
+    let _ = envelope.encode(&mut buf);
+    buf
 }
 
 /// Splits a byte stream into envelopes, for readers that read in chunks.
@@ -120,6 +124,15 @@ mod tests {
                 ..Default::default()
             }),
         )
+    }
+
+    #[test]
+    fn a_frame_is_encoded_into_a_buffer_of_exactly_its_size() {
+        let frame = encode_to_vec(&sample());
+        assert_eq!(frame.len(), frame.capacity(), "no spare room to copy away");
+        let mut again = BytesMut::new();
+        encode(&sample(), &mut again);
+        assert_eq!(frame, again.to_vec());
     }
 
     #[test]

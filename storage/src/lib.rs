@@ -26,6 +26,10 @@ pub mod sqlite;
 pub use error::StoreError;
 pub use ourchat_protocol::pb::ChatMessage;
 
+use std::sync::Arc;
+
+use ourchat_protocol::ConversationId;
+
 /// A new account, its password already hashed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAccount {
@@ -301,13 +305,35 @@ pub enum WriteOp {
     AdvanceCursor {
         /// Owner of the device.
         user_id: i64,
-        /// Device.
-        device_id: String,
-        /// Conversation id, text form.
-        conversation_id: String,
+        /// Device (shared with the session that acked: no copy per ack).
+        device_id: Arc<str>,
+        /// Conversation.
+        conversation: ConversationId,
         /// Highest seq the device has.
         seq: i64,
     },
+}
+
+impl WriteOp {
+    /// The message this op stores, if it stores one.
+    pub fn message(&self) -> Option<&ChatMessage> {
+        match self {
+            WriteOp::AppendMessage(message) | WriteOp::GroupChange { event: message, .. } => {
+                Some(message)
+            }
+            _ => None,
+        }
+    }
+
+    /// [`WriteOp::message`], taken out of the op.
+    pub fn into_message(self) -> Option<ChatMessage> {
+        match self {
+            WriteOp::AppendMessage(message) | WriteOp::GroupChange { event: message, .. } => {
+                Some(message)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What became of one op of a committed batch.

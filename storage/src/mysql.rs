@@ -1016,9 +1016,10 @@ async fn apply_one(s: &mut Shards, op: &WriteOp) -> Result<WriteOutcome, StoreEr
         WriteOp::AdvanceCursor {
             user_id,
             device_id,
-            conversation_id,
+            conversation,
             seq,
         } => {
+            let (device_id, conversation_id) = (device_id.as_ref(), conversation.to_string());
             let shard = s.placement.user(*user_id);
             s.exec(
                 shard,

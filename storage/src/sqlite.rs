@@ -679,9 +679,10 @@ pub(crate) fn apply_one(
         WriteOp::AdvanceCursor {
             user_id,
             device_id,
-            conversation_id,
+            conversation,
             seq,
         } => {
+            let (device_id, conversation_id) = (device_id.as_ref(), conversation.to_string());
             tx.prepare_cached(
                 "INSERT INTO device_cursors (user_id, device_id, conversation_id, delivered_seq)
                  VALUES (?1, ?2, ?3, ?4)

@@ -115,13 +115,13 @@ fn batch_reports_each_outcome_and_reads_back_on(backend: &dyn Backend) {
             WriteOp::AdvanceCursor {
                 user_id: 2,
                 device_id: "d".into(),
-                conversation_id: "si_1_2".into(),
+                conversation: "si_1_2".parse().unwrap(),
                 seq: 2,
             },
             WriteOp::AdvanceCursor {
                 user_id: 2,
                 device_id: "d".into(),
-                conversation_id: "si_1_2".into(),
+                conversation: "si_1_2".parse().unwrap(),
                 seq: 1,
             },
         ])

@@ -71,7 +71,7 @@ fn a_store_written_before_the_log_is_moved_into_it_once() {
                 WriteOp::AdvanceCursor {
                     user_id: 2,
                     device_id: "phone".into(),
-                    conversation_id: "si_1_2".into(),
+                    conversation: "si_1_2".parse().unwrap(),
                     seq: 250,
                 },
                 WriteOp::MarkRead {

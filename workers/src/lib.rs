@@ -18,7 +18,10 @@ pub mod stats;
 pub mod writer;
 
 pub use jobs::{JobHandle, JobPool};
-pub use writer::{Refused, WriteCompletion, WriterConfig, WriterHandle, WriterPool, WriterStats};
+pub use writer::{
+    Refused, Returned, ReturningCompletion, WriteCompletion, WriterConfig, WriterHandle,
+    WriterPool, WriterStats,
+};
 
 /// Why a pool could not do a job.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

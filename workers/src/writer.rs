@@ -56,8 +56,33 @@ const COMMIT_ATTEMPTS: u32 = 4;
 /// Result of one submitted op, delivered once its batch commits or fails.
 pub type WriteCompletion = oneshot::Receiver<Result<WriteOutcome, PoolError>>;
 
-/// Who hears how a write went: its caller, or nobody (detached).
-type Done = Option<oneshot::Sender<Result<WriteOutcome, PoolError>>>;
+/// An op's result with the op handed back: a caller that still needs what
+/// it wrote (a sent message, pushed once stored) need not keep a copy.
+pub type Returned = (Result<WriteOutcome, PoolError>, WriteOp);
+
+/// [`Returned`], delivered once the op's batch commits or fails.
+pub type ReturningCompletion = oneshot::Receiver<Returned>;
+
+/// Who hears how a write went.
+enum Done {
+    /// Nobody (detached).
+    Nobody,
+    /// The caller, told the outcome.
+    Outcome(oneshot::Sender<Result<WriteOutcome, PoolError>>),
+    /// The caller, told the outcome and given the op back.
+    Returning(oneshot::Sender<Returned>),
+}
+
+impl Done {
+    fn tell(self, result: Result<WriteOutcome, PoolError>, op: WriteOp) {
+        // A caller that went away (closed connection) needs no answer.
+        let _ = match self {
+            Done::Nobody => Ok(()),
+            Done::Outcome(done) => done.send(result).map_err(drop),
+            Done::Returning(done) => done.send((result, op)).map_err(drop),
+        };
+    }
+}
 
 struct WriteJob {
     op: WriteOp,
@@ -174,14 +199,21 @@ impl WriterHandle {
     /// A full queue gives the op back (boxed: refusal is the rare path).
     pub fn try_submit(&self, op: WriteOp) -> Result<WriteCompletion, Box<Refused>> {
         let (done, completion) = oneshot::channel();
-        self.queue(op, Some(done)).map(|()| completion)
+        self.queue(op, Done::Outcome(done)).map(|()| completion)
+    }
+
+    /// [`WriterHandle::try_submit`], with the op handed back beside its
+    /// outcome.
+    pub fn try_submit_returning(&self, op: WriteOp) -> Result<ReturningCompletion, Box<Refused>> {
+        let (done, completion) = oneshot::channel();
+        self.queue(op, Done::Returning(done)).map(|()| completion)
     }
 
     /// Queues `op` with nobody to tell how it went: for writes whose loss
     /// costs only a repeat (a delivery cursor's move), which then need no
     /// completion channel each.
     pub fn try_submit_detached(&self, op: WriteOp) -> Result<(), Box<Refused>> {
-        self.queue(op, None)
+        self.queue(op, Done::Nobody)
     }
 
     fn queue(&self, op: WriteOp, done: Done) -> Result<(), Box<Refused>> {
@@ -275,26 +307,23 @@ fn run_writer(
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
         tracing::debug!(batch = ops.len(), queued = rx.len(), "store batch");
+        let batch = ops.len();
+        let done = waiters.drain(..).zip(ops.drain(..));
         match result {
             Ok(outcomes) => {
-                for (done, outcome) in waiters.drain(..).zip(outcomes) {
-                    // A caller that went away (closed connection) needs no answer.
-                    if let Some(done) = done {
-                        let _ = done.send(Ok(outcome));
-                    }
+                for ((done, op), outcome) in done.zip(outcomes) {
+                    done.tell(Ok(outcome), op);
                 }
             }
             Err(err) => {
                 stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %err, batch = ops.len(), "store batch failed");
+                tracing::error!(error = %err, batch, "store batch failed");
                 let err = PoolError::from(err);
-                for done in waiters.drain(..).flatten() {
-                    let _ = done.send(Err(err.clone()));
+                for (done, op) in done {
+                    done.tell(Err(err.clone()), op);
                 }
             }
         }
-        ops.clear();
-        waiters.clear();
     }
     tracing::debug!("store writer drained and stopped");
 }
@@ -504,6 +533,7 @@ mod tests {
         }
         let pool = WriterPool::start(Box::new(Broken), WriterConfig::default()).unwrap();
         let completion = pool.handle().try_submit(account(1, "x")).unwrap();
+        let returning = pool.handle().try_submit_returning(account(2, "y")).unwrap();
         let result = futures::executor::block_on(completion).unwrap();
         assert!(matches!(
             result,
@@ -512,6 +542,37 @@ mod tests {
                 ..
             })
         ));
+        let (result, op) = futures::executor::block_on(returning).unwrap();
+        assert!(matches!(result, Err(PoolError::Store { .. })));
+        assert_eq!(op, account(2, "y"), "the op comes back failed too");
+        pool.shutdown();
+    }
+
+    #[test]
+    fn a_returning_submit_gets_its_op_back_with_the_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = sqlite_pool(dir.path());
+        let handle = pool.handle();
+        let returning: Vec<_> = ["a", "b", "a"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| handle.try_submit_returning(account(i as i64 + 1, name)))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let back: Vec<Returned> = returning
+            .into_iter()
+            .map(|completion| futures::executor::block_on(completion).unwrap())
+            .collect();
+        let outcomes = [
+            WriteOutcome::Done,
+            WriteOutcome::Done,
+            WriteOutcome::UsernameTaken,
+        ];
+        for (i, ((result, op), outcome)) in back.into_iter().zip(outcomes).enumerate() {
+            assert_eq!(result.unwrap(), outcome);
+            assert_eq!(op, account(i as i64 + 1, ["a", "b", "a"][i]));
+        }
+        drop(handle);
         pool.shutdown();
     }
 }

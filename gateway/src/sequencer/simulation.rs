@@ -35,7 +35,13 @@ impl World {
         if fails {
             return Err(pb::Error::new(ErrorCode::Internal, "disk failed"));
         }
-        self.store.append(&write.message).0
+        let message = write.op.message().expect("the sequencer writes messages");
+        assert_eq!(
+            message.conversation_id,
+            write.conv.to_string(),
+            "a write names its own conversation"
+        );
+        self.store.append(message).0
     }
 }
 
@@ -182,8 +188,13 @@ fn commit_next(world: &mut World, sequencer: &mut Sequencer<ReplyId>, rng: &mut 
         return;
     };
     let result = world.store_write(&write, rng.gen_range(0..25) == 0);
-    let conv = write.message.conversation_id.parse().ok();
-    sequencer.committed(write.ticket, conv, &result, false, &mut world.out);
+    sequencer.committed(
+        write.ticket,
+        Some(write.conv),
+        &result,
+        false,
+        &mut world.out,
+    );
 }
 
 fn check(seed: u64, world: &World, sent: &[Sent], sequencer: &Sequencer<ReplyId>) {
@@ -448,8 +459,13 @@ fn busy_conversations_are_never_dropped_and_room_is_made_a_little_at_a_time() {
     // most a few, never a quarter of the table at once.
     while let Some(write) = world.out.writes.pop_front() {
         let result = world.store_write(&write, false);
-        let conv = write.message.conversation_id.parse().ok();
-        sequencer.committed(write.ticket, conv, &result, false, &mut world.out);
+        sequencer.committed(
+            write.ticket,
+            Some(write.conv),
+            &result,
+            false,
+            &mut world.out,
+        );
     }
     for n in 101..400 {
         let before = sequencer.convs.len();

@@ -31,11 +31,11 @@ impl Engine for SqliteNow {
             .collect();
         let conversations: std::collections::HashMap<u32, &str> =
             msgs.iter().map(|m| (m.conv, m.conv_id.as_str())).collect();
-        let conv_of = |conv: u32| conversations[&conv].to_string();
+        let conv_of = |conv: u32| conversations[&conv].parse().expect("a conversation id");
         ops.extend(cursors.iter().map(|c| WriteOp::AdvanceCursor {
             user_id: c.user,
             device_id: "phone".into(),
-            conversation_id: conv_of(c.conv),
+            conversation: conv_of(c.conv),
             seq: c.seq,
         }));
         let outcomes = self.writer.apply_batch(&ops).expect("batch");

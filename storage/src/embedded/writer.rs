@@ -76,19 +76,16 @@ impl WriteStore for EmbeddedWriter {
                     WriteOp::AdvanceCursor {
                         user_id,
                         device_id,
-                        conversation_id,
+                        conversation,
                         seq,
                     },
                     _,
-                ) => conversation_id
-                    .parse()
-                    .ok()
-                    .map(|conversation| Append::Cursor {
-                        user_id: *user_id,
-                        device_id,
-                        conversation,
-                        seq: *seq,
-                    }),
+                ) => Some(Append::Cursor {
+                    user_id: *user_id,
+                    device_id,
+                    conversation: *conversation,
+                    seq: *seq,
+                }),
                 (
                     WriteOp::MarkRead {
                         user_id,
