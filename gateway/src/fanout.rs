@@ -7,6 +7,8 @@
 //! `Core::deliver_to_users`, `Core::deliver_local`); `crate::simulation`
 //! runs them with the sequencer and the directory over simulated cores.
 
+use smallvec::SmallVec;
+
 use crate::sequencer::Recipients;
 
 /// One leg of a committed message's delivery: users one core owns, and
@@ -92,23 +94,24 @@ pub enum Push {
 }
 
 /// The push messages for `conn_ids`, one per core holding any of them.
+/// (One push is held inline: no allocation for the usual one device.)
 pub fn pushes_by_core(
     conn_ids: impl IntoIterator<Item = u64>,
     cores: usize,
     core_of: impl Fn(u64) -> usize,
-) -> Vec<Push> {
+) -> SmallVec<[Push; 1]> {
     // Every 1:1 message comes here twice, mostly for one connection or
     // none: those need no per-core lists.
     let mut conn_ids = conn_ids.into_iter();
     let Some(first) = conn_ids.next() else {
-        return Vec::new();
+        return SmallVec::new();
     };
     let Some(second) = conn_ids.next() else {
         let core = core_of(first);
         if core >= cores {
-            return Vec::new();
+            return SmallVec::new();
         }
-        return vec![Push::One {
+        return smallvec::smallvec![Push::One {
             core,
             conn_id: first,
         }];
@@ -152,7 +155,7 @@ mod tests {
         assert!(users_by_owner(&[], 3, owner).is_empty());
         let core_of = |conn: u64| (conn >> 8) as usize;
         assert_eq!(
-            pushes_by_core([0x101, 0x005, 0x102], 2, core_of),
+            pushes_by_core([0x101, 0x005, 0x102], 2, core_of).into_vec(),
             vec![
                 Push::One {
                     core: 0,
@@ -165,7 +168,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            pushes_by_core([0x102], 2, core_of),
+            pushes_by_core([0x102], 2, core_of).into_vec(),
             vec![Push::One {
                 core: 1,
                 conn_id: 0x102
