@@ -96,7 +96,9 @@ want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 
 if [[ $MODE == full ]]; then
-  IDLE="1000 5000 19000"; USERS=10000; RATES="1000 2000 5000 10000 20000"; SECS=15
+  # Up to twice the rate Mosquitto holds here: a knee at the sweep's top
+  # is only a lower bound, and the goal is a ratio of knees.
+  IDLE="1000 5000 19000"; USERS=10000; RATES="1000 2000 5000 10000 20000 30000 40000"; SECS=15
   FANOUT="1000 5000"; FAN_DELIVERIES=100000; STORM=19000
 else
   IDLE="1000 5000"; USERS=2000; RATES="2000 5000"; SECS=5; FANOUT="1000"; FAN_DELIVERIES=20000
@@ -176,7 +178,11 @@ for name in names:
             if r and r["lost"] == 0 and r["send_to_deliver_us"]["count"] and r["send_to_deliver_us"]["p99"] < 10_000:
                 knee[side] = max(knee[side], rate)
 m, o = knee["mosquitto"], knee["ourchat"]
-if any(name.startswith("p2p") for name in names):
-    print(f"\n1:1 knee (highest rate run with deliver p99 < 10 ms, nothing lost): Mosquitto {m or '<lowest'} msg/s, "
-          f"OurChat {o or '<lowest'} msg/s" + (f", ratio {o / m:.2f}x" if m and o else ""))
+top = max((int(name.split("-")[1]) for name in names if name.startswith("p2p")), default=0)
+# A knee at the highest rate run is a lower bound, and so is a ratio over it.
+knee_of = lambda rate: ("<lowest" if not rate else f"≥{rate}" if rate == top else f"{rate}")
+if top:
+    print(f"\n1:1 knee (highest rate run with deliver p99 < 10 ms, nothing lost): Mosquitto {knee_of(m)} msg/s, "
+          f"OurChat {knee_of(o)} msg/s" + (f", ratio {o / m:.2f}x" if m and o else "")
+          + (" (a knee at the sweep's top is a lower bound)" if top in (m, o) else ""))
 PY
