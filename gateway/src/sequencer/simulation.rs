@@ -184,17 +184,19 @@ fn run(seed: u64) {
 }
 
 fn commit_next(world: &mut World, sequencer: &mut Sequencer<ReplyId>, rng: &mut StdRng) {
+    let fails = rng.gen_range(0..25) == 0;
+    commit_oldest(world, sequencer, fails);
+}
+
+/// The oldest queued write commits (or fails); `false` when none is queued.
+fn commit_oldest(world: &mut World, sequencer: &mut Sequencer<ReplyId>, fails: bool) -> bool {
     let Some(write) = world.out.writes.pop_front() else {
-        return;
+        return false;
     };
-    let result = world.store_write(&write, rng.gen_range(0..25) == 0);
-    sequencer.committed(
-        write.ticket,
-        Some(write.conv),
-        &result,
-        false,
-        &mut world.out,
-    );
+    let result = world.store_write(&write, fails);
+    let conv = Some(write.conv);
+    sequencer.committed(write.ticket, conv, &result, false, &mut world.out);
+    true
 }
 
 fn check(seed: u64, world: &World, sent: &[Sent], sequencer: &Sequencer<ReplyId>) {
@@ -457,16 +459,7 @@ fn busy_conversations_are_never_dropped_and_room_is_made_a_little_at_a_time() {
     assert_eq!(sequencer.convs.len(), 101, "over the cap, all busy");
     // Their writes commit; from then on each new conversation drops at
     // most a few, never a quarter of the table at once.
-    while let Some(write) = world.out.writes.pop_front() {
-        let result = world.store_write(&write, false);
-        sequencer.committed(
-            write.ticket,
-            Some(write.conv),
-            &result,
-            false,
-            &mut world.out,
-        );
-    }
+    while commit_oldest(&mut world, &mut sequencer, false) {}
     for n in 101..400 {
         let before = sequencer.convs.len();
         take_in(&mut world, &mut sequencer, n, true);
