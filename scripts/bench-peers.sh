@@ -132,7 +132,7 @@ names = sorted({f[len("ourchat-"):-5] for f in os.listdir(out) if f.startswith("
 ms = lambda us: f"{us/1000:.1f}"
 def cells(r):
     if r is None:
-        return ["-"] * 4
+        return ["-"] * 5
     c, dl = r["counters"], r["send_to_deliver_us"]
     kind = r["scenario"]
     if kind == "idle":
@@ -147,7 +147,10 @@ def cells(r):
     lost = f"{r['lost']}/{c['duplicates']}/{c['out_of_order']}"
     cpu = r.get("server_cpu_us_per_delivered")
     cpu = f"{cpu:.1f}" if cpu and kind in ("p2p", "group") else "-"
-    return [what, lat, lost, cpu]
+    # The loadgen shares the machine: its share says how much was left.
+    share = r.get("loadgen_cpu_share")
+    share = f"{100 * share:.0f}%" if share is not None and kind != "idle" else "-"
+    return [what, lat, lost, cpu, share]
 def slowest_commit(name):
     return commits.slowest(os.path.join(out, "ourchat-" + name + ".metrics"))
 def ratio(o, m, key):
@@ -158,8 +161,9 @@ def ratio(o, m, key):
 print("\nMosquitto: MQTT 3.1.1 QoS 1, acks in memory. OurChat: acks durable (fsync per batch). Both ack every delivery.")
 print("commit max: the node's slowest store commit in the run (histogram bound) and, in brackets, how many took over 10 ms:")
 print("a send waits for its batch's fsync, so one slow fsync of the disk holds every send behind it.")
-print(f"{'run':<13} | {'Mosquitto':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} | "
-      f"{'OurChat':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} {'commit max ms (>10)':>19} | "
+print("lg: the loadgen's share of the machine's CPU over the run.")
+print(f"{'run':<13} | {'Mosquitto':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} {'lg':>4} | "
+      f"{'OurChat':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} {'lg':>4} {'commit max ms (>10)':>19} | "
       f"{'p99 O/M':>8} {'cpu O/M':>8} {'mem O/M':>8}")
 knee = {"mosquitto": 0, "ourchat": 0}
 for name in names:
@@ -170,8 +174,8 @@ for name in names:
     mem = ratio(o, m, lambda r: r["server_bytes_per_connection"]) if name.startswith("idle") else "-"
     commit = slowest_commit(name) if name.startswith(("p2p", "fanout")) else None
     commit = f"{commit[0]} ({commit[1]})" if commit else "-"
-    print(f"{name:<13} | {mc[0]:<16} {mc[1]:>24} {mc[2]:>12} {mc[3]:>7} | {oc[0]:<16} {oc[1]:>24} {oc[2]:>12} {oc[3]:>7} "
-          f"{commit:>19} | {p99:>8} {cpu:>8} {mem:>8}")
+    print(f"{name:<13} | {mc[0]:<16} {mc[1]:>24} {mc[2]:>12} {mc[3]:>7} {mc[4]:>4} | "
+          f"{oc[0]:<16} {oc[1]:>24} {oc[2]:>12} {oc[3]:>7} {oc[4]:>4} {commit:>19} | {p99:>8} {cpu:>8} {mem:>8}")
     if name.startswith("p2p"):
         rate = int(name.split("-")[1])
         for side, r in (("mosquitto", m), ("ourchat", o)):
