@@ -183,7 +183,8 @@ for name in names:
                 knee[side] = max(knee[side], rate)
 m, o = knee["mosquitto"], knee["ourchat"]
 top = max((int(name.split("-")[1]) for name in names if name.startswith("p2p")), default=0)
-# A knee at the highest rate run is a lower bound, and so is a ratio over it.
+# A knee at the highest rate run is only a lower bound (and a ratio with it
+# says less than it seems).
 knee_of = lambda rate: ("<lowest" if not rate else f"≥{rate}" if rate == top else f"{rate}")
 if top:
     print(f"\n1:1 knee (highest rate run with deliver p99 < 10 ms, nothing lost): Mosquitto {knee_of(m)} msg/s, "

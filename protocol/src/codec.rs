@@ -55,9 +55,7 @@ pub fn decode_body(body: &[u8]) -> Result<Envelope, FrameError> {
 pub fn encode(envelope: &Envelope, dst: &mut BytesMut) {
     let len = envelope.encoded_len();
     dst.reserve(HEADER_LEN + len);
-    dst.put_u32(len as u32);
-    // Cannot fail: capacity was reserved just above.
-    let _ = envelope.encode(dst);
+    put_frame(envelope, len, dst);
 }
 
 /// Encodes one framed envelope into a fresh buffer of exactly its size:
@@ -65,10 +63,16 @@ pub fn encode(envelope: &Envelope, dst: &mut BytesMut) {
 pub fn encode_to_vec(envelope: &Envelope) -> Vec<u8> {
     let len = envelope.encoded_len();
     let mut buf = Vec::with_capacity(HEADER_LEN + len);
-    buf.put_u32(len as u32);
-    // Cannot fail: a Vec grows as needed, and its capacity is already exact.
-    let _ = envelope.encode(&mut buf);
+    put_frame(envelope, len, &mut buf);
     buf
+}
+
+/// The header and body of a frame whose body is `len` bytes, into room
+/// the caller has made.
+fn put_frame(envelope: &Envelope, len: usize, dst: &mut impl BufMut) {
+    dst.put_u32(len as u32);
+    // Cannot fail: the room for it was made.
+    let _ = envelope.encode(dst);
 }
 
 /// Splits a byte stream into envelopes, for readers that read in chunks.

@@ -76,11 +76,15 @@ enum Done {
 impl Done {
     fn tell(self, result: Result<WriteOutcome, PoolError>, op: WriteOp) {
         // A caller that went away (closed connection) needs no answer.
-        let _ = match self {
-            Done::Nobody => Ok(()),
-            Done::Outcome(done) => done.send(result).map_err(drop),
-            Done::Returning(done) => done.send((result, op)).map_err(drop),
-        };
+        match self {
+            Done::Nobody => {}
+            Done::Outcome(done) => {
+                let _ = done.send(result);
+            }
+            Done::Returning(done) => {
+                let _ = done.send((result, op));
+            }
+        }
     }
 }
 

@@ -248,11 +248,7 @@ fn size(append: &Append<'_>) -> usize {
 
 /// A log append's outcome as the op's.
 fn outcome(op: &WriteOp, appended: Appended) -> WriteOutcome {
-    let given_seq = match op {
-        WriteOp::AppendMessage(message) => message.seq > 0,
-        WriteOp::GroupChange { event, .. } => event.seq > 0,
-        _ => false,
-    };
+    let given_seq = op.message().is_some_and(|message| message.seq > 0);
     match appended {
         Appended::Stored(_) if given_seq => WriteOutcome::Done,
         Appended::Stored(seq) => WriteOutcome::Appended { seq },
