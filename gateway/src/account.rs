@@ -508,6 +508,11 @@ pub(crate) struct LoginGrant {
 }
 
 impl LoginGrant {
+    /// Whose login it is.
+    pub(crate) fn user_id(&self) -> i64 {
+        self.user_id
+    }
+
     pub(crate) fn session(&self) -> Session {
         Session {
             user_id: self.user_id,

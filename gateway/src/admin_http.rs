@@ -66,6 +66,13 @@ pub fn render(shared: &Shared) -> String {
     );
     per_core(
         &mut out,
+        "ourchat_connections_handed_over_total",
+        "counter",
+        "Plain-TCP connections this core moved to their user's core at login.",
+        &|c| &c.handed_over,
+    );
+    per_core(
+        &mut out,
         "ourchat_logins_total",
         "counter",
         "Successful logins.",

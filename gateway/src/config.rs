@@ -259,6 +259,9 @@ pub struct ServerConfig {
     /// (kept as its bare socket, no task) until it reads or is written
     /// to, in milliseconds; 0 = never.
     pub park_after_ms: u64,
+    /// Move a plain-TCP connection to its user's core at login, so that
+    /// the user's pushes never cross cores (needs parking on).
+    pub move_to_user_core: bool,
     /// Frames queued for one connection before it is closed as a slow reader.
     pub outbound_queue_frames: usize,
     /// Sends one connection may have awaiting their ack; past it the
@@ -292,6 +295,7 @@ impl Default for ServerConfig {
             heartbeat_secs: 30,
             idle_timeout_secs: 90,
             park_after_ms: 10_000,
+            move_to_user_core: true,
             outbound_queue_frames: 1024,
             max_inflight_sends: 256,
             shutdown_grace_secs: 5,

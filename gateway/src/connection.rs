@@ -27,6 +27,7 @@ use ourchat_protocol::ids::now_ms;
 use ourchat_protocol::pb;
 use ourchat_protocol::{Body, Envelope, ErrorCode};
 
+use crate::account::LoginGrant;
 use crate::core::{encode_frame, ConnReply, Core, CoreMsg, Reply};
 use crate::handlers::{refusal_for, refused_send, Caller, Session};
 use crate::limits::{FrameLimiter, IpSlot, Limit, Verdict};
@@ -34,8 +35,10 @@ use crate::metrics::CoreMetrics;
 use crate::outbox::{Next, Outbox, Parking, LINGER};
 
 mod framing;
+mod handover;
 mod parked;
 use framing::{Asked, FrameReader, ReadEnd};
+pub use handover::{adopt, Handover};
 use parked::serve_plain;
 pub use parked::{resume_parked, Lot, Parked};
 /// Failed logins tolerated on one connection before it is closed.
@@ -369,6 +372,13 @@ pub struct Connection {
     outbox: Rc<Outbox>,
     session: Option<Session>,
     login_failures: u32,
+    /// Bytes past the frame being handled were already read: a login now
+    /// does not move the connection (`handover.rs`), which would leave
+    /// them behind.
+    reads_ahead: bool,
+    /// A granted login moving this connection to its user's core once it
+    /// stops.
+    moving: Option<Box<handover::Moving>>,
     /// This connection's frame rate.
     frames: FrameLimiter,
     /// Unused. It keeps the connection's task (this future and glommio's
@@ -385,12 +395,25 @@ impl Connection {
     /// A new socket's connection, registered with its core; `parkable`
     /// when it may be parked while idle.
     fn open(core: Rc<Core>, peer: Option<IpAddr>, parkable: bool) -> Connection {
+        CoreMetrics::inc(&core.metrics().accepted);
+        let frame_rate = core.shared.config.limits.frame_rate();
+        let frames = FrameLimiter::new(frame_rate, std::time::Instant::now());
+        Connection::register(core, peer, parkable, frames)
+    }
+
+    /// A connection registered with `core` (a new socket's, or one handed
+    /// over by another core with its frame limiter).
+    fn register(
+        core: Rc<Core>,
+        peer: Option<IpAddr>,
+        parkable: bool,
+        frames: FrameLimiter,
+    ) -> Connection {
         let outbox = Rc::new(Outbox::new(
             core.shared.config.server.outbound_queue_frames,
             parkable,
         ));
         let conn_id = core.add_connection(outbox.clone());
-        let frame_rate = core.shared.config.limits.frame_rate();
         Connection {
             caller: Caller {
                 core,
@@ -400,7 +423,9 @@ impl Connection {
             outbox,
             session: None,
             login_failures: 0,
-            frames: FrameLimiter::new(frame_rate, std::time::Instant::now()),
+            reads_ahead: false,
+            moving: None,
+            frames,
             _size_class: [0; 2],
         }
     }
@@ -483,6 +508,7 @@ impl Connection {
             // carries (it was 840 bytes, mostly that slot).
             let step = {
                 let read = frames.next(&mut reader, max_frame, asked).await;
+                self.reads_ahead = frames.holds_bytes();
                 self.next_step(read)
             };
             match step {
@@ -673,9 +699,10 @@ impl Connection {
         match self.caller.authenticate(&request).await {
             Ok(grant) => {
                 CoreMetrics::inc(&self.caller.core.metrics().logins_ok);
-                self.caller.touch_device(&grant, &request.device_type).await;
-                self.begin_session(grant.session()).await;
-                self.reply(req_id, grant.response(&self.caller.core));
+                // Moving, the user's core finishes the login.
+                if let Err(grant) = self.move_to_owner(req_id, grant, &request.device_type) {
+                    self.finish_login(req_id, grant, &request.device_type).await;
+                }
                 true
             }
             Err(error) => {
@@ -691,6 +718,14 @@ impl Connection {
                 true
             }
         }
+    }
+
+    /// Puts a granted login into effect on this connection: the device's
+    /// row, its registration with the user's core, the answer.
+    async fn finish_login(&mut self, req_id: u32, grant: LoginGrant, device_type: &str) {
+        self.caller.touch_device(&grant, device_type).await;
+        self.begin_session(grant.session()).await;
+        self.reply(req_id, grant.response(&self.caller.core));
     }
 
     /// Registers this connection as the session's device with the user's

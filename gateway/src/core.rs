@@ -132,6 +132,9 @@ pub enum CoreMsg {
         /// When the message became durable; `None` for other pushes.
         committed_at: Option<Instant>,
     },
+    /// To the user's owner: take this connection, whose login was just
+    /// granted, and serve it here (`connection/handover.rs`).
+    Adopt(Box<crate::connection::Handover>),
     /// To the user's owner: this device is online on `conn_id`. `done`
     /// fires once registered, so a login reply means pushes will arrive.
     Online {
@@ -297,9 +300,25 @@ pub(crate) fn user_owner(user_id: i64, cores: usize) -> usize {
     (mix(user_id as u64) % cores as u64) as usize
 }
 
-/// The core (of `cores`) that sequences a conversation.
+/// The core (of `cores`) that sequences a conversation. A 1:1
+/// conversation's is one of its two users' own cores, where their
+/// connections are too (`connection/handover.rs`): a send from that user
+/// is sequenced, answered and pushed to the user's other devices without
+/// leaving the core, and a send to that user is pushed from there. Which of
+/// the two is a hash of the pair, so that each user owns half of their
+/// conversations whatever their id.
 pub(crate) fn conversation_owner(conv: &ConversationId, cores: usize) -> usize {
-    (mix(conv.shard_hash()) % cores as u64) as usize
+    match *conv {
+        ConversationId::Direct { low, high } => {
+            let user = if mix(conv.shard_hash()) >> 63 == 0 {
+                low
+            } else {
+                high
+            };
+            user_owner(user, cores)
+        }
+        ConversationId::Group(_) => (mix(conv.shard_hash()) % cores as u64) as usize,
+    }
 }
 
 /// Spreads ids over cores; snowflake low bits alone are too regular.
@@ -346,6 +365,9 @@ pub struct Core {
     pub acks: crate::acks::AckCoalescer,
     /// Presence changes waiting to be pushed to friends, in order.
     presence_out: PresenceQueue,
+    /// This core's parking lot, where adopted connections park. Weak: the
+    /// lot's connections hold the core.
+    lot: RefCell<std::rc::Weak<crate::connection::Lot>>,
 }
 
 impl Core {
@@ -380,6 +402,7 @@ impl Core {
             send_buckets: RefCell::default(),
             acks: Default::default(),
             presence_out: Default::default(),
+            lot: RefCell::default(),
             shared,
         };
         (Rc::new(core), pending)
@@ -400,14 +423,19 @@ impl Core {
         conversation_owner(conv, self.shared.cores)
     }
 
+    /// Where this core parks idle connections, handed-over ones too.
+    pub fn set_lot(&self, lot: &Rc<crate::connection::Lot>) {
+        *self.lot.borrow_mut() = Rc::downgrade(lot);
+    }
+
     /// This core's counters.
     pub fn metrics(&self) -> &CoreMetrics {
         self.shared.metrics.core(self.id)
     }
 
-    /// Registers a new connection and returns its id.
+    /// Registers a connection (new, or handed over by another core) and
+    /// returns its id here.
     pub fn add_connection(&self, outbox: Rc<Outbox>) -> u64 {
-        CoreMetrics::inc(&self.metrics().accepted);
         CoreMetrics::inc(&self.metrics().connections);
         let conn_id = self.new_conn_id();
         self.conns.borrow_mut().insert(conn_id, outbox);
@@ -621,6 +649,10 @@ impl Core {
                 committed_at,
             } => self.push_local(conn_id, frame, committed_at),
             CoreMsg::Answer { to, result } => self.answer_local(to, result),
+            CoreMsg::Adopt(handover) => {
+                let lot = self.lot.borrow().upgrade();
+                crate::connection::adopt(self, handover, lot);
+            }
             CoreMsg::Online {
                 user_id,
                 device_id,
@@ -1540,4 +1572,36 @@ pub fn kicked_frame(reason: &str) -> Bytes {
             reason: reason.to_string(),
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_direct_conversation_is_sequenced_on_one_of_its_users_cores_each_half_the_time() {
+        let cores = 4;
+        let mut low_owns = 0;
+        for low in 1..2_000i64 {
+            let high = low * 7_919 + 13;
+            let conv = ConversationId::Direct { low, high };
+            let owner = conversation_owner(&conv, cores);
+            let (low_core, high_core) = (user_owner(low, cores), user_owner(high, cores));
+            assert!(
+                owner == low_core || owner == high_core,
+                "{conv:?} on core {owner}"
+            );
+            if low_core != high_core && owner == low_core {
+                low_owns += 1;
+            }
+        }
+        let both_differ = (1..2_000i64)
+            .filter(|&low| user_owner(low, cores) != user_owner(low * 7_919 + 13, cores))
+            .count();
+        let share = f64::from(low_owns) / both_differ as f64;
+        assert!(
+            (0.4..0.6).contains(&share),
+            "the lower user owns {share:.2}"
+        );
+    }
 }

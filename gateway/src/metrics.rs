@@ -23,6 +23,8 @@ pub struct CoreMetrics {
     pub parked_heartbeats: AtomicU64,
     /// Connections accepted.
     pub accepted: AtomicU64,
+    /// Connections handed over to their user's core at login.
+    pub handed_over: AtomicU64,
     /// Successful logins.
     pub logins_ok: AtomicU64,
     /// Refused logins.
@@ -67,6 +69,7 @@ impl Default for CoreMetrics {
             parked: AtomicU64::new(0),
             parked_heartbeats: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            handed_over: AtomicU64::new(0),
             logins_ok: AtomicU64::new(0),
             logins_failed: AtomicU64::new(0),
             registrations: AtomicU64::new(0),

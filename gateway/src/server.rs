@@ -504,6 +504,11 @@ async fn run_core(
     };
     let id = senders.peer_id();
     let (core, pending) = Core::new(id, shared.clone(), senders);
+    // Before the mesh is read: other cores hand connections over to it.
+    let lot = parking_lot(&shared);
+    if let Some(lot) = &lot {
+        core.set_lot(lot);
+    }
     for (_, stream) in receivers.streams() {
         let core = core.clone();
         glommio::spawn_local(async move {
@@ -553,7 +558,6 @@ async fn run_core(
         ws: ws.as_ref().and_then(|l| l.local_addr().ok()),
     };
     let _ = ready.send(Ok(addrs));
-    let lot = parking_lot(&shared);
     let resumer = lot
         .clone()
         .map(|lot| glommio::spawn_local(crate::connection::resume_parked(lot)).detach());

@@ -118,6 +118,11 @@ impl FrameReader {
         }
     }
 
+    /// Whether bytes past the last frame taken were read already.
+    pub(super) fn holds_bytes(&self) -> bool {
+        !self.buffered.is_empty()
+    }
+
     /// Reads part of a frame too large for the scratch buffer straight
     /// into the connection's buffer, grown to the frame's length.
     fn poll_read_large<R: AsyncRead + Unpin>(

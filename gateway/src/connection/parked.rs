@@ -19,6 +19,7 @@ use ourchat_protocol::ids::now_ms;
 use ourchat_protocol::pb;
 use ourchat_protocol::{Body, Envelope};
 
+use super::handover::hand_over;
 use super::{close_gracefully, Connection, Ended};
 use crate::core::encode_frame;
 use crate::limits::{IpSlot, Verdict};
@@ -51,6 +52,10 @@ pub(super) fn serve_plain(
     async move {
         loop {
             let ended = conn.run(&stream).await;
+            // A login asked it to move to its user's core.
+            if let Some(moving) = conn.moving.take().filter(|_| ended == Ended::Parked) {
+                return hand_over(conn, *moving, stream.into_inner(), slot);
+            }
             let Some(lot) = lot.as_ref().filter(|_| ended == Ended::Parked) else {
                 conn.caller.core.remove_connection(conn.caller.conn_id);
                 drop(conn);
