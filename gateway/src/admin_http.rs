@@ -129,6 +129,13 @@ pub fn render(shared: &Shared) -> String {
     );
     per_core(
         &mut out,
+        "ourchat_mesh_messages_total",
+        "counter",
+        "Messages this core sent to another core (requests, answers, deliveries, pushes).",
+        &|c| &c.mesh_sent,
+    );
+    per_core(
+        &mut out,
         "ourchat_mesh_overflows_total",
         "counter",
         "Messages to another core queued behind its full channel.",

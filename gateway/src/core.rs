@@ -554,8 +554,10 @@ impl Core {
     /// [`Core::forward`] instead.
     pub async fn route(self: &Rc<Self>, core: usize, msg: CoreMsg) {
         if core == self.id {
-            self.handle(msg);
-        } else if self.mesh.send_to(core, msg).await.is_err() {
+            return self.handle(msg);
+        }
+        CoreMetrics::inc(&self.metrics().mesh_sent);
+        if self.mesh.send_to(core, msg).await.is_err() {
             // The peer is shutting down; its connections are closing anyway.
             tracing::debug!(peer = core, "mesh peer gone");
         }
@@ -572,6 +574,7 @@ impl Core {
         if core == self.id {
             return self.handle(msg);
         }
+        CoreMetrics::inc(&self.metrics().mesh_sent);
         let mut overflows = self.overflows.borrow_mut();
         let Some(overflow) = overflows.get_mut(core) else {
             return;

@@ -43,6 +43,8 @@ pub struct CoreMetrics {
     pub events_pushed: AtomicU64,
     /// Connections closed because they did not read their pushes.
     pub slow_reader_closes: AtomicU64,
+    /// Messages sent to another core over the mesh.
+    pub mesh_sent: AtomicU64,
     /// Messages to another core that found its channel full and queued
     /// behind it (in order) instead of stalling this core.
     pub mesh_overflows: AtomicU64,
@@ -79,6 +81,7 @@ impl Default for CoreMetrics {
             pushes: AtomicU64::new(0),
             events_pushed: AtomicU64::new(0),
             slow_reader_closes: AtomicU64::new(0),
+            mesh_sent: AtomicU64::new(0),
             mesh_overflows: AtomicU64::new(0),
             idle_closes: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
