@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The node's CPU and context switches per delivered 1:1 message, counted by
+# `perf stat` over 8 s in the middle of one loadgen run (10,000 users,
+# random peers) against a fresh node: lighter than threads.sh, for A/B
+# pairs. BIN: the binaries' folder.
+#   BIN=target/release RATE=10000 scripts/cpu-stat.sh
+#   CORES=1 scripts/cpu-stat.sh                 # the node on one reactor core (default 2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release}; RATE=${RATE:-10000}
+OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-cpu-stat.XXXXXX")
+. scripts/bench-lib.sh
+trap stop_node EXIT
+start_node 10000 --cores "${CORES:-2}"
+load=$(cut -d' ' -f1 /proc/loadavg)
+"$BIN/ourchat-loadgen" p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --ramp 20000 \
+  --heartbeat 30 --drain 3 --targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
+  --tokens "$DATA/tokens" --server-pid "$NODE_PID" --json "$OUT/run.json" >"$OUT/loadgen.log" 2>&1 &
+loadgen=$!
+sleep 6
+perf stat -x, -e task-clock,context-switches -p "$NODE_PID" -- sleep 8 2>"$OUT/stat" >/dev/null
+wait "$loadgen" || echo "(the loadgen reported errors: $OUT/loadgen.log)"
+python3 - "$OUT" "$RATE" "$load" <<'PY'
+import json, sys
+out, rate, load = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+messages = rate * 8
+counted = {}
+for line in open(f"{out}/stat"):
+    fields = line.strip().split(",")
+    if len(fields) > 2 and fields[0].replace(".", "").isdigit():
+        counted[fields[2]] = float(fields[0])
+run = json.load(open(f"{out}/run.json"))
+print(f"load {load}: {counted['task-clock'] * 1e3 / messages:.1f} CPU µs and"
+      f" {counted['context-switches'] / messages:.2f} context switches per message,"
+      f" deliver p99 {run['send_to_deliver_us']['p99'] / 1000:.1f} ms, lost {run['lost']}")
+PY
