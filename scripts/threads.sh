@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Where a node's CPU goes per delivered message, by thread: one loadgen
 # run against a fresh node, with every thread's user and system time,
-# sleeps (voluntary context switches) and preemptions counted over 8 s in
-# the middle of it, per message delivered, and the disk's write requests
-# per message. BIN: the binaries' folder.
+# sleeps (voluntary context switches), preemptions and time spent
+# runnable but waiting for a CPU counted over 8 s in the middle of it,
+# per message delivered, and the disk's write requests and the messages
+# between cores per message. BIN: the binaries' folder.
 #   BIN=target/release RATE=5000 scripts/threads.sh        # 1:1, 10,000 users, RATE msg/s
 #   SCENARIO=group RATE=40 scripts/threads.sh              # one 5,000-member group, RATE sends/s
 #   CORES=1 scripts/threads.sh                             # the node on one reactor core (default 2)
