@@ -28,6 +28,7 @@ mod groups;
 pub mod grpc;
 mod handlers;
 pub mod limits;
+pub mod memory;
 mod messages;
 pub mod metrics;
 pub mod outbox;

@@ -24,6 +24,22 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[export_name = "_rjem_malloc_conf"]
 static JEMALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
+/// Flushes the calling thread's jemalloc cache into its arenas, where
+/// the background thread can purge what is free.
+fn flush_jemalloc_thread_cache() {
+    // SAFETY: "thread.tcache.flush" reads and writes nothing through the
+    // pointers (all null, length 0) and acts on the calling thread only.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"thread.tcache.flush".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "ourchat", version, about = "OurChat instant-messaging server")]
 struct Cli {
@@ -134,6 +150,7 @@ impl ServeArgs {
 /// backtrace: they are about the setup (a port taken, a damaged file), not
 /// about the code.
 fn main() -> std::process::ExitCode {
+    ourchat_gateway::memory::set_thread_cache_release(flush_jemalloc_thread_cache);
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

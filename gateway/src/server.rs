@@ -624,6 +624,7 @@ async fn sweep_deadlines(core: Rc<Core>) {
     loop {
         glommio::timer::sleep(period).await;
         core.sweep_deadlines(login, idle, park_after);
+        crate::memory::release_thread_cache();
     }
 }
 
