@@ -29,6 +29,8 @@ static JEMALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,m
 fn flush_jemalloc_thread_cache() {
     // SAFETY: "thread.tcache.flush" reads and writes nothing through the
     // pointers (all null, length 0) and acts on the calling thread only.
+    // Its result is not needed: it fails only when the caches are off
+    // (`_RJEM_MALLOC_CONF=tcache:false`), and then there is nothing to give.
     unsafe {
         tikv_jemalloc_sys::mallctl(
             c"thread.tcache.flush".as_ptr(),
