@@ -13,13 +13,12 @@ OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-cpu-stat.XXXXXX")
 trap stop_node EXIT
 start_node 10000 --cores "${CORES:-2}"
 load=$(cut -d' ' -f1 /proc/loadavg)
-"$BIN/ourchat-loadgen" p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --ramp 20000 \
-  --heartbeat 30 --drain 3 --targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
-  --tokens "$DATA/tokens" --server-pid "$NODE_PID" --json "$OUT/run.json" >"$OUT/loadgen.log" 2>&1 &
+run run p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --ramp 20000 \
+  --heartbeat 30 --drain 3 &
 loadgen=$!
 sleep 6
 perf stat -x, -e task-clock,context-switches -p "$NODE_PID" -- sleep 8 2>"$OUT/stat" >/dev/null
-wait "$loadgen" || echo "(the loadgen reported errors: $OUT/loadgen.log)"
+wait "$loadgen"
 python3 - "$OUT" "$RATE" "$load" <<'PY'
 import json, sys
 out, rate, load = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -12,8 +12,5 @@ OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-idle.XXXXXX")
 . scripts/bench-lib.sh
 trap stop_node EXIT
 start_node ${USERS:-19000} --cores 2
-"$BIN/ourchat-loadgen" idle --users ${USERS:-19000} --procs 2 --ramp 20000 --duration 16 --drain 0 \
-  --targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --tokens "$DATA/tokens" \
-  --server-pid "$NODE_PID" --json "$OUT/run.json" >"$OUT/loadgen.log" 2>&1 ||
-  echo "(the loadgen reported errors: $OUT/loadgen.log)"
+run run idle --users "${USERS:-19000}" --procs 2 --ramp 20000 --duration 16 --drain 0
 python3 -c "import json; r = json.load(open('$OUT/run.json')); print(round(r['server_bytes_per_connection']), 'bytes per idle connection')"

@@ -11,10 +11,8 @@ OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-storm.XXXXXX")
 trap stop_node EXIT
 start_node "$USERS" --cores "${CORES:-2}"
 load=$(cut -d' ' -f1 /proc/loadavg)
-"$BIN/ourchat-loadgen" storm --users "$USERS" --procs $(( (USERS + 9999) / 10000 )) --ramp 20000 \
-  --duration 15 --drain 0 --targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
-  --tokens "$DATA/tokens" --server-pid "$NODE_PID" --json "$OUT/run.json" >"$OUT/loadgen.log" 2>&1 ||
-  echo "(the loadgen reported errors: $OUT/loadgen.log)"
+run run storm --users "$USERS" --procs $(( (USERS + 9999) / 10000 )) --ramp 20000 \
+  --duration 15 --drain 0
 python3 - "$OUT/run.json" "$load" <<'PY'
 import json, sys
 run, load = json.load(open(sys.argv[1])), sys.argv[2]

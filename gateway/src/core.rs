@@ -367,16 +367,18 @@ pub struct Core {
     presence_out: PresenceQueue,
     /// This core's parking lot, where adopted connections park. Weak: the
     /// lot's connections hold the core.
-    lot: RefCell<std::rc::Weak<crate::connection::Lot>>,
+    lot: std::rc::Weak<crate::connection::Lot>,
 }
 
 impl Core {
     /// A core with its mesh senders; returns the receiver its commit pump
-    /// must drain (see [`Core::run_commit_pump`]).
+    /// must drain (see [`Core::run_commit_pump`]). `lot`: where it parks
+    /// idle connections, handed-over ones too.
     pub fn new(
         id: usize,
         shared: Arc<Shared>,
         mesh: Senders<CoreMsg>,
+        lot: Option<&Rc<crate::connection::Lot>>,
     ) -> (Rc<Core>, LocalReceiver<PendingCommit>) {
         // Unbounded by type, bounded in fact: each entry is an op in the
         // bounded writer queue or one just completed.
@@ -402,7 +404,7 @@ impl Core {
             send_buckets: RefCell::default(),
             acks: Default::default(),
             presence_out: Default::default(),
-            lot: RefCell::default(),
+            lot: lot.map(Rc::downgrade).unwrap_or_default(),
             shared,
         };
         (Rc::new(core), pending)
@@ -421,11 +423,6 @@ impl Core {
     /// The core owning a conversation's sequence.
     pub fn owner_of_conversation(&self, conv: &ConversationId) -> usize {
         conversation_owner(conv, self.shared.cores)
-    }
-
-    /// Where this core parks idle connections, handed-over ones too.
-    pub fn set_lot(&self, lot: &Rc<crate::connection::Lot>) {
-        *self.lot.borrow_mut() = Rc::downgrade(lot);
     }
 
     /// This core's counters.
@@ -653,8 +650,7 @@ impl Core {
             } => self.push_local(conn_id, frame, committed_at),
             CoreMsg::Answer { to, result } => self.answer_local(to, result),
             CoreMsg::Adopt(handover) => {
-                let lot = self.lot.borrow().upgrade();
-                crate::connection::adopt(self, handover, lot);
+                crate::connection::adopt(self, handover, self.lot.upgrade());
             }
             CoreMsg::Online {
                 user_id,

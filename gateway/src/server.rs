@@ -503,12 +503,8 @@ async fn run_core(
         }
     };
     let id = senders.peer_id();
-    let (core, pending) = Core::new(id, shared.clone(), senders);
-    // Before the mesh is read: other cores hand connections over to it.
     let lot = parking_lot(&shared);
-    if let Some(lot) = &lot {
-        core.set_lot(lot);
-    }
+    let (core, pending) = Core::new(id, shared.clone(), senders, lot.as_ref());
     for (_, stream) in receivers.streams() {
         let core = core.clone();
         glommio::spawn_local(async move {

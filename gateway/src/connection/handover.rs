@@ -30,7 +30,6 @@ use crate::metrics::CoreMetrics;
 
 /// A granted login waiting for its connection to stop, to move.
 pub(super) struct Moving {
-    owner: usize,
     req_id: u32,
     grant: LoginGrant,
     device_type: String,
@@ -67,7 +66,6 @@ impl Connection {
             return Err(grant);
         }
         self.moving = Some(Box::new(Moving {
-            owner,
             req_id,
             grant,
             device_type: device_type.to_string(),
@@ -80,12 +78,12 @@ impl Connection {
 /// user's core.
 pub(super) fn hand_over(conn: Connection, moving: Moving, stream: TcpStream, slot: Option<IpSlot>) {
     let Moving {
-        owner,
         req_id,
         grant,
         device_type,
     } = moving;
     let core = conn.caller.core.clone();
+    let owner = core.owner_of_user(grant.user_id());
     core.remove_connection(conn.caller.conn_id);
     CoreMetrics::inc(&core.metrics().handed_over);
     let handover = Handover {
