@@ -4,7 +4,7 @@
 //! kept by the core the sending connection is on (so a user with devices on
 //! several cores gets at most cores × the rate); in cluster mode each send
 //! also draws on the user's bucket in Redis, one for every node (checked
-//! with the send's seq, see `core.rs`). Per node, behind mutexes
+//! with the send's seq, see `core/sequencing.rs`). Per node, behind mutexes
 //! because connections from one address land on any core: concurrent
 //! connections per source address, failed-login back-off per username and
 //! per address, and a registration bucket per address. The node-wide maps
