@@ -28,7 +28,8 @@ mod groups;
 pub mod grpc;
 mod handlers;
 pub mod limits;
-pub mod memory;
+/// How a thread hands its allocator cache back (the binary installs it).
+pub use ourchat_workers::memory;
 mod messages;
 pub mod metrics;
 pub mod outbox;

@@ -45,8 +45,11 @@ impl Doorbell {
     }
 
     /// The next item of `rx`, sleeping while it is empty; `Err` once it is
-    /// empty and every sender is gone.
+    /// empty and every sender is gone. A worker that slept a whole
+    /// `RECHECK` without an item hands its allocator cache back, once per
+    /// idle spell: a busy worker never pays for it.
     pub(crate) fn recv<T>(&self, rx: &Receiver<T>) -> Result<T, RecvError> {
+        let mut released = false;
         loop {
             match rx.try_recv() {
                 Ok(item) => return Ok(item),
@@ -59,10 +62,15 @@ impl Doorbell {
                 Ok(item) => Some(Ok(item)),
                 Err(TryRecvError::Disconnected) => Some(Err(RecvError)),
                 Err(TryRecvError::Empty) => {
-                    let _held = self
+                    let (held, waited) = self
                         .wake
                         .wait_timeout(held, RECHECK)
                         .unwrap_or_else(PoisonError::into_inner);
+                    drop(held);
+                    if waited.timed_out() && !released {
+                        crate::memory::release_thread_cache();
+                        released = true;
+                    }
                     None
                 }
             };
@@ -109,5 +117,35 @@ mod tests {
         drop(tx);
         let got: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn an_idle_worker_hands_its_allocator_cache_back_once_per_idle_spell() {
+        crate::memory::counting::install();
+        let (tx, rx) = crossbeam_channel::bounded::<u64>(4);
+        let bell = Arc::new(Doorbell::default());
+        let worker = {
+            let bell = bell.clone();
+            std::thread::spawn(move || {
+                let mut releases = Vec::new();
+                while bell.recv(&rx).is_ok() {
+                    releases.push(crate::memory::counting::on_this_thread());
+                }
+                releases
+            })
+        };
+        // Busy: items well inside RECHECK of each other.
+        for i in 0..5 {
+            tx.send(i).unwrap();
+            bell.ring();
+            std::thread::sleep(RECHECK / 10);
+        }
+        // Idle for three RECHECKs, then one item.
+        std::thread::sleep(RECHECK * 3 + RECHECK / 2);
+        tx.send(5).unwrap();
+        bell.ring();
+        drop(tx);
+        let releases = worker.join().unwrap();
+        assert_eq!(releases, [0, 0, 0, 0, 0, 1]);
     }
 }

@@ -13,6 +13,7 @@
 
 mod doorbell;
 pub mod jobs;
+pub mod memory;
 pub mod password;
 pub mod stats;
 pub mod writer;
