@@ -26,6 +26,8 @@ use crate::metrics::CoreMetrics;
 use crate::sequencer::{self, reused_id, Recipients, Ticket, Write};
 
 impl Core {
+    /// Hands a send for a conversation this core owns to the sequencer,
+    /// and carries out what it decides.
     pub(super) fn sequence(self: &Rc<Self>, job: SendJob) {
         let SendJob {
             message,
