@@ -11,6 +11,9 @@
 #   ONLY="idle storm" scripts/bench-peers.sh full   # some rows: idle p2p fanout storm
 #   BIN=/tmp/build-a ...            # run those binaries instead of building
 #   CORES=1 ...                     # the node on one reactor core (default 2)
+#   UNSYNCED=1 ...                  # each 1:1 row also against a node without fsyncs
+#                                     (durability = "normal"): what the node does on a
+#                                     disk whose flushes never stall; not the durable figure
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-short}
@@ -110,6 +113,10 @@ want idle && for n in $IDLE; do
 done
 want p2p && for rate in $RATES; do
   both "p2p-$rate" p2p "$USERS" --procs 2 --rate "$rate" --duration "$SECS" --drain 3 --ramp 20000
+  if [[ -n ${UNSYNCED:-} ]]; then
+    NODE_SET="${NODE_SET:-} storage.durability=normal" \
+      oc "unsynced-p2p-$rate" p2p "$USERS" --procs 2 --rate "$rate" --duration "$SECS" --drain 3 --ramp 20000
+  fi
 done
 want fanout && for size in $FANOUT; do
   # Sends per second so that every size delivers about FAN_DELIVERIES/s.
@@ -190,4 +197,22 @@ if top:
     print(f"\n1:1 knee (highest rate run with deliver p99 < 10 ms, nothing lost): Mosquitto {knee_of(m)} msg/s, "
           f"OurChat {knee_of(o)} msg/s" + (f", ratio {o / m:.2f}x" if m and o else "")
           + (" (a knee at the sweep's top is a lower bound)" if top in (m, o) else ""))
+# UNSYNCED=1: the same 1:1 rows against a node that skips its fsyncs.
+unsynced = sorted((int(f[len("unsynced-p2p-"):-5]), f[:-5]) for f in os.listdir(out)
+                  if f.startswith("unsynced-p2p-") and f.endswith(".json"))
+if unsynced:
+    print("\nOurChat without fsyncs (durability = normal: an ack survives a process crash, not power loss),")
+    print("run right after each row's durable run: what the node does when the disk's flushes cannot stall it.")
+    print(f"{'run':<13} | {'OurChat unsynced':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} {'lg':>4} | {'p99 U/M':>8} {'cpu U/M':>8}")
+    unsynced_knee = 0
+    for rate, name in unsynced:
+        u, mosquitto = load(name), load(f"mosquitto-p2p-{rate}")
+        uc = cells(u)
+        p99 = ratio(u, mosquitto, lambda r: r["send_to_deliver_us"]["p99"])
+        cpu = ratio(u, mosquitto, lambda r: r["server_cpu_us_per_delivered"])
+        print(f"{'p2p-' + str(rate):<13} | {uc[0]:<16} {uc[1]:>24} {uc[2]:>12} {uc[3]:>7} {uc[4]:>4} | {p99:>8} {cpu:>8}")
+        if u and u["lost"] == 0 and u["send_to_deliver_us"]["count"] and u["send_to_deliver_us"]["p99"] < 10_000:
+            unsynced_knee = max(unsynced_knee, rate)
+    print(f"1:1 knee without fsyncs: OurChat {knee_of(unsynced_knee)} msg/s against Mosquitto's {knee_of(m)}"
+          + (f", ratio {unsynced_knee / m:.2f}x" if m and unsynced_knee else ""))
 PY
