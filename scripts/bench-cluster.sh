@@ -16,6 +16,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   scripts/engines.sh stop "$ENGINES"
+  [[ -n ${KEEP_DATA:-} || -z ${DATA:-} ]] || rm -rf -- "$DATA"
 }
 trap cleanup EXIT
 # shellcheck disable=SC1090

@@ -12,6 +12,12 @@ stop_node() {
     NODE_PID=""
   fi
 }
+# Every node's data directory, removed when the script exits (KEEP_DATA=1
+# keeps them, server logs included). At the end, not between rows: freeing
+# a run's segments (discards, on a disk mounted with `discard`) must not
+# land in the next measured run. A full bench-peers run leaves ~1-2 GB.
+NODE_DIRS=()
+remove_node_dirs() { [[ -n ${KEEP_DATA:-} ]] || rm -rf -- "${NODE_DIRS[@]}"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_node USERS [extra serve flags...]: fresh data dir, USERS provisioned.
@@ -19,6 +25,7 @@ start_node() {
   local users=$1; shift
   stop_node
   DATA=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-bench.XXXXXX")
+  NODE_DIRS+=("$DATA")
   PORT=$(free_port); ADMIN=$(free_port)
   "$BIN/ourchat" admin provision --count "$users" --data-dir "$DATA" --out "$DATA/tokens" 2>/dev/null
   "$BIN/ourchat" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" \

@@ -41,7 +41,7 @@ stop_broker() {
     BROKER_PID=""
   fi
 }
-trap 'stop_node; stop_broker' EXIT
+trap 'stop_node; stop_broker; remove_node_dirs' EXIT
 
 # A fresh broker: no persistence, Nagle off, no connection cap.
 start_broker() {

@@ -22,7 +22,7 @@ fi
 
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
-trap stop_node EXIT
+trap 'stop_node; remove_node_dirs' EXIT
 
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
