@@ -15,7 +15,7 @@ perf probe -q -d 'probe_ourchat:*' 2>/dev/null || true
 for f in "${probes[@]}"; do perf probe -q -x "$BIN/ourchat" -a "$f"; done
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-allocs.XXXXXX")
 . scripts/bench-lib.sh
-trap 'stop_node; remove_node_dirs; perf probe -q -d "probe_ourchat:*" 2>/dev/null || true' EXIT
+trap 'end_nodes; perf probe -q -d "probe_ourchat:*" 2>/dev/null || true' EXIT
 start_node 10000 --cores 2
 echo "load $(cut -d' ' -f1-3 /proc/loadavg), $BIN, p2p at $RATE sends/s"
 "$BIN/ourchat-loadgen" p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 \

@@ -18,6 +18,14 @@ stop_node() {
 # land in the next measured run. A full bench-peers run leaves ~1-2 GB.
 NODE_DIRS=()
 remove_node_dirs() { [[ -n ${KEEP_DATA:-} ]] || rm -rf -- "${NODE_DIRS[@]}"; }
+# What every script does at exit; a script with more to undo traps
+# `end_nodes; …` itself.
+end_nodes() { stop_node; remove_node_dirs; }
+trap end_nodes EXIT
+# Whether ONLY (empty: everything) names this row kind.
+want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
+# Loadgen processes for N connections (one per 10,000: the file limit).
+procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_node USERS [extra serve flags...]: fresh data dir, USERS provisioned.

@@ -41,7 +41,7 @@ stop_broker() {
     BROKER_PID=""
   fi
 }
-trap 'stop_node; stop_broker; remove_node_dirs' EXIT
+trap 'end_nodes; stop_broker' EXIT
 
 # A fresh broker: no persistence, Nagle off, no connection cap.
 start_broker() {
@@ -95,8 +95,6 @@ oc() {
 }
 
 both() { mq "mosquitto-$1" "${@:2}"; oc "ourchat-$1" "${@:2}"; }
-want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
-procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 
 if [[ $MODE == full ]]; then
   # Up to twice the rate Mosquitto holds here: a knee at the sweep's top
@@ -172,6 +170,9 @@ print("lg: the loadgen's share of the machine's CPU over the run.")
 print(f"{'run':<13} | {'Mosquitto':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} {'lg':>4} | "
       f"{'OurChat':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} {'lg':>4} {'commit max ms (>10)':>19} | "
       f"{'p99 O/M':>8} {'cpu O/M':>8} {'mem O/M':>8}")
+# A row under the knee: nothing lost, deliveries counted, p99 under 10 ms.
+holds = lambda r: bool(r and r["lost"] == 0 and r["send_to_deliver_us"]["count"]
+                       and r["send_to_deliver_us"]["p99"] < 10_000)
 knee = {"mosquitto": 0, "ourchat": 0}
 for name in names:
     m, o = load("mosquitto-" + name), load("ourchat-" + name)
@@ -186,7 +187,7 @@ for name in names:
     if name.startswith("p2p"):
         rate = int(name.split("-")[1])
         for side, r in (("mosquitto", m), ("ourchat", o)):
-            if r and r["lost"] == 0 and r["send_to_deliver_us"]["count"] and r["send_to_deliver_us"]["p99"] < 10_000:
+            if holds(r):
                 knee[side] = max(knee[side], rate)
 m, o = knee["mosquitto"], knee["ourchat"]
 top = max((int(name.split("-")[1]) for name in names if name.startswith("p2p")), default=0)
@@ -211,7 +212,7 @@ if unsynced:
         p99 = ratio(u, mosquitto, lambda r: r["send_to_deliver_us"]["p99"])
         cpu = ratio(u, mosquitto, lambda r: r["server_cpu_us_per_delivered"])
         print(f"{'p2p-' + str(rate):<13} | {uc[0]:<16} {uc[1]:>24} {uc[2]:>12} {uc[3]:>7} {uc[4]:>4} | {p99:>8} {cpu:>8}")
-        if u and u["lost"] == 0 and u["send_to_deliver_us"]["count"] and u["send_to_deliver_us"]["p99"] < 10_000:
+        if holds(u):
             unsynced_knee = max(unsynced_knee, rate)
     print(f"1:1 knee without fsyncs: OurChat {knee_of(unsynced_knee)} msg/s against Mosquitto's {knee_of(m)}"
           + (f", ratio {unsynced_knee / m:.2f}x" if m and unsynced_knee else ""))

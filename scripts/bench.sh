@@ -22,10 +22,6 @@ fi
 
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
-trap 'stop_node; remove_node_dirs' EXIT
-
-procs_for() { echo $(( ($1 + 9999) / 10000 )); }
-want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
 
 if [[ $MODE == full ]]; then
   IDLE_SIZES="1000 5000 19000"; TLS_USERS=19000; P2P_USERS=10000; P2P_RATES=${P2P_RATES:-"2000 5000 7500 10000"}

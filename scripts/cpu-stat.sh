@@ -10,7 +10,6 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}; RATE=${RATE:-10000}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-cpu-stat.XXXXXX")
 . scripts/bench-lib.sh
-trap 'stop_node; remove_node_dirs' EXIT
 start_node 10000 --cores "${CORES:-2}"
 load=$(cut -d' ' -f1 /proc/loadavg)
 run run p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --ramp 20000 \

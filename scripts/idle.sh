@@ -10,7 +10,6 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-idle.XXXXXX")
 . scripts/bench-lib.sh
-trap 'stop_node; remove_node_dirs' EXIT
 start_node ${USERS:-19000} --cores 2
 run run idle --users "${USERS:-19000}" --procs 2 --ramp 20000 --duration 16 --drain 0
 python3 -c "import json; r = json.load(open('$OUT/run.json')); print(round(r['server_bytes_per_connection']), 'bytes per idle connection')"

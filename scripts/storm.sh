@@ -8,10 +8,9 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}; USERS=${USERS:-19000}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-storm.XXXXXX")
 . scripts/bench-lib.sh
-trap 'stop_node; remove_node_dirs' EXIT
 start_node "$USERS" --cores "${CORES:-2}"
 load=$(cut -d' ' -f1 /proc/loadavg)
-run run storm --users "$USERS" --procs $(( (USERS + 9999) / 10000 )) --ramp 20000 \
+run run storm --users "$USERS" --procs "$(procs_for "$USERS")" --ramp 20000 \
   --duration 15 --drain 0
 python3 - "$OUT/run.json" "$load" <<'PY'
 import json, sys

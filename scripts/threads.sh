@@ -14,7 +14,6 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}; RATE=${RATE:-5000}; SCENARIO=${SCENARIO:-p2p}; CORES=${CORES:-2}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-threads.XXXXXX")
 . scripts/bench-lib.sh
-trap 'stop_node; remove_node_dirs' EXIT
 case $SCENARIO in
   p2p) users=10000; fanout=1; shape=(--heartbeat 30 --drain 3) ;;
   group) users=5000; fanout=$((users - 1)); shape=(--group-size "$users" --drain 15) ;;

@@ -122,8 +122,13 @@ mod tests {
     #[test]
     fn an_idle_worker_hands_its_allocator_cache_back_once_per_idle_spell() {
         crate::memory::counting::install();
-        let (tx, rx) = crossbeam_channel::bounded::<u64>(4);
+        let (tx, rx) = crossbeam_channel::bounded::<u64>(8);
         let bell = Arc::new(Doorbell::default());
+        // Busy: five items waiting before the worker starts, so it never
+        // sleeps between them however slowly this machine runs it.
+        for i in 0..5 {
+            tx.send(i).unwrap();
+        }
         let worker = {
             let bell = bell.clone();
             std::thread::spawn(move || {
@@ -134,12 +139,6 @@ mod tests {
                 releases
             })
         };
-        // Busy: items well inside RECHECK of each other.
-        for i in 0..5 {
-            tx.send(i).unwrap();
-            bell.ring();
-            std::thread::sleep(RECHECK / 10);
-        }
         // Idle for three RECHECKs, then one item.
         std::thread::sleep(RECHECK * 3 + RECHECK / 2);
         tx.send(5).unwrap();
