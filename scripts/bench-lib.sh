@@ -28,6 +28,11 @@ want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
 procs_for() { echo $(( ($1 + 9999) / 10000 )); }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# PIN=1: one CPU each, the server under test on CPU 0 (all its threads) and
+# the loadgen on CPU 1, instead of all of them sharing both.
+if [[ ${PIN:-} == 1 ]]; then SERVER_ON=(taskset -c 0); LOADGEN_ON=(taskset -c 1)
+else SERVER_ON=(); LOADGEN_ON=(); fi
+
 # start_node USERS [extra serve flags...]: fresh data dir, USERS provisioned.
 start_node() {
   local users=$1; shift
@@ -36,7 +41,7 @@ start_node() {
   NODE_DIRS+=("$DATA")
   PORT=$(free_port); ADMIN=$(free_port)
   "$BIN/ourchat" admin provision --count "$users" --data-dir "$DATA" --out "$DATA/tokens" 2>/dev/null
-  "$BIN/ourchat" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" \
+  "${SERVER_ON[@]}" "$BIN/ourchat" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" \
     --set "server.admin_listen=127.0.0.1:$ADMIN" --set "server.grpc_listen=127.0.0.1:$(free_port)" \
     --set server.pin_cores=false $(for kv in ${NODE_SET:-}; do printf -- '--set %s ' "$kv"; done) "$@" \
     >"$DATA/server.log" 2>&1 &
@@ -53,7 +58,7 @@ start_node() {
 run() {
   local name=$1; shift
   echo "== $name" >&2
-  "$BIN/ourchat-loadgen" "$@" --targets "${TARGET:-127.0.0.1:$PORT}" --admin "127.0.0.1:$ADMIN" \
+  "${LOADGEN_ON[@]}" "$BIN/ourchat-loadgen" "$@" --targets "${TARGET:-127.0.0.1:$PORT}" --admin "127.0.0.1:$ADMIN" \
     --tokens "$DATA/tokens" --server-pid "$NODE_PID" --json "$OUT/$name.json" >&2 \
     || echo "($name reported errors)" >&2
   # The node's own histograms (its store's commit times among them).

@@ -11,6 +11,8 @@
 #   ONLY="idle storm" scripts/bench-peers.sh full   # some rows: idle p2p fanout storm
 #   BIN=/tmp/build-a ...            # run those binaries instead of building
 #   CORES=1 ...                     # the node on one reactor core (default 2)
+#   PIN=1 ...                       # one CPU each: the server (Mosquitto, or the node
+#                                     on one reactor core) on CPU 0, the loadgen on CPU 1
 #   UNSYNCED=1 ...                  # each 1:1 row also against a node without fsyncs
 #                                     (durability = "normal"): what the node does on a
 #                                     disk whose flushes never stall; not the durable figure
@@ -58,7 +60,7 @@ max_connections -1
 persistence false
 log_dest none
 EOF
-  (ulimit -n "$(ulimit -Hn)"; exec "$MOSQUITTO" -c "$dir/mosquitto.conf") &
+  (ulimit -n "$(ulimit -Hn)"; exec "${SERVER_ON[@]}" "$MOSQUITTO" -c "$dir/mosquitto.conf") &
   BROKER_PID=$!
   for _ in $(seq 100); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $MQ_PORT), 1)" 2>/dev/null && return 0
@@ -79,7 +81,7 @@ mq() {
   local name=$1 scenario=$2 users=$3; shift 3
   start_broker
   echo "== $name (load $(cut -d' ' -f1 /proc/loadavg))" >&2
-  "$BIN/ourchat-loadgen" "$scenario" --protocol mqtt --users "$users" "$@" \
+  "${LOADGEN_ON[@]}" "$BIN/ourchat-loadgen" "$scenario" --protocol mqtt --users "$users" "$@" \
     --targets "127.0.0.1:$MQ_PORT" --tokens "$(tokens_for "$users")" --server-pid "$BROKER_PID" \
     --json "$OUT/$name.json" >&2 || echo "($name reported errors)" >&2
   stop_broker
@@ -88,7 +90,7 @@ mq() {
 # oc NAME SCENARIO USERS [loadgen flags...]: the same against a fresh node.
 oc() {
   local name=$1 scenario=$2 users=$3; shift 3
-  start_node "$users" --cores "${CORES:-2}"
+  start_node "$users" --cores "${CORES:-$([[ ${PIN:-} == 1 ]] && echo 1 || echo 2)}"
   echo "   (load $(cut -d' ' -f1 /proc/loadavg))" >&2
   run "$name" "$scenario" --users "$users" "$@"
   stop_node
@@ -167,6 +169,8 @@ print("\nMosquitto: MQTT 3.1.1 QoS 1, acks in memory. OurChat: acks durable (fsy
 print("commit max: the node's slowest store commit in the run (histogram bound) and, in brackets, how many took over 10 ms:")
 print("a send waits for its batch's fsync, so one slow fsync of the disk holds every send behind it.")
 print("lg: the loadgen's share of the machine's CPU over the run.")
+if os.environ.get("PIN") == "1":
+    print("PIN=1: one CPU each. Mosquitto, or the node on one reactor core with its worker threads, on CPU 0; the loadgen on CPU 1.")
 print(f"{'run':<13} | {'Mosquitto':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} {'lg':>4} | "
       f"{'OurChat':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} {'lg':>4} {'commit max ms (>10)':>19} | "
       f"{'p99 O/M':>8} {'cpu O/M':>8} {'mem O/M':>8}")

@@ -198,9 +198,10 @@ pub(crate) async fn serve<S>(
         "only a parkable outbox is asked to park"
     );
     conn.caller.core.remove_connection(conn.caller.conn_id);
+    let peer_ended = conn.peer_ended;
     drop(conn);
     // Boxed: only a closing connection carries its state.
-    Box::pin(close_gracefully(stream.get_mut(), fd)).await;
+    Box::pin(close_gracefully(stream.get_mut(), fd, peer_ended)).await;
 }
 
 /// How a connection's task ended.
@@ -346,12 +347,19 @@ async fn write_loop<W: AsyncWrite + Unpin>(writer: W, outbox: Rc<Outbox>, core: 
 /// `a_flood_close_acks_every_message_it_stored_first`). So this sends the
 /// end of the stream after what is queued (TLS's close_notify first), then
 /// reads and drops until the peer closes too, for at most [`LINGER`].
+/// A peer that ended first (`peer_ended`) left nothing unread: the drain
+/// and the last shutdown would be two system calls that find nothing, and
+/// in a reconnect storm every connection closes that way.
 /// The connection is gone from its core by then; only the socket lingers.
-async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, fd: RawFd) {
+async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    fd: RawFd,
+    peer_ended: bool,
+) {
     let drained = async {
         let _ = stream.flush().await;
         let _ = stream.close().await;
-        loop {
+        while !peer_ended {
             match std::future::poll_fn(|cx| framing::poll_discard(cx, stream)).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
@@ -360,9 +368,11 @@ async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, fd:
         Ok(())
     };
     let _ = glommio::timer::timeout(LINGER, drained).await;
-    // A stream whose own close does not shut the socket (a WebSocket's)
-    // still ends here, before the socket is dropped.
-    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+    if !peer_ended {
+        // A stream whose own close does not shut the socket (a WebSocket's)
+        // still ends here, before the socket is dropped.
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+    }
 }
 
 /// One client connection's state: where its requests run (its core, its
@@ -376,6 +386,9 @@ pub struct Connection {
     /// does not move the connection (`handover.rs`), which would leave
     /// them behind.
     reads_ahead: bool,
+    /// The peer ended its stream and all of it was read: the close need
+    /// not drain it ([`close_gracefully`]).
+    peer_ended: bool,
     /// A granted login moving this connection to its user's core once it
     /// stops.
     moving: Option<Box<handover::Moving>>,
@@ -424,6 +437,7 @@ impl Connection {
             session: None,
             login_failures: 0,
             reads_ahead: false,
+            peer_ended: false,
             moving: None,
             frames,
             _size_class: [0; 2],
@@ -532,6 +546,12 @@ impl Connection {
         let envelope = match read {
             Ok(envelope) => envelope,
             Err(ReadEnd::Closed) => return Step::Close(Box::pin(async {})),
+            Err(ReadEnd::PeerEnded) => {
+                self.peer_ended = true;
+                // A client may end its stream after its last sends and
+                // read on (a half-close): their answers go out first.
+                return Step::Close(Box::pin(self.outbox.all_sends_answered()));
+            }
             Err(ReadEnd::Park) => return Step::Park,
             Err(ReadEnd::Bad(FrameError::TooLarge { len, max })) => {
                 let message = format!("frame of {len} bytes exceeds the maximum of {max}");

@@ -354,6 +354,47 @@ async fn idle_connections_are_closed_heartbeating_ones_kept() {
     beat.await.unwrap();
 }
 
+/// A client may end its stream right after its last request (a
+/// half-close) and still read the answers: the node writes what is queued,
+/// then closes in order. A peer that ended is closed without draining it
+/// (`close_gracefully`), so this holds that the shortcut loses nothing and
+/// ends in an end of stream, not a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ends_its_stream_after_a_send_reads_the_ack_then_the_end() {
+    let server = server();
+    let (_alice, sa) = user_on(server.addr, "halfclose_a", "d").await;
+    let (bob, sb) = user_on(server.addr, "halfclose_b", "d").await;
+    let mut stream = raw_session(server.addr, &sa.token).await;
+    let send = Envelope::new(
+        7,
+        Body::Send(pb::SendMessageRequest {
+            receiver_id: sb.user_id,
+            content: "last words".into(),
+            client_message_id: 1,
+            ..Default::default()
+        }),
+    );
+    stream.write_all(&codec::encode_to_vec(&send)).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut bytes)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "an end of stream, not a reset: {read:?}"
+    );
+    let decoder = codec::FrameDecoder::new(1 << 20);
+    let mut buf = bytes::BytesMut::from(&bytes[..]);
+    let mut acks = Vec::new();
+    while let Ok(Some(envelope)) = decoder.decode(&mut buf) {
+        if let Some(Body::SendResp(ack)) = envelope.body {
+            acks.push((envelope.req_id, ack.success, ack.seq));
+        }
+    }
+    assert_eq!(acks, vec![(7, true, 1)]);
+    assert_eq!(bob.next_message(WAIT).await.unwrap().content, "last words");
+    assert_still_serving(server.addr, "halfclose").await;
+}
+
 /// The envelope fuzzer's first finding (`fuzz/regressions/`): a header
 /// announcing 1,282 bytes followed by only a few. The node rightly waits for
 /// the rest of the frame; what it must not do is wait for ever. A peer that

@@ -39,8 +39,10 @@ pub(super) enum Asked {
 /// Why reading stopped.
 #[derive(Debug)]
 pub(super) enum ReadEnd {
-    /// Peer closed, the socket failed, or the connection is closing.
+    /// The socket failed, or the connection is closing.
     Closed,
+    /// The peer ended its stream: everything it sent was read.
+    PeerEnded,
     /// A frame the protocol does not allow.
     Bad(FrameError),
     /// Asked to park, with no frame begun.
@@ -92,7 +94,8 @@ impl FrameReader {
                 let mut scratch = scratch.borrow_mut();
                 let read = ready!(Pin::new(&mut *reader).poll_read(cx, &mut scratch[..]));
                 let n = match read {
-                    Ok(0) | Err(_) => return Poll::Ready(Err(ReadEnd::Closed)),
+                    Ok(0) => return Poll::Ready(Err(ReadEnd::PeerEnded)),
+                    Err(_) => return Poll::Ready(Err(ReadEnd::Closed)),
                     Ok(n) => n,
                 };
                 let fresh = &scratch[..n];
@@ -140,7 +143,8 @@ impl FrameReader {
                 self.buffered.truncate(have);
                 return Poll::Pending;
             }
-            Poll::Ready(_) => return Poll::Ready(Err(ReadEnd::Closed)),
+            Poll::Ready(Ok(_)) => return Poll::Ready(Err(ReadEnd::PeerEnded)),
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(ReadEnd::Closed)),
         };
         self.buffered.truncate(have + n);
         Poll::Ready(Ok(()))
@@ -299,7 +303,7 @@ mod tests {
         let sent: Vec<_> = (1..=5).map(heartbeat).collect();
         let (got, end, reads) = read_all(Chunks::new(vec![framed(&sent)]), 1024);
         assert_eq!(got, sent);
-        assert!(matches!(end, ReadEnd::Closed));
+        assert!(matches!(end, ReadEnd::PeerEnded));
         assert_eq!(reads, 2, "one read for five frames, one for the end");
     }
 
@@ -312,7 +316,7 @@ mod tests {
             source.stalls = true;
             let (got, end, _) = read_all(source, 1024);
             assert_eq!(got, sent, "chunks of {size}");
-            assert!(matches!(end, ReadEnd::Closed), "chunks of {size}");
+            assert!(matches!(end, ReadEnd::PeerEnded), "chunks of {size}");
         }
     }
 
@@ -352,7 +356,7 @@ mod tests {
         bytes.truncate(bytes.len() - 10);
         let (got, end, _) = read_all(Chunks::new(vec![bytes]), 1024);
         assert_eq!(got, vec![heartbeat(1)]);
-        assert!(matches!(end, ReadEnd::Closed));
+        assert!(matches!(end, ReadEnd::PeerEnded));
     }
 
     #[test]

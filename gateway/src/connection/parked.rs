@@ -58,10 +58,11 @@ pub(super) fn serve_plain(
             }
             let Some(lot) = lot.as_ref().filter(|_| ended == Ended::Parked) else {
                 conn.caller.core.remove_connection(conn.caller.conn_id);
+                let peer_ended = conn.peer_ended;
                 drop(conn);
                 let fd = stream.get_mut().as_raw_fd();
                 // Boxed: only a closing connection carries its state.
-                return Box::pin(close_gracefully(stream.get_mut(), fd)).await;
+                return Box::pin(close_gracefully(stream.get_mut(), fd, peer_ended)).await;
             };
             let socket = OwnedFd::from(stream.into_inner());
             let outbox = conn.outbox();

@@ -464,6 +464,36 @@ mod tests {
         assert_eq!(bodies, 10);
     }
 
+    /// A batch must not land in a hole of the sparse segment (its fsync
+    /// would write the file's block map too): zeros go a step ahead of
+    /// the end, so every batch below lands on blocks already written.
+    #[test]
+    fn blocks_ahead_of_the_end_are_written_before_batches_reach_them() {
+        use crate::msglog::log::ZERO_AHEAD;
+        let dir = tempfile::tempdir().unwrap();
+        let big = 4 << 20;
+        let written_end_now = || {
+            let file = File::open(dir.path().join("000000000001.seg")).unwrap();
+            written_end(&file, big).unwrap()
+        };
+        let mut log = Log::open(FileDisk::new(dir.path()).unwrap(), big, |_, _| {}).unwrap();
+        let first = log.append(1, &[1; 1_000]).unwrap();
+        let ahead = written_end_now();
+        assert!(ahead >= first.body_at + ZERO_AHEAD, "written to {ahead}");
+        let mut end = 0;
+        for i in 0..300u32 {
+            let placed = log.append(1, &[i as u8 | 1; 1_000]).unwrap();
+            end = placed.body_at + 1_000;
+            assert!(written_end_now() >= end + ZERO_AHEAD / 2, "batch {i} at {end}");
+        }
+        assert!(end > 2 * ZERO_AHEAD, "the batches went past several steps");
+        assert!(written_end_now() <= end + ZERO_AHEAD + 4096);
+        drop(log);
+        let mut bodies = 0;
+        Log::open(FileDisk::new(dir.path()).unwrap(), big, |_, _| bodies += 1).unwrap();
+        assert_eq!(bodies, 301);
+    }
+
     #[test]
     fn batches_survive_reopening_across_segment_files() {
         let dir = tempfile::tempdir().unwrap();
