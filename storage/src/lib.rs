@@ -662,6 +662,12 @@ pub trait ReadStore: Send {
     ) -> Result<Vec<ChatMessage>, StoreError>;
     /// A user's friends and since when.
     fn friends(&mut self, user_id: i64) -> Result<Vec<(i64, i64)>, StoreError>;
+    /// [`ReadStore::friends`] of each of `user_ids`, in their order (the
+    /// presence changes of a burst of logins: a store may read them all in
+    /// one transaction).
+    fn friends_of_each(&mut self, user_ids: &[i64]) -> Result<Vec<Vec<(i64, i64)>>, StoreError> {
+        user_ids.iter().map(|user_id| self.friends(*user_id)).collect()
+    }
     /// Pending requests to or from a user, oldest first.
     fn friend_requests(&mut self, user_id: i64) -> Result<Vec<FriendRequestRow>, StoreError>;
     /// How `a` and `b` stand.

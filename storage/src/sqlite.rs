@@ -1142,6 +1142,27 @@ impl ReadStore for SqliteReader {
             .collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// One read transaction for all: each statement alone would take and
+    /// drop the database's locks (file locks, two system calls each way),
+    /// and a reconnect storm asks for thousands a second.
+    fn friends_of_each(&mut self, user_ids: &[i64]) -> Result<Vec<Vec<(i64, i64)>>, StoreError> {
+        let read = self.conn.transaction()?;
+        let mut statement = read.prepare_cached(
+            "SELECT friend_id, since_ms FROM friends WHERE user_id = ?1 ORDER BY friend_id",
+        )?;
+        let lists = user_ids
+            .iter()
+            .map(|user_id| {
+                statement
+                    .query_map([user_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(statement);
+        read.commit()?;
+        Ok(lists)
+    }
+
     fn friend_requests(&mut self, user_id: i64) -> Result<Vec<FriendRequestRow>, StoreError> {
         Ok(self
             .conn

@@ -176,6 +176,48 @@ fn batch_reports_each_outcome_and_reads_back_on(backend: &dyn Backend) {
     );
 }
 
+/// The friends of many users read at once (presence after a burst of
+/// logins) are each user's own list, in the order asked, repeats and
+/// users with none included.
+#[test]
+fn friends_of_each_user_read_together_match_one_by_one() {
+    each_backend("friends_", friends_of_each_user_read_together_match_one_by_one_on);
+}
+
+fn friends_of_each_user_read_together_match_one_by_one_on(backend: &dyn Backend) {
+    let mut writer = backend.writer().unwrap();
+    let mut ops: Vec<WriteOp> = (1..=4).map(|id| account(id, &format!("f{id}"))).collect();
+    for (from, to) in [(1, 2), (1, 3), (4, 2)] {
+        ops.push(WriteOp::RequestFriend {
+            from,
+            to,
+            note: String::new(),
+            at_ms: 10 * from + to,
+        });
+        ops.push(WriteOp::AnswerFriend {
+            from,
+            to,
+            accept: true,
+            at_ms: 100 + 10 * from + to,
+        });
+    }
+    assert!(writer
+        .apply_batch(&ops)
+        .unwrap()
+        .iter()
+        .all(|outcome| *outcome == WriteOutcome::Done));
+    let mut reader = backend.reader().unwrap();
+    let asked = [2, 1, 3, 2, 99, 4];
+    let together = reader.friends_of_each(&asked).unwrap();
+    let one_by_one: Vec<_> = asked.iter().map(|u| reader.friends(*u).unwrap()).collect();
+    assert_eq!(together, one_by_one);
+    let ids = |list: &Vec<(i64, i64)>| list.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+    assert_eq!(ids(&together[0]), [1, 4]);
+    assert_eq!(ids(&together[1]), [2, 3]);
+    assert!(together[4].is_empty(), "no such user, no friends");
+    assert!(reader.friends_of_each(&[]).unwrap().is_empty());
+}
+
 #[test]
 fn the_store_gives_seqs_and_knows_every_client_id_however_old() {
     each_backend(

@@ -53,12 +53,7 @@ impl Core {
                 return;
             }
             let user_ids: Vec<i64> = changes.iter().map(|info| info.user_id).collect();
-            let read = self.read(move |store| {
-                user_ids
-                    .iter()
-                    .map(|user_id| store.friends(*user_id))
-                    .collect::<Result<Vec<_>, _>>()
-            });
+            let read = self.read(move |store| store.friends_of_each(&user_ids));
             let Ok(friend_lists) = read.await else {
                 tracing::warn!(
                     changes = changes.len(),

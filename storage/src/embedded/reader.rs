@@ -173,6 +173,10 @@ impl ReadStore for EmbeddedReader {
         self.sql.friends(user_id)
     }
 
+    fn friends_of_each(&mut self, user_ids: &[i64]) -> Result<Vec<Vec<(i64, i64)>>, StoreError> {
+        self.sql.friends_of_each(user_ids)
+    }
+
     fn friend_requests(&mut self, user_id: i64) -> Result<Vec<FriendRequestRow>, StoreError> {
         self.sql.friend_requests(user_id)
     }
