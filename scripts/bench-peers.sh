@@ -168,7 +168,7 @@ def ratio(o, m, key):
 print("\nMosquitto: MQTT 3.1.1 QoS 1, acks in memory. OurChat: acks durable (fsync per batch). Both ack every delivery.")
 print("commit max: the node's slowest store commit in the run (histogram bound) and, in brackets, how many took over 10 ms:")
 print("a send waits for its batch's fsync, so one slow fsync of the disk holds every send behind it.")
-print("lg: the loadgen's share of the machine's CPU over the run.")
+print("lg: the loadgen's share of the CPUs it may run on over the run (the machine's; with PIN=1, its one CPU).")
 if os.environ.get("PIN") == "1":
     print("PIN=1: one CPU each. Mosquitto, or the node on one reactor core with its worker threads, on CPU 0; the loadgen on CPU 1.")
 print(f"{'run':<13} | {'Mosquitto':<16} {'deliver p50/p99/p999 ms':>24} {'lost/dup/ooo':>12} {'cpu µs':>7} {'lg':>4} | "

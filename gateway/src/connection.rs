@@ -359,10 +359,12 @@ async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(
     let drained = async {
         let _ = stream.flush().await;
         let _ = stream.close().await;
-        while !peer_ended {
-            match std::future::poll_fn(|cx| framing::poll_discard(cx, stream)).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+        if !peer_ended {
+            loop {
+                match std::future::poll_fn(|cx| framing::poll_discard(cx, stream)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
             }
         }
         Ok(())

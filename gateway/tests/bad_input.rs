@@ -374,7 +374,10 @@ async fn a_client_that_ends_its_stream_after_a_send_reads_the_ack_then_the_end()
             ..Default::default()
         }),
     );
-    stream.write_all(&codec::encode_to_vec(&send)).await.unwrap();
+    stream
+        .write_all(&codec::encode_to_vec(&send))
+        .await
+        .unwrap();
     stream.shutdown().await.unwrap();
     let mut bytes = Vec::new();
     let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut bytes)).await;

@@ -666,7 +666,10 @@ pub trait ReadStore: Send {
     /// presence changes of a burst of logins: a store may read them all in
     /// one transaction).
     fn friends_of_each(&mut self, user_ids: &[i64]) -> Result<Vec<Vec<(i64, i64)>>, StoreError> {
-        user_ids.iter().map(|user_id| self.friends(*user_id)).collect()
+        user_ids
+            .iter()
+            .map(|user_id| self.friends(*user_id))
+            .collect()
     }
     /// Pending requests to or from a user, oldest first.
     fn friend_requests(&mut self, user_id: i64) -> Result<Vec<FriendRequestRow>, StoreError>;

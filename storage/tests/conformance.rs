@@ -181,7 +181,10 @@ fn batch_reports_each_outcome_and_reads_back_on(backend: &dyn Backend) {
 /// users with none included.
 #[test]
 fn friends_of_each_user_read_together_match_one_by_one() {
-    each_backend("friends_", friends_of_each_user_read_together_match_one_by_one_on);
+    each_backend(
+        "friends_",
+        friends_of_each_user_read_together_match_one_by_one_on,
+    );
 }
 
 fn friends_of_each_user_read_together_match_one_by_one_on(backend: &dyn Backend) {

@@ -484,7 +484,10 @@ mod tests {
         for i in 0..300u32 {
             let placed = log.append(1, &[i as u8 | 1; 1_000]).unwrap();
             end = placed.body_at + 1_000;
-            assert!(written_end_now() >= end + ZERO_AHEAD / 2, "batch {i} at {end}");
+            assert!(
+                written_end_now() >= end + ZERO_AHEAD / 2,
+                "batch {i} at {end}"
+            );
         }
         assert!(end > 2 * ZERO_AHEAD, "the batches went past several steps");
         assert!(written_end_now() <= end + ZERO_AHEAD + 4096);
