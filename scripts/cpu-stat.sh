@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The node's CPU and context switches per delivered 1:1 message, counted by
-# `perf stat` over 8 s in the middle of one loadgen run (10,000 users,
-# random peers) against a fresh node: lighter than threads.sh, for A/B
-# pairs. BIN: the binaries' folder.
+# The node's CPU, context switches and io_uring_enter calls per delivered
+# 1:1 message, counted by `perf stat` over 8 s in the middle of one loadgen
+# run (10,000 users, random peers) against a fresh node: lighter than
+# threads.sh, for A/B pairs. BIN: the binaries' folder.
 #   BIN=target/release RATE=10000 scripts/cpu-stat.sh
 #   CORES=1 scripts/cpu-stat.sh                 # the node on one reactor core (default 2)
 set -euo pipefail
@@ -16,7 +16,7 @@ run run p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --ramp 20000 \
   --heartbeat 30 --drain 3 &
 loadgen=$!
 sleep 6
-perf stat -x, -e task-clock,context-switches -p "$NODE_PID" -- sleep 8 2>"$OUT/stat" >/dev/null
+perf stat -x, -e task-clock,context-switches,syscalls:sys_enter_io_uring_enter -p "$NODE_PID" -- sleep 8 2>"$OUT/stat" >/dev/null
 wait "$loadgen"
 python3 - "$OUT" "$RATE" "$load" <<'PY'
 import json, sys
@@ -29,6 +29,7 @@ for line in open(f"{out}/stat"):
         counted[fields[2]] = float(fields[0])
 run = json.load(open(f"{out}/run.json"))
 print(f"load {load}: {counted['task-clock'] * 1e3 / messages:.1f} CPU µs and"
-      f" {counted['context-switches'] / messages:.2f} context switches per message,"
+      f" {counted['context-switches'] / messages:.2f} context switches and"
+      f" {counted.get('syscalls:sys_enter_io_uring_enter', 0) / messages:.2f} io_uring_enter per message,"
       f" deliver p99 {run['send_to_deliver_us']['p99'] / 1000:.1f} ms, lost {run['lost']}")
 PY
