@@ -1074,6 +1074,10 @@ fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// A user's friends and since when, by friend id.
+const FRIENDS_OF_USER: &str =
+    "SELECT friend_id, since_ms FROM friends WHERE user_id = ?1 ORDER BY friend_id";
+
 impl ReadStore for SqliteReader {
     fn check_health(&mut self) -> Result<(), StoreError> {
         let conn = &self.conn;
@@ -1135,9 +1139,7 @@ impl ReadStore for SqliteReader {
     fn friends(&mut self, user_id: i64) -> Result<Vec<(i64, i64)>, StoreError> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT friend_id, since_ms FROM friends WHERE user_id = ?1 ORDER BY friend_id",
-            )?
+            .prepare_cached(FRIENDS_OF_USER)?
             .query_map([user_id], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?)
     }
@@ -1147,9 +1149,7 @@ impl ReadStore for SqliteReader {
     /// and a reconnect storm asks for thousands a second.
     fn friends_of_each(&mut self, user_ids: &[i64]) -> Result<Vec<Vec<(i64, i64)>>, StoreError> {
         let read = self.conn.transaction()?;
-        let mut statement = read.prepare_cached(
-            "SELECT friend_id, since_ms FROM friends WHERE user_id = ?1 ORDER BY friend_id",
-        )?;
+        let mut statement = read.prepare_cached(FRIENDS_OF_USER)?;
         let lists = user_ids
             .iter()
             .map(|user_id| {
