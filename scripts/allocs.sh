@@ -18,7 +18,7 @@ OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-allocs.XXXXXX")
 trap 'end_nodes; perf probe -q -d "probe_ourchat:*" 2>/dev/null || true' EXIT
 start_node 10000 --cores 2
 echo "load $(cut -d' ' -f1-3 /proc/loadavg), $BIN, p2p at $RATE sends/s"
-"$BIN/ourchat-loadgen" p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 \
+"${LOADGEN_ON[@]}" "$BIN/ourchat-loadgen" p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 \
   --ramp 20000 --heartbeat 30 --drain 3 --targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
   --tokens "$DATA/tokens" --server-pid "$NODE_PID" --json "$OUT/run.json" >"$OUT/loadgen.log" 2>&1 &
 loadgen=$!

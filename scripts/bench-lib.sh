@@ -1,5 +1,5 @@
 # Helpers the benchmark scripts share (sourced; expects BIN and OUT):
-# a fresh OurChat node per run, a free port, one loadgen run.
+# a fresh OurChat node (or Mosquitto) per run, a free port, one loadgen run.
 NODE_PID=""
 # Idle rows hold their connections this long (s); memory is read a second
 # before the end of the hold, after the node has parked what stays idle
@@ -20,7 +20,7 @@ NODE_DIRS=()
 remove_node_dirs() { [[ -n ${KEEP_DATA:-} ]] || rm -rf -- "${NODE_DIRS[@]}"; }
 # What every script does at exit; a script with more to undo traps
 # `end_nodes; …` itself.
-end_nodes() { stop_node; remove_node_dirs; }
+end_nodes() { stop_node; stop_broker; remove_node_dirs; }
 trap end_nodes EXIT
 # Whether ONLY (empty: everything) names this row kind.
 want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
@@ -33,10 +33,55 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 if [[ ${PIN:-} == 1 ]]; then SERVER_ON=(taskset -c 0); LOADGEN_ON=(taskset -c 1)
 else SERVER_ON=(); LOADGEN_ON=(); fi
 
+# The peer: Mosquitto (Debian's `mosquitto`), fresh for each run.
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+BROKER_PID=""
+stop_broker() {
+  if [[ -n $BROKER_PID ]]; then
+    kill -TERM "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+  fi
+}
+
+# start_broker: a fresh broker on MQ_PORT (no persistence, Nagle off, no
+# connection cap), in place of any node.
+start_broker() {
+  stop_broker
+  stop_node
+  local dir
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/mosquitto-bench.XXXXXX")
+  NODE_DIRS+=("$dir")
+  MQ_PORT=$(free_port)
+  cat >"$dir/mosquitto.conf" <<EOF
+listener $MQ_PORT 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+max_connections -1
+persistence false
+log_dest none
+EOF
+  (ulimit -n "$(ulimit -Hn)"; exec "${SERVER_ON[@]}" "$MOSQUITTO" -c "$dir/mosquitto.conf") &
+  BROKER_PID=$!
+  for _ in $(seq 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $MQ_PORT), 1)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "mosquitto did not start" >&2; exit 1
+}
+
+# mqtt_tokens USERS: the loadgen's user list for MQTT runs ("index -" lines).
+mqtt_tokens() {
+  local file="$OUT/tokens-$1"
+  [[ -f $file ]] || seq 1 "$1" | sed 's/$/ -/' >"$file"
+  echo "$file"
+}
+
 # start_node USERS [extra serve flags...]: fresh data dir, USERS provisioned.
 start_node() {
   local users=$1; shift
   stop_node
+  stop_broker
   DATA=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-bench.XXXXXX")
   NODE_DIRS+=("$DATA")
   PORT=$(free_port); ADMIN=$(free_port)

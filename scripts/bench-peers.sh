@@ -27,7 +27,6 @@ if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >&2 ||
     { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >&2; }
 fi
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 if [[ -z ${BIN:-} ]]; then
   BIN=target/release
   cargo build --release --bin ourchat --bin ourchat-loadgen >&2
@@ -35,54 +34,13 @@ fi
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
 
-BROKER_PID=""
-stop_broker() {
-  if [[ -n $BROKER_PID ]]; then
-    kill -TERM "$BROKER_PID" 2>/dev/null || true
-    wait "$BROKER_PID" 2>/dev/null || true
-    BROKER_PID=""
-  fi
-}
-trap 'end_nodes; stop_broker' EXIT
-
-# A fresh broker: no persistence, Nagle off, no connection cap.
-start_broker() {
-  stop_broker
-  stop_node
-  local dir
-  dir=$(mktemp -d "${TMPDIR:-/tmp}/mosquitto-bench.XXXXXX")
-  MQ_PORT=$(free_port)
-  cat >"$dir/mosquitto.conf" <<EOF
-listener $MQ_PORT 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-max_connections -1
-persistence false
-log_dest none
-EOF
-  (ulimit -n "$(ulimit -Hn)"; exec "${SERVER_ON[@]}" "$MOSQUITTO" -c "$dir/mosquitto.conf") &
-  BROKER_PID=$!
-  for _ in $(seq 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', $MQ_PORT), 1)" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "mosquitto did not start" >&2; exit 1
-}
-
-# The MQTT runs need only a user count: N lines of "index -".
-tokens_for() {
-  local file="$OUT/tokens-$1"
-  [[ -f $file ]] || seq 1 "$1" | sed 's/$/ -/' >"$file"
-  echo "$file"
-}
-
 # mq NAME SCENARIO USERS [loadgen flags...]: one run against a fresh broker.
 mq() {
   local name=$1 scenario=$2 users=$3; shift 3
   start_broker
   echo "== $name (load $(cut -d' ' -f1 /proc/loadavg))" >&2
   "${LOADGEN_ON[@]}" "$BIN/ourchat-loadgen" "$scenario" --protocol mqtt --users "$users" "$@" \
-    --targets "127.0.0.1:$MQ_PORT" --tokens "$(tokens_for "$users")" --server-pid "$BROKER_PID" \
+    --targets "127.0.0.1:$MQ_PORT" --tokens "$(mqtt_tokens "$users")" --server-pid "$BROKER_PID" \
     --json "$OUT/$name.json" >&2 || echo "($name reported errors)" >&2
   stop_broker
 }

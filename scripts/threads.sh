@@ -9,6 +9,7 @@
 #   SCENARIO=group RATE=40 scripts/threads.sh              # one 5,000-member group, RATE sends/s
 #   CORES=1 scripts/threads.sh                             # the node on one reactor core (default 2)
 #   NODE_SET="server.move_to_user_core=false" scripts/threads.sh   # node settings
+#   PEER=mosquitto PIN=1 RATE=10000 scripts/threads.sh    # the same, of Mosquitto (MQTT QoS 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}; RATE=${RATE:-5000}; SCENARIO=${SCENARIO:-p2p}; CORES=${CORES:-2}
@@ -19,20 +20,28 @@ case $SCENARIO in
   group) users=5000; fanout=$((users - 1)); shape=(--group-size "$users" --drain 15) ;;
   *) echo "SCENARIO is p2p or group" >&2; exit 2 ;;
 esac
-start_node "$users" --cores "$CORES"
-echo "load $(cut -d' ' -f1-3 /proc/loadavg), $BIN, $SCENARIO at $RATE sends/s"
-"$BIN/ourchat-loadgen" "$SCENARIO" --users "$users" --procs 2 --rate "$RATE" --duration 15 \
-  --ramp 20000 "${shape[@]}" --targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
-  --tokens "$DATA/tokens" --server-pid "$NODE_PID" --json "$OUT/run.json" >"$OUT/loadgen.log" 2>&1 &
+if [[ ${PEER:-} == mosquitto ]]; then
+  start_broker
+  SERVER_PID=$BROKER_PID; DATA=${TMPDIR:-/tmp}
+  target=(--protocol mqtt --targets "127.0.0.1:$MQ_PORT" --tokens "$(mqtt_tokens "$users")")
+else
+  start_node "$users" --cores "$CORES"
+  SERVER_PID=$NODE_PID
+  target=(--targets "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --tokens "$DATA/tokens")
+fi
+echo "load $(cut -d' ' -f1-3 /proc/loadavg), $BIN, ${PEER:-ourchat}, $SCENARIO at $RATE sends/s"
+"${LOADGEN_ON[@]}" "$BIN/ourchat-loadgen" "$SCENARIO" --users "$users" --procs 2 --rate "$RATE" --duration 15 \
+  --ramp 20000 "${shape[@]}" "${target[@]}" --server-pid "$SERVER_PID" --json "$OUT/run.json" \
+  >"$OUT/loadgen.log" 2>&1 &
 loadgen=$!
-mesh_sent() { curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^ourchat_mesh_messages_total/ { n += $2 } END { print n + 0 }'; }
+mesh_sent() { { curl -s "http://127.0.0.1:${ADMIN:-0}/metrics" 2>/dev/null || true; } | awk '/^ourchat_mesh_messages_total/ { n += $2 } END { print n + 0 }'; }
 disk_writes() { awk -v d="$(findmnt -no SOURCE --target "$DATA" | xargs basename)" '$3 == d { print $8 }' /proc/diskstats; }
 sleep 6
-scripts/threads.py snap "$NODE_PID" "$OUT/a.json"; writes0=$(disk_writes); mesh0=$(mesh_sent)
+scripts/threads.py snap "$SERVER_PID" "$OUT/a.json"; writes0=$(disk_writes); mesh0=$(mesh_sent)
 sleep 8
-scripts/threads.py snap "$NODE_PID" "$OUT/b.json"; writes1=$(disk_writes); mesh1=$(mesh_sent)
+scripts/threads.py snap "$SERVER_PID" "$OUT/b.json"; writes1=$(disk_writes); mesh1=$(mesh_sent)
 wait "$loadgen" || echo "(the loadgen reported errors: $OUT/loadgen.log)"
-curl -s "http://127.0.0.1:$ADMIN/metrics" >"$OUT/metrics" 2>/dev/null || true
+[[ ${PEER:-} == mosquitto ]] || curl -s "http://127.0.0.1:$ADMIN/metrics" >"$OUT/metrics" 2>/dev/null || true
 messages=$((RATE * 8 * fanout))
 scripts/threads.py diff "$OUT/a.json" "$OUT/b.json" "$messages"
 echo "disk write requests per message: $(python3 -c "print(round((${writes1:-0} - ${writes0:-0}) / $messages, 3))")"
@@ -41,4 +50,4 @@ python3 -c "
 import json; r = json.load(open('$OUT/run.json')); d = r['send_to_deliver_us']
 print(f\"delivered {r['deliveries_per_sec']:.0f}/s, deliver p50 {d['p50'] / 1000:.1f} ms, p99 {d['p99'] / 1000:.1f} ms,\",
       f\"{r.get('server_cpu_us_per_delivered', 0):.1f} CPU µs per delivered message, lost {r['lost']}\")"
-scripts/commits.py "$OUT/metrics"
+[[ ${PEER:-} == mosquitto ]] || scripts/commits.py "$OUT/metrics"
