@@ -34,7 +34,10 @@ echo "load $(cut -d' ' -f1-3 /proc/loadavg), $BIN, ${PEER:-ourchat}, $SCENARIO a
   --ramp 20000 "${shape[@]}" "${target[@]}" --server-pid "$SERVER_PID" --json "$OUT/run.json" \
   >"$OUT/loadgen.log" 2>&1 &
 loadgen=$!
-mesh_sent() { { curl -s "http://127.0.0.1:${ADMIN:-0}/metrics" 2>/dev/null || true; } | awk '/^ourchat_mesh_messages_total/ { n += $2 } END { print n + 0 }'; }
+mesh_sent() {
+  [[ ${PEER:-} != mosquitto ]] || { echo 0; return; }
+  curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^ourchat_mesh_messages_total/ { n += $2 } END { print n + 0 }'
+}
 disk_writes() { awk -v d="$(findmnt -no SOURCE --target "$DATA" | xargs basename)" '$3 == d { print $8 }' /proc/diskstats; }
 sleep 6
 scripts/threads.py snap "$SERVER_PID" "$OUT/a.json"; writes0=$(disk_writes); mesh0=$(mesh_sent)

@@ -1078,6 +1078,16 @@ fn sql_limit(limit: usize) -> i64 {
 const FRIENDS_OF_USER: &str =
     "SELECT friend_id, since_ms FROM friends WHERE user_id = ?1 ORDER BY friend_id";
 
+/// [`FRIENDS_OF_USER`] run for `user_id` on its prepared statement.
+fn friends_by(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    user_id: i64,
+) -> rusqlite::Result<Vec<(i64, i64)>> {
+    statement
+        .query_map([user_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect()
+}
+
 impl ReadStore for SqliteReader {
     fn check_health(&mut self) -> Result<(), StoreError> {
         let conn = &self.conn;
@@ -1137,11 +1147,10 @@ impl ReadStore for SqliteReader {
     }
 
     fn friends(&mut self, user_id: i64) -> Result<Vec<(i64, i64)>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(FRIENDS_OF_USER)?
-            .query_map([user_id], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?)
+        Ok(friends_by(
+            &mut self.conn.prepare_cached(FRIENDS_OF_USER)?,
+            user_id,
+        )?)
     }
 
     /// One read transaction for all: each statement alone would take and
@@ -1152,11 +1161,7 @@ impl ReadStore for SqliteReader {
         let mut statement = read.prepare_cached(FRIENDS_OF_USER)?;
         let lists = user_ids
             .iter()
-            .map(|user_id| {
-                statement
-                    .query_map([user_id], |row| Ok((row.get(0)?, row.get(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .map(|user_id| friends_by(&mut statement, *user_id))
             .collect::<Result<Vec<_>, _>>()?;
         drop(statement);
         read.commit()?;
