@@ -439,6 +439,19 @@ impl Reactor {
         source
     }
 
+    /// OurChat patch: a readiness poll that stays armed (see
+    /// `sys::Reactor::poll_ready_multishot`).
+    pub(crate) fn poll_read_ready_multishot(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        // The peer's end is asked for by name: the stream must tell it
+        // from bytes (`net::stream`, `ends_stream`).
+        self.sys.poll_ready_multishot(
+            &source,
+            common_flags() | read_flags() | PollFlags::from_bits_retain(libc::POLLRDHUP),
+        );
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

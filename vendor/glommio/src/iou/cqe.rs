@@ -209,5 +209,8 @@ bitflags::bitflags! {
     #[derive(Debug, Clone, Copy)]
     pub struct CompletionFlags: u32 {
         const BUFFER_SHIFT    = 1 << 0;
+        // OurChat patch: a multishot request stays armed after this
+        // completion (IORING_CQE_F_MORE).
+        const MORE            = 1 << 1;
     }
 }

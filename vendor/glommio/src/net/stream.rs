@@ -215,12 +215,60 @@ impl Timeout {
     }
 }
 
+thread_local! {
+    /// OurChat patch: whether this kernel keeps a poll armed
+    /// (`IORING_POLL_ADD_MULTI`, Linux 5.13); cleared at the first refusal,
+    /// after which every read arms a one-shot poll as before.
+    static MULTISHOT_POLL: Cell<bool> = const { Cell::new(true) };
+    /// OurChat patch: readiness polls armed for stream reads on this thread.
+    static READ_POLLS_ARMED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// OurChat patch: how many readiness polls this thread has armed for
+/// stream reads so far (tests and measurements: one per stream when they
+/// are kept, one per read otherwise).
+pub fn read_polls_armed() -> u64 {
+    READ_POLLS_ARMED.with(Cell::get)
+}
+
+/// OurChat patch: whether streams this thread opens from now on keep one
+/// readiness poll armed for their life (the default, where the kernel
+/// allows it) or arm a one-shot poll after each read (glommio as
+/// published). For A/B measurements and tests.
+pub fn keep_read_polls(keep: bool) {
+    MULTISHOT_POLL.with(|multishot| multishot.set(keep));
+}
+
+/// OurChat patch: a readiness poll's events include the peer's end, a
+/// hang-up or an error.
+fn ends_stream(result: &io::Result<usize>) -> bool {
+    let ended = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+    matches!(result, Ok(events) if (*events as libc::c_short) & ended != 0)
+}
+
+/// OurChat patch: a readiness poll's completion; a multishot poll the
+/// kernel refused outright (`EINVAL`) is not asked for again.
+fn note_multishot_result(result: &io::Result<usize>, still_armed: bool) {
+    if !still_armed {
+        if let Err(error) = result {
+            if error.raw_os_error() == Some(libc::EINVAL) {
+                MULTISHOT_POLL.with(|multishot| multishot.set(false));
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct NonBufferedStream<S> {
     reactor: Weak<Reactor>,
     stream: S,
     source_tx: Option<Source>,
     source_rx: Option<Source>,
+    /// OurChat patch: the last read filled the buffer; more may wait.
+    rx_maybe_more: bool,
+    /// OurChat patch: the poll saw the peer's end (or an error): no later
+    /// event will tell of it, so every read goes to the socket.
+    rx_ended: bool,
     write_timeout: Timeout,
     read_timeout: Timeout,
 }
@@ -228,8 +276,7 @@ pub(crate) struct NonBufferedStream<S> {
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
-        let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.arm_rx(&reactor); // OurChat patch
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -253,6 +300,13 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Ok(sz)
     }
 
+    // OurChat patch: one readiness poll per stream, armed once and kept
+    // (multishot: a completion per readiness event), instead of a new
+    // one-shot poll after every read: no source allocated, submitted and
+    // freed per frame. A completion is taken when it is read; after a read
+    // that filled the buffer more may wait with no new event to tell, so
+    // the next read goes straight to the socket. A poll the kernel ended
+    // (its last completion) is armed anew when next needed.
     pub(crate) fn poll_read(
         &mut self,
         cx: &Context<'_>,
@@ -261,41 +315,59 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
-        let no_pending_poll = self
-            .source_rx
-            .as_ref()
-            .map(|src| src.result().is_some())
-            .unwrap_or(true);
+        let may_be_readable = self.rx_maybe_more
+            || self.rx_ended
+            || match &self.source_rx {
+                None => true,
+                Some(source) => match source.take_result() {
+                    None => false,
+                    Some(result) => {
+                        note_multishot_result(&result, source.is_armed());
+                        // The end comes as one event, maybe the same as the
+                        // last bytes': a read that takes those leaves the
+                        // end to be read with nothing to announce it.
+                        self.rx_ended = ends_stream(&result);
+                        true
+                    }
+                },
+            };
 
-        if no_pending_poll {
+        if may_be_readable {
             if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
-                self.source_rx.take();
                 self.read_timeout.cancel_timer(reactor);
                 let result = poll_err!(result);
-                // Start an early poll if the buffer is not fully filled. So when
-                // the next time `poll_read` is called, it will be known immediately
-                // whether the underlying stream is ready for reading.
+                self.rx_maybe_more = result > 0 && result == buf.len();
                 if result > 0 && result < buf.len() {
-                    self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
-                    // The `rush_dispatch`s here and after could be removed to
-                    // improve performance if #458 is handled appropriately.
-                    // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
+                    // Armed before the next read is asked for, so that
+                    // readiness in between is not missed.
+                    self.arm_rx(reactor);
                 }
                 return Poll::Ready(Ok(result));
             }
+            self.rx_maybe_more = false;
         }
 
         poll_err!(self.read_timeout.check(reactor));
 
-        if no_pending_poll {
-            self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
-            // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
-        }
-
+        self.arm_rx(reactor);
         let source = self.source_rx.as_ref().unwrap();
         source.add_waiter_single(cx.waker());
         self.read_timeout.maybe_set_timer(reactor, cx.waker());
         Poll::Pending
+    }
+
+    /// OurChat patch: the stream's readiness poll, armed unless it still is.
+    fn arm_rx(&mut self, reactor: &Reactor) {
+        if self.source_rx.as_ref().is_some_and(|source| source.is_armed()) {
+            return;
+        }
+        let fd = self.stream.as_raw_fd();
+        READ_POLLS_ARMED.with(|armed| armed.set(armed.get() + 1));
+        self.source_rx = Some(if MULTISHOT_POLL.with(Cell::get) {
+            reactor.poll_read_ready_multishot(fd)
+        } else {
+            reactor.poll_read_ready(fd)
+        });
     }
 
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -366,6 +438,8 @@ where
             stream: socket.into(),
             source_tx: None,
             source_rx: None,
+            rx_maybe_more: false,
+            rx_ended: false,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
         };

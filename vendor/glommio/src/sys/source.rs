@@ -275,6 +275,21 @@ impl Source {
     // adds a single waiter to the list, replacing any waiter that may already
     // exist. Should be used for single streams that map a future 1:1 to their I/O
     // source
+    /// OurChat patch: takes the result of the latest completion, so that a
+    /// multishot poll's next completion is seen as new.
+    pub(crate) fn take_result(&self) -> Option<io::Result<usize>> {
+        let mut inner = self.inner.borrow_mut();
+        let result = inner.wakers.result.take()?;
+        inner.wakers.fulfilled_at = None;
+        Some(result)
+    }
+
+    /// OurChat patch: the request is still with the reactor or the kernel
+    /// (a multishot poll until its last completion).
+    pub(crate) fn is_armed(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn add_waiter_single(&self, waker: &Waker) {
         let mut inner = self.inner.borrow_mut();
         let waiters = &mut inner.wakers.waiters;

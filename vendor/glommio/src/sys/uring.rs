@@ -57,6 +57,8 @@ const MSG_ZEROCOPY: i32 = 0x4000000;
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    /// OurChat patch: see `Reactor::poll_ready_multishot`.
+    PollAddMultishot(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -274,6 +276,12 @@ fn fill_sqe<F>(
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
+            }
+            // OurChat patch: armed until cancelled, a completion per
+            // readiness event.
+            UringOpDescriptor::PollAddMultishot(events) => {
+                sqe.prep_poll_add(op.fd, events);
+                sqe.raw_mut().len |= uring_sys::IORING_POLL_ADD_MULTI;
             }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
@@ -537,12 +545,20 @@ fn extract_one_chain(
         .collect()
 }
 
+/// What one completion did. OurChat patch: a multishot request's
+/// completions but its last leave it in the kernel.
+struct Consumed {
+    woke: bool,
+    /// The request is over: not in the kernel any more.
+    last: bool,
+}
+
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
     post_process: R,
     source_map: Rc<RefCell<SourceMap>>,
-) -> Option<bool>
+) -> Option<Consumed>
 where
     F: FnOnce(Ref<'_, InnerSource>) -> Option<()>,
     R: FnOnce(RefMut<'_, InnerSource>, io::Result<usize>) -> io::Result<usize>,
@@ -550,12 +566,21 @@ where
     if let Some(value) = cqe {
         // No user data is `POLL_REMOVE` or `CANCEL`, we won't process.
         if value.user_data() == 0 {
-            return Some(false);
+            return Some(Consumed {
+                woke: false,
+                last: true,
+            });
         }
 
-        let src = source_map
-            .borrow_mut()
-            .consume_source(from_user_data(value.user_data()));
+        // OurChat patch: a multishot poll stays in the map (and in the
+        // kernel) until its last completion.
+        let id = from_user_data(value.user_data());
+        let last = !value.flags().contains(iou::cqe::CompletionFlags::MORE);
+        let src = if last {
+            source_map.borrow_mut().consume_source(id)
+        } else {
+            source_map.borrow()[id].clone()
+        };
 
         let result = value.result();
 
@@ -566,7 +591,7 @@ where
             inner_source.wakers.result = res;
             woke = inner_source.wakers.wake_waiters();
         }
-        return Some(woke);
+        return Some(Consumed { woke, last });
     }
     None
 }
@@ -871,9 +896,11 @@ impl UringCommon for PollRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|consumed| {
+            if consumed.last {
+                self.in_kernel -= 1;
+            }
+            consumed.woke
         })
     }
 
@@ -1215,9 +1242,11 @@ impl UringCommon for SleepableRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|consumed| {
+            if consumed.last {
+                self.in_kernel -= 1;
+            }
+            consumed.woke
         })
     }
 
@@ -1476,6 +1505,20 @@ impl Reactor {
 
     pub(crate) fn read_buffered(&self, source: &Source, pos: u64, size: usize) {
         let op = UringOpDescriptor::Read(pos, size);
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// OurChat patch: a poll that stays armed and completes once per
+    /// readiness event (`IORING_POLL_ADD_MULTI`, Linux 5.13) until it is
+    /// cancelled or the kernel ends it (its last completion then has no
+    /// `MORE` flag, and the source is no longer enqueued).
+    pub(crate) fn poll_ready_multishot(&self, source: &Source, flags: PollFlags) {
+        let op = UringOpDescriptor::PollAddMultishot(flags);
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
