@@ -5,12 +5,18 @@
 //! which matters for idle connections. Closing it wakes the writer, which
 //! flushes, then shuts the socket down, which ends the reader's read.
 //!
+//! While the writer waits for frames with nothing queued, a frame pushed
+//! to a plain TCP connection is written to its socket at once by whoever
+//! pushes it ([`Outbox::push_now`]): the usual push (a delivery, a send's
+//! answer) then costs one `send` and no turn of the connection's task.
+//!
 //! It also carries a connection's parking: the sweeper asks an idle one to
 //! park, its task ends once both halves are at rest, and while it is parked
 //! a frame or a close asks the core's parking lot for it back.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::OnceLock;
 use std::task::{Poll, Waker};
@@ -23,6 +29,18 @@ use crate::parking::Unparks;
 /// The queue is at its bound: the peer reads too slowly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
+
+/// Where a pushed frame went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Written to the socket whole.
+    Written,
+    /// Queued (whole or what the socket did not take) for the writer.
+    Queued,
+}
+
+/// No socket to write to directly.
+const NO_FD: RawFd = -1;
 
 /// Who is woken when a frame or a close arrives.
 #[derive(Default)]
@@ -69,12 +87,12 @@ enum Closing {
 
 /// Frames for one connection.
 ///
-/// Kept to 80 bytes (hence the `u16` bounds, which the config checks), so
-/// that with its `Rc` counts it is a 96-byte
-/// allocation: every connection holds one for as long as it lives, parked
-/// or not, and in the 128-byte size class it shared slabs with the queue
-/// and batch buffers a connection frees when it parks, which left those
-/// slabs 30% full (BENCHMARKS.md, "Parked connections").
+/// Kept to 88 bytes (hence the `u16` bounds, which the config checks), so
+/// that with its `Rc` counts it is a 104-byte allocation in jemalloc's
+/// 112-byte class: every connection holds one for as long as it lives,
+/// parked or not, and in the 128-byte size class it shared slabs with the
+/// queue and batch buffers a connection frees when it parks, which left
+/// those slabs 30% full (BENCHMARKS.md, "Parked connections").
 pub struct Outbox {
     frames: RefCell<VecDeque<Bytes>>,
     waiter: Cell<Waiter>,
@@ -91,6 +109,14 @@ pub struct Outbox {
     /// would have to be kept anyway).
     parkable: bool,
     parking: Cell<Parking>,
+    /// The socket, while the writer waits for frames with nothing queued
+    /// and nothing half-written (plain TCP only; [`NO_FD`] otherwise): a
+    /// frame pushed then is written at once ([`Outbox::push_now`]).
+    idle_writer_fd: Cell<RawFd>,
+    /// The reader waits for a send's answer ([`Outbox::begin_send`] at its
+    /// limit, [`Outbox::all_sends_answered`]): only then does an answer
+    /// wake the task.
+    answers_awaited: Cell<bool>,
 }
 
 impl Outbox {
@@ -107,6 +133,8 @@ impl Outbox {
             logged_in: Cell::new(false),
             parkable,
             parking: Cell::new(Parking::Active),
+            idle_writer_fd: Cell::new(NO_FD),
+            answers_awaited: Cell::new(false),
         }
     }
 
@@ -189,8 +217,30 @@ impl Outbox {
         }
         frames.push_back(frame);
         drop(frames);
+        // A frame queued goes before any pushed after it: those queue too,
+        // until the writer has written it and waits again.
+        self.idle_writer_fd.set(NO_FD);
         self.wake();
         Ok(())
+    }
+
+    /// Pushes a frame, written to the socket at once if the writer waits
+    /// idle ([`Outbox::take_batch`] with a socket): no wake-up, no turn of
+    /// the connection's task. What the socket does not take (it is full,
+    /// or failed) is queued for the writer, which waits for room or meets
+    /// the error and closes, as it does for any frame.
+    pub fn push_now(&self, frame: Bytes) -> Result<Pushed, Overflow> {
+        let fd = self.idle_writer_fd.get();
+        if fd == NO_FD || self.is_closing() || self.parking.get() != Parking::Active {
+            return self.push(frame).map(|()| Pushed::Queued);
+        }
+        let flags =
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+        let sent = nix::sys::socket::send(fd, &frame, flags).unwrap_or(0);
+        if sent == frame.len() {
+            return Ok(Pushed::Written);
+        }
+        self.push(frame.slice(sent..)).map(|()| Pushed::Queued)
     }
 
     /// Queues a last frame (even past the bound) and closes: the reader
@@ -202,6 +252,7 @@ impl Outbox {
             return;
         }
         self.closing.set(Closing::WritingOut);
+        self.idle_writer_fd.set(NO_FD);
         // From here the sweeper's clock times the close (see `give_up`).
         self.since_ms.set(clock_ms());
         if let Some(frame) = last {
@@ -232,9 +283,15 @@ impl Outbox {
     }
 
     /// Moves every queued frame into `batch`, waiting while there are none
-    /// and the connection is neither closing nor asked to park.
-    pub async fn take_batch(&self, batch: &mut Vec<Bytes>) -> Next {
+    /// and the connection is neither closing nor asked to park. While it
+    /// waits, frames pushed with [`Outbox::push_now`] are written to
+    /// `socket` (if given) directly; the caller must not write to it
+    /// meanwhile. However this future ends (answered or dropped), nothing
+    /// is written to the socket behind its back after it.
+    pub async fn take_batch(&self, batch: &mut Vec<Bytes>, socket: Option<RawFd>) -> Next {
+        let _waiting = IdleWriter(self);
         std::future::poll_fn(|cx| {
+            self.idle_writer_fd.set(NO_FD);
             let mut frames = self.frames.borrow_mut();
             if !frames.is_empty() {
                 batch.extend(frames.drain(..));
@@ -254,6 +311,7 @@ impl Outbox {
                 return Poll::Ready(Next::Park);
             }
             self.waiter.set(Waiter::Task(cx.waker().clone()));
+            self.idle_writer_fd.set(socket.unwrap_or(NO_FD));
             Poll::Pending
         })
         .await
@@ -269,17 +327,22 @@ impl Outbox {
                 self.sends_in_flight.set(in_flight + 1);
                 return Poll::Ready(());
             }
+            self.answers_awaited.set(true);
             self.register(cx);
             Poll::Pending
         })
         .await
     }
 
-    /// A send's answer is queued (or the send ended without one).
+    /// A send's answer is queued or written (or the send ended without
+    /// one). The task is woken only if its reader waits for answers: a
+    /// queued answer has woken it already, a written one needs nothing.
     pub fn send_answered(&self) {
         let in_flight = self.sends_in_flight.get();
         self.sends_in_flight.set(in_flight.saturating_sub(1));
-        self.wake();
+        if self.answers_awaited.replace(false) {
+            self.wake();
+        }
     }
 
     /// Waits until every send in flight is answered.
@@ -288,6 +351,7 @@ impl Outbox {
             if self.sends_in_flight.get() == 0 {
                 return Poll::Ready(());
             }
+            self.answers_awaited.set(true);
             self.register(cx);
             Poll::Pending
         })
@@ -312,6 +376,16 @@ impl Outbox {
             Waiter::Task(waker) => waker.wake(),
             Waiter::Parked { unparks, conn_id } => unparks.unpark(conn_id),
         }
+    }
+}
+
+/// A writer waiting in [`Outbox::take_batch`]: when it stops waiting, its
+/// socket is no longer written to directly.
+struct IdleWriter<'a>(&'a Outbox);
+
+impl Drop for IdleWriter<'_> {
+    fn drop(&mut self) {
+        self.0.idle_writer_fd.set(NO_FD);
     }
 }
 
@@ -362,9 +436,9 @@ mod tests {
         assert_eq!(outbox.push(Bytes::from_static(b"c")), Err(Overflow));
         outbox.close_with(Some(Bytes::from_static(b"bye")));
         let mut batch = Vec::new();
-        assert_eq!(block_on(outbox.take_batch(&mut batch)), Next::Write);
+        assert_eq!(block_on(outbox.take_batch(&mut batch, None)), Next::Write);
         assert_eq!(batch.len(), 3);
-        assert_eq!(block_on(outbox.take_batch(&mut batch)), Next::Close);
+        assert_eq!(block_on(outbox.take_batch(&mut batch, None)), Next::Close);
         assert!(outbox.is_closing());
     }
 
@@ -396,8 +470,8 @@ mod tests {
         assert!(!outbox.may_park(), "a frame is queued");
         let mut batch = Vec::new();
         // Queued frames are written before the writer stops to park.
-        assert_eq!(block_on(outbox.take_batch(&mut batch)), Next::Write);
-        assert_eq!(block_on(outbox.take_batch(&mut batch)), Next::Park);
+        assert_eq!(block_on(outbox.take_batch(&mut batch, None)), Next::Write);
+        assert_eq!(block_on(outbox.take_batch(&mut batch, None)), Next::Park);
         assert!(outbox.may_park());
     }
 
@@ -428,26 +502,177 @@ mod tests {
         );
     }
 
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn counting_waker() -> (std::sync::Arc<Count>, Waker) {
+        let count = std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn wakes(count: &Count) -> usize {
+        count.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What the peer of a socket pair can read now.
+    fn readable(peer: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+        use std::io::Read;
+        let mut read = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = peer.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+        read
+    }
+
+    #[test]
+    fn a_frame_pushed_while_the_writer_idles_is_written_at_once_and_in_order() {
+        use std::future::Future;
+        use std::os::fd::AsRawFd;
+        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        peer.set_nonblocking(true).expect("nonblocking");
+        let (woken, waker) = counting_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let outbox = Outbox::new(4, true);
+        let mut batch = Vec::new();
+        {
+            let mut waiting = Box::pin(outbox.take_batch(&mut batch, Some(socket.as_raw_fd())));
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(
+                outbox.push_now(Bytes::from_static(b"a")),
+                Ok(Pushed::Written)
+            );
+            assert_eq!(readable(&mut peer), b"a");
+            assert_eq!(wakes(&woken), 0, "nothing for the writer to do");
+            // Queued while the writer idles (a broadcast): what comes
+            // after it waits behind it.
+            assert!(outbox.push(Bytes::from_static(b"b")).is_ok());
+            assert_eq!(
+                outbox.push_now(Bytes::from_static(b"c")),
+                Ok(Pushed::Queued)
+            );
+            assert_eq!(wakes(&woken), 1);
+            assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(Next::Write));
+        }
+        assert_eq!(batch, [Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
+        assert!(readable(&mut peer).is_empty());
+        // Not waiting (writing the batch): pushes queue.
+        assert_eq!(
+            outbox.push_now(Bytes::from_static(b"d")),
+            Ok(Pushed::Queued)
+        );
+        assert!(readable(&mut peer).is_empty());
+    }
+
+    #[test]
+    fn what_a_full_socket_does_not_take_is_queued_whole() {
+        use std::future::Future;
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (mut socket, mut peer) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        socket.set_nonblocking(true).expect("nonblocking");
+        peer.set_nonblocking(true).expect("nonblocking");
+        let mut filled = 0;
+        while let Ok(n) = socket.write(&[7u8; 4096]) {
+            filled += n;
+        }
+        let (woken, waker) = counting_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let outbox = Outbox::new(4, true);
+        let mut batch = Vec::new();
+        let mut waiting = Box::pin(outbox.take_batch(&mut batch, Some(socket.as_raw_fd())));
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        let frame = Bytes::from(vec![1u8; 1000]);
+        assert_eq!(outbox.push_now(frame.clone()), Ok(Pushed::Queued));
+        assert_eq!(wakes(&woken), 1, "the writer waits for room");
+        assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(Next::Write));
+        drop(waiting);
+        // The peer reads the filler, then nothing of the frame: it was
+        // queued whole, for the writer.
+        assert_eq!(readable(&mut peer).len(), filled);
+        assert_eq!(batch, [frame]);
+    }
+
+    #[test]
+    fn nothing_is_written_directly_for_a_writer_that_stopped_waiting_or_a_closing_one() {
+        use std::future::Future;
+        use std::os::fd::AsRawFd;
+        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        peer.set_nonblocking(true).expect("nonblocking");
+        let (_woken, waker) = counting_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let outbox = Outbox::new(4, true);
+        let mut batch = Vec::new();
+        let mut waiting = Box::pin(outbox.take_batch(&mut batch, Some(socket.as_raw_fd())));
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        drop(waiting);
+        assert_eq!(
+            outbox.push_now(Bytes::from_static(b"late")),
+            Ok(Pushed::Queued)
+        );
+        assert!(readable(&mut peer).is_empty());
+
+        let closing = Outbox::new(4, true);
+        let mut batch = Vec::new();
+        let mut waiting = Box::pin(closing.take_batch(&mut batch, Some(socket.as_raw_fd())));
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        closing.close_with(Some(Bytes::from_static(b"bye")));
+        assert_eq!(
+            closing.push_now(Bytes::from_static(b"after")),
+            Ok(Pushed::Queued)
+        );
+        assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(Next::Write));
+        drop(waiting);
+        assert_eq!(
+            batch,
+            [Bytes::from_static(b"bye")],
+            "nothing after the reason"
+        );
+        assert!(readable(&mut peer).is_empty());
+    }
+
+    #[test]
+    fn an_answer_wakes_the_task_only_when_its_reader_waits_for_one() {
+        use std::future::Future;
+        let (woken, waker) = counting_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let outbox = Outbox::new(4, true);
+        let mut batch = Vec::new();
+        let mut waiting = Box::pin(outbox.take_batch(&mut batch, None));
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        block_on(outbox.begin_send(2));
+        outbox.send_answered();
+        assert_eq!(wakes(&woken), 0, "nobody waits for that answer");
+        let mut closing = Box::pin(async {
+            block_on(outbox.begin_send(2));
+            outbox.all_sends_answered().await
+        });
+        assert!(closing.as_mut().poll(&mut cx).is_pending());
+        outbox.send_answered();
+        assert_eq!(wakes(&woken), 1, "the close waited for it");
+        assert!(closing.as_mut().poll(&mut cx).is_ready());
+    }
+
     #[test]
     fn an_answer_wakes_the_task_waiting_for_room() {
         use std::future::Future;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::Arc;
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let woken = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(woken.clone());
+        let (woken, waker) = counting_waker();
         let mut cx = std::task::Context::from_waker(&waker);
         let outbox = Outbox::new(4, true);
         block_on(outbox.begin_send(1));
         let mut waiting = Box::pin(outbox.begin_send(1));
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
         outbox.send_answered();
-        assert_eq!(woken.0.load(Ordering::Relaxed), 1);
+        assert_eq!(wakes(&woken), 1);
         assert!(waiting.as_mut().poll(&mut cx).is_ready());
     }
 
@@ -468,8 +693,8 @@ mod tests {
 
         assert!(outbox.ask_to_park());
         let mut batch = Vec::new();
-        assert_eq!(block_on(outbox.take_batch(&mut batch)), Next::Write);
-        assert_eq!(block_on(outbox.take_batch(&mut batch)), Next::Park);
+        assert_eq!(block_on(outbox.take_batch(&mut batch, None)), Next::Write);
+        assert_eq!(block_on(outbox.take_batch(&mut batch, None)), Next::Park);
         outbox.parked(unparks.clone(), 42);
         outbox.close_with(None);
         assert_eq!(unparks.taken(), vec![42]);

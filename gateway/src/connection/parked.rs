@@ -51,7 +51,8 @@ pub(super) fn serve_plain(
     let mut stream = RefCell::new(stream);
     async move {
         loop {
-            let ended = conn.run(&stream).await;
+            let socket = stream.borrow().as_raw_fd();
+            let ended = conn.run(&stream, Some(socket)).await;
             // A login asked it to move to its user's core.
             if let Some(moving) = conn.moving.take().filter(|_| ended == Ended::Parked) {
                 return hand_over(conn, *moving, stream.into_inner(), slot);

@@ -13,6 +13,7 @@ use ourchat_protocol::Body;
 use super::{core_of_conn, kicked_frame, ConnReply, Core, CoreMsg, SendResult};
 use crate::fanout;
 use crate::metrics::CoreMetrics;
+use crate::outbox::Pushed;
 
 impl Core {
     /// Pushes `frame` to the online devices of `user_ids` (users this core
@@ -58,7 +59,10 @@ impl Core {
             return;
         };
         let metrics = self.metrics();
-        if outbox.push(frame).is_ok() {
+        if let Ok(pushed) = outbox.push_now(frame) {
+            if pushed == Pushed::Written {
+                CoreMetrics::inc(&metrics.frames_out);
+            }
             match committed_at {
                 Some(at) => {
                     CoreMetrics::inc(&metrics.pushes);
@@ -95,7 +99,7 @@ impl Core {
             Err(error) => metrics.error(error.code),
         }
         let response = crate::messages::send_response(to.conv, result);
-        crate::connection::queue_answer(outbox, to.req_id, Body::SendResp(response));
+        crate::connection::queue_answer(outbox, metrics, to.req_id, Body::SendResp(response));
         outbox.send_answered();
     }
 
