@@ -50,6 +50,7 @@ use crate::remembered::Remembered;
 use crate::sequencer::{self, Sequencer};
 
 mod delivery;
+use delivery::Pushing;
 mod mesh;
 mod presence;
 mod sequencing;
@@ -567,14 +568,14 @@ impl Core {
                 committed_at,
             } => {
                 for conn_id in conn_ids {
-                    self.push_local(conn_id, frame.clone(), committed_at);
+                    self.push_local(conn_id, frame.clone(), committed_at, Pushing::Queued);
                 }
             }
             CoreMsg::Push {
                 conn_id,
                 frame,
                 committed_at,
-            } => self.push_local(conn_id, frame, committed_at),
+            } => self.push_local(conn_id, frame, committed_at, Pushing::Now),
             CoreMsg::Answer { to, result } => self.answer_local(to, result),
             CoreMsg::Adopt(handover) => {
                 crate::connection::adopt(self, handover, self.lot.upgrade());
