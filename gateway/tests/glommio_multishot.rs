@@ -5,8 +5,8 @@
 //! left behind (no new readiness event tells of it), and the end of the
 //! stream is seen; a stream dropped while its poll is armed leaves the
 //! next streams (which reuse its descriptor) working; and the poll is
-//! really kept: one for a thousand reads, where one-shot polls take one
-//! per read.
+//! really kept: five for a thousand reads (four one-shot, then one kept),
+//! where one-shot polls take one per read.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream as StdStream};
@@ -113,7 +113,7 @@ fn streams_dropped_with_their_poll_armed_leave_the_next_ones_working() {
 }
 
 #[test]
-fn a_stream_keeps_one_poll_over_a_thousand_reads() {
+fn a_stream_keeps_one_poll_over_a_thousand_reads_after_its_first_four() {
     const ROUND_TRIPS: u64 = 1_000;
     let ((), [kept, one_shot]) = with_server(
         |listener| async move {
@@ -149,7 +149,9 @@ fn a_stream_keeps_one_poll_over_a_thousand_reads() {
             }
         },
     );
-    assert_eq!(kept, 1, "one poll for the stream's life");
+    // One-shot for a stream's first reads (the patch's ONE_SHOT_READS,
+    // four), then one poll for the rest of its life.
+    assert!(kept <= 5, "{kept} polls kept");
     // Glommio as published: a poll per read (and one when the stream opens).
     assert!(one_shot >= ROUND_TRIPS, "{one_shot} polls one-shot");
 }
