@@ -534,19 +534,40 @@ mod tests {
         read
     }
 
+    /// A socket pair whose peer reads without blocking.
+    fn socket_pair() -> (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ) {
+        let (socket, peer) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        peer.set_nonblocking(true).expect("nonblocking");
+        (socket, peer)
+    }
+
+    /// The writer's wait for frames on `socket`, polled once: it waits.
+    fn idle_writer<'a>(
+        outbox: &'a Outbox,
+        batch: &'a mut Vec<Bytes>,
+        socket: &std::os::unix::net::UnixStream,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::pin::Pin<Box<impl std::future::Future<Output = Next> + 'a>> {
+        use std::future::Future;
+        use std::os::fd::AsRawFd;
+        let mut waiting = Box::pin(outbox.take_batch(batch, Some(socket.as_raw_fd())));
+        assert!(waiting.as_mut().poll(cx).is_pending());
+        waiting
+    }
+
     #[test]
     fn a_frame_pushed_while_the_writer_idles_is_written_at_once_and_in_order() {
         use std::future::Future;
-        use std::os::fd::AsRawFd;
-        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().expect("a pair");
-        peer.set_nonblocking(true).expect("nonblocking");
+        let (socket, mut peer) = socket_pair();
         let (woken, waker) = counting_waker();
         let mut cx = std::task::Context::from_waker(&waker);
         let outbox = Outbox::new(4, true);
         let mut batch = Vec::new();
         {
-            let mut waiting = Box::pin(outbox.take_batch(&mut batch, Some(socket.as_raw_fd())));
-            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            let mut waiting = idle_writer(&outbox, &mut batch, &socket, &mut cx);
             assert_eq!(
                 outbox.push_now(Bytes::from_static(b"a")),
                 Ok(Pushed::Written)
@@ -577,10 +598,8 @@ mod tests {
     fn what_a_full_socket_does_not_take_is_queued_whole() {
         use std::future::Future;
         use std::io::Write;
-        use std::os::fd::AsRawFd;
-        let (mut socket, mut peer) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        let (mut socket, mut peer) = socket_pair();
         socket.set_nonblocking(true).expect("nonblocking");
-        peer.set_nonblocking(true).expect("nonblocking");
         let mut filled = 0;
         while let Ok(n) = socket.write(&[7u8; 4096]) {
             filled += n;
@@ -589,8 +608,7 @@ mod tests {
         let mut cx = std::task::Context::from_waker(&waker);
         let outbox = Outbox::new(4, true);
         let mut batch = Vec::new();
-        let mut waiting = Box::pin(outbox.take_batch(&mut batch, Some(socket.as_raw_fd())));
-        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        let mut waiting = idle_writer(&outbox, &mut batch, &socket, &mut cx);
         let frame = Bytes::from(vec![1u8; 1000]);
         assert_eq!(outbox.push_now(frame.clone()), Ok(Pushed::Queued));
         assert_eq!(wakes(&woken), 1, "the writer waits for room");
@@ -605,16 +623,12 @@ mod tests {
     #[test]
     fn nothing_is_written_directly_for_a_writer_that_stopped_waiting_or_a_closing_one() {
         use std::future::Future;
-        use std::os::fd::AsRawFd;
-        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().expect("a pair");
-        peer.set_nonblocking(true).expect("nonblocking");
+        let (socket, mut peer) = socket_pair();
         let (_woken, waker) = counting_waker();
         let mut cx = std::task::Context::from_waker(&waker);
         let outbox = Outbox::new(4, true);
         let mut batch = Vec::new();
-        let mut waiting = Box::pin(outbox.take_batch(&mut batch, Some(socket.as_raw_fd())));
-        assert!(waiting.as_mut().poll(&mut cx).is_pending());
-        drop(waiting);
+        drop(idle_writer(&outbox, &mut batch, &socket, &mut cx));
         assert_eq!(
             outbox.push_now(Bytes::from_static(b"late")),
             Ok(Pushed::Queued)
@@ -623,8 +637,7 @@ mod tests {
 
         let closing = Outbox::new(4, true);
         let mut batch = Vec::new();
-        let mut waiting = Box::pin(closing.take_batch(&mut batch, Some(socket.as_raw_fd())));
-        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        let mut waiting = idle_writer(&closing, &mut batch, &socket, &mut cx);
         closing.close_with(Some(Bytes::from_static(b"bye")));
         assert_eq!(
             closing.push_now(Bytes::from_static(b"after")),

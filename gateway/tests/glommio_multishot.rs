@@ -62,6 +62,19 @@ fn warm_up_client(client: &mut StdStream) {
     }
 }
 
+/// Everything until the end of the stream, read `chunk` bytes at a time.
+async fn read_to_end_by(stream: &mut glommio::net::TcpStream, chunk: usize) -> Vec<u8> {
+    let mut read = Vec::new();
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = stream.read(&mut buf).await.expect("a read");
+        if n == 0 {
+            return read;
+        }
+        read.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[test]
 fn every_piece_is_read_with_what_a_full_buffer_left_and_the_end() {
     let pieces: [&[u8]; 3] = [b"0123456789", b"abc", b"z"];
@@ -70,17 +83,9 @@ fn every_piece_is_read_with_what_a_full_buffer_left_and_the_end() {
         |listener| async move {
             let mut stream = listener.accept().await.expect("a connection");
             warm_up(&mut stream).await;
-            let mut read = Vec::new();
             // Four bytes at a time: the first piece fills the buffer twice
             // and leaves two bytes that no new event announces.
-            let mut buf = [0u8; 4];
-            loop {
-                let n = stream.read(&mut buf).await.expect("a read");
-                if n == 0 {
-                    return read;
-                }
-                read.extend_from_slice(&buf[..n]);
-            }
+            read_to_end_by(&mut stream, 4).await
         },
         |port| {
             let mut client = StdStream::connect(("127.0.0.1", port)).expect("connected");
@@ -190,17 +195,7 @@ fn bytes_and_the_end_that_arrive_together_are_both_read() {
             |listener| async move {
                 let mut stream = listener.accept().await.expect("a connection");
                 warm_up(&mut stream).await;
-                let reading = async {
-                    let mut read = Vec::new();
-                    let mut buf = [0u8; 64];
-                    loop {
-                        let n = stream.read(&mut buf).await.expect("a read");
-                        if n == 0 {
-                            return read;
-                        }
-                        read.extend_from_slice(&buf[..n]);
-                    }
-                };
+                let reading = read_to_end_by(&mut stream, 64);
                 glommio::timer::timeout(Duration::from_secs(5), async { Ok(reading.await) })
                     .await
                     .ok()
