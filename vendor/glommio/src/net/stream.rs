@@ -335,8 +335,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                         note_multishot_result(&result, source.is_armed());
                         // The end comes as one event, maybe the same as the
                         // last bytes': a read that takes those leaves the
-                        // end to be read with nothing to announce it.
-                        self.rx_ended = ends_stream(&result);
+                        // end to be read with nothing to announce it. Once
+                        // seen it stays: the end does not go away.
+                        self.rx_ended |= ends_stream(&result);
                         true
                     }
                 },
