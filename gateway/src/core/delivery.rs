@@ -25,7 +25,8 @@ pub(super) enum Pushing {
     /// behind, each task writes all its connection's queued pushes in one
     /// send; written at once, a 5,000-member group's pushes went out one
     /// send each, and at 200,000 deliveries/s its p99 rose from 0.3-0.4 s
-    /// to 0.9-3.2 s (BENCHMARKS.md, "Pushes written by the pusher").
+    /// to 0.9-3.2 s (BENCHMARKS.md, "One readiness poll per connection, and
+    /// pushes written by the pusher").
     Queued,
 }
 
