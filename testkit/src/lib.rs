@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a started node has to say it is ready.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
 /// A free TCP port on 127.0.0.1 (bound then released; the kernel does not
 /// hand it out again right away).
 pub fn free_port() -> u16 {
@@ -167,9 +170,11 @@ impl ServerProcess {
     }
 
     /// Ready means `/readyz` says every core listens: a port that accepts
-    /// is not enough (see [`ServerProcess::kill9`]).
+    /// is not enough (see [`ServerProcess::kill9`]). Readiness includes a
+    /// probe of the store: a cluster node (MySQL shards) started while the
+    /// whole suite ran was once not ready within 30 s, the bound before.
     fn wait_ready(&mut self) -> Result<(), ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + READY_WITHIN;
         while Instant::now() < deadline {
             if matches!(self.admin_get("/readyz"), Ok((200, _))) {
                 return Ok(());
@@ -182,7 +187,10 @@ impl ServerProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("server did not listen on {} within 30 s", self.addr);
+        panic!(
+            "server did not listen on {} within {READY_WITHIN:?}",
+            self.addr
+        );
     }
 
     /// `kill -9`: no shutdown code runs. Returns once the client port
