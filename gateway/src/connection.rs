@@ -46,7 +46,7 @@ const MAX_LOGIN_FAILURES: u32 = 3;
 
 /// Sends or queues an answer ([`Outbox::push_now`]); a socket whose queue
 /// is full is closed (the client reconnects and syncs).
-pub(crate) fn queue_answer(outbox: &Outbox, metrics: &CoreMetrics, req_id: u32, body: Body) {
+pub(crate) fn push_answer(outbox: &Outbox, metrics: &CoreMetrics, req_id: u32, body: Body) {
     match outbox.push_now(encode_frame(&Envelope::new(req_id, body))) {
         Ok(Pushed::Written) => CoreMetrics::inc(&metrics.frames_out),
         Ok(Pushed::Queued) => {}
@@ -593,7 +593,7 @@ impl Connection {
         if let Some(error) = error_in(&body) {
             self.caller.core.metrics().error(error.code);
         }
-        queue_answer(&self.outbox, self.caller.core.metrics(), req_id, body);
+        push_answer(&self.outbox, self.caller.core.metrics(), req_id, body);
     }
 
     pub(crate) fn reply_error(&self, req_id: u32, error: pb::Error) {

@@ -252,7 +252,6 @@ impl Outbox {
             return;
         }
         self.closing.set(Closing::WritingOut);
-        self.idle_writer_fd.set(NO_FD);
         // From here the sweeper's clock times the close (see `give_up`).
         self.since_ms.set(clock_ms());
         if let Some(frame) = last {
@@ -291,7 +290,6 @@ impl Outbox {
     pub async fn take_batch(&self, batch: &mut Vec<Bytes>, socket: Option<RawFd>) -> Next {
         let _waiting = IdleWriter(self);
         std::future::poll_fn(|cx| {
-            self.idle_writer_fd.set(NO_FD);
             let mut frames = self.frames.borrow_mut();
             if !frames.is_empty() {
                 batch.extend(frames.drain(..));

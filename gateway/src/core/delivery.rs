@@ -124,7 +124,7 @@ impl Core {
             Err(error) => metrics.error(error.code),
         }
         let response = crate::messages::send_response(to.conv, result);
-        crate::connection::queue_answer(outbox, metrics, to.req_id, Body::SendResp(response));
+        crate::connection::push_answer(outbox, metrics, to.req_id, Body::SendResp(response));
         outbox.send_answered();
     }
 

@@ -233,16 +233,18 @@ thread_local! {
 }
 
 /// OurChat patch: how many readiness polls this thread has armed for
-/// stream reads so far (tests and measurements: one per stream when they
-/// are kept, one per read otherwise).
+/// stream reads so far (tests and measurements: a stream's first
+/// [`ONE_SHOT_READS`] reads one each, then one for the rest of its life
+/// when polls are kept; one per read otherwise).
 pub fn read_polls_armed() -> u64 {
     READ_POLLS_ARMED.with(Cell::get)
 }
 
-/// OurChat patch: whether streams this thread opens from now on keep one
-/// readiness poll armed for their life (the default, where the kernel
-/// allows it) or arm a one-shot poll after each read (glommio as
-/// published). For A/B measurements and tests.
+/// OurChat patch: whether the polls this thread arms from now on for
+/// stream reads are kept armed (the default, where the kernel allows it,
+/// after a stream's first [`ONE_SHOT_READS`] reads) or one-shot, one per
+/// read (glommio as published). A poll already kept stays so until its
+/// stream goes. For A/B measurements and tests.
 pub fn keep_read_polls(keep: bool) {
     MULTISHOT_POLL.with(|multishot| multishot.set(keep));
 }
@@ -310,10 +312,10 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Ok(sz)
     }
 
-    // OurChat patch: one readiness poll per stream, armed once and kept
-    // (multishot: a completion per readiness event), instead of a new
-    // one-shot poll after every read: no source allocated, submitted and
-    // freed per frame. A completion is taken when it is read; after a read
+    // OurChat patch: after a stream's first reads (`ONE_SHOT_READS`), one
+    // readiness poll armed once and kept (multishot: a completion per
+    // readiness event), instead of a new one-shot poll after every read: no
+    // source allocated, submitted and freed per frame. A completion is taken when it is read; after a read
     // that filled the buffer more may wait with no new event to tell, so
     // the next read goes straight to the socket. A poll the kernel ended
     // (its last completion) is armed anew when next needed.

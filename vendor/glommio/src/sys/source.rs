@@ -272,9 +272,6 @@ impl Source {
         ret
     }
 
-    // adds a single waiter to the list, replacing any waiter that may already
-    // exist. Should be used for single streams that map a future 1:1 to their I/O
-    // source
     /// OurChat patch: takes the result of the latest completion, so that a
     /// multishot poll's next completion is seen as new.
     pub(crate) fn take_result(&self) -> Option<io::Result<usize>> {
@@ -290,6 +287,9 @@ impl Source {
         self.inner.borrow().enqueued.is_some()
     }
 
+    // adds a single waiter to the list, replacing any waiter that may already
+    // exist. Should be used for single streams that map a future 1:1 to their I/O
+    // source
     pub(crate) fn add_waiter_single(&self, waker: &Waker) {
         let mut inner = self.inner.borrow_mut();
         let waiters = &mut inner.wakers.waiters;
