@@ -15,13 +15,30 @@ use std::time::{Duration, Instant};
 /// How long a started node has to say it is ready.
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
-/// A free TCP port on 127.0.0.1 (bound then released; the kernel does not
-/// hand it out again right away).
+/// A free TCP port on 127.0.0.1, never one this process handed out before.
+///
+/// The kernel may give a released port to the next `bind(0)` at once, and
+/// the nodes' client listeners bind with SO_REUSEPORT, which the kernel
+/// grants to a second process of the same user: two tests starting nodes at
+/// the same moment on one port would split each other's connections (CI
+/// once saw users of one test land on the other test's node, which knew
+/// no such user). The node's own check, a connect before it binds, cannot
+/// see a node that has not bound yet; remembering what was handed out can.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    use std::collections::HashSet;
+    use std::sync::{Mutex, PoisonError};
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free loopback port");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A running server process. Killed on drop.
