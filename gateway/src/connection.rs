@@ -31,6 +31,7 @@ use crate::account::LoginGrant;
 use crate::core::{encode_frame, ConnReply, Core, CoreMsg, Reply};
 use crate::handlers::{refusal_for, refused_send, Caller, Session};
 use crate::limits::{FrameLimiter, IpSlot, Limit, Verdict};
+use crate::messages::SubmittedNow;
 use crate::metrics::CoreMetrics;
 use crate::outbox::{Next, Outbox, Overflow, Parking, Pushed, LINGER};
 
@@ -569,9 +570,16 @@ impl Connection {
                 }));
             }
         };
-        self.outbox.touch();
-        match self.frame_verdict() {
+        // One clock read per frame, for the idle clock, the frame rate
+        // and a send's time in the node.
+        let now = std::time::Instant::now();
+        self.outbox.touch(now);
+        match self.frame_verdict(now) {
             Verdict::Allow if self.handled_in_line(&envelope) => Step::Next,
+            Verdict::Allow if self.sends_in_line(&envelope) => match envelope.body {
+                Some(Body::Send(request)) => self.send_in_line(envelope.req_id, request, now),
+                body => Step::Handle(Box::pin(self.handle(Envelope { body, ..envelope }))),
+            },
             Verdict::Allow => Step::Handle(Box::pin(self.handle(envelope))),
             // Refused frames are answered and never carried out.
             Verdict::Refuse => {
@@ -608,13 +616,10 @@ impl Connection {
     }
 
     /// Takes a token from this connection's frame bucket.
-    fn frame_verdict(&mut self) -> Verdict {
+    fn frame_verdict(&mut self, now: std::time::Instant) -> Verdict {
         let limits = &self.caller.core.shared.config.limits;
-        self.frames.check(
-            limits.frame_rate(),
-            limits.flood_refusals_per_sec,
-            std::time::Instant::now(),
-        )
+        self.frames
+            .check(limits.frame_rate(), limits.flood_refusals_per_sec, now)
     }
 
     /// The one answer a frame over the rate gets, naming its request.
@@ -650,6 +655,59 @@ impl Connection {
             self.reply_error(envelope.req_id, error);
         }
         true
+    }
+
+    /// Whether this is a logged-in device's send that nothing has to wait
+    /// for ([`Caller::send_needs_no_wait`], and room under the in-flight
+    /// limit, which is then counted): half of what a busy connection
+    /// reads, handed on by [`Connection::send_in_line`] with no future
+    /// boxed for it. The rest is [`Connection::handle`]'s.
+    fn sends_in_line(&self, envelope: &Envelope) -> bool {
+        let (Some(_), Some(Body::Send(request))) = (&self.session, &envelope.body) else {
+            return false;
+        };
+        let limit = self.caller.core.shared.config.server.max_inflight_sends as u16;
+        self.caller.send_needs_no_wait(request) && self.outbox.try_begin_send(limit)
+    }
+
+    /// Hands on a send [`Connection::sends_in_line`] passed.
+    fn send_in_line(
+        &self,
+        req_id: u32,
+        request: pb::SendMessageRequest,
+        received_at: std::time::Instant,
+    ) -> Step<'_> {
+        CoreMetrics::inc(&self.caller.core.metrics().frames_in);
+        let Some(session) = &self.session else {
+            // Not reached (`sends_in_line` saw a session), and answered
+            // all the same.
+            let error = pb::Error::new(ErrorCode::Unauthenticated, "log in first");
+            self.reply(req_id, Body::SendResp(refused_send(error)));
+            self.outbox.send_answered();
+            return Step::Next;
+        };
+        let conn_id = self.caller.conn_id;
+        let reply_for = |conv| {
+            Reply::Connection(ConnReply {
+                conn_id,
+                req_id,
+                conv,
+                received_at,
+            })
+        };
+        match self.caller.submit_send_now(session, request, reply_for) {
+            SubmittedNow::Routed => Step::Next,
+            SubmittedNow::Refused(error) => {
+                self.reply(req_id, Body::SendResp(refused_send(error)));
+                self.outbox.send_answered();
+                Step::Next
+            }
+            // Admitted, and the channel to its sequencing core is full.
+            SubmittedNow::MeshFull(owner, job) => Step::Handle(Box::pin(async move {
+                self.caller.core.route(owner, job).await;
+                true
+            })),
+        }
     }
 
     /// Handles one frame; `false` closes the connection.

@@ -27,6 +27,17 @@ pub(crate) fn send_response(conv: ConversationId, result: SendResult) -> pb::Sen
     }
 }
 
+/// What became of a send submitted without waiting.
+pub(crate) enum SubmittedNow {
+    /// Handed to its sequencing core: the answer comes from there.
+    Routed,
+    /// Refused before it was handed on; this is the answer.
+    Refused(pb::Error),
+    /// Admitted, but the channel to its sequencing core is full: route
+    /// this to that core, waiting for room.
+    MeshFull(usize, CoreMsg),
+}
+
 impl Caller {
     /// Validates a send and hands it to its conversation's owner core, with
     /// the reply `reply_for` makes for its conversation: the answer comes
@@ -39,6 +50,52 @@ impl Caller {
         request: pb::SendMessageRequest,
         reply_for: impl FnOnce(ConversationId) -> Reply,
     ) -> Result<ConversationId, pb::Error> {
+        let conv = self.admit_send(session, &request)?;
+        // A group's membership is checked where its messages are sequenced.
+        if request.group_id == 0 && !self.core.user_exists(request.receiver_id).await? {
+            return Err(pb::Error::new(ErrorCode::NotFound, "no such receiver"));
+        }
+        self.core.wait_for_writer_room().await?;
+        let (owner, job) = self.sequence_job(session, request, conv, reply_for);
+        self.core.route(owner, job).await;
+        Ok(conv)
+    }
+
+    /// Whether [`Caller::submit_send_now`] may take `request`: nothing in
+    /// it has to wait, its receiver being known here (or it being a
+    /// group's message) and the writer's queue having room. Most sends are
+    /// such, and a connection's reader then hands them on with no future
+    /// boxed for them.
+    pub(crate) fn send_needs_no_wait(&self, request: &pb::SendMessageRequest) -> bool {
+        let receiver_known = request.group_id != 0 || self.core.user_known(request.receiver_id);
+        receiver_known && self.core.writer_has_room()
+    }
+
+    /// [`Caller::submit_send`] without waiting, for a send
+    /// [`Caller::send_needs_no_wait`] passed.
+    pub(crate) fn submit_send_now(
+        &self,
+        session: &Session,
+        request: pb::SendMessageRequest,
+        reply_for: impl FnOnce(ConversationId) -> Reply,
+    ) -> SubmittedNow {
+        let conv = match self.admit_send(session, &request) {
+            Ok(conv) => conv,
+            Err(refused) => return SubmittedNow::Refused(refused),
+        };
+        let (owner, job) = self.sequence_job(session, request, conv, reply_for);
+        match self.core.try_route(owner, job) {
+            Ok(()) => SubmittedNow::Routed,
+            Err(job) => SubmittedNow::MeshFull(owner, job),
+        }
+    }
+
+    /// The sender's rate and the send's validity; its conversation.
+    fn admit_send(
+        &self,
+        session: &Session,
+        request: &pb::SendMessageRequest,
+    ) -> Result<ConversationId, pb::Error> {
         if !self.core.take_send(session.user_id) {
             return Err(self.core.slow_down());
         }
@@ -47,12 +104,17 @@ impl Caller {
             max_content_bytes: server.max_content_bytes,
             max_media_bytes: server.max_media_bytes,
         };
-        let conv = validate_send(&request, session.user_id, &limits)?;
-        // A group's membership is checked where its messages are sequenced.
-        if request.group_id == 0 && !self.core.user_exists(request.receiver_id).await? {
-            return Err(pb::Error::new(ErrorCode::NotFound, "no such receiver"));
-        }
-        self.core.wait_for_writer_room().await?;
+        validate_send(request, session.user_id, &limits)
+    }
+
+    /// An admitted send as its sequencing core takes it, and that core.
+    fn sequence_job(
+        &self,
+        session: &Session,
+        request: pb::SendMessageRequest,
+        conv: ConversationId,
+        reply_for: impl FnOnce(ConversationId) -> Reply,
+    ) -> (usize, CoreMsg) {
         let message = ChatMessage {
             conversation_id: conv.to_string(),
             seq: 0,
@@ -77,10 +139,7 @@ impl Caller {
             reply: reply_for(conv),
         };
         let owner = self.core.owner_of_conversation(&conv);
-        self.core
-            .route(owner, CoreMsg::Sequence(Box::new(job)))
-            .await;
-        Ok(conv)
+        (owner, CoreMsg::Sequence(Box::new(job)))
     }
 
     /// Sends and waits until the message is stored: the whole answer.

@@ -180,9 +180,10 @@ impl Outbox {
 
     /// Records that a whole frame arrived: a logged-in connection's idle
     /// clock restarts (before login the deadline runs from the accept).
-    pub fn touch(&self) {
+    /// `now`: the frame's arrival, read once for everything that asks.
+    pub fn touch(&self, now: Instant) {
         if self.logged_in.get() && !self.is_closing() {
-            self.since_ms.set(clock_ms());
+            self.since_ms.set(clock_ms_at(now));
         }
     }
 
@@ -308,7 +309,13 @@ impl Outbox {
                 cx.waker().wake_by_ref();
                 return Poll::Ready(Next::Park);
             }
-            self.waiter.set(Waiter::Task(cx.waker().clone()));
+            // The task is polled for each frame it reads too: its waker
+            // is kept, not cloned again, when it is the same.
+            let waiter = match self.waiter.take() {
+                Waiter::Task(waker) if waker.will_wake(cx.waker()) => Waiter::Task(waker),
+                _ => Waiter::Task(cx.waker().clone()),
+            };
+            self.waiter.set(waiter);
             self.idle_writer_fd.set(socket.unwrap_or(NO_FD));
             Poll::Pending
         })
@@ -320,9 +327,7 @@ impl Outbox {
     /// from wherever the send was sequenced, so no task waits for it.
     pub async fn begin_send(&self, limit: u16) {
         std::future::poll_fn(|cx| {
-            let in_flight = self.sends_in_flight.get();
-            if in_flight < limit {
-                self.sends_in_flight.set(in_flight + 1);
+            if self.try_begin_send(limit) {
                 return Poll::Ready(());
             }
             self.answers_awaited.set(true);
@@ -330,6 +335,17 @@ impl Outbox {
             Poll::Pending
         })
         .await
+    }
+
+    /// Counts one more send in flight if `limit` leaves room now;
+    /// `false`: none was counted ([`Outbox::begin_send`] waits for room).
+    pub fn try_begin_send(&self, limit: u16) -> bool {
+        let in_flight = self.sends_in_flight.get();
+        let room = in_flight < limit;
+        if room {
+            self.sends_in_flight.set(in_flight + 1);
+        }
+        room
     }
 
     /// A send's answer is queued or written (or the send ended without
@@ -396,8 +412,13 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// Milliseconds on the node's monotonic clock (from its first reading):
 /// eight bytes per connection where an `Instant` takes sixteen.
 pub fn clock_ms() -> u64 {
+    clock_ms_at(Instant::now())
+}
+
+/// [`clock_ms`] at `now`, read by the caller.
+pub fn clock_ms_at(now: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let elapsed = EPOCH.get_or_init(Instant::now).elapsed();
+    let elapsed = now.saturating_duration_since(*EPOCH.get_or_init(Instant::now));
     u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -412,7 +433,7 @@ mod tests {
         let accepted = outbox.since_ms.get();
         let later = accepted + 5_000;
         outbox.since_ms.set(accepted);
-        outbox.touch();
+        outbox.touch(Instant::now());
         assert_eq!(
             outbox.since_ms.get(),
             accepted,
@@ -450,7 +471,7 @@ mod tests {
         outbox.close_with(None);
         let closed_at = outbox.since_ms.get();
         assert!(closed_at <= clock_ms(), "the clock restarts at the close");
-        outbox.touch();
+        outbox.touch(Instant::now());
         assert_eq!(outbox.since_ms.get(), closed_at, "a late frame does not");
         outbox.give_up();
         assert!(outbox.is_given_up() && outbox.is_closing());

@@ -258,3 +258,46 @@ async fn token_login_resumes_the_session() {
     );
     assert!(again.heartbeat().await.unwrap() > 0);
 }
+
+/// Most sends are handed on by the reader itself; a send that must wait
+/// (for an answer's room under the in-flight limit, or for the store to
+/// say whether its receiver exists) takes the long way. Interleaved, the
+/// two ways keep the order sent and answer each send once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_that_must_wait_keep_their_place_among_those_that_need_not() {
+    let server = start_node!(1, "server.max_inflight_sends" => "2");
+    let (alice, _) = user_on(server.addr, "alice", "d").await;
+    let (bob, sb) = user_on(server.addr, "bob", "d").await;
+    const SENDS: usize = 60;
+    // Every third send goes to an id nobody has: refused, never sequenced.
+    let nobody = sb.user_id + 1_000_000;
+    let sends = (0..SENDS).map(|i| {
+        let to = if i % 3 == 2 { nobody } else { sb.user_id };
+        let alice = &alice;
+        async move { (i, alice.send_text(to, &format!("m{i}")).await) }
+    });
+    let mut next_seq = 1;
+    for (i, answer) in futures::future::join_all(sends).await {
+        match answer {
+            Ok(ack) if i % 3 != 2 => {
+                assert_eq!(ack.seq, next_seq, "send {i} out of order");
+                next_seq += 1;
+            }
+            Err(e) if i % 3 == 2 => {
+                assert_eq!(e.code(), Some(ourchat_client::ErrorCode::NotFound), "{e}");
+                assert!(e.to_string().contains("no such receiver"), "{e}");
+            }
+            other => panic!("send {i}: {other:?}"),
+        }
+    }
+    let mut last = 0;
+    for _ in 0..SENDS * 2 / 3 {
+        let pushed = bob.next_message(WAIT).await.expect("push to bob");
+        assert_eq!(pushed.seq, last + 1, "pushes in order, once each");
+        assert_eq!(
+            pushed.content,
+            format!("m{}", (pushed.seq - 1) / 2 * 3 + (pushed.seq - 1) % 2)
+        );
+        last = pushed.seq;
+    }
+}

@@ -161,7 +161,8 @@ fn answered_while_parked(conn: &mut Connection, socket: &OwnedFd) -> bool {
     let user_id = session.user_id;
     // A refused frame costs the task's check a second token: rare, and
     // only stricter.
-    if conn.frame_verdict() != Verdict::Allow {
+    let now = std::time::Instant::now();
+    if conn.frame_verdict(now) != Verdict::Allow {
         return false;
     }
     match recv(fd, &mut frame[..peeked], MsgFlags::MSG_DONTWAIT) {
@@ -170,7 +171,7 @@ fn answered_while_parked(conn: &mut Connection, socket: &OwnedFd) -> bool {
         _ => return false,
     }
     let outbox = conn.outbox();
-    outbox.touch();
+    outbox.touch(now);
     let metrics = conn.caller.core.metrics();
     CoreMetrics::inc(&metrics.frames_in);
     conn.caller.core.touch_directory(user_id);

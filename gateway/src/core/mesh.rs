@@ -37,6 +37,21 @@ impl Core {
         }
     }
 
+    /// [`Core::route`] when it need not wait: `Err(msg)` when the peer's
+    /// channel is full (then route it, waiting).
+    pub fn try_route(self: &Rc<Self>, core: usize, msg: CoreMsg) -> Result<(), CoreMsg> {
+        if core == self.id {
+            self.handle(msg);
+            return Ok(());
+        }
+        match self.mesh.try_send_to(core, msg) {
+            Ok(()) => CoreMetrics::inc(&self.metrics().mesh_sent),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => return Err(msg),
+            Err(_) => tracing::debug!(peer = core, "mesh peer gone"),
+        }
+        Ok(())
+    }
+
     /// Sends a core's own traffic (deliveries, pushes, answers, kicks) to
     /// `core` without ever waiting: what finds the peer's channel full
     /// queues here, in order, behind it. A core's inbox must not wait on a

@@ -16,7 +16,7 @@ use ourchat_protocol::ids::now_ms;
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::redis::{SendBudget, SeqGrant, SeqRequest};
-use ourchat_storage::WriteOutcome;
+use ourchat_storage::{ConversationHead, WriteOutcome};
 use ourchat_workers::{PoolError, Returned, ReturningCompletion};
 
 use super::{encode_frame, pool_error, Accepted, Core, CoreMsg, Reply, SendJob, SendResult};
@@ -46,20 +46,29 @@ impl Core {
         reactor.spawn_deferred();
     }
 
+    /// Loads a conversation's head on a reader thread, for the sequencer.
     async fn load_conversation(self: Rc<Self>, conv: ConversationId) {
-        // A first send between two users needs no reader thread: the
-        // store knows from memory that there is nothing to read.
-        let in_memory = self.shared.memory.as_ref();
-        let head = match in_memory.and_then(|memory| memory.empty_direct_head(conv)) {
-            Some(head) => Ok(head),
-            None => {
-                let id = conv.to_string();
-                let window = self.shared.config.storage.dedupe_window;
-                self.read(move |store| store.conversation_head(&id, window))
-                    .await
-            }
-        };
-        let mut reactor = Reactor::new(&self);
+        let id = conv.to_string();
+        let window = self.shared.config.storage.dedupe_window;
+        let head = self
+            .read(move |store| store.conversation_head(&id, window))
+            .await;
+        self.conversation_loaded(conv, head);
+    }
+
+    /// The head of a direct conversation the store's memory knows holds
+    /// nothing; `None`: a reader thread must ask the store.
+    fn empty_head_in_memory(&self, conv: ConversationId) -> Option<ConversationHead> {
+        self.shared.memory.as_ref()?.empty_direct_head(conv)
+    }
+
+    /// Hands a loaded head to the sequencer and carries out what follows.
+    fn conversation_loaded(
+        self: &Rc<Self>,
+        conv: ConversationId,
+        head: Result<ConversationHead, pb::Error>,
+    ) {
+        let mut reactor = Reactor::new(self);
         self.sequencer.borrow_mut().loaded(conv, head, &mut reactor);
         reactor.spawn_deferred();
     }
@@ -334,18 +343,27 @@ impl<'a> Reactor<'a> {
         }
     }
 
-    /// Starts the loads and Redis rounds the sequencer asked for.
+    /// Starts the loads and Redis rounds the sequencer asked for. A first
+    /// send between two users needs no reader thread and no task: the
+    /// store knows from memory that there is nothing to read, and the
+    /// head goes back to the sequencer here, now that it is not borrowed
+    /// (with ten contacts per user, four sends in ten opened a
+    /// conversation in the 1:1 benchmark's measured seconds).
     fn spawn_deferred(self) {
         for deferred in self.deferred {
             let core = self.core.clone();
             match deferred {
-                Deferred::Load(conv) => {
-                    glommio::spawn_local(async move { core.load_conversation(conv).await }).detach()
-                }
+                Deferred::Load(conv) => match core.empty_head_in_memory(conv) {
+                    Some(head) => core.conversation_loaded(conv, Ok(head)),
+                    None => {
+                        glommio::spawn_local(async move { core.load_conversation(conv).await })
+                            .detach();
+                    }
+                },
                 Deferred::Allocate(conv) => {
-                    glommio::spawn_local(async move { core.allocate_seqs(conv).await }).detach()
+                    glommio::spawn_local(async move { core.allocate_seqs(conv).await }).detach();
                 }
-            };
+            }
         }
     }
 }

@@ -14,15 +14,19 @@ use ourchat_workers::{JobHandle, PoolError, WriteCompletion};
 use super::Core;
 
 impl Core {
+    /// Whether a user id is known to exist without asking the store
+    /// (cached per core, or the store's memory knows it).
+    pub fn user_known(&self, user_id: i64) -> bool {
+        let in_memory = self.shared.memory.as_ref();
+        self.known_users.contains(&user_id) || in_memory.is_some_and(|m| m.account_known(user_id))
+    }
+
     /// Whether a user id exists (cached per core).
     pub async fn user_exists(&self, user_id: i64) -> Result<bool, pb::Error> {
         if user_id <= 0 {
             return Ok(false);
         }
-        let in_memory = self.shared.memory.as_ref();
-        if self.known_users.contains(&user_id)
-            || in_memory.is_some_and(|m| m.account_known(user_id))
-        {
+        if self.user_known(user_id) {
             return Ok(true);
         }
         let exists = self
@@ -87,10 +91,15 @@ impl Core {
     /// Waits while the writer queue is nearly full: this is how a busy
     /// store pushes back on connections (they stop being read).
     pub async fn wait_for_writer_room(&self) -> Result<(), pb::Error> {
+        wait_for_room(|| !self.writer_has_room()).await
+    }
+
+    /// Whether a send may go to the writer now, below its high water
+    /// (headroom for sends already forwarded to sequencing cores).
+    pub fn writer_has_room(&self) -> bool {
         let writer = &self.shared.writer;
-        // Headroom for sends already forwarded to sequencing cores.
         let high_water = writer.capacity().saturating_sub(writer.capacity() / 8);
-        wait_for_room(|| writer.depth() >= high_water).await
+        writer.depth() < high_water
     }
 
     /// Runs a Redis call on the cluster's Redis threads.
