@@ -6,8 +6,8 @@
 //! at most that window of cursor moves: the device gets those messages
 //! again on its next sync and drops them by seq.
 
+use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -21,7 +21,9 @@
 //! and `workers` (calls on the store, hashing and Redis threads).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+// The core's maps are keyed by ids the server assigns (users, connections):
+// foldhash, not SipHash, whose rounds showed in the reactor's profile.
+use foldhash::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -14,7 +14,7 @@
 //! the device's new connection); a presence change is reported exactly
 //! when the aggregated state changes.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use smallvec::SmallVec;
 

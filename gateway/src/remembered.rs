@@ -4,8 +4,8 @@
 //! answered without a reader thread. Bounded: when full it forgets
 //! everything and the reads start again.
 
+use foldhash::HashSet;
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::hash::Hash;
 
 pub struct Remembered<T> {

@@ -17,8 +17,10 @@ impl Core {
     /// Whether a user id is known to exist without asking the store
     /// (cached per core, or the store's memory knows it).
     pub fn user_known(&self, user_id: i64) -> bool {
+        // The store's memory first: where there is one it knows every
+        // account, and the core's cache (filled by reads) stays empty.
         let in_memory = self.shared.memory.as_ref();
-        self.known_users.contains(&user_id) || in_memory.is_some_and(|m| m.account_known(user_id))
+        in_memory.is_some_and(|m| m.account_known(user_id)) || self.known_users.contains(&user_id)
     }
 
     /// Whether a user id exists (cached per core).
