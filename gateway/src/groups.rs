@@ -87,7 +87,7 @@ impl Caller {
             message_type: MessageType::GroupEvent as i32,
             // Events are never resent by a client: a fresh id cannot collide.
             client_message_id: self.core.next_id(),
-            sender_device: session.device_id.to_string(),
+            sender_device: String::from(&*session.device_id),
             group_id,
             ..Default::default()
         };

@@ -125,7 +125,7 @@ impl Caller {
             content: request.content,
             client_message_id: request.client_message_id,
             sent_at_ms: 0,
-            sender_device: session.device_id.to_string(),
+            sender_device: String::from(&*session.device_id),
             media: request.media,
             location: request.location,
             recalled: false,
