@@ -25,7 +25,7 @@ use glommio::net::TcpStream;
 use ourchat_protocol::codec::FrameError;
 use ourchat_protocol::ids::now_ms;
 use ourchat_protocol::pb;
-use ourchat_protocol::{Body, Envelope, ErrorCode};
+use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 
 use crate::account::LoginGrant;
 use crate::core::{encode_frame, ConnReply, Core, CoreMsg, Reply};
@@ -666,8 +666,7 @@ impl Connection {
         let (Some(_), Some(Body::Send(request))) = (&self.session, &envelope.body) else {
             return false;
         };
-        let limit = self.caller.core.shared.config.server.max_inflight_sends as u16;
-        self.caller.send_needs_no_wait(request) && self.outbox.try_begin_send(limit)
+        self.caller.send_needs_no_wait(request) && self.outbox.try_begin_send(self.inflight_limit())
     }
 
     /// Hands on a send [`Connection::sends_in_line`] passed.
@@ -682,24 +681,14 @@ impl Connection {
             // Not reached (`sends_in_line` saw a session), and answered
             // all the same.
             let error = pb::Error::new(ErrorCode::Unauthenticated, "log in first");
-            self.reply(req_id, Body::SendResp(refused_send(error)));
-            self.outbox.send_answered();
+            self.refuse_send(req_id, error);
             return Step::Next;
         };
-        let conn_id = self.caller.conn_id;
-        let reply_for = |conv| {
-            Reply::Connection(ConnReply {
-                conn_id,
-                req_id,
-                conv,
-                received_at,
-            })
-        };
+        let reply_for = self.answer_to(req_id, received_at);
         match self.caller.submit_send_now(session, request, reply_for) {
             SubmittedNow::Routed => Step::Next,
             SubmittedNow::Refused(error) => {
-                self.reply(req_id, Body::SendResp(refused_send(error)));
-                self.outbox.send_answered();
+                self.refuse_send(req_id, error);
                 Step::Next
             }
             // Admitted, and the channel to its sequencing core is full.
@@ -708,6 +697,37 @@ impl Connection {
                 true
             })),
         }
+    }
+
+    /// Most sends this connection may have unanswered.
+    fn inflight_limit(&self) -> u16 {
+        // The config keeps it within u16.
+        self.caller.core.shared.config.server.max_inflight_sends as u16
+    }
+
+    /// Where the answer to send `req_id` goes: this connection, once its
+    /// sequencing core has it stored or refused.
+    fn answer_to(
+        &self,
+        req_id: u32,
+        received_at: std::time::Instant,
+    ) -> impl FnOnce(ConversationId) -> Reply {
+        let conn_id = self.caller.conn_id;
+        move |conv| {
+            Reply::Connection(ConnReply {
+                conn_id,
+                req_id,
+                conv,
+                received_at,
+            })
+        }
+    }
+
+    /// Answers a send refused before it was handed on; it is in flight no
+    /// more.
+    fn refuse_send(&self, req_id: u32, error: pb::Error) {
+        self.reply(req_id, Body::SendResp(refused_send(error)));
+        self.outbox.send_answered();
     }
 
     /// Handles one frame; `false` closes the connection.
@@ -833,21 +853,10 @@ impl Connection {
     /// kept: each is routed before the next frame is read.
     async fn send(&mut self, req_id: u32, session: &Session, request: pb::SendMessageRequest) {
         let received_at = std::time::Instant::now();
-        // The config keeps it within u16.
-        let limit = self.caller.core.shared.config.server.max_inflight_sends as u16;
-        self.outbox.begin_send(limit).await;
-        let conn_id = self.caller.conn_id;
-        let reply_for = |conv| {
-            Reply::Connection(ConnReply {
-                conn_id,
-                req_id,
-                conv,
-                received_at,
-            })
-        };
+        self.outbox.begin_send(self.inflight_limit()).await;
+        let reply_for = self.answer_to(req_id, received_at);
         if let Err(error) = self.caller.submit_send(session, request, reply_for).await {
-            self.reply(req_id, Body::SendResp(refused_send(error)));
-            self.outbox.send_answered();
+            self.refuse_send(req_id, error);
         }
     }
 }
