@@ -253,6 +253,8 @@ pub enum CoreMsg {
 
 /// A message to sequence, from the sender's connection.
 pub struct SendJob {
+    /// The message's conversation, parsed (the message holds it as text).
+    pub conv: ConversationId,
     /// The message with everything but seq, id and time filled in.
     pub message: ChatMessage,
     /// The sending connection (its device does not get the push).

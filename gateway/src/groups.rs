@@ -94,6 +94,7 @@ impl Caller {
         self.core.wait_for_writer_room().await?;
         let (reply, answer) = oneshot::channel();
         let job = SendJob {
+            conv,
             message: event,
             origin_conn: self.conn_id,
             command: Some(command),

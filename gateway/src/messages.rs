@@ -133,6 +133,7 @@ impl Caller {
             group_event: None,
         };
         let job = SendJob {
+            conv,
             message,
             origin_conn: self.conn_id,
             command: None,

@@ -48,6 +48,8 @@ pub(crate) type Ticket = u64;
 /// A send to sequence; `R` answers it (a oneshot in the node, an id in
 /// the simulation).
 pub(crate) struct Job<R> {
+    /// `message.conversation_id`, parsed by whoever made the message.
+    pub(crate) conv: ConversationId,
     pub(crate) message: ChatMessage,
     /// The sending connection (not pushed its own message).
     pub(crate) origin_conn: u64,
@@ -238,13 +240,8 @@ impl<R> Sequencer<R> {
 
     /// A send for one of this core's conversations.
     pub(crate) fn send(&mut self, job: Job<R>, out: &mut impl Effects<R>) {
-        let conv = match job.message.conversation_id.parse::<ConversationId>() {
-            Ok(conv) => conv,
-            Err(e) => {
-                let error = pb::Error::new(ErrorCode::BadRequest, e.to_string());
-                return out.answer(job.reply, Err(error));
-            }
-        };
+        let conv = job.conv;
+        debug_assert_eq!(job.message.conversation_id, conv.to_string());
         match self.convs.get_mut(&conv) {
             Some(Slot::Ready(state)) if state.stale => {
                 state.held.push(job);
@@ -529,6 +526,7 @@ impl<R> Sequencer<R> {
             origin_conn,
             command,
             reply,
+            ..
         } = job;
         let fingerprint = fingerprint_of(&message);
         let resend = state.recent.iter().rev().find(|r| {

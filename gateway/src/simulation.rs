@@ -326,6 +326,7 @@ impl World {
             ..ChatMessage::default()
         };
         let job = Job {
+            conv,
             message,
             origin_conn: conn_id,
             command: None,

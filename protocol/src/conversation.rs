@@ -77,24 +77,16 @@ impl ConversationId {
 /// Room for the longest id: "si_", two 20-character i64s and a "_".
 const MAX_ID_LEN: usize = 44;
 
-/// `value`'s decimal digits (and sign) appended at `buf[len..]`; the new length.
-fn put_i64(buf: &mut [u8; MAX_ID_LEN], mut len: usize, value: i64) -> usize {
-    if value < 0 {
-        buf[len] = b'-';
-        len += 1;
-    }
-    let mut magnitude = value.unsigned_abs();
-    let start = len;
-    loop {
-        buf[len] = b'0' + (magnitude % 10) as u8;
-        len += 1;
-        magnitude /= 10;
-        if magnitude == 0 {
-            break;
-        }
-    }
-    buf[start..len].reverse();
-    len
+/// `value`'s decimal digits (and sign) appended at `buf[len..]`; the new
+/// length. itoa writes two digits per division: this runs for two ids in
+/// every send and its answer (a digit at a time it was 2% of a reactor's
+/// user time at 10,000 messages a second).
+fn put_i64(buf: &mut [u8; MAX_ID_LEN], len: usize, value: i64) -> usize {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(value).as_bytes();
+    let end = len + digits.len();
+    buf[len..end].copy_from_slice(digits);
+    end
 }
 
 impl fmt::Display for ConversationId {

@@ -30,12 +30,14 @@ impl Core {
     /// and carries out what it decides.
     pub(super) fn sequence(self: &Rc<Self>, job: SendJob) {
         let SendJob {
+            conv,
             message,
             origin_conn,
             command,
             reply,
         } = job;
         let job = sequencer::Job {
+            conv,
             message,
             origin_conn,
             command,

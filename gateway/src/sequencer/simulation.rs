@@ -128,6 +128,7 @@ fn run(seed: u64) {
                     cut_off: false,
                 });
                 let job = Job {
+                    conv,
                     message: chat(conv, sender, client_id, &content),
                     origin_conn: 7,
                     command: None,
@@ -296,6 +297,7 @@ fn a_resend_in_flight_waits_for_the_first_sends_answer() {
     let conv = ConversationId::direct(1, 2).expect("a 1:1 id");
     for reply in 0..2 {
         let job = Job {
+            conv,
             message: chat(conv, 1, 42, "hello"),
             origin_conn: 7,
             command: None,
@@ -317,6 +319,7 @@ fn a_resend_in_flight_waits_for_the_first_sends_answer() {
     assert_eq!(world.out.answers[&0], vec![result.clone()]);
     assert_eq!(world.out.answers[&1], vec![result]);
     let resend = Job {
+        conv,
         message: chat(conv, 1, 42, "hello again"),
         origin_conn: 7,
         command: None,
@@ -344,6 +347,7 @@ fn a_commit_marks_its_own_write_not_a_newer_one_with_its_id() {
     let conv = ConversationId::direct(1, 2).expect("a 1:1 id");
     let send = |sequencer: &mut Sequencer<ReplyId>, world: &mut World, id, text, reply| {
         let job = Job {
+            conv,
             message: chat(conv, 1, id, text),
             origin_conn: 7,
             command: None,
@@ -390,6 +394,7 @@ fn a_commit_marks_its_own_write_not_a_newer_one_with_its_id() {
 /// A send from connection 7, answered under `reply`.
 fn send_job(conv: ConversationId, sender: i64, client_id: i64, reply: ReplyId) -> Job<ReplyId> {
     Job {
+        conv,
         message: chat(conv, sender, client_id, "hi"),
         origin_conn: 7,
         command: None,
