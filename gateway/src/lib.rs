@@ -39,6 +39,7 @@ pub mod presence_queue;
 mod remembered;
 pub mod sequencer;
 pub mod server;
+mod shared_port;
 #[cfg(test)]
 mod simulation;
 pub mod tls;

@@ -361,6 +361,8 @@ fn open_mysql(
 /// split the connections between the two nodes without a word. Whether
 /// something listens is asked by connecting (a plain bind would also trip
 /// over the sockets a killed node left behind, and refuse a restart).
+/// Two nodes started at the same instant both pass it; once bound, they
+/// are caught by [`refuse_shared_listeners`].
 fn refuse_taken_ports(config: &Config) -> Result<(), ServeError> {
     let server = &config.server;
     let client_ports = [
@@ -391,6 +393,38 @@ fn refuse_taken_ports(config: &Config) -> Result<(), ServeError> {
                 "Address already in use: another process listens on it",
             );
             return Err(ServeError::Listen { what, addr, source });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to go on when the kernel lists more sockets listening on one
+/// of the cores' client addresses than the cores opened there: another
+/// process bound it too, between the connect probe of
+/// [`refuse_taken_ports`] and now (`shared_port`).
+fn refuse_shared_listeners(bound: &[CoreAddrs]) -> Result<(), ServeError> {
+    for core in bound {
+        for (what, addr) in core.client_listeners() {
+            let Some(addr) = addr else { continue };
+            let ours = bound
+                .iter()
+                .filter(|other| {
+                    other
+                        .client_listeners()
+                        .iter()
+                        .any(|(_, a)| *a == Some(addr))
+                })
+                .count();
+            if let Some(listening) = crate::shared_port::listeners_on(addr).filter(|n| *n > ours) {
+                let source = std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "another process listens on it too ({listening} listening sockets, \
+                         {ours} of them this node's)"
+                    ),
+                );
+                return Err(ServeError::Listen { what, addr, source });
+            }
         }
     }
     Ok(())
@@ -453,10 +487,10 @@ fn run_cores(
         .map_err(|e| ServeError::Core(e.to_string()))?;
 
     let mut outcome = Ok(());
-    let mut client = None;
+    let mut bound = Vec::with_capacity(cores);
     for _ in 0..cores {
         match ready_rx.recv() {
-            Ok(Ok(addrs)) => client = Some(addrs),
+            Ok(Ok(addrs)) => bound.push(addrs),
             Ok(Err(e)) => {
                 outcome = Err(ServeError::Core(e));
                 break;
@@ -467,7 +501,10 @@ fn run_cores(
             }
         }
     }
-    match (&outcome, client) {
+    if outcome.is_ok() {
+        outcome = refuse_shared_listeners(&bound);
+    }
+    match (&outcome, bound.pop()) {
         (Ok(()), Some(addrs)) => {
             shared.ready.store(true, Ordering::SeqCst);
             on_ready(&Listening {
@@ -631,6 +668,17 @@ struct CoreAddrs {
     ws: Option<SocketAddr>,
 }
 
+impl CoreAddrs {
+    /// Each client listener's address, named as its setting is.
+    fn client_listeners(&self) -> [(&'static str, Option<SocketAddr>); 3] {
+        [
+            ("the client listener (server.listen)", Some(self.plain)),
+            ("the TLS listener (tls.listen)", self.tls),
+            ("the WebSocket listener (server.ws_listen)", self.ws),
+        ]
+    }
+}
+
 /// This core's plain listener and, when configured, its TLS listener with
 /// the server configuration.
 #[allow(clippy::type_complexity)]
@@ -739,5 +787,36 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, speaks: Speaks) {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node whose one core listens on a port a stranger's SO_REUSEPORT
+    /// listener joined after the connect probe: refused, naming the port.
+    #[test]
+    fn a_port_shared_with_another_process_is_refused() {
+        glommio::LocalExecutor::default().run(async {
+            let ours = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = ours.local_addr().unwrap();
+            let bound = [CoreAddrs {
+                plain: addr,
+                tls: None,
+                ws: None,
+            }];
+            assert!(refuse_shared_listeners(&bound).is_ok());
+            let stranger = TcpListener::bind(addr).unwrap();
+            let refused = refuse_shared_listeners(&bound).unwrap_err().to_string();
+            assert!(refused.contains(&addr.to_string()), "{refused}");
+            assert!(refused.contains("server.listen"), "{refused}");
+            assert!(
+                refused.contains("another process listens on it too"),
+                "{refused}"
+            );
+            drop(stranger);
+            assert!(refuse_shared_listeners(&bound).is_ok());
+        });
     }
 }
