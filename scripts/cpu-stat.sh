@@ -5,6 +5,8 @@
 # threads.sh, for A/B pairs. BIN: the binaries' folder.
 #   BIN=target/release RATE=10000 scripts/cpu-stat.sh
 #   CORES=1 scripts/cpu-stat.sh                 # the node on one reactor core (default 2)
+#   EVENTS=probe_libc:clock_gettime scripts/cpu-stat.sh   # also count these per message
+#     (a uprobe first: perf probe -x /lib/x86_64-linux-gnu/libc.so.6 --add clock_gettime)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}; RATE=${RATE:-10000}
@@ -16,11 +18,11 @@ run run p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --ramp 20000 \
   --heartbeat 30 --drain 3 &
 loadgen=$!
 sleep 6
-perf stat -x, -e task-clock,context-switches,syscalls:sys_enter_io_uring_enter -p "$NODE_PID" -- sleep 8 2>"$OUT/stat" >/dev/null
+perf stat -x, -e "task-clock,context-switches,syscalls:sys_enter_io_uring_enter${EVENTS:+,$EVENTS}" -p "$NODE_PID" -- sleep 8 2>"$OUT/stat" >/dev/null
 wait "$loadgen"
-python3 - "$OUT" "$RATE" "$load" <<'PY'
+python3 - "$OUT" "$RATE" "$load" "${EVENTS:-}" <<'PY'
 import json, sys
-out, rate, load = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, rate, load, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 messages = rate * 8
 counted = {}
 for line in open(f"{out}/stat"):
@@ -31,5 +33,7 @@ run = json.load(open(f"{out}/run.json"))
 print(f"load {load}: {counted['task-clock'] * 1e3 / messages:.1f} CPU µs and"
       f" {counted['context-switches'] / messages:.2f} context switches and"
       f" {counted.get('syscalls:sys_enter_io_uring_enter', 0) / messages:.2f} io_uring_enter per message,"
-      f" deliver p99 {run['send_to_deliver_us']['p99'] / 1000:.1f} ms, lost {run['lost']}")
+      f" deliver p99 {run['send_to_deliver_us']['p99'] / 1000:.1f} ms, lost {run['lost']}"
+      + "".join(f", {counted.get(event, 0) / messages:.2f} {event}"
+                for event in extra.split(",") if event))
 PY

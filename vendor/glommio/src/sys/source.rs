@@ -143,6 +143,15 @@ pub(crate) struct InnerSource {
 }
 
 impl InnerSource {
+    /// OurChat patch: whether anyone reads this source's latencies. The
+    /// three timestamps (queued, submitted, fulfilled) are taken only
+    /// then: a clock read each, on every I/O request, was 4% of a
+    /// reactor's user time with nobody reading them (BENCHMARKS.md,
+    /// "Timestamps nobody reads").
+    pub(crate) fn records_latency(&self) -> bool {
+        self.stats_collection.is_some_and(|stats| stats.latency.is_some())
+    }
+
     pub(crate) fn update_source_type(&mut self, source_type: SourceType) -> SourceType {
         std::mem::replace(&mut self.source_type, source_type)
     }
