@@ -576,11 +576,12 @@ impl Connection {
         self.outbox.touch(now);
         match self.frame_verdict(now) {
             Verdict::Allow if self.handled_in_line(&envelope) => Step::Next,
-            Verdict::Allow if self.sends_in_line(&envelope) => match envelope.body {
-                Some(Body::Send(request)) => self.send_in_line(envelope.req_id, request, now),
-                body => Step::Handle(Box::pin(self.handle(Envelope { body, ..envelope }))),
+            Verdict::Allow => match (&self.session, envelope.body) {
+                (Some(session), Some(Body::Send(request))) if self.sends_in_line(&request) => {
+                    self.send_in_line(session, envelope.req_id, request, now)
+                }
+                (_, body) => Step::Handle(Box::pin(self.handle(Envelope { body, ..envelope }))),
             },
-            Verdict::Allow => Step::Handle(Box::pin(self.handle(envelope))),
             // Refused frames are answered and never carried out.
             Verdict::Refuse => {
                 self.refuse_frame(envelope.req_id);
@@ -657,33 +658,24 @@ impl Connection {
         true
     }
 
-    /// Whether this is a logged-in device's send that nothing has to wait
-    /// for ([`Caller::send_needs_no_wait`], and room under the in-flight
+    /// Whether a logged-in device's send is one nothing has to wait for
+    /// ([`Caller::send_needs_no_wait`], and room under the in-flight
     /// limit, which is then counted): half of what a busy connection
     /// reads, handed on by [`Connection::send_in_line`] with no future
     /// boxed for it. The rest is [`Connection::handle`]'s.
-    fn sends_in_line(&self, envelope: &Envelope) -> bool {
-        let (Some(_), Some(Body::Send(request))) = (&self.session, &envelope.body) else {
-            return false;
-        };
+    fn sends_in_line(&self, request: &pb::SendMessageRequest) -> bool {
         self.caller.send_needs_no_wait(request) && self.outbox.try_begin_send(self.inflight_limit())
     }
 
     /// Hands on a send [`Connection::sends_in_line`] passed.
     fn send_in_line(
         &self,
+        session: &Session,
         req_id: u32,
         request: pb::SendMessageRequest,
         received_at: std::time::Instant,
     ) -> Step<'_> {
         CoreMetrics::inc(&self.caller.core.metrics().frames_in);
-        let Some(session) = &self.session else {
-            // Not reached (`sends_in_line` saw a session), and answered
-            // all the same.
-            let error = pb::Error::new(ErrorCode::Unauthenticated, "log in first");
-            self.refuse_send(req_id, error);
-            return Step::Next;
-        };
         let reply_for = self.answer_to(req_id, received_at);
         match self.caller.submit_send_now(session, request, reply_for) {
             SubmittedNow::Routed => Step::Next,

@@ -364,18 +364,11 @@ fn open_mysql(
 /// Two nodes started at the same instant both pass it; once bound, they
 /// are caught by [`refuse_shared_listeners`].
 fn refuse_taken_ports(config: &Config) -> Result<(), ServeError> {
-    let server = &config.server;
-    let client_ports = [
-        ("the client listener (server.listen)", Some(server.listen)),
-        (
-            "the TLS listener (tls.listen)",
-            config.tls.listen.parse::<SocketAddr>().ok(),
-        ),
-        (
-            "the WebSocket listener (server.ws_listen)",
-            server.ws_listen.parse::<SocketAddr>().ok(),
-        ),
-    ];
+    let client_ports = client_listeners(
+        config.server.listen,
+        config.tls.listen.parse().ok(),
+        config.server.ws_listen.parse().ok(),
+    );
     for (what, addr) in client_ports {
         let Some(addr) = addr.filter(|addr| addr.port() != 0) else {
             continue;
@@ -403,31 +396,42 @@ fn refuse_taken_ports(config: &Config) -> Result<(), ServeError> {
 /// process bound it too, between the connect probe of
 /// [`refuse_taken_ports`] and now (`shared_port`).
 fn refuse_shared_listeners(bound: &[CoreAddrs]) -> Result<(), ServeError> {
-    for core in bound {
-        for (what, addr) in core.client_listeners() {
-            let Some(addr) = addr else { continue };
-            let ours = bound
-                .iter()
-                .filter(|other| {
-                    other
-                        .client_listeners()
-                        .iter()
-                        .any(|(_, a)| *a == Some(addr))
-                })
-                .count();
-            if let Some(listening) = crate::shared_port::listeners_on(addr).filter(|n| *n > ours) {
-                let source = std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!(
-                        "another process listens on it too ({listening} listening sockets, \
-                         {ours} of them this node's)"
-                    ),
-                );
-                return Err(ServeError::Listen { what, addr, source });
-            }
+    // Each address once, with how many of the cores listen on it.
+    let mut ours: Vec<(&'static str, SocketAddr, usize)> = Vec::new();
+    let listeners = bound.iter().flat_map(CoreAddrs::client_listeners);
+    for (what, addr) in listeners.filter_map(|(what, addr)| Some((what, addr?))) {
+        match ours.iter_mut().find(|(_, seen, _)| *seen == addr) {
+            Some((_, _, cores)) => *cores += 1,
+            None => ours.push((what, addr, 1)),
+        }
+    }
+    let tables = crate::shared_port::ListenTables::read();
+    for (what, addr, cores) in ours {
+        if let Some(listening) = tables.listeners_on(addr).filter(|n| *n > cores) {
+            let source = std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "another process listens on it too ({listening} listening sockets, \
+                     {cores} of them this node's)"
+                ),
+            );
+            return Err(ServeError::Listen { what, addr, source });
         }
     }
     Ok(())
+}
+
+/// A node's client listeners, each named as its setting is.
+fn client_listeners(
+    plain: SocketAddr,
+    tls: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
+) -> [(&'static str, Option<SocketAddr>); 3] {
+    [
+        ("the client listener (server.listen)", Some(plain)),
+        ("the TLS listener (tls.listen)", tls),
+        ("the WebSocket listener (server.ws_listen)", ws),
+    ]
 }
 
 /// Binds a listener of the node's own (admin, gRPC), naming it and its
@@ -669,13 +673,9 @@ struct CoreAddrs {
 }
 
 impl CoreAddrs {
-    /// Each client listener's address, named as its setting is.
+    /// Where this core listens, named as the settings are.
     fn client_listeners(&self) -> [(&'static str, Option<SocketAddr>); 3] {
-        [
-            ("the client listener (server.listen)", Some(self.plain)),
-            ("the TLS listener (tls.listen)", self.tls),
-            ("the WebSocket listener (server.ws_listen)", self.ws),
-        ]
+        client_listeners(self.plain, self.tls, self.ws)
     }
 }
 

@@ -14,15 +14,30 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// The state `/proc/net/tcp` gives a listening socket.
 const LISTEN: &str = "0A";
 
-/// How many sockets listen on exactly `addr`, by the kernel's tables;
-/// `None` when they cannot be read (not Linux, no /proc).
-pub fn listeners_on(addr: SocketAddr) -> Option<usize> {
-    let table = match addr {
-        SocketAddr::V4(_) => "/proc/net/tcp",
-        SocketAddr::V6(_) => "/proc/net/tcp6",
-    };
-    let text = std::fs::read_to_string(table).ok()?;
-    Some(count_listeners(&text, addr))
+/// The kernel's TCP socket tables, read once for all the node's addresses.
+pub struct ListenTables {
+    v4: Option<String>,
+    v6: Option<String>,
+}
+
+impl ListenTables {
+    /// `/proc/net/tcp` and `/proc/net/tcp6`, as far as they can be read.
+    pub fn read() -> Self {
+        ListenTables {
+            v4: std::fs::read_to_string("/proc/net/tcp").ok(),
+            v6: std::fs::read_to_string("/proc/net/tcp6").ok(),
+        }
+    }
+
+    /// How many sockets listen on exactly `addr`; `None` when its table
+    /// could not be read (not Linux, no /proc).
+    pub fn listeners_on(&self, addr: SocketAddr) -> Option<usize> {
+        let table = match addr {
+            SocketAddr::V4(_) => self.v4.as_deref()?,
+            SocketAddr::V6(_) => self.v6.as_deref()?,
+        };
+        Some(count_listeners(table, addr))
+    }
 }
 
 /// The listening sockets on `addr` in the text of a `/proc/net/tcp`-style
@@ -92,11 +107,11 @@ mod tests {
         glommio::LocalExecutor::default().run(async {
             let first = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = first.local_addr().unwrap();
-            assert_eq!(listeners_on(addr), Some(1));
+            assert_eq!(ListenTables::read().listeners_on(addr), Some(1));
             // What a second node's core would add: the kernel lets it bind.
             let second = glommio::net::TcpListener::bind(addr).unwrap();
             assert_eq!(second.local_addr().unwrap(), addr);
-            assert_eq!(listeners_on(addr), Some(2));
+            assert_eq!(ListenTables::read().listeners_on(addr), Some(2));
         });
     }
 }

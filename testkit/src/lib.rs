@@ -22,8 +22,10 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 /// grants to a second process of the same user: two tests starting nodes at
 /// the same moment on one port would split each other's connections (CI
 /// once saw users of one test land on the other test's node, which knew
-/// no such user). The node's own check, a connect before it binds, cannot
-/// see a node that has not bound yet; remembering what was handed out can.
+/// no such user). A node now refuses to start when it finds another
+/// process's listener beside its own once bound (`shared_port`), which
+/// turns that into a failed start; remembering what was handed out avoids
+/// it.
 pub fn free_port() -> u16 {
     use std::collections::HashSet;
     use std::sync::{Mutex, PoisonError};

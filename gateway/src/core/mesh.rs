@@ -27,13 +27,12 @@ impl Core {
     /// stops a busy connection being read). A core's own traffic goes with
     /// [`Core::forward`] instead.
     pub async fn route(self: &Rc<Self>, core: usize, msg: CoreMsg) {
-        if core == self.id {
-            return self.handle(msg);
-        }
+        let Err(msg) = self.try_route(core, msg) else {
+            return;
+        };
         CoreMetrics::inc(&self.metrics().mesh_sent);
         if self.mesh.send_to(core, msg).await.is_err() {
-            // The peer is shutting down; its connections are closing anyway.
-            tracing::debug!(peer = core, "mesh peer gone");
+            peer_gone(core);
         }
     }
 
@@ -47,7 +46,7 @@ impl Core {
         match self.mesh.try_send_to(core, msg) {
             Ok(()) => CoreMetrics::inc(&self.metrics().mesh_sent),
             Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => return Err(msg),
-            Err(_) => tracing::debug!(peer = core, "mesh peer gone"),
+            Err(_) => peer_gone(core),
         }
         Ok(())
     }
@@ -82,8 +81,7 @@ impl Core {
                 drop(overflows);
                 glommio::spawn_local(self.clone().drain_overflow(core)).detach();
             }
-            // The peer is shutting down; its connections are closing anyway.
-            Err(_) => tracing::debug!(peer = core, "mesh peer gone"),
+            Err(_) => peer_gone(core),
         }
     }
 
@@ -99,7 +97,7 @@ impl Core {
                 break;
             };
             if self.mesh.send_to(core, msg).await.is_err() {
-                tracing::debug!(peer = core, "mesh peer gone");
+                peer_gone(core);
                 break;
             }
         }
@@ -108,4 +106,10 @@ impl Core {
             overflow.draining = false;
         }
     }
+}
+
+/// A peer that refuses a message is shutting down; its connections are
+/// closing anyway.
+fn peer_gone(core: usize) {
+    tracing::debug!(peer = core, "mesh peer gone");
 }

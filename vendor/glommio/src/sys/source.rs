@@ -145,8 +145,8 @@ pub(crate) struct InnerSource {
 impl InnerSource {
     /// OurChat patch: whether anyone reads this source's latencies. The
     /// three timestamps (queued, submitted, fulfilled) are taken only
-    /// then: a clock read each, on every I/O request, was 4% of a
-    /// reactor's user time with nobody reading them (BENCHMARKS.md,
+    /// then: a clock read each on every I/O request, with nobody reading
+    /// them, were ten of a 1:1 message's 25 clock reads (BENCHMARKS.md,
     /// "Timestamps nobody reads").
     pub(crate) fn records_latency(&self) -> bool {
         self.stats_collection.is_some_and(|stats| stats.latency.is_some())
