@@ -11,6 +11,7 @@
 //! reflection of every `.proto`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -469,6 +470,30 @@ pub fn stream_socket(core: usize) -> std::path::PathBuf {
         .join(format!("core-{core}.sock"))
 }
 
+/// Removes the stream-socket directories of processes that no longer run:
+/// a node stopped by SIGKILL (or a crash) cannot remove its own, and each
+/// would stay in the temporary directory for good.
+pub fn remove_dead_stream_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("ourchat-"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            // Another user's directory, or one removed by a racing node,
+            // is not ours to report.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Server frames a `Subscribe` stream may carry (pushes can be large).
 const STREAM_MAX_FRAME: usize = 16 << 20;
 
@@ -758,4 +783,34 @@ pub fn spawn(
         addr: local,
         thread,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_stream_directories_of_dead_processes_are_removed() {
+        // No pid reaches 4,000,000,000 (the kernel's limit is 2^22).
+        let dead = std::env::temp_dir().join("ourchat-4000000000");
+        let running = std::env::temp_dir().join("ourchat-1");
+        let own = stream_socket(0).parent().map(Path::to_path_buf);
+        let own = own.expect("a socket directory");
+        for dir in [&dead, &own] {
+            std::fs::create_dir_all(dir).expect("create a stream directory");
+            std::fs::write(dir.join("core-0.sock"), b"").expect("a file in it");
+        }
+        let running_existed = running.exists();
+
+        remove_dead_stream_dirs();
+
+        assert!(!dead.exists(), "a dead process's directory stays");
+        assert!(own.join("core-0.sock").exists(), "our own directory went");
+        assert_eq!(
+            running.exists(),
+            running_existed,
+            "pid 1's directory changed"
+        );
+        let _ = std::fs::remove_dir_all(own);
+    }
 }

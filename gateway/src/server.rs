@@ -201,6 +201,7 @@ pub fn serve(
                 &shared.config.storage.data_dir.join("admin.token"),
             )?;
             let listener = bind("gRPC (server.grpc_listen)", addr)?;
+            crate::grpc::remove_dead_stream_dirs();
             Some(crate::grpc::spawn(
                 listener,
                 bridge,
