@@ -358,6 +358,9 @@ pub struct Core {
     directory: RefCell<Directory>,
     sequencer: RefCell<Sequencer<Reply>>,
     commits: LocalSender<PendingCommit>,
+    /// The writer's outcomes of this core's sequenced messages, in the
+    /// order of `commits`.
+    committed: Arc<ourchat_workers::Completions>,
     known_users: Remembered<i64>,
     /// Users a store read showed may see a group conversation: their
     /// delivery acks on it need no second read.
@@ -403,6 +406,7 @@ impl Core {
                 clustered: shared.cluster.is_some(),
             })),
             commits,
+            committed: ourchat_workers::Completions::new(),
             known_users: Remembered::new(KNOWN_USERS_CAP),
             group_viewers: Remembered::new(GROUP_VIEWERS_CAP),
             send_buckets: RefCell::default(),

@@ -3,7 +3,8 @@
 //! crossbeam channel with a doorbell its workers sleep on; a full queue
 //! hands the item back to the caller (who
 //! stops reading its connection) instead of dropping it. Completions travel
-//! back on `futures` oneshots, which wake the waiting task on its own core.
+//! back on `futures` oneshots, which wake the waiting task on its own core,
+//! or, for a caller with many ops in flight, in batches (`completions`).
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod completions;
 mod doorbell;
 pub mod jobs;
 pub mod memory;
@@ -18,10 +20,10 @@ pub mod password;
 pub mod stats;
 pub mod writer;
 
+pub use completions::Completions;
 pub use jobs::{JobHandle, JobPool};
 pub use writer::{
-    Refused, Returned, ReturningCompletion, WriteCompletion, WriterConfig, WriterHandle,
-    WriterPool, WriterStats,
+    Refused, Returned, WriteCompletion, WriterConfig, WriterHandle, WriterPool, WriterStats,
 };
 
 /// Why a pool could not do a job.

@@ -17,6 +17,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
 use ourchat_storage::{StoreError, WriteOp, WriteOutcome, WriteStore};
 
+use crate::completions::{Completions, ReturnTo};
 use crate::doorbell::Doorbell;
 use crate::stats::{AtomicHistogram, BATCH_BUCKETS, LATENCY_US_BUCKETS};
 use crate::PoolError;
@@ -60,30 +61,31 @@ pub type WriteCompletion = oneshot::Receiver<Result<WriteOutcome, PoolError>>;
 /// it wrote (a sent message, pushed once stored) need not keep a copy.
 pub type Returned = (Result<WriteOutcome, PoolError>, WriteOp);
 
-/// [`Returned`], delivered once the op's batch commits or fails.
-pub type ReturningCompletion = oneshot::Receiver<Returned>;
-
 /// Who hears how a write went.
 enum Done {
     /// Nobody (detached).
     Nobody,
     /// The caller, told the outcome.
     Outcome(oneshot::Sender<Result<WriteOutcome, PoolError>>),
-    /// The caller, told the outcome and given the op back.
-    Returning(oneshot::Sender<Returned>),
+    /// The caller's [`Completions`], given the outcome and the op back.
+    Returning(ReturnTo),
 }
 
 impl Done {
-    fn tell(self, result: Result<WriteOutcome, PoolError>, op: WriteOp) {
+    /// `to_wake` collects the [`Completions`] told, to wake once a batch.
+    fn tell(
+        self,
+        result: Result<WriteOutcome, PoolError>,
+        op: WriteOp,
+        to_wake: &mut Vec<Arc<Completions>>,
+    ) {
         // A caller that went away (closed connection) needs no answer.
         match self {
             Done::Nobody => {}
             Done::Outcome(done) => {
                 let _ = done.send(result);
             }
-            Done::Returning(done) => {
-                let _ = done.send((result, op));
-            }
+            Done::Returning(done) => done.tell((result, op), to_wake),
         }
     }
 }
@@ -206,11 +208,15 @@ impl WriterHandle {
         self.queue(op, Done::Outcome(done)).map(|()| completion)
     }
 
-    /// [`WriterHandle::try_submit`], with the op handed back beside its
-    /// outcome.
-    pub fn try_submit_returning(&self, op: WriteOp) -> Result<ReturningCompletion, Box<Refused>> {
-        let (done, completion) = oneshot::channel();
-        self.queue(op, Done::Returning(done)).map(|()| completion)
+    /// Queues `op`; once its batch commits or fails, the op comes back
+    /// with its outcome in `completions`, behind every op submitted there
+    /// before it.
+    pub fn try_submit_returning(
+        &self,
+        op: WriteOp,
+        completions: &Arc<Completions>,
+    ) -> Result<(), Box<Refused>> {
+        self.queue(op, Done::Returning(ReturnTo::new(completions)))
     }
 
     /// Queues `op` with nobody to tell how it went: for writes whose loss
@@ -277,6 +283,7 @@ fn run_writer(
     // The previous batch: when its first op was taken, and its size.
     let mut previous: Option<(Instant, usize)> = None;
     let mut waiters = Vec::with_capacity(max_batch);
+    let mut to_wake = Vec::new();
     let mut stopping = false;
     while !stopping {
         match bell.recv(&rx) {
@@ -316,7 +323,7 @@ fn run_writer(
         match result {
             Ok(outcomes) => {
                 for ((done, op), outcome) in done.zip(outcomes) {
-                    done.tell(Ok(outcome), op);
+                    done.tell(Ok(outcome), op, &mut to_wake);
                 }
             }
             Err(err) => {
@@ -324,9 +331,12 @@ fn run_writer(
                 tracing::error!(error = %err, batch, "store batch failed");
                 let err = PoolError::from(err);
                 for (done, op) in done {
-                    done.tell(Err(err.clone()), op);
+                    done.tell(Err(err.clone()), op, &mut to_wake);
                 }
             }
+        }
+        for completions in to_wake.drain(..) {
+            completions.wake();
         }
     }
     tracing::debug!("store writer drained and stopped");
@@ -373,6 +383,15 @@ mod tests {
             nickname: String::new(),
             created_at_ms: 0,
         })
+    }
+
+    /// The first `count` ops back from `completions`, waiting for them.
+    fn take(completions: &Completions, count: usize) -> Vec<Returned> {
+        let mut taken = std::collections::VecDeque::new();
+        while taken.len() < count {
+            futures::executor::block_on(completions.take(&mut taken));
+        }
+        taken.into()
     }
 
     /// A writer pool over a fresh SQLite store in `dir`, default settings.
@@ -537,7 +556,10 @@ mod tests {
         }
         let pool = WriterPool::start(Box::new(Broken), WriterConfig::default()).unwrap();
         let completion = pool.handle().try_submit(account(1, "x")).unwrap();
-        let returning = pool.handle().try_submit_returning(account(2, "y")).unwrap();
+        let completions = Completions::new();
+        pool.handle()
+            .try_submit_returning(account(2, "y"), &completions)
+            .unwrap();
         let result = futures::executor::block_on(completion).unwrap();
         assert!(matches!(
             result,
@@ -546,7 +568,7 @@ mod tests {
                 ..
             })
         ));
-        let (result, op) = futures::executor::block_on(returning).unwrap();
+        let (result, op) = take(&completions, 1).remove(0);
         assert!(matches!(result, Err(PoolError::Store { .. })));
         assert_eq!(op, account(2, "y"), "the op comes back failed too");
         pool.shutdown();
@@ -557,16 +579,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pool = sqlite_pool(dir.path());
         let handle = pool.handle();
-        let returning: Vec<_> = ["a", "b", "a"]
-            .iter()
-            .enumerate()
-            .map(|(i, name)| handle.try_submit_returning(account(i as i64 + 1, name)))
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let back: Vec<Returned> = returning
-            .into_iter()
-            .map(|completion| futures::executor::block_on(completion).unwrap())
-            .collect();
+        let completions = Completions::new();
+        for (i, name) in ["a", "b", "a"].iter().enumerate() {
+            handle
+                .try_submit_returning(account(i as i64 + 1, name), &completions)
+                .unwrap();
+        }
+        let back = take(&completions, 3);
         let outcomes = [
             WriteOutcome::Done,
             WriteOutcome::Done,

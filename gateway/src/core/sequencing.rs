@@ -6,18 +6,17 @@
 //! hands them to the sequencer, acknowledges each sender and starts the
 //! message's deliveries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures::channel::oneshot;
 use glommio::channels::local_channel::LocalReceiver;
 use ourchat_protocol::ids::now_ms;
-use ourchat_protocol::pb::{self, ChatMessage};
+use ourchat_protocol::pb;
 use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::redis::{SendBudget, SeqGrant, SeqRequest};
 use ourchat_storage::{ConversationHead, WriteOutcome};
-use ourchat_workers::{PoolError, Returned, ReturningCompletion};
+use ourchat_workers::Returned;
 
 use super::{encode_frame, pool_error, Accepted, Core, CoreMsg, Reply, SendJob, SendResult};
 use crate::fanout;
@@ -189,36 +188,38 @@ impl Core {
 
     /// Drains commit completions in submission order: acks every waiting
     /// sender, then delivers, so pushes leave in seq order.
+    /// The writer wakes this once per batch it commits, not per message.
     pub async fn run_commit_pump(self: Rc<Self>, pending: LocalReceiver<PendingCommit>) {
-        while let Some(mut commit) = pending.recv().await {
-            let outcome = (&mut commit.completion).await;
-            self.finish_commit(commit, outcome);
+        let mut committed = VecDeque::new();
+        while let Some(commit) = pending.recv().await {
+            // Every pending commit's op is in the writer's hands, and its
+            // outcome comes back to `committed` in this order.
+            let returned = loop {
+                if let Some(returned) = committed.pop_front() {
+                    break returned;
+                }
+                self.committed.take(&mut committed).await;
+            };
+            self.finish_commit(commit, returned);
         }
     }
 
-    fn finish_commit(
-        self: &Rc<Self>,
-        commit: PendingCommit,
-        returned: Result<Returned, oneshot::Canceled>,
-    ) {
+    fn finish_commit(self: &Rc<Self>, commit: PendingCommit, returned: Returned) {
         let PendingCommit {
             ticket,
             conv,
             origin_conn,
             recipients,
-            ..
         } = commit;
         // The op is the sequencer's: it always holds a message (a writer
         // gone without answering leaves the default, and an error).
-        let (outcome, mut message) = match returned {
-            Ok((outcome, op)) => (Ok(outcome), op.into_message().unwrap_or_default()),
-            Err(canceled) => (Err(canceled), ChatMessage::default()),
-        };
+        let (outcome, op) = returned;
+        let mut message = op.into_message().unwrap_or_default();
         // A resend found by the store: answered with the first send, and
         // not pushed again (it was delivered when it was first stored).
         let mut sent_before = false;
         let result = match outcome {
-            Ok(Ok(WriteOutcome::Appended { seq })) => {
+            Ok(WriteOutcome::Appended { seq }) => {
                 message.seq = seq;
                 Ok(Accepted {
                     seq,
@@ -226,12 +227,12 @@ impl Core {
                     sent_at_ms: message.sent_at_ms,
                 })
             }
-            Ok(Ok(WriteOutcome::Done)) => Ok(Accepted {
+            Ok(WriteOutcome::Done) => Ok(Accepted {
                 seq: message.seq,
                 server_msg_id: message.server_msg_id,
                 sent_at_ms: message.sent_at_ms,
             }),
-            Ok(Ok(WriteOutcome::SentBefore(first))) if first.same_content => {
+            Ok(WriteOutcome::SentBefore(first)) if first.same_content => {
                 sent_before = true;
                 Ok(Accepted {
                     seq: first.seq,
@@ -239,8 +240,8 @@ impl Core {
                     sent_at_ms: first.sent_at_ms,
                 })
             }
-            Ok(Ok(WriteOutcome::SentBefore(_))) => Err(reused_id(message.client_message_id)),
-            Ok(Ok(other)) => {
+            Ok(WriteOutcome::SentBefore(_)) => Err(reused_id(message.client_message_id)),
+            Ok(other) => {
                 tracing::error!(?other, conv = %message.conversation_id, seq = message.seq,
                     "store already held this seq: sequencer out of step, reloading");
                 Err(pb::Error::new(
@@ -248,8 +249,7 @@ impl Core {
                     "sequencing conflict, retry",
                 ))
             }
-            Ok(Err(err)) => Err(pool_error(err)),
-            Err(_) => Err(pool_error(PoolError::Closed)),
+            Err(err) => Err(pool_error(err)),
         };
         // A group change the store did not take was applied in memory.
         let unstored_change = sent_before && message.group_event.is_some();
@@ -317,7 +317,6 @@ pub struct PendingCommit {
     conv: ConversationId,
     origin_conn: u64,
     recipients: Recipients,
-    completion: ReturningCompletion,
 }
 
 /// The core carrying out the sequencer's effects: loads and Redis rounds
@@ -390,15 +389,14 @@ impl sequencer::Effects<Reply> for Reactor<'_> {
             Some(cluster) => &cluster.log_writer,
             None => &core.shared.writer,
         };
-        let completion = writer
-            .try_submit_returning(write.op)
+        writer
+            .try_submit_returning(write.op, &core.committed)
             .map_err(|refused| pool_error(refused.error))?;
         let pending = PendingCommit {
             ticket: write.ticket,
             conv: write.conv,
             origin_conn: write.origin_conn,
             recipients: write.recipients,
-            completion,
         };
         if core.commits.try_send(pending).is_err() {
             tracing::error!("commit pump gone; send left unanswered");

@@ -126,17 +126,21 @@ impl Index {
         for record in records::records(body) {
             let (range, record) = record?;
             match record {
-                Record::Message(message) => {
-                    self.put_message(&message, message.seq, Location::of(placed, range))?
-                }
+                Record::Message(message) => self.put_message(
+                    parse(&message)?,
+                    &message,
+                    message.seq,
+                    Location::of(placed, range),
+                )?,
                 Record::Group {
                     event,
                     readers,
                     change,
                 } => {
-                    self.put_message(&event, event.seq, Location::of(placed, range.clone()))?;
-                    self.note_group(placed.batch_no, range);
                     let conversation = parse(&event)?;
+                    let at = Location::of(placed, range.clone());
+                    self.put_message(conversation, &event, event.seq, at)?;
+                    self.note_group(placed.batch_no, range);
                     for reader in readers {
                         self.mark_read(reader, conversation, event.seq);
                     }
@@ -243,14 +247,15 @@ impl Index {
         }
     }
 
-    /// Indexes a durable message under `seq`; its sender has read up to it.
+    /// Indexes a durable message of `conversation` (the one it names)
+    /// under `seq`; its sender has read up to it.
     pub(super) fn put_message(
         &mut self,
+        conversation: ConversationId,
         message: &ChatMessage,
         seq: i64,
         at: Location,
     ) -> Result<(), &'static str> {
-        let conversation = parse(message)?;
         let (sender, client_id, sent_at_ms) = (
             message.sender_id,
             message.client_message_id,
@@ -362,11 +367,23 @@ impl Index {
 
     /// The seq under which `sender` sent `client_message_id` here.
     pub fn sent(&self, conversation: ConversationId, sender: i64, client_id: i64) -> Option<i64> {
+        self.sent_and_last_seq(conversation, sender, client_id).0
+    }
+
+    /// [`Index::sent`] and [`Index::last_seq`] in one lookup (a writer
+    /// asks both of every message it takes).
+    pub fn sent_and_last_seq(
+        &self,
+        conversation: ConversationId,
+        sender: i64,
+        client_id: i64,
+    ) -> (Option<i64>, i64) {
         self.conversations
-            .get(&conversation)?
-            .sends
-            .get(&(sender, client_id))
-            .copied()
+            .get(&conversation)
+            .map_or((None, 0), |c| {
+                let sent = c.sends.get(&(sender, client_id)).copied();
+                (sent, c.locations.len() as i64)
+            })
     }
 
     /// Whether the message is recalled.

@@ -363,7 +363,7 @@ impl<D: Disk> MessageStore<D> {
                 }
                 let at = Location::of(placed, pending.range);
                 index
-                    .put_message(pending.message, pending.seq, at)
+                    .put_message(pending.conversation, pending.message, pending.seq, at)
                     .map_err(|why| LogError::Damaged {
                         segment: placed.segment,
                         offset: placed.body_at,
@@ -427,7 +427,8 @@ fn prepare_message<'a, D: Disk>(
             Appended::SentBefore(sent_before(seq, first, message))
         }
     };
-    if let Some(seq) = index.sent(conversation, sender, client_id) {
+    let (sent, mut newest) = index.sent_and_last_seq(conversation, sender, client_id);
+    if let Some(seq) = sent {
         let first = index
             .message(disk, conversation, seq)?
             .ok_or_else(|| LogError::Damaged {
@@ -437,7 +438,6 @@ fn prepare_message<'a, D: Disk>(
             })?;
         return Ok(resent(seq, &first));
     }
-    let mut newest = index.last_seq(conversation);
     for earlier in stored.iter().filter(|p| p.conversation == conversation) {
         if (earlier.message.sender_id, earlier.message.client_message_id) == (sender, client_id) {
             return Ok(resent(earlier.seq, earlier.message));
