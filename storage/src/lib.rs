@@ -16,6 +16,7 @@
 
 pub mod embedded;
 mod error;
+pub mod few;
 pub mod kafka;
 pub mod msglog;
 pub mod mysql;

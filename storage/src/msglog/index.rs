@@ -17,6 +17,7 @@ use super::disk::Disk;
 use super::log::{LogError, Placed};
 use super::records::{self, Record};
 use super::summary::{self, Covers, Load, Noted, SegmentNotes};
+use crate::few::Few;
 /// The indexes' maps (client ids are keys: see [`Map`] on hashing).
 pub(super) use crate::sharded::Map;
 use crate::sharded::{Growing, Sharded};
@@ -59,10 +60,11 @@ struct Conversation {
     recalled: Vec<i64>,
     /// (user, device number) -> delivered seq. Kept with the conversation
     /// (not in one map for all) so a start loading a summary touches one
-    /// small map per conversation, not a big one at random.
-    cursors: Map<(i64, u32), i64>,
+    /// small map per conversation, not a big one at random; a 1:1
+    /// conversation's are in the entry itself.
+    cursors: Few<(i64, u32), i64>,
     /// User -> read seq.
-    reads: Map<i64, i64>,
+    reads: Few<i64, i64>,
 }
 
 /// The indexes.
@@ -105,12 +107,12 @@ impl Conversation {
     }
 
     fn raise_read(&mut self, user_id: i64, seq: i64) {
-        let read = self.reads.entry(user_id).or_insert(0);
+        let read = self.reads.get_or_insert(user_id, 0);
         *read = (*read).max(seq);
     }
 
     fn raise_cursor(&mut self, user_id: i64, device: u32, seq: i64) {
-        let cursor = self.cursors.entry((user_id, device)).or_insert(0);
+        let cursor = self.cursors.get_or_insert((user_id, device), 0);
         *cursor = (*cursor).max(seq);
     }
 }
