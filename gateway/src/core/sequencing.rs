@@ -16,7 +16,7 @@ use ourchat_protocol::pb;
 use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 use ourchat_storage::redis::{SendBudget, SeqGrant, SeqRequest};
 use ourchat_storage::{ConversationHead, WriteOutcome};
-use ourchat_workers::Returned;
+use ourchat_workers::{Completions, Returned};
 
 use super::{encode_frame, pool_error, Accepted, Core, CoreMsg, Reply, SendJob, SendResult};
 use crate::fanout;
@@ -198,6 +198,7 @@ impl Core {
                 if let Some(returned) = committed.pop_front() {
                     break returned;
                 }
+                committed.shrink_to(Completions::RETAINED);
                 self.committed.take(&mut committed).await;
             };
             self.finish_commit(commit, returned);
