@@ -374,7 +374,8 @@ impl Conn {
         // One timer each for the whole session, moved when its deadline
         // moves: a `sleep_until` made afresh on every turn of the loop (a
         // turn per frame read) registered and removed two timer-wheel
-        // entries per frame, 3% of the loadgen's CPU at 20,000 msg/s.
+        // entries per frame, 2.1% of the loadgen's samples at 20,000
+        // msg/s (BENCHMARKS.md, "The loadgen's timers").
         let send_timer = tokio::time::sleep_until(next_send);
         let heartbeat_timer = tokio::time::sleep_until(next_heartbeat);
         tokio::pin!(send_timer, heartbeat_timer);
