@@ -22,11 +22,12 @@ use std::rc::Rc;
 
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{ConversationId, ErrorCode};
+use ourchat_storage::placed::{Place, Placed};
 use ourchat_storage::redis::{SeqGrant, SeqRequest};
-use ourchat_storage::sharded::Sharded;
 use ourchat_storage::{fingerprint_of, ConversationHead, RecentSend as StoredSend, WriteOp};
 
 use crate::group_state::{self, GroupCommand, GroupState};
+use tickets::Tickets;
 
 /// A send's answer: where it was stored, or why not.
 pub type SendResult = Result<Accepted, pb::Error>;
@@ -81,6 +82,13 @@ pub(crate) struct Write {
 /// (rare: held inline, no allocation per send).
 type Waiters<R> = smallvec::SmallVec<[R; 1]>;
 
+/// A write in flight: who waits for it, and where its conversation's
+/// state was when it was staged.
+struct InFlight<R> {
+    waiters: Waiters<R>,
+    place: Place,
+}
+
 /// Cluster mode: seqs to ask Redis for, one per staged send in order.
 pub(crate) struct Allocation {
     /// The conversation's last seq known here (Redis never goes below).
@@ -127,10 +135,11 @@ pub(crate) struct Limits {
 
 /// Every conversation this core sequences.
 pub(crate) struct Sequencer<R> {
-    /// In shards: a table of 200,000 with conversations coming and going
-    /// rebuilds itself every few tens of thousands of changes, which in
-    /// one piece held the core 80–127 ms.
-    convs: Sharded<ConversationId, Slot<R>>,
+    /// Indexed in shards: a table of 200,000 with conversations coming and
+    /// going rebuilds itself every few tens of thousands of changes, which
+    /// in one piece held the core 80–127 ms. A write carries its
+    /// conversation's place to its commit.
+    convs: Placed<ConversationId, Slot<R>>,
     /// Block changes that arrived while their conversation was loading.
     block_overrides: HashMap<ConversationId, bool>,
     /// Conversations another node changed while they were loading: the
@@ -138,8 +147,7 @@ pub(crate) struct Sequencer<R> {
     stale_loads: HashSet<ConversationId>,
     /// Answers owed per write in flight (apart from the conversation's
     /// state, which a failure may drop while writes are in flight).
-    waiting: HashMap<Ticket, Waiters<R>>,
-    next_ticket: Ticket,
+    waiting: Tickets<InFlight<R>>,
     limits: Limits,
     /// Conversations in the order they were first taken in, oldest first:
     /// where eviction looks. An id whose state is gone (dropped, or taken
@@ -228,11 +236,10 @@ impl<R> Sequencer<R> {
     /// No conversation loaded.
     pub(crate) fn new(limits: Limits) -> Self {
         Sequencer {
-            convs: Sharded::default(),
+            convs: Placed::default(),
             block_overrides: HashMap::new(),
             stale_loads: HashSet::new(),
-            waiting: HashMap::new(),
-            next_ticket: 1,
+            waiting: Tickets::starting_at(1),
             limits,
             arrivals: VecDeque::new(),
         }
@@ -242,18 +249,18 @@ impl<R> Sequencer<R> {
     pub(crate) fn send(&mut self, job: Job<R>, out: &mut impl Effects<R>) {
         let conv = job.conv;
         debug_assert_eq!(job.message.conversation_id, conv.to_string());
-        match self.convs.get_mut(&conv) {
-            Some(Slot::Ready(state)) if state.stale => {
+        match self.convs.get_placed_mut(&conv) {
+            Some((_, Slot::Ready(state))) if state.stale => {
                 state.held.push(job);
                 // Normally the last in-flight answer reloads it; if none is
                 // left, nothing else would.
                 self.reload_if_stale(conv, out);
             }
-            Some(Slot::Ready(state)) => {
+            Some((place, Slot::Ready(state))) => {
                 state.sent_lately = true;
-                self.assign(conv, job, out)
+                self.assign(conv, place, job, out)
             }
-            Some(Slot::Loading(queue)) => queue.push(job),
+            Some((_, Slot::Loading(queue))) => queue.push(job),
             None => {
                 self.make_room();
                 self.convs.insert(conv, Slot::Loading(vec![job]));
@@ -289,9 +296,9 @@ impl<R> Sequencer<R> {
                 if let Some(blocked) = self.block_overrides.remove(&conv) {
                     state.blocked = blocked;
                 }
-                self.convs.insert(conv, Slot::Ready(state));
+                let place = self.convs.insert(conv, Slot::Ready(state));
                 for job in queued {
-                    self.assign(conv, job, out);
+                    self.assign(conv, place, job, out);
                 }
             }
             Err(err) => {
@@ -314,12 +321,21 @@ impl<R> Sequencer<R> {
         unstored_change: bool,
         out: &mut impl Effects<R>,
     ) {
-        let replies = self.waiting.remove(&ticket).unwrap_or_default();
+        let (replies, place) = match self.waiting.take(ticket) {
+            Some(InFlight { waiters, place }) => (waiters, Some(place)),
+            None => (Waiters::new(), None),
+        };
         if let Some(conv) = conv {
-            match (result, self.convs.get_mut(&conv)) {
+            let slot = match place {
+                Some(place) => self.convs.get_at_mut(place, &conv),
+                None => self.convs.get_mut(&conv),
+            };
+            match (result, slot) {
                 (Ok(accepted), Some(Slot::Ready(state))) if !unstored_change => {
                     state.mark_committed(ticket, *accepted);
-                    self.reload_if_stale(conv, out);
+                    if state.stale {
+                        self.reload_if_stale(conv, out);
+                    }
                 }
                 // The seq may be half-known to the store: start over from
                 // what it holds on the next send. A change applied here but
@@ -401,8 +417,8 @@ impl<R> Sequencer<R> {
         in_store: &HashMap<(i64, i64), StoredSend>,
         out: &mut impl Effects<R>,
     ) {
-        let state = match self.convs.get_mut(&conv) {
-            Some(Slot::Ready(state)) => state,
+        let (place, state) = match self.convs.get_placed_mut(&conv) {
+            Some((place, Slot::Ready(state))) => (place, state),
             _ => return,
         };
         let batch = std::mem::take(&mut state.asking);
@@ -474,7 +490,7 @@ impl<R> Sequencer<R> {
                     sent_at_ms,
                 },
             };
-            self.submit(conv, staged, accepted, out);
+            self.submit(conv, place, staged, accepted, out);
         }
     }
 
@@ -517,8 +533,15 @@ impl<R> Sequencer<R> {
 
     /// Gives `job` the conversation's next seq and queues its write, or
     /// answers it from the recent-sends window when it is a resend.
-    fn assign(&mut self, conv: ConversationId, job: Job<R>, out: &mut impl Effects<R>) {
-        let Some(Slot::Ready(state)) = self.convs.get_mut(&conv) else {
+    /// `place`: where the conversation's state was last seen.
+    fn assign(
+        &mut self,
+        conv: ConversationId,
+        place: Place,
+        job: Job<R>,
+        out: &mut impl Effects<R>,
+    ) {
+        let Some(Slot::Ready(state)) = self.convs.get_at_mut(place, &conv) else {
             return self.send(job, out);
         };
         let Job {
@@ -536,8 +559,8 @@ impl<R> Sequencer<R> {
             if previous.fingerprint != fingerprint {
                 return out.answer(reply, Err(reused_id(message.client_message_id)));
             }
-            match previous.ticket.and_then(|t| self.waiting.get_mut(&t)) {
-                Some(waiters) => waiters.push(reply),
+            match previous.ticket.and_then(|t| self.waiting.get_mut(t)) {
+                Some(in_flight) => in_flight.waiters.push(reply),
                 None => out.answer(reply, Ok(previous.accepted)),
             }
             return;
@@ -605,19 +628,20 @@ impl<R> Sequencer<R> {
             server_msg_id: out.next_id(),
             sent_at_ms: out.now_ms(),
         };
-        self.submit(conv, staged, accepted, out);
+        self.submit(conv, place, staged, accepted, out);
     }
 
     /// Queues a sequenced message's write; its sender's answer waits for
-    /// the commit.
+    /// the commit. `place`: where the conversation's state was last seen.
     fn submit(
         &mut self,
         conv: ConversationId,
+        place: Place,
         staged: Staged<R>,
         accepted: Accepted,
         out: &mut impl Effects<R>,
     ) {
-        let Some(Slot::Ready(state)) = self.convs.get_mut(&conv) else {
+        let Some(Slot::Ready(state)) = self.convs.get_at_mut(place, &conv) else {
             let error = interrupted();
             return out.answer(staged.reply, Err(error));
         };
@@ -641,7 +665,7 @@ impl<R> Sequencer<R> {
             },
             None => WriteOp::AppendMessage(message),
         };
-        let ticket = self.next_ticket;
+        let ticket = self.waiting.next();
         let written = out.write(Write {
             ticket,
             op,
@@ -656,8 +680,10 @@ impl<R> Sequencer<R> {
             }
             return out.answer(reply, Err(error));
         }
-        self.next_ticket += 1;
-        self.waiting.insert(ticket, smallvec::smallvec![reply]);
+        self.waiting.push(InFlight {
+            waiters: smallvec::smallvec![reply],
+            place,
+        });
         state.last_seq = state.last_seq.max(accepted.seq);
         state.recent.push_back(RecentSend {
             sender_id,
@@ -777,24 +803,30 @@ impl<R> ConvState<R> {
     /// and must keep its own answer to come.
     fn mark_committed(&mut self, ticket: Ticket, accepted: Accepted) {
         self.last_seq = self.last_seq.max(accepted.seq);
-        if let Some(entry) = self.recent.iter_mut().find(|r| r.ticket == Some(ticket)) {
+        // In flight means among the newest.
+        if let Some(entry) = self
+            .recent
+            .iter_mut()
+            .rev()
+            .find(|r| r.ticket == Some(ticket))
+        {
             entry.accepted = accepted;
             entry.ticket = None;
         }
     }
 
-    fn has_pending(&self, waiting: &HashMap<Ticket, Waiters<R>>) -> bool {
+    fn has_pending(&self, waiting: &Tickets<InFlight<R>>) -> bool {
         self.in_flight(waiting) || !self.held.is_empty()
     }
 
     /// Sends checked against this state and not yet answered.
-    fn in_flight(&self, waiting: &HashMap<Ticket, Waiters<R>>) -> bool {
+    fn in_flight(&self, waiting: &Tickets<InFlight<R>>) -> bool {
         self.allocating
             || !self.awaiting.is_empty()
             || self
                 .recent
                 .iter()
-                .any(|r| r.ticket.is_some_and(|t| waiting.contains_key(&t)))
+                .any(|r| r.ticket.is_some_and(|t| waiting.contains(t)))
     }
 
     /// Drops the oldest committed entries beyond the window; in-flight ones
@@ -811,3 +843,4 @@ impl<R> ConvState<R> {
 pub(crate) mod fake;
 #[cfg(test)]
 mod simulation;
+mod tickets;

@@ -20,6 +20,7 @@ pub mod few;
 pub mod kafka;
 pub mod msglog;
 pub mod mysql;
+pub mod placed;
 pub mod redis;
 pub mod sharded;
 pub mod sqlite;
