@@ -22,8 +22,8 @@ use std::rc::Rc;
 
 use ourchat_protocol::pb::{self, ChatMessage};
 use ourchat_protocol::{ConversationId, ErrorCode};
-use ourchat_storage::placed::{Place, Placed};
 use ourchat_storage::redis::{SeqGrant, SeqRequest};
+use ourchat_storage::slotted::{Place, Slotted};
 use ourchat_storage::{fingerprint_of, ConversationHead, RecentSend as StoredSend, WriteOp};
 
 use crate::group_state::{self, GroupCommand, GroupState};
@@ -139,7 +139,7 @@ pub(crate) struct Sequencer<R> {
     /// going rebuilds itself every few tens of thousands of changes, which
     /// in one piece held the core 80–127 ms. A write carries its
     /// conversation's place to its commit.
-    convs: Placed<ConversationId, Slot<R>>,
+    convs: Slotted<ConversationId, Slot<R>>,
     /// Block changes that arrived while their conversation was loading.
     block_overrides: HashMap<ConversationId, bool>,
     /// Conversations another node changed while they were loading: the
@@ -236,7 +236,7 @@ impl<R> Sequencer<R> {
     /// No conversation loaded.
     pub(crate) fn new(limits: Limits) -> Self {
         Sequencer {
-            convs: Placed::default(),
+            convs: Slotted::default(),
             block_overrides: HashMap::new(),
             stale_loads: HashSet::new(),
             waiting: Tickets::starting_at(1),

@@ -20,9 +20,9 @@ pub mod few;
 pub mod kafka;
 pub mod msglog;
 pub mod mysql;
-pub mod placed;
 pub mod redis;
 pub mod sharded;
+pub mod slotted;
 pub mod sqlite;
 
 pub use error::StoreError;

@@ -27,7 +27,7 @@ pub struct Place(u32);
 type Slot<K, V> = Option<(K, V)>;
 
 /// A map from `K` to `V` whose values stay where they were put.
-pub struct Placed<K, V> {
+pub struct Slotted<K, V> {
     index: Sharded<K, Place>,
     chunks: Vec<Box<[Slot<K, V>]>>,
     /// Places whose values were removed, reused before new ones.
@@ -36,9 +36,9 @@ pub struct Placed<K, V> {
     used: u32,
 }
 
-impl<K, V> Default for Placed<K, V> {
+impl<K, V> Default for Slotted<K, V> {
     fn default() -> Self {
-        Placed {
+        Slotted {
             index: Sharded::default(),
             chunks: Vec::new(),
             free: Vec::new(),
@@ -47,7 +47,7 @@ impl<K, V> Default for Placed<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Copy, V> Placed<K, V> {
+impl<K: Hash + Eq + Copy, V> Slotted<K, V> {
     fn slot(&self, place: Place) -> Option<&Slot<K, V>> {
         let place = place.0 as usize;
         self.chunks.get(place / CHUNK)?.get(place % CHUNK)
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn a_place_is_reused_and_checked_against_its_key() {
-        let mut table: Placed<u32, &str> = Placed::default();
+        let mut table: Slotted<u32, &str> = Slotted::default();
         let a = table.insert(1, "one");
         assert_eq!(table.get(&1), Some(&"one"));
         assert_eq!(table.remove(&1), Some("one"));
@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn behaves_as_a_hash_map_over_random_changes() {
         let mut rng = StdRng::seed_from_u64(17);
-        let mut table: Placed<u16, u64> = Placed::default();
+        let mut table: Slotted<u16, u64> = Slotted::default();
         let mut model: HashMap<u16, u64> = HashMap::new();
         for step in 0..200_000u64 {
             let key = rng.gen_range(0..2_000u16);
