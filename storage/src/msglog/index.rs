@@ -153,7 +153,7 @@ impl Index {
                     device_id,
                     conversation,
                     seq,
-                } => self.move_cursor(user_id, device_id, conversation, seq),
+                } => self.move_cursor(user_id, device_id, None, conversation, seq),
                 Record::Read {
                     user_id,
                     conversation,
@@ -236,10 +236,11 @@ impl Index {
         Ok(())
     }
 
-    /// A device id's number, given one if new.
-    fn device_no(&mut self, device_id: &str) -> u32 {
-        match self.devices.get(device_id) {
-            Some(&device) => device,
+    /// A device id's number, given one if new (`known`: its number, looked
+    /// up earlier).
+    fn device_no(&mut self, device_id: &str, known: Option<u32>) -> u32 {
+        match known.or_else(|| self.devices.get(device_id).copied()) {
+            Some(device) => device,
             None => {
                 let next = self.device_ids.len() as u32;
                 self.device_ids.push(device_id.into());
@@ -294,15 +295,17 @@ impl Index {
         }
     }
 
-    /// Moves a device's delivery cursor forward (never back).
+    /// Moves a device's delivery cursor forward (never back); `device`:
+    /// the device id's number, if [`Index::cursor_of_device`] found one.
     pub(super) fn move_cursor(
         &mut self,
         user_id: i64,
         device_id: &str,
+        device: Option<u32>,
         conversation: ConversationId,
         seq: i64,
     ) {
-        let device = self.device_no(device_id);
+        let device = self.device_no(device_id, device);
         self.conversation_mut(conversation)
             .raise_cursor(user_id, device, seq);
         if let Some(notes) = &mut self.notes {
@@ -397,14 +400,27 @@ impl Index {
 
     /// A device's delivery cursor (0: none).
     pub fn cursor(&self, user_id: i64, device_id: &str, conversation: ConversationId) -> i64 {
-        let Some(device) = self.devices.get(device_id) else {
-            return 0;
+        self.cursor_of_device(user_id, device_id, conversation).0
+    }
+
+    /// [`Index::cursor`], and the device id's number if it has one: the
+    /// writer moves the cursor with it, without hashing the id again.
+    pub(super) fn cursor_of_device(
+        &self,
+        user_id: i64,
+        device_id: &str,
+        conversation: ConversationId,
+    ) -> (i64, Option<u32>) {
+        let Some(&device) = self.devices.get(device_id) else {
+            return (0, None);
         };
-        self.conversations
+        let cursor = self
+            .conversations
             .get(&conversation)
-            .and_then(|c| c.cursors.get(&(user_id, *device)))
+            .and_then(|c| c.cursors.get(&(user_id, device)))
             .copied()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        (cursor, Some(device))
     }
 
     /// A user's read mark (0: none).
@@ -560,7 +576,7 @@ impl Load for Summarized<'_> {
     fn devices(&mut self, device_ids: &[&str]) {
         self.devices = device_ids
             .iter()
-            .map(|id| self.index.device_no(id))
+            .map(|id| self.index.device_no(id, None))
             .collect();
     }
 

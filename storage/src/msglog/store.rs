@@ -331,12 +331,16 @@ impl<D: Disk> MessageStore<D> {
         }
         // Only what moves is written: clients ack every push, and most acks
         // repeat or trail one already stored.
-        cursors.retain(|&(user_id, device_id, conversation), seq| {
-            *seq > index.cursor(user_id, device_id, conversation)
-        });
+        let cursors: Vec<_> = cursors
+            .into_iter()
+            .filter_map(|((user_id, device_id, conversation), seq)| {
+                let (stored, device) = index.cursor_of_device(user_id, device_id, conversation);
+                (seq > stored).then_some((user_id, device_id, device, conversation, seq))
+            })
+            .collect();
         reads.retain(|&(user_id, conversation), seq| *seq > index.read_seq(user_id, conversation));
         drop(index);
-        for (&(user_id, device_id, conversation), &seq) in &cursors {
+        for &(user_id, device_id, _, conversation, seq) in &cursors {
             records::encode_cursor(user_id, device_id, conversation, seq, &mut self.body);
         }
         for (&(user_id, conversation), &seq) in &reads {
@@ -373,8 +377,8 @@ impl<D: Disk> MessageStore<D> {
                     index.mark_read(reader, pending.conversation, pending.seq);
                 }
             }
-            for ((user_id, device_id, conversation), seq) in cursors {
-                index.move_cursor(user_id, device_id, conversation, seq);
+            for (user_id, device_id, device, conversation, seq) in cursors {
+                index.move_cursor(user_id, device_id, device, conversation, seq);
             }
             for ((user_id, conversation), seq) in reads {
                 index.mark_read(user_id, conversation, seq);
