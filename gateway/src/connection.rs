@@ -577,7 +577,7 @@ impl Connection {
         match self.frame_verdict(now) {
             Verdict::Allow if self.handled_in_line(&envelope) => Step::Next,
             Verdict::Allow => match (&self.session, envelope.body) {
-                (Some(session), Some(Body::Send(request))) if self.sends_in_line(&request) => {
+                (Some(session), Some(Body::Send(request))) if self.sends_in_line() => {
                     self.send_in_line(session, envelope.req_id, request, now)
                 }
                 (_, body) => Step::Handle(Box::pin(self.handle(Envelope { body, ..envelope }))),
@@ -663,8 +663,8 @@ impl Connection {
     /// limit, which is then counted): half of what a busy connection
     /// reads, handed on by [`Connection::send_in_line`] with no future
     /// boxed for it. The rest is [`Connection::handle`]'s.
-    fn sends_in_line(&self, request: &pb::SendMessageRequest) -> bool {
-        self.caller.send_needs_no_wait(request) && self.outbox.try_begin_send(self.inflight_limit())
+    fn sends_in_line(&self) -> bool {
+        self.caller.send_needs_no_wait() && self.outbox.try_begin_send(self.inflight_limit())
     }
 
     /// Hands on a send [`Connection::sends_in_line`] passed.

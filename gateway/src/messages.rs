@@ -50,25 +50,21 @@ impl Caller {
         request: pb::SendMessageRequest,
         reply_for: impl FnOnce(ConversationId) -> Reply,
     ) -> Result<ConversationId, pb::Error> {
+        // The receiver's account, like a group's membership, is checked
+        // where the conversation is sequenced (when it is taken in).
         let conv = self.admit_send(session, &request)?;
-        // A group's membership is checked where its messages are sequenced.
-        if request.group_id == 0 && !self.core.user_exists(request.receiver_id).await? {
-            return Err(pb::Error::new(ErrorCode::NotFound, "no such receiver"));
-        }
         self.core.wait_for_writer_room().await?;
         let (owner, job) = self.sequence_job(session, request, conv, reply_for);
         self.core.route(owner, job).await;
         Ok(conv)
     }
 
-    /// Whether [`Caller::submit_send_now`] may take `request`: nothing in
-    /// it has to wait, its receiver being known here (or it being a
-    /// group's message) and the writer's queue having room. Most sends are
-    /// such, and a connection's reader then hands them on with no future
-    /// boxed for them.
-    pub(crate) fn send_needs_no_wait(&self, request: &pb::SendMessageRequest) -> bool {
-        let receiver_known = request.group_id != 0 || self.core.user_known(request.receiver_id);
-        receiver_known && self.core.writer_has_room()
+    /// Whether [`Caller::submit_send_now`] may take a send: nothing in it
+    /// has to wait, the writer's queue having room. Most sends are such,
+    /// and a connection's reader then hands them on with no future boxed
+    /// for them.
+    pub(crate) fn send_needs_no_wait(&self) -> bool {
+        self.core.writer_has_room()
     }
 
     /// [`Caller::submit_send`] without waiting, for a send

@@ -54,13 +54,38 @@ impl Core {
         let head = self
             .read(move |store| store.conversation_head(&id, window))
             .await;
+        let head = match head {
+            Ok(head) if head.last_seq == 0 => self.both_sides_exist(conv).await.map(|()| head),
+            other => other,
+        };
         self.conversation_loaded(conv, head);
     }
 
+    /// A 1:1 conversation with no message yet is only taken in when both
+    /// its users have accounts. Checked here, once per conversation taken
+    /// in, rather than for every send (where it cost three cache misses a
+    /// message: the accounts' shard lock, its table, the entry); one that
+    /// holds a message had both then, and accounts are never deleted.
+    async fn both_sides_exist(&self, conv: ConversationId) -> Result<(), pb::Error> {
+        let ConversationId::Direct { low, high } = conv else {
+            return Ok(());
+        };
+        if self.user_exists(low).await? && self.user_exists(high).await? {
+            return Ok(());
+        }
+        Err(pb::Error::new(ErrorCode::NotFound, "no such receiver"))
+    }
+
     /// The head of a direct conversation the store's memory knows holds
-    /// nothing; `None`: a reader thread must ask the store.
+    /// nothing, between two accounts it knows; `None`: a reader thread
+    /// must ask the store.
     fn empty_head_in_memory(&self, conv: ConversationId) -> Option<ConversationHead> {
-        self.shared.memory.as_ref()?.empty_direct_head(conv)
+        let memory = self.shared.memory.as_ref()?;
+        let head = memory.empty_direct_head(conv)?;
+        let ConversationId::Direct { low, high } = conv else {
+            return None;
+        };
+        (memory.account_known(low) && memory.account_known(high)).then_some(head)
     }
 
     /// Hands a loaded head to the sequencer and carries out what follows.
