@@ -255,8 +255,9 @@ pub enum CoreMsg {
 pub struct SendJob {
     /// The message's conversation, parsed (the message holds it as text).
     pub conv: ConversationId,
-    /// The message with everything but seq, id and time filled in.
-    pub message: ChatMessage,
+    /// The message with everything but seq, id and time filled in (its
+    /// box goes on to the store's queue and back).
+    pub message: Box<ChatMessage>,
     /// The sending connection (its device does not get the push).
     pub origin_conn: u64,
     /// For a GROUP_EVENT message: the change it records, checked and

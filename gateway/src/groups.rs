@@ -95,7 +95,7 @@ impl Caller {
         let (reply, answer) = oneshot::channel();
         let job = SendJob {
             conv,
-            message: event,
+            message: Box::new(event),
             origin_conn: self.conn_id,
             command: Some(command),
             reply: Reply::Waiting(reply),

@@ -111,7 +111,7 @@ impl Caller {
         conv: ConversationId,
         reply_for: impl FnOnce(ConversationId) -> Reply,
     ) -> (usize, CoreMsg) {
-        let message = ChatMessage {
+        let message = Box::new(ChatMessage {
             conversation_id: conv.to_string(),
             seq: 0,
             server_msg_id: 0,
@@ -127,7 +127,7 @@ impl Caller {
             recalled: false,
             group_id: request.group_id,
             group_event: None,
-        };
+        });
         let job = SendJob {
             conv,
             message,

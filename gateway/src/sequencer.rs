@@ -51,7 +51,9 @@ pub(crate) type Ticket = u64;
 pub(crate) struct Job<R> {
     /// `message.conversation_id`, parsed by whoever made the message.
     pub(crate) conv: ConversationId,
-    pub(crate) message: ChatMessage,
+    /// Boxed from the start: the same box goes on to the store's queue
+    /// and comes back to be pushed.
+    pub(crate) message: Box<ChatMessage>,
     /// The sending connection (not pushed its own message).
     pub(crate) origin_conn: u64,
     /// A group change this event carries.
@@ -168,7 +170,7 @@ enum Slot<R> {
 
 /// A checked send waiting for its seq.
 struct Staged<R> {
-    message: ChatMessage,
+    message: Box<ChatMessage>,
     /// Of the message's payload, to tell a resend from a reused id.
     fingerprint: u64,
     origin_conn: u64,

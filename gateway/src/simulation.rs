@@ -327,7 +327,7 @@ impl World {
         };
         let job = Job {
             conv,
-            message,
+            message: Box::new(message),
             origin_conn: conn_id,
             command: None,
             reply,

@@ -480,13 +480,13 @@ impl WriteStore for LoggedWriter {
         for op in ops {
             match op {
                 WriteOp::AppendMessage(message) => {
-                    logged.push(message);
+                    logged.push(&**message);
                     outcomes.push(WriteOutcome::Done);
                 }
                 WriteOp::GroupChange { event, .. } => {
                     let outcome = change_outcomes.next().unwrap_or(WriteOutcome::Refused);
                     if outcome == WriteOutcome::Done {
-                        logged.push(event);
+                        logged.push(&**event);
                     }
                     outcomes.push(outcome);
                 }

@@ -207,7 +207,10 @@ pub enum WriteOp {
     /// nothing written, no seq taken). With a seq given (cluster mode:
     /// Redis gave it) [`WriteOutcome::Done`], or
     /// [`WriteOutcome::Duplicate`] if that seq or client id is stored.
-    AppendMessage(ChatMessage),
+    /// Boxed, as `GroupChange`'s event: an op is moved into the writer's
+    /// queue, out of it, into its caller's completions and out again, and
+    /// a message inline made every op 504 bytes (144 boxed).
+    AppendMessage(Box<ChatMessage>),
     /// Change profile fields ([`WriteOutcome::Refused`]: no such user).
     UpdateProfile {
         /// Whose.
@@ -299,7 +302,7 @@ pub enum WriteOp {
     /// Permissions are the sequencer's job: it owns the group's order.
     GroupChange {
         /// The GROUP_EVENT message, sequenced in the group conversation.
-        event: ChatMessage,
+        event: Box<ChatMessage>,
         /// What it does to the group.
         change: GroupChange,
     },
@@ -328,7 +331,7 @@ impl WriteOp {
     }
 
     /// [`WriteOp::message`], taken out of the op.
-    pub fn into_message(self) -> Option<ChatMessage> {
+    pub fn into_message(self) -> Option<Box<ChatMessage>> {
         match self {
             WriteOp::AppendMessage(message) | WriteOp::GroupChange { event: message, .. } => {
                 Some(message)
@@ -615,8 +618,7 @@ pub trait WriteStore: Send {
     fn append_log(&mut self, messages: &[ChatMessage]) -> Result<(), StoreError> {
         let ops: Vec<WriteOp> = messages
             .iter()
-            .cloned()
-            .map(WriteOp::AppendMessage)
+            .map(|message| WriteOp::AppendMessage(Box::new(message.clone())))
             .collect();
         self.apply_batch(&ops).map(|_| ())
     }

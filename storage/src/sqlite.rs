@@ -1625,7 +1625,7 @@ mod bench {
                     let conv = format!("si_{low}_{high}");
                     let seq = seqs.entry(conv.clone()).or_insert(0);
                     *seq += 1;
-                    WriteOp::AppendMessage(ChatMessage {
+                    WriteOp::AppendMessage(Box::new(ChatMessage {
                         conversation_id: conv,
                         seq: *seq,
                         server_msg_id: i,
@@ -1637,7 +1637,7 @@ mod bench {
                         sent_at_ms: i,
                         sender_device: "d".into(),
                         ..Default::default()
-                    })
+                    }))
                 })
                 .collect();
             for chunk in ops.chunks(batch) {

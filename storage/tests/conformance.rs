@@ -109,9 +109,9 @@ fn batch_reports_each_outcome_and_reads_back_on(backend: &dyn Backend) {
         .apply_batch(&[
             account(1, "alice"),
             account(2, "alice"),
-            WriteOp::AppendMessage(message("si_1_2", 1, 1, 7)),
-            WriteOp::AppendMessage(message("si_1_2", 2, 2, 7)),
-            WriteOp::AppendMessage(message("si_1_2", 3, 1, 7)),
+            WriteOp::AppendMessage(Box::new(message("si_1_2", 1, 1, 7))),
+            WriteOp::AppendMessage(Box::new(message("si_1_2", 2, 2, 7))),
+            WriteOp::AppendMessage(Box::new(message("si_1_2", 3, 1, 7))),
             WriteOp::AdvanceCursor {
                 user_id: 2,
                 device_id: "d".into(),
@@ -235,7 +235,7 @@ fn the_store_gives_seqs_and_knows_every_client_id_however_old_on(backend: &dyn B
     let ask = |cmid: i64, content: &str| {
         let mut m = message(conv, 0, 1, cmid);
         m.content = content.into();
-        WriteOp::AppendMessage(m)
+        WriteOp::AppendMessage(Box::new(m))
     };
     // 300 sends over several batches: seqs 1..=300 in op order.
     let mut next = 1;
@@ -285,7 +285,9 @@ fn the_store_gives_seqs_and_knows_every_client_id_however_old_on(backend: &dyn B
     // Another sender may use the same id.
     let mut bob = message(conv, 0, 2, 1);
     bob.content = "bob".into();
-    let outcomes = writer.apply_batch(&[WriteOp::AppendMessage(bob)]).unwrap();
+    let outcomes = writer
+        .apply_batch(&[WriteOp::AppendMessage(Box::new(bob))])
+        .unwrap();
     assert_eq!(outcomes[0], WriteOutcome::Appended { seq: 302 });
     let mut reader = backend.reader().unwrap();
     let head = reader.conversation_head(conv, 0).unwrap();
@@ -330,10 +332,10 @@ fn payloads_read_cursors_recall_and_the_conversation_list_on(backend: &dyn Backe
     later.sent_at_ms = 1_000;
     writer
         .apply_batch(&[
-            WriteOp::AppendMessage(image.clone()),
-            WriteOp::AppendMessage(message("si_1_2", 2, 2, 1)),
-            WriteOp::AppendMessage(message("si_1_2", 3, 2, 2)),
-            WriteOp::AppendMessage(later),
+            WriteOp::AppendMessage(Box::new(image.clone())),
+            WriteOp::AppendMessage(Box::new(message("si_1_2", 2, 2, 1))),
+            WriteOp::AppendMessage(Box::new(message("si_1_2", 3, 2, 2))),
+            WriteOp::AppendMessage(Box::new(later)),
         ])
         .unwrap();
     let mut reader = backend.reader().unwrap();
@@ -423,7 +425,7 @@ fn group_changes_apply_with_their_event_and_bound_visibility() {
 fn group_changes_apply_with_their_event_and_bound_visibility_on(backend: &dyn Backend) {
     let mut writer = backend.writer().unwrap();
     let create = WriteOp::GroupChange {
-        event: event(7, 1, 1),
+        event: Box::new(event(7, 1, 1)),
         change: GroupChange::Create {
             group: NewGroup {
                 group_id: 7,
@@ -442,13 +444,13 @@ fn group_changes_apply_with_their_event_and_bound_visibility_on(backend: &dyn Ba
     let outcomes = writer
         .apply_batch(&[
             create.clone(),
-            WriteOp::AppendMessage(text),
+            WriteOp::AppendMessage(Box::new(text)),
             WriteOp::GroupChange {
-                event: event(7, 3, 1),
+                event: Box::new(event(7, 3, 1)),
                 change: GroupChange::Join(vec![3]),
             },
             WriteOp::GroupChange {
-                event: event(7, 4, 1),
+                event: Box::new(event(7, 4, 1)),
                 change: GroupChange::Leave(vec![2]),
             },
         ])
@@ -513,7 +515,7 @@ fn mysql_rows_spread_over_shards_and_each_conversation_stays_on_one() {
         for seq in 1..=3 {
             let mut msg = message(&conv, seq, low, seq);
             msg.receiver_id = high;
-            messages.push(WriteOp::AppendMessage(msg));
+            messages.push(WriteOp::AppendMessage(Box::new(msg)));
         }
         conversations.push(conv);
     }

@@ -30,7 +30,7 @@ fn open(dir: &std::path::Path) -> Result<EmbeddedBackend, StoreError> {
 
 fn group_create(group: i64, owner: i64, members: Vec<i64>) -> WriteOp {
     WriteOp::GroupChange {
-        event: ChatMessage {
+        event: Box::new(ChatMessage {
             conversation_id: format!("sg_{group}"),
             server_msg_id: 77,
             sender_id: owner,
@@ -39,7 +39,7 @@ fn group_create(group: i64, owner: i64, members: Vec<i64>) -> WriteOp {
             sent_at_ms: 5,
             group_id: group,
             ..Default::default()
-        },
+        }),
         change: GroupChange::Create {
             group: NewGroup {
                 group_id: group,
@@ -61,9 +61,11 @@ fn a_store_written_before_the_log_is_moved_into_it_once() {
         let old = SqliteBackend::open(dir.path(), Durability::Normal).unwrap();
         let mut writer = old.writer().unwrap();
         let mut ops: Vec<WriteOp> = (1..=300)
-            .map(|i| WriteOp::AppendMessage(text("si_1_2", 1 + i % 2, i, i)))
+            .map(|i| WriteOp::AppendMessage(Box::new(text("si_1_2", 1 + i % 2, i, i))))
             .collect();
-        ops.push(WriteOp::AppendMessage(text("si_1_3", 3, 1, 1_000)));
+        ops.push(WriteOp::AppendMessage(Box::new(text(
+            "si_1_3", 3, 1, 1_000,
+        ))));
         ops.push(group_create(9, 1, vec![2]));
         writer.apply_batch(&ops).unwrap();
         writer
@@ -115,8 +117,8 @@ fn a_store_written_before_the_log_is_moved_into_it_once() {
         // An old client id is still known; numbering goes on.
         let outcomes = writer
             .apply_batch(&[
-                WriteOp::AppendMessage(text("si_1_2", 1, 2, 2)),
-                WriteOp::AppendMessage(text("si_1_2", 1, 10_000 + round, 9)),
+                WriteOp::AppendMessage(Box::new(text("si_1_2", 1, 2, 2))),
+                WriteOp::AppendMessage(Box::new(text("si_1_2", 1, 10_000 + round, 9))),
                 // Recalled before the move: not again.
                 WriteOp::Recall {
                     conversation_id: "si_1_2".into(),
@@ -160,7 +162,9 @@ fn damage_to_acked_messages_refuses_to_start_naming_the_log() {
         for i in 1..=10 {
             let cmid = half * 10 + i;
             writer
-                .apply_batch(&[WriteOp::AppendMessage(text("si_1_2", 1, cmid, cmid))])
+                .apply_batch(&[WriteOp::AppendMessage(Box::new(text(
+                    "si_1_2", 1, cmid, cmid,
+                )))])
                 .unwrap();
         }
         drop(writer);
@@ -272,7 +276,7 @@ fn a_writer_batch_bigger_than_a_segment_is_stored_whole() {
         .map(|i| {
             let mut message = text("si_1_2", 1, i, i);
             message.content = big.clone();
-            WriteOp::AppendMessage(message)
+            WriteOp::AppendMessage(Box::new(message))
         })
         .collect();
     let outcomes = writer.apply_batch(&ops).unwrap();
@@ -334,7 +338,7 @@ fn a_first_send_s_head_is_known_from_memory_and_follows_blocks() {
 
         // Once the conversation holds a message, a reader loads its head.
         writer
-            .apply_batch(&[WriteOp::AppendMessage(text("si_1_2", 1, 1, 1))])
+            .apply_batch(&[WriteOp::AppendMessage(Box::new(text("si_1_2", 1, 1, 1)))])
             .unwrap();
         assert!(memory.empty_direct_head(conv).is_none());
         let head = reader.conversation_head("si_1_2", 16).unwrap();

@@ -109,7 +109,7 @@ impl Drop for ReturnTo {
             // an empty one in its place, with the error.
             completions.append((
                 Err(PoolError::Closed),
-                WriteOp::AppendMessage(Default::default()),
+                WriteOp::AppendMessage(Box::default()),
             ));
             completions.wake();
         }
@@ -122,10 +122,10 @@ mod tests {
     use ourchat_storage::WriteOutcome;
 
     fn op(seq: i64) -> WriteOp {
-        WriteOp::AppendMessage(ourchat_storage::ChatMessage {
+        WriteOp::AppendMessage(Box::new(ourchat_storage::ChatMessage {
             seq,
             ..Default::default()
-        })
+        }))
     }
 
     #[test]

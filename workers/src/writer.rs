@@ -239,7 +239,7 @@ impl WriterHandle {
             (Queued::Job(job), error) => Err(Box::new(Refused { op: job.op, error })),
             // Only shutdown queues Stop, never through a handle.
             (Queued::Stop, error) => Err(Box::new(Refused {
-                op: WriteOp::AppendMessage(Default::default()),
+                op: WriteOp::AppendMessage(Box::default()),
                 error,
             })),
         }

@@ -293,7 +293,7 @@ impl Core {
         }
         CoreMetrics::inc(&self.metrics().messages_accepted);
         let committed_at = Some(Instant::now());
-        let frame = encode_frame(&Envelope::new(0, Body::PushMessage(message)));
+        let frame = encode_frame(&Envelope::new(0, Body::PushMessage(*message)));
         let plan = fanout::deliveries(&recipients, origin_conn, self.shared.cores, |user| {
             self.owner_of_user(user)
         });

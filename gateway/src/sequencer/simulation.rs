@@ -62,18 +62,18 @@ const LIMITS: Limits = Limits {
     clustered: false,
 };
 
-fn chat(conv: ConversationId, sender: i64, client_id: i64, content: &str) -> ChatMessage {
+fn chat(conv: ConversationId, sender: i64, client_id: i64, content: &str) -> Box<ChatMessage> {
     let ConversationId::Direct { low, high } = conv else {
         unreachable!("1:1 conversations only")
     };
-    ChatMessage {
+    Box::new(ChatMessage {
         conversation_id: conv.to_string(),
         sender_id: sender,
         receiver_id: if sender == low { high } else { low },
         client_message_id: client_id,
         content: content.to_owned(),
         ..ChatMessage::default()
-    }
+    })
 }
 
 fn run(seed: u64) {

@@ -27,7 +27,7 @@ impl Engine for SqliteNow {
     fn write_batch(&mut self, msgs: &[Msg], cursors: &[Cursor]) -> Vec<i64> {
         let mut ops: Vec<WriteOp> = msgs
             .iter()
-            .map(|m| WriteOp::AppendMessage(chat_message(m, 0)))
+            .map(|m| WriteOp::AppendMessage(Box::new(chat_message(m, 0))))
             .collect();
         let conversations: std::collections::HashMap<u32, &str> =
             msgs.iter().map(|m| (m.conv, m.conv_id.as_str())).collect();
