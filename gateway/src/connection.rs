@@ -570,8 +570,8 @@ impl Connection {
                 }));
             }
         };
-        // One clock read per frame, for the idle clock, the frame rate
-        // and a send's time in the node.
+        // One clock read per frame, for the idle clock, the frame rate,
+        // the sender's rate and a send's time in the node.
         let now = std::time::Instant::now();
         self.outbox.touch(now);
         match self.frame_verdict(now) {
@@ -677,7 +677,10 @@ impl Connection {
     ) -> Step<'_> {
         CoreMetrics::inc(&self.caller.core.metrics().frames_in);
         let reply_for = self.answer_to(req_id, received_at);
-        match self.caller.submit_send_now(session, request, reply_for) {
+        match self
+            .caller
+            .submit_send_now(session, request, received_at, reply_for)
+        {
             SubmittedNow::Routed => Step::Next,
             SubmittedNow::Refused(error) => {
                 self.refuse_send(req_id, error);

@@ -518,11 +518,10 @@ impl Core {
             .retain(|_, bucket| !bucket.is_full(rate, now));
     }
 
-    /// Takes one send from `user_id`'s bucket on this core; `false` when
-    /// the user sends faster than allowed.
-    pub fn take_send(&self, user_id: i64) -> bool {
+    /// Takes one send from `user_id`'s bucket on this core, as of `now`;
+    /// `false` when the user sends faster than allowed.
+    pub fn take_send(&self, user_id: i64, now: Instant) -> bool {
         let rate = self.shared.config.limits.user_send_rate();
-        let now = Instant::now();
         let taken = self
             .send_buckets
             .borrow_mut()

@@ -3,6 +3,8 @@
 //! per core), sync from cursors, and history pages. A send's answer comes
 //! later than the request: the socket pipelines it, a gRPC call awaits it.
 
+use std::time::Instant;
+
 use futures::channel::oneshot;
 use ourchat_protocol::payload;
 use ourchat_protocol::pb::{self, ChatMessage};
@@ -52,7 +54,7 @@ impl Caller {
     ) -> Result<ConversationId, pb::Error> {
         // The receiver's account, like a group's membership, is checked
         // where the conversation is sequenced (when it is taken in).
-        let conv = self.admit_send(session, &request)?;
+        let conv = self.admit_send(session, &request, Instant::now())?;
         self.core.wait_for_writer_room().await?;
         let (owner, job) = self.sequence_job(session, request, conv, reply_for);
         self.core.route(owner, job).await;
@@ -68,14 +70,17 @@ impl Caller {
     }
 
     /// [`Caller::submit_send`] without waiting, for a send
-    /// [`Caller::send_needs_no_wait`] passed.
+    /// [`Caller::send_needs_no_wait`] passed; `received_at`: when its
+    /// frame was read (the sender's rate is counted from it, which saves
+    /// a clock read a message).
     pub(crate) fn submit_send_now(
         &self,
         session: &Session,
         request: pb::SendMessageRequest,
+        received_at: Instant,
         reply_for: impl FnOnce(ConversationId) -> Reply,
     ) -> SubmittedNow {
-        let conv = match self.admit_send(session, &request) {
+        let conv = match self.admit_send(session, &request, received_at) {
             Ok(conv) => conv,
             Err(refused) => return SubmittedNow::Refused(refused),
         };
@@ -86,13 +91,15 @@ impl Caller {
         }
     }
 
-    /// The sender's rate and the send's validity; its conversation.
+    /// The sender's rate (as of `now`) and the send's validity; its
+    /// conversation.
     fn admit_send(
         &self,
         session: &Session,
         request: &pb::SendMessageRequest,
+        now: Instant,
     ) -> Result<ConversationId, pb::Error> {
-        if !self.core.take_send(session.user_id) {
+        if !self.core.take_send(session.user_id, now) {
             return Err(self.core.slow_down());
         }
         let server = &self.core.shared.config.server;
