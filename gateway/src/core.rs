@@ -20,7 +20,7 @@
 //! (sending to other cores), `delivery` (pushes and answers), `presence`
 //! and `workers` (calls on the store, hashing and Redis threads).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 // The core's maps are keyed by ids the server assigns (users, connections):
 // foldhash, not SipHash, whose rounds showed in the reactor's profile.
 use foldhash::HashMap;
@@ -42,6 +42,7 @@ use ourchat_workers::{JobHandle, WriterHandle};
 use crate::auth::TokenKeys;
 use crate::cluster::{ClusterShared, DeviceChange};
 use crate::config::Config;
+use crate::conn_table::ConnTable;
 use crate::directory::Directory;
 use crate::group_state::GroupCommand;
 use crate::limits::{Limit, NodeLimits, TokenBucket};
@@ -354,8 +355,7 @@ pub struct Core {
     /// Per peer core: this core's traffic that found its channel full.
     overflows: RefCell<Vec<Overflow>>,
     ids: RefCell<IdGenerator>,
-    next_conn: Cell<u64>,
-    conns: RefCell<HashMap<u64, Rc<Outbox>>>,
+    conns: RefCell<ConnTable<Rc<Outbox>>>,
     directory: RefCell<Directory>,
     sequencer: RefCell<Sequencer<Reply>>,
     commits: LocalSender<PendingCommit>,
@@ -396,8 +396,7 @@ impl Core {
             id,
             mesh,
             ids: RefCell::new(IdGenerator::new(node, id as u16)),
-            next_conn: Cell::new(1),
-            conns: RefCell::default(),
+            conns: RefCell::new(ConnTable::new(conn_id_on(id, 0))),
             overflows: RefCell::new((0..shared.cores).map(|_| Overflow::default()).collect()),
             directory: RefCell::default(),
             sequencer: RefCell::new(Sequencer::new(sequencer::Limits {
@@ -442,23 +441,30 @@ impl Core {
     /// Registers a connection (new, or handed over by another core) and
     /// returns its id here.
     pub fn add_connection(&self, outbox: Rc<Outbox>) -> u64 {
-        CoreMetrics::inc(&self.metrics().connections);
-        let conn_id = self.new_conn_id();
-        self.conns.borrow_mut().insert(conn_id, outbox);
-        conn_id
+        let added = self.conns.borrow_mut().insert(outbox.clone());
+        match added {
+            Some(conn_id) => {
+                CoreMetrics::inc(&self.metrics().connections);
+                conn_id
+            }
+            None => {
+                outbox.close_with(Some(kicked_frame(
+                    "this core holds all the connections it can",
+                )));
+                self.new_conn_id()
+            }
+        }
     }
 
     /// A fresh connection id. Used alone for a request with no socket (a
     /// gRPC call): never registered, so pushes to it go nowhere.
     pub fn new_conn_id(&self) -> u64 {
-        let n = self.next_conn.get();
-        self.next_conn.set(n + 1);
-        conn_id_on(self.id, n)
+        self.conns.borrow_mut().unregistered_id()
     }
 
     /// Forgets a closed connection.
     pub fn remove_connection(&self, conn_id: u64) {
-        if self.conns.borrow_mut().remove(&conn_id).is_some() {
+        if self.conns.borrow_mut().remove(conn_id).is_some() {
             self.metrics()
                 .connections
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -710,7 +716,7 @@ impl Core {
                 let _ = reply.send(queued);
             }
             CoreMsg::Kick { conn_id, reason } => {
-                if let Some(outbox) = self.conns.borrow().get(&conn_id) {
+                if let Some(outbox) = self.conns.borrow().get(conn_id) {
                     outbox.close_with(Some(kicked_frame(&reason)));
                 }
             }

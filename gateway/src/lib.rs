@@ -16,6 +16,7 @@ pub mod admin_http;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+mod conn_table;
 pub mod connection;
 mod conversations;
 pub mod core;

@@ -76,7 +76,7 @@ impl Core {
         pushing: Pushing,
     ) {
         let conns = self.conns.borrow();
-        let Some(outbox) = conns.get(&conn_id) else {
+        let Some(outbox) = conns.get(conn_id) else {
             return;
         };
         let metrics = self.metrics();
@@ -113,7 +113,7 @@ impl Core {
     /// the send as answered there.
     pub(super) fn answer_local(&self, to: ConnReply, result: SendResult) {
         let conns = self.conns.borrow();
-        let Some(outbox) = conns.get(&to.conn_id) else {
+        let Some(outbox) = conns.get(to.conn_id) else {
             return;
         };
         let metrics = self.metrics();
