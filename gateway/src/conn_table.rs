@@ -122,9 +122,9 @@ impl<T> ConnTable<T> {
     }
 
     /// An id no value will ever be held under (a request without a
-    /// socket), unique on this core.
+    /// socket), unique on this core (for 2^47 of them).
     pub(crate) fn unregistered_id(&mut self) -> u64 {
-        let n = self.next_unregistered & SLOT_MASK;
+        let n = self.next_unregistered & (UNREGISTERED - 1);
         self.next_unregistered += 1;
         self.core_bits | UNREGISTERED | n
     }
