@@ -15,6 +15,8 @@ const GENERATION_BITS: u32 = 23;
 const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
 const UNREGISTERED: u64 = 1 << (SLOT_BITS + GENERATION_BITS);
+/// Every bit of an id below the core's.
+const LOCAL_MASK: u64 = (UNREGISTERED << 1) - 1;
 
 struct Slot<T> {
     generation: u64,
@@ -78,8 +80,8 @@ impl<T> ConnTable<T> {
     }
 
     fn slot_of(&self, id: u64) -> Option<(usize, u64)> {
-        let local = id & !(u64::MAX << (SLOT_BITS + GENERATION_BITS + 1));
-        if local & UNREGISTERED != 0 || id & !local != self.core_bits {
+        let local = id & LOCAL_MASK;
+        if local & UNREGISTERED != 0 || id & !LOCAL_MASK != self.core_bits {
             return None;
         }
         Some((
@@ -153,6 +155,11 @@ mod tests {
 
     #[test]
     fn other_cores_and_unregistered_ids_find_nothing() {
+        assert_eq!(
+            conn_id_on(1, 0),
+            LOCAL_MASK + 1,
+            "the core's bits start above ours"
+        );
         let mut table = ConnTable::new(conn_id_on(1, 0));
         let id = table.insert(7).expect("room");
         let elsewhere = conn_id_on(2, id & !conn_id_on(1, 0));

@@ -81,11 +81,13 @@ impl Core {
     /// must ask the store.
     fn empty_head_in_memory(&self, conv: ConversationId) -> Option<ConversationHead> {
         let memory = self.shared.memory.as_ref()?;
-        let head = memory.empty_direct_head(conv)?;
         let ConversationId::Direct { low, high } = conv else {
             return None;
         };
-        (memory.account_known(low) && memory.account_known(high)).then_some(head)
+        if !(memory.account_known(low) && memory.account_known(high)) {
+            return None;
+        }
+        memory.empty_direct_head(conv)
     }
 
     /// Hands a loaded head to the sequencer and carries out what follows.
