@@ -116,6 +116,52 @@ struct Pending<'a> {
     range: std::ops::Range<usize>,
 }
 
+/// The messages of the batch being written, and how to find one of them:
+/// a resend, or a seq given twice, meets an earlier message of its batch
+/// as it would one already indexed. Looking back through the batch for
+/// each message instead was quadratic in the batch: 10% of a node's CPU
+/// at 30,000/s, where a slow fsync leaves batches of thousands
+/// (BENCHMARKS.md, "A batch's messages found by key").
+#[derive(Default)]
+struct Batched<'a> {
+    pending: Vec<Pending<'a>>,
+    /// Each conversation's newest seq in the batch.
+    newest: Map<ConversationId, i64>,
+    /// Which pending a (conversation, sender, client id) is.
+    sent: Map<(ConversationId, i64, i64), usize>,
+    /// Every (conversation, seq) in the batch.
+    seqs: Map<(ConversationId, i64), ()>,
+}
+
+impl<'a> Batched<'a> {
+    /// The earlier message of the batch `sender` sent as `client_id`.
+    fn sent_before(&self, key: (ConversationId, i64, i64)) -> Option<&Pending<'a>> {
+        self.sent.get(&key).map(|&at| &self.pending[at])
+    }
+
+    fn holds(&self, conversation: ConversationId, seq: i64) -> bool {
+        self.seqs.contains_key(&(conversation, seq))
+    }
+
+    fn newest(&self, conversation: ConversationId) -> i64 {
+        self.newest.get(&conversation).copied().unwrap_or(0)
+    }
+
+    fn push(&mut self, pending: Pending<'a>) {
+        let (conversation, seq) = (pending.conversation, pending.seq);
+        let key = (
+            conversation,
+            pending.message.sender_id,
+            pending.message.client_message_id,
+        );
+        self.sent.insert(key, self.pending.len());
+        self.seqs.insert((conversation, seq), ());
+        let newest = self.newest.entry(conversation).or_insert(seq);
+        *newest = (*newest).max(seq);
+        self.pending.push(pending);
+    }
+}
+
 /// The message store's writer on a log.
 pub struct MessageStore<D: Disk> {
     log: Log<D>,
@@ -253,7 +299,7 @@ impl<D: Disk> MessageStore<D> {
     pub fn append(&mut self, appends: &[Append<'_>]) -> Result<BatchOutcome, LogError> {
         self.body.clear();
         let mut appended = Vec::with_capacity(appends.len());
-        let mut stored: Vec<Pending<'_>> = Vec::new();
+        let mut stored = Batched::default();
         let mut cursors: Map<(i64, &str, ConversationId), i64> = Map::default();
         let mut reads: Map<(i64, ConversationId), i64> = Map::default();
         let mut recalls: Vec<(ConversationId, i64)> = Vec::new();
@@ -346,7 +392,7 @@ impl<D: Disk> MessageStore<D> {
         for (&(user_id, conversation), &seq) in &reads {
             records::encode_read(user_id, conversation, seq, &mut self.body);
         }
-        let count = stored.len() + recalls.len() + cursors.len() + reads.len();
+        let count = stored.pending.len() + recalls.len() + cursors.len() + reads.len();
         if count == 0 {
             return Ok(BatchOutcome {
                 appended,
@@ -356,12 +402,12 @@ impl<D: Disk> MessageStore<D> {
         // Cursor moves alone are not worth an fsync: one lost in a crash
         // costs a re-delivery the client dedupes. They become durable with
         // the next batch that is.
-        let durable = !stored.is_empty() || !recalls.is_empty() || !reads.is_empty();
+        let durable = !stored.pending.is_empty() || !recalls.is_empty() || !reads.is_empty();
         let placed = self.log.append_with(count as u32, &self.body, durable)?;
         let sealed = {
             let mut index = write(&self.index);
             let sealed = index.begin_batch(placed);
-            for pending in stored {
+            for pending in stored.pending {
                 if pending.group {
                     index.note_group(placed.batch_no, pending.range.clone());
                 }
@@ -418,7 +464,7 @@ fn prepare_message<'a, D: Disk>(
     message: &'a ChatMessage,
     readers: &'a [i64],
     change: Option<&[u8]>,
-    stored: &mut Vec<Pending<'a>>,
+    stored: &mut Batched<'a>,
 ) -> Result<Appended, LogError> {
     let Ok(conversation) = message.conversation_id.parse::<ConversationId>() else {
         return Ok(Appended::Refused);
@@ -442,17 +488,17 @@ fn prepare_message<'a, D: Disk>(
             })?;
         return Ok(resent(seq, &first));
     }
-    for earlier in stored.iter().filter(|p| p.conversation == conversation) {
-        if (earlier.message.sender_id, earlier.message.client_message_id) == (sender, client_id) {
-            return Ok(resent(earlier.seq, earlier.message));
-        }
-        if message.seq > 0 && earlier.seq == message.seq {
-            return Ok(Appended::SeqTaken);
-        }
-        newest = newest.max(earlier.seq);
+    if let Some(earlier) = stored.sent_before((conversation, sender, client_id)) {
+        return Ok(resent(earlier.seq, earlier.message));
     }
+    newest = newest.max(stored.newest(conversation));
     let seq = match message.seq {
-        given if given > 0 && index.holds(conversation, given) => return Ok(Appended::SeqTaken),
+        given
+            if given > 0
+                && (index.holds(conversation, given) || stored.holds(conversation, given)) =>
+        {
+            return Ok(Appended::SeqTaken)
+        }
         given if given > 0 => given,
         _ => newest + 1,
     };
@@ -865,6 +911,46 @@ mod tests {
             append(&mut store, &[message("si_1_2", 2, 1, "bob's 1")]).unwrap()[0],
             Appended::Stored(202)
         );
+    }
+
+    #[test]
+    fn a_given_seq_is_taken_once_whether_indexed_or_earlier_in_its_batch() {
+        let mut store = MessageStore::open(MemDisk::default(), SEGMENT).unwrap();
+        let given = |seq, sender, cmid| ChatMessage {
+            seq,
+            ..message("si_1_2", sender, cmid, "x")
+        };
+        assert_eq!(
+            append(&mut store, &[given(3, 1, 1)]).unwrap(),
+            [Appended::Stored(3)]
+        );
+        let outcomes = append(
+            &mut store,
+            &[
+                given(5, 1, 2),
+                given(5, 2, 1),
+                given(3, 2, 2),
+                given(7, 1, 2),
+                message("si_1_2", 2, 3, "unnumbered"),
+                given(4, 2, 4),
+                message("si_1_3", 1, 9, "another conversation's seqs are its own"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Appended::Stored(5),
+                Appended::SeqTaken,
+                Appended::SeqTaken,
+                Appended::SeqTaken,
+                Appended::Stored(6),
+                Appended::Stored(4),
+                Appended::Stored(1),
+            ],
+            "a seq taken earlier in the batch or before it, a resend with a seq, the newest + 1"
+        );
+        assert_eq!(store.last_seq(conv("si_1_2")), 6);
     }
 
     #[test]
