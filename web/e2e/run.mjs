@@ -290,7 +290,11 @@ test("the web app against a real node", async (t) => {
       await node.start();
       node.cli("bobcli", "login", "bob", PASSWORD);
       for (const n of [1, 2, 3]) node.cli("bobcli", "send", "--to", "alice", `while you were away ${n}`);
-      await messages(alice).getByText("while you were away 3").waitFor({ timeout: 20_000 });
+      // The sync after the reconnect and the live pushes race: the last may
+      // show before the first two are filled in, so wait for each.
+      for (const n of [1, 2, 3]) {
+        await messages(alice).getByText(`while you were away ${n}`).waitFor({ timeout: 20_000 });
+      }
       await alice.getByText("Reconnecting…").waitFor({ state: "detached" });
       for (const n of [1, 2, 3]) assert.equal(await messages(alice).getByText(`while you were away ${n}`).count(), 1);
       await offline.and(alice.locator('[data-status="sent"], [data-status="read"]')).waitFor();
