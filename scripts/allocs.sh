@@ -4,9 +4,11 @@
 # over 4 s in the middle of a p2p run, divided by the pushes the node made
 # meanwhile (its /metrics). Needs perf (Debian: linux-perf) and root.
 # SITES=1 also records 2 s of call stacks and prints the cores' top
-# allocation sites (the first frame outside alloc/core/std/prost/bytes).
+# allocation sites (the first frame outside alloc/core/std/prost/bytes);
+# THREADS=ourchat-writer those of the threads named so instead.
 #   BIN=target/release RATE=2000 scripts/allocs.sh
 #   SITES=1 BIN=target/release RATE=2000 scripts/allocs.sh
+#   SITES=1 THREADS=ourchat-writer BIN=target/release RATE=2000 scripts/allocs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}; RATE=${RATE:-2000}
@@ -48,11 +50,12 @@ PY
 [[ ${SITES:-} == 1 ]] || exit 0
 perf script -i "$OUT/sites.data" -F comm,ip,sym --no-inline 2>/dev/null | python3 -c '
 import collections, re, sys
+threads = sys.argv[1]
 plumbing = re.compile(r"^<?(_rjem|alloc::|core::|std::|hashbrown|bytes::|__rust|T as alloc|prost)")
 sites = collections.Counter()
 comm, chain = None, []
 def done():
-    if comm and comm.startswith("ourchat-core") and len(chain) > 1:
+    if comm and comm.startswith(threads) and len(chain) > 1:
         sites[next((f for f in chain[1:] if not plumbing.match(f)), chain[-1])] += 1
 for line in sys.stdin:
     if not line.strip():
@@ -63,7 +66,7 @@ for line in sys.stdin:
         chain.append(re.sub(r"::h[0-9a-f]{16}$", "", parts[1].strip()))
 done()
 total = max(sum(sites.values()), 1)
-print("the cores allocation sites, share of their allocations:")
+print(f"allocation sites of the {threads}* threads, share of their allocations:")
 for site, n in sites.most_common(15):
     print(f"{100 * n / total:5.1f}% {site[:140]}")
-'
+' "${THREADS:-ourchat-core}"

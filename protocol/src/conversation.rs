@@ -89,10 +89,25 @@ fn put_i64(buf: &mut [u8; MAX_ID_LEN], len: usize, value: i64) -> usize {
     end
 }
 
-impl fmt::Display for ConversationId {
-    /// Written in one piece: `to_string()` runs for every message sent and
-    /// acked, and piecewise writes made it grow its buffer three times.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// An id's text on the stack ([`ConversationId::text`]).
+pub struct IdText {
+    buf: [u8; MAX_ID_LEN],
+    len: usize,
+}
+
+impl std::ops::Deref for IdText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only ASCII digits, signs, letters and underscores are written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl ConversationId {
+    /// The id's text without allocating: the log's writer encodes one for
+    /// every cursor it moves.
+    pub fn text(&self) -> IdText {
         let mut buf = [0u8; MAX_ID_LEN];
         let len = match *self {
             ConversationId::Direct { low, high } => {
@@ -106,8 +121,15 @@ impl fmt::Display for ConversationId {
                 put_i64(&mut buf, 3, group)
             }
         };
-        // Only ASCII digits, signs, letters and underscores were written.
-        f.pad(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
+        IdText { buf, len }
+    }
+}
+
+impl fmt::Display for ConversationId {
+    /// Written in one piece: `to_string()` runs for every message sent and
+    /// acked, and piecewise writes made it grow its buffer three times.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.text())
     }
 }
 
@@ -160,6 +182,7 @@ mod tests {
             // One allocation, of the id's length (a String holds 8 at least).
             assert_eq!(written.capacity(), text.len().max(8));
             assert_eq!(format!("{id:>8}").trim_start(), text);
+            assert_eq!(&*id.text(), text, "the text on the stack");
         }
         assert_eq!(
             "si_1_2".parse(),

@@ -93,7 +93,7 @@ pub(super) fn encode_cursor(
     seq: i64,
     out: &mut Vec<u8>,
 ) {
-    let conversation = conversation.to_string();
+    let conversation = conversation.text();
     header(
         CURSOR,
         8 + 8 + 2 + conversation.len() + device_id.len(),
@@ -108,7 +108,7 @@ pub(super) fn encode_cursor(
 
 /// kind, length, user i64, seq i64, conversation id text.
 pub(super) fn encode_read(user_id: i64, conversation: ConversationId, seq: i64, out: &mut Vec<u8>) {
-    let conversation = conversation.to_string();
+    let conversation = conversation.text();
     header(READ, 16 + conversation.len(), out);
     out.extend_from_slice(&user_id.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
@@ -117,7 +117,7 @@ pub(super) fn encode_read(user_id: i64, conversation: ConversationId, seq: i64, 
 
 /// kind, length, seq i64, conversation id text.
 pub(super) fn encode_recall(conversation: ConversationId, seq: i64, out: &mut Vec<u8>) {
-    let conversation = conversation.to_string();
+    let conversation = conversation.text();
     header(RECALL, 8 + conversation.len(), out);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(conversation.as_bytes());

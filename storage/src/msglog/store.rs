@@ -122,9 +122,16 @@ struct Pending<'a> {
 /// each message instead was quadratic in the batch: 10% of a node's CPU
 /// at 30,000/s, where a slow fsync leaves batches of thousands
 /// (BENCHMARKS.md, "A batch's messages found by key").
-#[derive(Default)]
-struct Batched<'a> {
+struct Batched<'a, 'k> {
     pending: Vec<Pending<'a>>,
+    keys: &'k mut BatchKeys,
+}
+
+/// [`Batched`]'s maps, kept by the store from batch to batch so that a
+/// batch allocates none once they have grown (to the largest batch's
+/// messages at most, which the writer bounds).
+#[derive(Default)]
+struct BatchKeys {
     /// Each conversation's newest seq in the batch.
     newest: Map<ConversationId, i64>,
     /// Which pending a (conversation, sender, client id) is.
@@ -133,18 +140,28 @@ struct Batched<'a> {
     seqs: Map<(ConversationId, i64), ()>,
 }
 
-impl<'a> Batched<'a> {
+impl<'a, 'k> Batched<'a, 'k> {
+    fn new(keys: &'k mut BatchKeys) -> Self {
+        keys.newest.clear();
+        keys.sent.clear();
+        keys.seqs.clear();
+        Batched {
+            pending: Vec::new(),
+            keys,
+        }
+    }
+
     /// The earlier message of the batch `sender` sent as `client_id`.
     fn sent_before(&self, key: (ConversationId, i64, i64)) -> Option<&Pending<'a>> {
-        self.sent.get(&key).map(|&at| &self.pending[at])
+        self.keys.sent.get(&key).map(|&at| &self.pending[at])
     }
 
     fn holds(&self, conversation: ConversationId, seq: i64) -> bool {
-        self.seqs.contains_key(&(conversation, seq))
+        self.keys.seqs.contains_key(&(conversation, seq))
     }
 
     fn newest(&self, conversation: ConversationId) -> i64 {
-        self.newest.get(&conversation).copied().unwrap_or(0)
+        self.keys.newest.get(&conversation).copied().unwrap_or(0)
     }
 
     fn push(&mut self, pending: Pending<'a>) {
@@ -154,9 +171,9 @@ impl<'a> Batched<'a> {
             pending.message.sender_id,
             pending.message.client_message_id,
         );
-        self.sent.insert(key, self.pending.len());
-        self.seqs.insert((conversation, seq), ());
-        let newest = self.newest.entry(conversation).or_insert(seq);
+        self.keys.sent.insert(key, self.pending.len());
+        self.keys.seqs.insert((conversation, seq), ());
+        let newest = self.keys.newest.entry(conversation).or_insert(seq);
         *newest = (*newest).max(seq);
         self.pending.push(pending);
     }
@@ -169,6 +186,7 @@ pub struct MessageStore<D: Disk> {
     /// The segment the marks were last written for.
     marked_segment: u64,
     body: Vec<u8>,
+    batch_keys: BatchKeys,
     /// When the log-end file was last written.
     end_noted: Instant,
 }
@@ -247,6 +265,7 @@ impl<D: Disk> MessageStore<D> {
             index: Arc::new(RwLock::new(*index)),
             marked_segment: 0,
             body: Vec::new(),
+            batch_keys: BatchKeys::default(),
             // The first batch notes the end at once.
             end_noted: Instant::now()
                 .checked_sub(NOTE_END_EVERY)
@@ -299,7 +318,7 @@ impl<D: Disk> MessageStore<D> {
     pub fn append(&mut self, appends: &[Append<'_>]) -> Result<BatchOutcome, LogError> {
         self.body.clear();
         let mut appended = Vec::with_capacity(appends.len());
-        let mut stored = Batched::default();
+        let mut stored = Batched::new(&mut self.batch_keys);
         let mut cursors: Map<(i64, &str, ConversationId), i64> = Map::default();
         let mut reads: Map<(i64, ConversationId), i64> = Map::default();
         let mut recalls: Vec<(ConversationId, i64)> = Vec::new();
@@ -464,7 +483,7 @@ fn prepare_message<'a, D: Disk>(
     message: &'a ChatMessage,
     readers: &'a [i64],
     change: Option<&[u8]>,
-    stored: &mut Batched<'a>,
+    stored: &mut Batched<'a, '_>,
 ) -> Result<Appended, LogError> {
     let Ok(conversation) = message.conversation_id.parse::<ConversationId>() else {
         return Ok(Appended::Refused);
