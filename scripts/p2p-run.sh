@@ -28,12 +28,13 @@ def buckets(name):
     return [(float("inf") if le == "+Inf" else float(le), int(n))
             for le, n in re.findall(name + r'_bucket\{le="([^"]+)"\} (\d+)', metrics)]
 def bound(hist, q):
-    return next(le for le, n in hist if n >= q * hist[-1][1]) / 1000
+    le = next(le for le, n in hist if n >= q * hist[-1][1])
+    return f"≤ {le / 1000:g}" if le != float("inf") else f"> {hist[-2][0] / 1000:g}"
 commits, acks = buckets("ourchat_store_commit_latency_us"), buckets("ourchat_send_ack_latency_us")
 slow = commits[-1][1] - dict(commits)[10000.0]
 deliver = run["send_to_deliver_us"]
 print(f"{label} (load {load}): {run['deliveries_per_sec']:.0f} delivered/s,"
       f" {run['server_cpu_us_per_delivered']:.1f} CPU µs each, deliver p50 {deliver['p50'] / 1000:.1f}"
-      f" p99 {deliver['p99'] / 1000:.1f} ms, lost {run['lost']}; node: send→ack p99 ≤ {bound(acks, .99):g} ms,"
-      f" commit p99 ≤ {bound(commits, .99):g} ms, {slow} of {commits[-1][1]} commits over 10 ms")
+      f" p99 {deliver['p99'] / 1000:.1f} ms, lost {run['lost']}; node: send→ack p99 {bound(acks, .99)} ms,"
+      f" commit p99 {bound(commits, .99)} ms, {slow} of {commits[-1][1]} commits over 10 ms")
 PY
