@@ -99,6 +99,12 @@ start_node() {
   echo "node did not become ready" >&2; cat "$DATA/server.log" >&2; exit 1
 }
 
+# p2p_run [loadgen flags...]: the A/B scripts' run, named `run`: 10,000
+# users sending to random peers at RATE msg/s for 15 s, 3 s to drain.
+p2p_run() {
+  run run p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --ramp 20000 --drain "${DRAIN:-3}" "$@"
+}
+
 # run NAME SCENARIO [loadgen flags...]: one loadgen run against the node.
 run() {
   local name=$1; shift

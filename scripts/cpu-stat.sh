@@ -14,8 +14,7 @@ OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-cpu-stat.XXXXXX")
 . scripts/bench-lib.sh
 start_node 10000 --cores "${CORES:-2}"
 load=$(cut -d' ' -f1 /proc/loadavg)
-run run p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --ramp 20000 \
-  --heartbeat 30 --drain 3 &
+p2p_run --heartbeat 30 &
 loadgen=$!
 sleep 6
 perf stat -x, -e "task-clock,context-switches,syscalls:sys_enter_io_uring_enter${EVENTS:+,$EVENTS}" -p "$NODE_PID" -- sleep 8 2>"$OUT/stat" >/dev/null

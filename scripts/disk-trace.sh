@@ -12,7 +12,7 @@ BIN=${BIN:-target/release}; RATE=${RATE:-10000}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-disk-trace.XXXXXX")
 . scripts/bench-lib.sh
 start_node 10000 --cores "${CORES:-1}"
-run run p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --drain 3 --ramp 20000 2>/dev/null &
+p2p_run 2>/dev/null &
 loadgen=$!
 sleep 5
 events=ext4:ext4_sync_file_enter,ext4:ext4_sync_file_exit,block:block_rq_issue,block:block_rq_complete

@@ -12,8 +12,7 @@ PIN=${PIN:-1}
 . scripts/bench-lib.sh
 start_node 10000 --cores 1
 load=$(cut -d' ' -f1 /proc/loadavg)
-run run p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --ramp 20000 \
-  --heartbeat 30 --drain 3 2>/dev/null
+p2p_run --heartbeat 30 2>/dev/null
 python3 - "$OUT" "$load" <<'PY'
 import json, sys
 out, load = sys.argv[1], sys.argv[2]

@@ -16,8 +16,7 @@ OUT=$(mktemp -d "${TMPDIR:-/tmp}/ourchat-p2p-run.XXXXXX")
 . scripts/bench-lib.sh
 start_node 10000 --cores "${CORES:-1}"
 load=$(cut -d' ' -f1 /proc/loadavg)
-run run p2p --users 10000 --procs 2 --rate "$RATE" --duration 15 --drain "${DRAIN:-3}" \
-  --ramp 20000 2>/dev/null
+p2p_run 2>/dev/null
 stop_node
 python3 - "$OUT" "$LABEL" "$load" <<'PY'
 import json, re, sys
