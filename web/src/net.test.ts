@@ -1,38 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { EnvelopeSchema, type Envelope } from "./gen/client_pb";
 import { ErrorCode } from "./gen/common_pb";
 import { Connection, NetError, ServerError, type Body, type NetState } from "./net";
-
-/** A WebSocket the test plays the node for. */
-class FakeSocket {
-  static OPEN = 1;
-  static last: FakeSocket;
-  readyState = 0;
-  binaryType = "";
-  sent: Envelope[] = [];
-  onopen?: () => void;
-  onmessage?: (event: { data: ArrayBuffer }) => void;
-  onclose?: () => void;
-  constructor(readonly url: string) {
-    FakeSocket.last = this;
-  }
-  send(bytes: Uint8Array) {
-    this.sent.push(fromBinary(EnvelopeSchema, bytes));
-  }
-  close() {
-    this.readyState = 3;
-    this.onclose?.();
-  }
-  open() {
-    this.readyState = 1;
-    this.onopen?.();
-  }
-  reply(reqId: number, body: object) {
-    const bytes = toBinary(EnvelopeSchema, create(EnvelopeSchema, { reqId, body } as never));
-    this.onmessage?.({ data: bytes.slice().buffer });
-  }
-}
+import { FakeSocket } from "./testing/fake-socket";
 
 describe("connection", () => {
   let pushes: Body[];

@@ -11,8 +11,8 @@ import { PresenceState } from "../gen/presence_pb";
 import * as cache from "./cache";
 import { directId, fromSummary, groupChatId, groupOf, onMessage, onPeerRead, onRead, peerOf, upsert, type Chat } from "./chats";
 import {
-  acked, addPending, emptyTimeline, failed, fromChat, merge, newestSeq, oldestSeq, recalled, retrying,
-  type Item, type Media, type Place, type Timeline,
+  acked, addPending, advanceCursors, emptyTimeline, failed, fromChat, merge, oldestSeq, recalled, retrying,
+  syncCursors, type Item, type Media, type Place, type Timeline,
 } from "./timeline";
 
 export interface Session {
@@ -192,6 +192,8 @@ export class App {
   private async onOpened(): Promise<void> {
     const session = this.state.session;
     if (!session) throw new Error("no session");
+    // Before the login: once it is answered, pushes come.
+    let cursors = syncCursors(this.state.timelines);
     let reply: Body;
     try {
       reply = await this.net.request({
@@ -215,6 +217,7 @@ export class App {
     if (session.userId !== fresh.userId) {
       // Pushes may come in while the cache loads: it goes under them, not over them.
       const cached = await cache.load(fresh.userId);
+      cursors = syncCursors(cached.timelines);
       const timelines = { ...cached.timelines };
       for (const [id, timeline] of Object.entries(this.state.timelines)) {
         timelines[id] = merge(timelines[id] ?? emptyTimeline(), timeline.items, fresh.userId);
@@ -227,7 +230,7 @@ export class App {
     }
     this.net.keepAlive(login.heartbeatSecs || 30);
     this.refreshBefore(Number(login.expireAt) * 1000);
-    await this.catchUp();
+    await this.catchUp(cursors);
   }
 
   /**
@@ -257,13 +260,13 @@ export class App {
     }
   }
 
-  private async catchUp(): Promise<void> {
+  private async catchUp(cursors: Map<string, bigint>): Promise<void> {
     const conversations = expect(
       await this.net.request({ case: "conversations", value: { limit: 200 } }),
       "conversationsResp",
     );
     this.set({ chats: upsert(this.state.chats, conversations.conversations.map(fromSummary)) });
-    await this.sync();
+    await this.sync(cursors);
     await Promise.all([this.loadFriends(), this.loadGroups()]);
     await this.loadProfiles(this.state.chats.map((c) => c.peerId).filter((id) => id > 0n));
     // Sends cut off by the drop go again with their client_message_id.
@@ -272,20 +275,21 @@ export class App {
   }
 
   /**
-   * Everything after each cached conversation's newest seq; a conversation
-   * this browser has nothing of starts one page before its end (older
-   * pages come with scrolling), so a new device does not pull every
-   * conversation's whole past.
+   * Everything after each conversation's cursor (`syncCursors`, taken as
+   * the connection opened); a conversation this browser has nothing of
+   * starts one page before its end (older pages come with scrolling), so
+   * a new device does not pull every conversation's whole past.
    */
-  private async sync(): Promise<void> {
+  private async sync(cursors: Map<string, bigint>): Promise<void> {
     for (let page = 0; page < 50; page++) {
       const since = this.state.chats.map((chat) => {
-        const cached = newestSeq(this.state.timelines[chat.id] ?? emptyTimeline());
-        const seq = cached > 0n ? cached : chat.lastSeq > PAGE ? chat.lastSeq - PAGE : 0n;
-        return { conversationId: chat.id, seq };
+        if (!cursors.has(chat.id)) cursors.set(chat.id, chat.lastSeq > PAGE ? chat.lastSeq - PAGE : 0n);
+        return { conversationId: chat.id, seq: cursors.get(chat.id) ?? 0n };
       });
       const reply = expect(await this.net.request({ case: "sync", value: { since, limit: 500 } }), "syncResp");
-      this.take(reply.messages.map(fromChat));
+      const arrived = reply.messages.map(fromChat);
+      this.take(arrived);
+      advanceCursors(cursors, arrived);
       if (!reply.hasMore || reply.messages.length === 0) return;
     }
   }

@@ -1,6 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { MessageType } from "../gen/common_pb";
-import { acked, addPending, emptyTimeline, failed, merge, newestSeq, oldestSeq, recalled, recent, retrying, type Item } from "./timeline";
+import {
+  acked, addPending, advanceCursors, emptyTimeline, failed, merge, newestSeq, oldestSeq, recalled, recent, retrying,
+  syncCursors, type Item,
+} from "./timeline";
 
 const ME = 1n;
 const PEER = 2n;
@@ -22,6 +25,19 @@ describe("timeline", () => {
     expect(seqs(t.items)).toEqual([1n, 3n, 4n, 5n]);
     expect(newestSeq(t)).toBe(5n);
     expect(oldestSeq(t)).toBe(1n);
+  });
+
+  it("resyncs from where each timeline stood when the connection opened, not from a later push", () => {
+    const timelines = { si_1_2: merge(emptyTimeline(), [item(1n), item(2n)], ME), si_1_3: emptyTimeline() };
+    const cursors = syncCursors(timelines);
+    expect([...cursors]).toEqual([["si_1_2", 2n]]);
+    // Seq 3 was stored while this device was away; 4 is pushed before the sync is answered.
+    timelines.si_1_2 = merge(timelines.si_1_2, [item(4n)], ME);
+    expect(cursors.get("si_1_2")).toBe(2n);
+    advanceCursors(cursors, [item(3n), item(4n), item(7n, { conversationId: "sg_9" })]);
+    expect([...cursors]).toEqual([["si_1_2", 4n], ["sg_9", 7n]]);
+    advanceCursors(cursors, [item(1n)]);
+    expect(cursors.get("si_1_2")).toBe(4n);
   });
 
   it("shows a send pending, then stored at its seq when acked", () => {

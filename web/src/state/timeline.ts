@@ -167,6 +167,29 @@ export function newestSeq(timeline: Timeline): bigint {
   return newest;
 }
 
+/**
+ * Where a resync starts, per conversation: the newest seq each timeline
+ * held when the connection (re)opened, taken before any push can arrive
+ * on it. A push that comes in while the resync is under way can be newer
+ * than messages stored while this device was away; asking from the
+ * newest seq then would skip those for good.
+ */
+export function syncCursors(timelines: Record<string, Timeline>): Map<string, bigint> {
+  const cursors = new Map<string, bigint>();
+  for (const [id, timeline] of Object.entries(timelines)) {
+    const newest = newestSeq(timeline);
+    if (newest > 0n) cursors.set(id, newest);
+  }
+  return cursors;
+}
+
+/** Moves each conversation's resync cursor past the messages a sync page brought. */
+export function advanceCursors(cursors: Map<string, bigint>, arrived: { conversationId: string; seq: bigint }[]): void {
+  for (const { conversationId, seq } of arrived) {
+    if (seq > (cursors.get(conversationId) ?? 0n)) cursors.set(conversationId, seq);
+  }
+}
+
 /** The oldest stored seq (where the next history page ends). */
 export function oldestSeq(timeline: Timeline): bigint {
   const first = timeline.items.find((i) => i.seq > 0n);
