@@ -11,8 +11,8 @@ import { PresenceState } from "../gen/presence_pb";
 import * as cache from "./cache";
 import { directId, fromSummary, groupChatId, groupOf, onMessage, onPeerRead, onRead, peerOf, upsert, type Chat } from "./chats";
 import {
-  acked, addPending, advanceCursors, emptyTimeline, failed, fromChat, merge, oldestSeq, recalled, retrying,
-  syncCursors, type Item, type Media, type Place, type Timeline,
+  acked, addPending, advanceCursors, cursorsOf, emptyTimeline, failed, followOn, fromChat, merge, oldestSeq,
+  recalled, retrying, type Item, type Media, type Place, type Timeline,
 } from "./timeline";
 
 export interface Session {
@@ -88,6 +88,8 @@ export class App {
    * reconnect (`auto`), or when the person taps retry after a refusal.
    */
   private readonly unsent = new Map<bigint, Unsent>();
+  /** Where the next resync starts (`Snapshot.synced`). */
+  private synced = new Map<string, bigint>();
 
   constructor(private readonly url = socketUrl()) {}
 
@@ -120,7 +122,7 @@ export class App {
     clearTimeout(this.saveTimer);
     this.saveTimer = setTimeout(() => {
       const { chats, timelines, profiles } = this.state;
-      void cache.save(session.userId, { chats, timelines, profiles });
+      void cache.save(session.userId, { chats, timelines, profiles, synced: Object.fromEntries(this.synced) });
     }, 300);
   }
 
@@ -130,7 +132,8 @@ export class App {
     if (!saved) return;
     const parsed = JSON.parse(saved) as Record<string, string>;
     const session: Session = { ...parsed, userId: BigInt(parsed.userId) } as Session;
-    const snapshot = await cache.load(session.userId);
+    const { synced, ...snapshot } = await cache.load(session.userId);
+    this.synced = cursorsOf(synced, snapshot.timelines);
     this.set({ session, ...snapshot, net: "connecting" });
     this.set({ cachedRenderMs: Math.round(performance.now() - started) });
     this.connect();
@@ -193,7 +196,7 @@ export class App {
     const session = this.state.session;
     if (!session) throw new Error("no session");
     // Before the login: once it is answered, pushes come.
-    let cursors = syncCursors(this.state.timelines);
+    let cursors = new Map(this.synced);
     let reply: Body;
     try {
       reply = await this.net.request({
@@ -217,7 +220,7 @@ export class App {
     if (session.userId !== fresh.userId) {
       // Pushes may come in while the cache loads: it goes under them, not over them.
       const cached = await cache.load(fresh.userId);
-      cursors = syncCursors(cached.timelines);
+      cursors = cursorsOf(cached.synced, cached.timelines);
       const timelines = { ...cached.timelines };
       for (const [id, timeline] of Object.entries(this.state.timelines)) {
         timelines[id] = merge(timelines[id] ?? emptyTimeline(), timeline.items, fresh.userId);
@@ -281,6 +284,7 @@ export class App {
    * a new device does not pull every conversation's whole past.
    */
   private async sync(cursors: Map<string, bigint>): Promise<void> {
+    this.synced = new Map(cursors);
     for (let page = 0; page < 50; page++) {
       const since = this.state.chats.map((chat) => {
         if (!cursors.has(chat.id)) cursors.set(chat.id, chat.lastSeq > PAGE ? chat.lastSeq - PAGE : 0n);
@@ -290,6 +294,7 @@ export class App {
       const arrived = reply.messages.map(fromChat);
       this.take(arrived);
       advanceCursors(cursors, arrived);
+      this.synced = new Map(cursors);
       if (!reply.hasMore || reply.messages.length === 0) return;
     }
   }
@@ -329,6 +334,7 @@ export class App {
     const me = this.state.session?.userId ?? 0n;
     switch (body.case) {
       case "pushMessage":
+        followOn(this.synced, body.value.conversationId, body.value.seq);
         this.take([fromChat(body.value)]);
         if (body.value.messageType === MessageType.GROUP_EVENT) void this.loadGroups();
         break;
@@ -372,6 +378,7 @@ export class App {
     this.connection?.stop();
     this.connection = undefined;
     localStorage.removeItem(SESSION_KEY);
+    this.synced = new Map();
     this.set({ session: undefined, net: "signed-out", notice, chats: [], timelines: {}, viewing: undefined });
   }
 
@@ -474,6 +481,7 @@ export class App {
       const done = this.updateTimeline(conversationId, (timeline) =>
         acked(timeline, clientMessageId, reply.seq, Number(reply.sentAtMs)),
       );
+      followOn(this.synced, conversationId, reply.seq);
       const item = done.items.find((i) => i.seq === reply.seq);
       if (item && this.state.session) {
         this.set({ chats: onMessage(this.state.chats, item, this.state.session.userId, this.state.viewing) });

@@ -22,6 +22,13 @@ export interface Snapshot {
   chats: Chat[];
   timelines: Record<string, Timeline>;
   profiles: Record<string, Profile>;
+  /**
+   * Per conversation, the seq through which this browser holds every
+   * message: where the next sync starts. A timeline's newest seq is not
+   * that when a push came in past messages stored while it was away.
+   * (Missing in caches written before it: the timelines' newest seqs.)
+   */
+  synced?: Record<string, bigint>;
 }
 
 function request<T>(req: IDBRequest<T>): Promise<T> {

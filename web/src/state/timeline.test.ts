@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { MessageType } from "../gen/common_pb";
 import {
-  acked, addPending, advanceCursors, emptyTimeline, failed, merge, newestSeq, oldestSeq, recalled, recent, retrying,
-  syncCursors, type Item,
+  acked, addPending, advanceCursors, cursorsOf, emptyTimeline, failed, followOn, merge, newestSeq, oldestSeq, recalled,
+  recent, retrying, syncCursors, type Item,
 } from "./timeline";
 
 const ME = 1n;
@@ -38,6 +38,16 @@ describe("timeline", () => {
     expect([...cursors]).toEqual([["si_1_2", 4n], ["sg_9", 7n]]);
     advanceCursors(cursors, [item(1n)]);
     expect(cursors.get("si_1_2")).toBe(4n);
+  });
+
+  it("a push moves a cursor only when it follows on; a cache without cursors falls back to its timelines", () => {
+    const cursors = cursorsOf({ si_1_2: 2n }, {});
+    followOn(cursors, "si_1_2", 4n);
+    expect(cursors.get("si_1_2")).toBe(2n);
+    followOn(cursors, "si_1_2", 3n);
+    followOn(cursors, "sg_9", 1n);
+    expect([...cursors]).toEqual([["si_1_2", 3n], ["sg_9", 1n]]);
+    expect([...cursorsOf(undefined, { si_1_2: merge(emptyTimeline(), [item(5n)], ME) })]).toEqual([["si_1_2", 5n]]);
   });
 
   it("shows a send pending, then stored at its seq when acked", () => {

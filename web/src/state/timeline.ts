@@ -183,6 +183,16 @@ export function syncCursors(timelines: Record<string, Timeline>): Map<string, bi
   return cursors;
 }
 
+/** A cache's resync cursors; for a cache written before they were kept, its timelines' newest seqs. */
+export function cursorsOf(synced: Record<string, bigint> | undefined, timelines: Record<string, Timeline>): Map<string, bigint> {
+  return synced ? new Map(Object.entries(synced)) : syncCursors(timelines);
+}
+
+/** Moves a cursor on for a message that follows it directly (a push); one past a gap leaves it. */
+export function followOn(cursors: Map<string, bigint>, conversationId: string, seq: bigint): void {
+  if (seq === (cursors.get(conversationId) ?? 0n) + 1n) cursors.set(conversationId, seq);
+}
+
 /** Moves each conversation's resync cursor past the messages a sync page brought. */
 export function advanceCursors(cursors: Map<string, bigint>, arrived: { conversationId: string; seq: bigint }[]): void {
   for (const { conversationId, seq } of arrived) {
