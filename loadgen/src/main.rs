@@ -82,7 +82,10 @@ struct Args {
     /// Internal: the groups the parent created, in order.
     #[arg(long, hide = true, value_delimiter = ',')]
     group_ids: Vec<i64>,
-    /// Seconds after the phase to wait for late acks and deliveries.
+    /// Seconds after the phase to wait for late acks and deliveries; then,
+    /// while deliveries still come, on until every acked send is delivered
+    /// or none came for 2 s (at most 60 s more): a send acked but not yet
+    /// delivered when counting stops is not lost, only late.
     #[arg(long, default_value_t = 3.0)]
     drain: f64,
     /// Heartbeat interval in seconds.
@@ -122,6 +125,12 @@ struct Args {
     #[arg(long, hide = true)]
     child: Option<usize>,
 }
+
+/// The longest a drain waits, past `--drain`, for deliveries still coming.
+const LATE_DRAIN_CAP: Duration = Duration::from_secs(60);
+
+/// A drain past `--drain` ends once no delivery came for this long.
+const LATE_DRAIN_QUIET: Duration = Duration::from_secs(2);
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -245,11 +254,19 @@ fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCod
         }));
     }
 
+    // The parent's two words: "go" starts the phase, "end" ends the drain.
     let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (end_tx, end_rx) = mpsc::channel::<()>();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        if std::io::stdin().read_line(&mut line).is_ok() && line.trim() == "go" {
-            let _ = go_tx.send(());
+        for line in std::io::stdin().lines() {
+            let sent = match line.as_deref().map(str::trim) {
+                Ok("go") => go_tx.send(()),
+                Ok("end") => end_tx.send(()),
+                _ => Ok(()),
+            };
+            if line.is_err() || sent.is_err() {
+                break;
+            }
         }
     });
     let emit = |line: &ChildLine| -> anyhow::Result<()> {
@@ -297,7 +314,19 @@ fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCod
     let mut phase_secs = go.elapsed().as_secs_f64();
     let _ = phase_tx.send(Phase::Drain);
     std::thread::sleep(Duration::from_secs_f64(args.drain.max(0.0)));
+    // Rates count what came by here; losses wait for the late ones. A
+    // delivery is counted by its receiver's process, its ack by its
+    // sender's: only the parent sees both sums, and says when to stop.
     let counters = shared.counters.snapshot();
+    emit(&ChildLine::Draining)?;
+    let give_up = Instant::now() + LATE_DRAIN_CAP;
+    while Instant::now() < give_up {
+        emit(&progress(&hists))?;
+        if end_rx.recv_timeout(Duration::from_millis(250)).is_ok() {
+            break;
+        }
+    }
+    let settled = shared.counters.snapshot();
     let _ = phase_tx.send(Phase::Exit);
     for handle in handles {
         let _ = handle.join();
@@ -319,6 +348,7 @@ fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCod
     }
     let mut result = ProcResult {
         counters,
+        settled,
         phase_secs,
         ..Default::default()
     };
@@ -410,6 +440,9 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
     let mut loadgen_at_go: Option<(Instant, f64)> = None;
     let mut last_print = Instant::now();
     let mut last_sum = CounterSnapshot::default();
+    let mut draining = 0;
+    let mut drain_ended = false;
+    let mut last_delivery = (0u64, Instant::now());
     println!(
         "{} scenario: {users} users over {procs} processes -> {:?}",
         scenario_name(args.scenario),
@@ -460,9 +493,26 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
                     }
                 }
             }
+            Some(FromChild::Line(_, ChildLine::Draining)) => draining += 1,
             Some(FromChild::Line(_, ChildLine::Done(result))) => results.push(*result),
             Some(FromChild::Gone) => gone += 1,
             None => {}
+        }
+        if draining == procs && !drain_ended {
+            let mut sum = CounterSnapshot::default();
+            latest.iter().for_each(|c| sum.add(c));
+            if sum.delivered != last_delivery.0 {
+                last_delivery = (sum.delivered, Instant::now());
+            }
+            if sum.delivered >= sum.expected || last_delivery.1.elapsed() >= LATE_DRAIN_QUIET {
+                drain_ended = true;
+                for child in &mut children {
+                    if let Some(stdin) = child.stdin.as_mut() {
+                        let _ = writeln!(stdin, "end");
+                        let _ = stdin.flush();
+                    }
+                }
+            }
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             let mut sum = CounterSnapshot::default();
@@ -615,18 +665,21 @@ fn summarize(
         loadgen_share,
     } = *measured;
     let mut counters = CounterSnapshot::default();
+    let mut settled = CounterSnapshot::default();
     let mut ack = new_histogram();
     let mut deliver = new_histogram();
     let mut login = new_histogram();
     let mut phase_secs: f64 = 0.0;
     for r in results {
         counters.add(&r.counters);
+        settled.add(&r.settled);
         r.ack_us.merge_into(&mut ack);
         r.deliver_us.merge_into(&mut deliver);
         r.login_us.merge_into(&mut login);
         phase_secs = phase_secs.max(r.phase_secs);
     }
-    let lost = counters.expected.saturating_sub(counters.delivered);
+    // Acked and never delivered, however late (the drain waited for it).
+    let lost = settled.expected.saturating_sub(settled.delivered);
     let per_sec = |n: u64| {
         if phase_secs > 0.0 {
             n as f64 / phase_secs
@@ -688,10 +741,10 @@ fn summarize(
             if let Some(cpu) = server_cpu_secs {
                 println!(
                     "server CPU {cpu:.2} s from go to the last report: {:.1} µs per delivered message",
-                    cpu * 1e6 / counters.delivered.max(1) as f64
+                    cpu * 1e6 / settled.delivered.max(1) as f64
                 );
             }
-            println!("correctness: lost {lost}, duplicated {}, out of order {}, send errors {}, kicked {}", counters.duplicates, counters.out_of_order, counters.send_errors, counters.kicked);
+            println!("correctness: lost {lost}, duplicated {}, out of order {}, send errors {}, kicked {}", settled.duplicates, settled.out_of_order, settled.send_errors, settled.kicked);
         }
         Scenario::Storm => {
             let reconnected = counters.logins.saturating_sub(users as u64);
@@ -717,7 +770,7 @@ fn summarize(
         "server_cpu_secs": server_cpu_secs,
         "loadgen_cpu_secs": loadgen_share.map(|(busy, _)| busy),
         "loadgen_cpu_share": loadgen_share.map(|(_, share)| share),
-        "server_cpu_us_per_delivered": server_cpu_secs.map(|cpu| cpu * 1e6 / counters.delivered.max(1) as f64),
+        "server_cpu_us_per_delivered": server_cpu_secs.map(|cpu| cpu * 1e6 / settled.delivered.max(1) as f64),
         "send_to_ack_us": Percentiles::of(&ack), "send_to_deliver_us": Percentiles::of(&deliver),
         "login_us": Percentiles::of(&login),
         "acks_per_sec": per_sec(counters.acked), "deliveries_per_sec": per_sec(counters.delivered),
@@ -727,8 +780,8 @@ fn summarize(
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let clean = lost == 0
-        && counters.duplicates == 0
-        && counters.out_of_order == 0
+        && settled.duplicates == 0
+        && settled.out_of_order == 0
         && counters.connect_errors == 0;
     Ok(if clean {
         std::process::ExitCode::SUCCESS

@@ -166,8 +166,12 @@ impl Percentiles {
 /// One process's final result.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ProcResult {
-    /// Final counters.
+    /// Counters at the end of `--drain` (the rates' counts).
     pub counters: CounterSnapshot,
+    /// Counters once late deliveries stopped coming (losses, duplicates,
+    /// order, CPU per delivery).
+    #[serde(default)]
+    pub settled: CounterSnapshot,
     /// Send → durable ack.
     pub ack_us: Recorded,
     /// Send → delivered to the recipient.
@@ -191,6 +195,9 @@ pub enum ChildLine {
         /// p99 send → deliver so far, µs.
         deliver_p99_us: u64,
     },
+    /// Past `--drain`: waiting for the parent's "end" (it sees every
+    /// process's acks and deliveries), progress lines meanwhile.
+    Draining,
     /// At the end.
     Done(Box<ProcResult>),
 }
