@@ -359,6 +359,23 @@ fn child_main(args: &Args, index: usize) -> anyhow::Result<std::process::ExitCod
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// Every process's latest counters, added up.
+fn sum_of(latest: &[CounterSnapshot]) -> CounterSnapshot {
+    let mut sum = CounterSnapshot::default();
+    latest.iter().for_each(|c| sum.add(c));
+    sum
+}
+
+/// A word to every child on its stdin ("go", "end").
+fn tell_children(children: &mut [std::process::Child], word: &str) {
+    for child in children {
+        if let Some(stdin) = child.stdin.as_mut() {
+            let _ = writeln!(stdin, "{word}");
+            let _ = stdin.flush();
+        }
+    }
+}
+
 enum FromChild {
     Line(usize, ChildLine),
     Gone,
@@ -485,12 +502,7 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
                     rss_connected = server_rss(args);
                     cpu_at_go = args.server_pid.and_then(cpu_seconds);
                     loadgen_at_go = Some((Instant::now(), children_cpu(&children)));
-                    for child in &mut children {
-                        if let Some(stdin) = child.stdin.as_mut() {
-                            let _ = writeln!(stdin, "go");
-                            let _ = stdin.flush();
-                        }
-                    }
+                    tell_children(&mut children, "go");
                 }
             }
             Some(FromChild::Line(_, ChildLine::Draining)) => draining += 1,
@@ -499,24 +511,17 @@ fn parent_main(args: &Args) -> anyhow::Result<std::process::ExitCode> {
             None => {}
         }
         if draining == procs && !drain_ended {
-            let mut sum = CounterSnapshot::default();
-            latest.iter().for_each(|c| sum.add(c));
+            let sum = sum_of(&latest);
             if sum.delivered != last_delivery.0 {
                 last_delivery = (sum.delivered, Instant::now());
             }
             if sum.delivered >= sum.expected || last_delivery.1.elapsed() >= LATE_DRAIN_QUIET {
                 drain_ended = true;
-                for child in &mut children {
-                    if let Some(stdin) = child.stdin.as_mut() {
-                        let _ = writeln!(stdin, "end");
-                        let _ = stdin.flush();
-                    }
-                }
+                tell_children(&mut children, "end");
             }
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
-            let mut sum = CounterSnapshot::default();
-            latest.iter().for_each(|c| sum.add(c));
+            let sum = sum_of(&latest);
             let dt = last_print.elapsed().as_secs_f64();
             println!(
                 "[{:>5.1}s] online {:>7}  logins/s {:>7.0}  sends/s {:>8.0}  acks/s {:>8.0}  deliveries/s {:>8.0}  p99 deliver {:>7} µs  errors {}",

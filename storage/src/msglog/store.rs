@@ -23,6 +23,7 @@ use super::index::{Index, Location, Map};
 use super::log::{Log, LogError, Replayed};
 use super::records::{self, Record};
 use super::summary::{Covers, SegmentNotes};
+use crate::sharded::Set;
 use crate::{fingerprint_of, ChatMessage, SentBefore};
 
 /// The index as the writer and readers share it.
@@ -137,7 +138,7 @@ struct BatchKeys {
     /// Which pending a (conversation, sender, client id) is.
     sent: Map<(ConversationId, i64, i64), usize>,
     /// Every (conversation, seq) in the batch.
-    seqs: Map<(ConversationId, i64), ()>,
+    seqs: Set<(ConversationId, i64)>,
 }
 
 impl<'a, 'k> Batched<'a, 'k> {
@@ -157,7 +158,7 @@ impl<'a, 'k> Batched<'a, 'k> {
     }
 
     fn holds(&self, conversation: ConversationId, seq: i64) -> bool {
-        self.keys.seqs.contains_key(&(conversation, seq))
+        self.keys.seqs.contains(&(conversation, seq))
     }
 
     fn newest(&self, conversation: ConversationId) -> i64 {
@@ -172,7 +173,7 @@ impl<'a, 'k> Batched<'a, 'k> {
             pending.message.client_message_id,
         );
         self.keys.sent.insert(key, self.pending.len());
-        self.keys.seqs.insert((conversation, seq), ());
+        self.keys.seqs.insert((conversation, seq));
         let newest = self.keys.newest.entry(conversation).or_insert(seq);
         *newest = (*newest).max(seq);
         self.pending.push(pending);

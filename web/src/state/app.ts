@@ -278,23 +278,24 @@ export class App {
   }
 
   /**
-   * Everything after each conversation's cursor (`syncCursors`, taken as
-   * the connection opened); a conversation this browser has nothing of
-   * starts one page before its end (older pages come with scrolling), so
-   * a new device does not pull every conversation's whole past.
+   * Everything after each conversation's cursor (`Snapshot.synced`, as it
+   * stood when the socket opened); a conversation this browser has nothing
+   * of starts one page before its end (older pages come with scrolling),
+   * so a new device does not pull every conversation's whole past. The
+   * cursors become the app's from here: pages and pushes move them on.
    */
   private async sync(cursors: Map<string, bigint>): Promise<void> {
-    this.synced = new Map(cursors);
+    this.synced = cursors;
     for (let page = 0; page < 50; page++) {
       const since = this.state.chats.map((chat) => {
-        if (!cursors.has(chat.id)) cursors.set(chat.id, chat.lastSeq > PAGE ? chat.lastSeq - PAGE : 0n);
-        return { conversationId: chat.id, seq: cursors.get(chat.id) ?? 0n };
+        const seq = cursors.get(chat.id) ?? (chat.lastSeq > PAGE ? chat.lastSeq - PAGE : 0n);
+        cursors.set(chat.id, seq);
+        return { conversationId: chat.id, seq };
       });
       const reply = expect(await this.net.request({ case: "sync", value: { since, limit: 500 } }), "syncResp");
       const arrived = reply.messages.map(fromChat);
       this.take(arrived);
       advanceCursors(cursors, arrived);
-      this.synced = new Map(cursors);
       if (!reply.hasMore || reply.messages.length === 0) return;
     }
   }

@@ -168,11 +168,11 @@ export function newestSeq(timeline: Timeline): bigint {
 }
 
 /**
- * Where a resync starts, per conversation: the newest seq each timeline
- * held when the connection (re)opened, taken before any push can arrive
- * on it. A push that comes in while the resync is under way can be newer
- * than messages stored while this device was away; asking from the
- * newest seq then would skip those for good.
+ * Each timeline's newest seq: where a resync starts for a cache written
+ * before cursors were kept with it (`cursorsOf`). Not right once a push
+ * has come in past messages stored while this device was away: asking
+ * from the newest seq then skips those for good, which is why the app
+ * keeps its cursors apart (`followOn`, `advanceCursors`).
  */
 export function syncCursors(timelines: Record<string, Timeline>): Map<string, bigint> {
   const cursors = new Map<string, bigint>();
