@@ -357,7 +357,7 @@ impl Client {
             message_type: message_type as i32,
             content: caption.into(),
             client_message_id: new_client_message_id(),
-            media: Some(media),
+            media: Some(Box::new(media)),
             ..Default::default()
         })
         .await
@@ -373,7 +373,7 @@ impl Client {
             receiver_id,
             message_type: MessageType::Location as i32,
             client_message_id: new_client_message_id(),
-            location: Some(location),
+            location: Some(Box::new(location)),
             ..Default::default()
         })
         .await

@@ -587,7 +587,7 @@ impl<R> Sequencer<R> {
                     let max = self.limits.max_group_members;
                     group_state::apply(&mut state.group, message.sender_id, command, max).map(
                         |applied| {
-                            message.group_event = Some(applied.event);
+                            message.group_event = Some(Box::new(applied.event));
                             change = Some(applied.change);
                             applied.recipients
                         },

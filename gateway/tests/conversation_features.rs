@@ -77,15 +77,15 @@ async fn every_message_type_round_trips_with_its_payload() {
     }
     let kinds: Vec<i32> = got.iter().map(|m| m.message_type).collect();
     assert_eq!(kinds, vec![0, 1, 2, 3, 4, 5]);
-    assert_eq!(got[1].media.as_ref(), Some(&image));
-    assert_eq!(got[2].media.as_ref(), Some(&voice));
-    assert_eq!(got[3].media.as_ref(), Some(&video));
-    assert_eq!(got[4].media.as_ref(), Some(&file));
-    assert_eq!(got[5].location.as_ref(), Some(&here));
+    assert_eq!(got[1].media.as_deref(), Some(&image));
+    assert_eq!(got[2].media.as_deref(), Some(&voice));
+    assert_eq!(got[3].media.as_deref(), Some(&video));
+    assert_eq!(got[4].media.as_deref(), Some(&file));
+    assert_eq!(got[5].location.as_deref(), Some(&here));
     // Stored, not just relayed: history has the same payloads.
     let history = bob.history(alice.user_id(), 0, 10).await.unwrap();
-    assert_eq!(history.messages[0].location.as_ref(), Some(&here));
-    assert_eq!(history.messages[4].media.as_ref(), Some(&image));
+    assert_eq!(history.messages[0].location.as_deref(), Some(&here));
+    assert_eq!(history.messages[4].media.as_deref(), Some(&image));
 
     // Malformed payloads are refused with the field named, and nothing is stored.
     let bad = [

@@ -65,3 +65,16 @@ impl Envelope {
         Self::new(req_id, Body::Error(pb::Error::new(code, message)))
     }
 }
+#[cfg(test)]
+mod layout {
+    /// Frames and messages are moved by value through decode, sequencing,
+    /// the store and the push; their rare parts are boxed (`build.rs`) so
+    /// that a move stays small. A new large field should be boxed too.
+    #[test]
+    fn a_message_and_a_frame_move_cheaply() {
+        use std::mem::size_of;
+        assert!(size_of::<crate::pb::ChatMessage>() <= 160);
+        assert!(size_of::<crate::pb::Envelope>() <= 168);
+        assert!(size_of::<crate::pb::SendMessageRequest>() <= 80);
+    }
+}

@@ -34,8 +34,8 @@ pub fn validate(request: &SendMessageRequest, limits: &Limits) -> Result<Message
             limits.max_content_bytes
         ));
     }
-    let media = request.media.as_ref();
-    let location = request.location.as_ref();
+    let media = request.media.as_deref();
+    let location = request.location.as_deref();
     match kind {
         MessageType::Text => {
             if request.content.is_empty() {
@@ -191,38 +191,38 @@ mod tests {
     fn every_type_has_a_valid_form() {
         assert!(validate(&send(MessageType::Text, "hi"), &LIMITS).is_ok());
         let mut image = send(MessageType::Image, "");
-        image.media = Some(MediaPayload {
+        image.media = Some(Box::new(MediaPayload {
             width: 10,
             height: 20,
             ..media("https://cdn/x.png", 10, "image/png")
-        });
+        }));
         assert!(validate(&image, &LIMITS).is_ok());
         let mut voice = send(MessageType::Voice, "");
-        voice.media = Some(MediaPayload {
+        voice.media = Some(Box::new(MediaPayload {
             duration_ms: 3000,
             ..media("https://cdn/v.ogg", 10, "audio/ogg")
-        });
+        }));
         assert!(validate(&voice, &LIMITS).is_ok());
         let mut video = send(MessageType::Video, "look");
-        video.media = Some(MediaPayload {
+        video.media = Some(Box::new(MediaPayload {
             duration_ms: 3000,
             width: 640,
             height: 480,
             ..media("https://cdn/v.mp4", 10, "video/mp4")
-        });
+        }));
         assert!(validate(&video, &LIMITS).is_ok());
         let mut file = send(MessageType::File, "");
-        file.media = Some(MediaPayload {
+        file.media = Some(Box::new(MediaPayload {
             file_name: "report.pdf".into(),
             ..media("http://files/r", 10, "application/pdf")
-        });
+        }));
         assert!(validate(&file, &LIMITS).is_ok());
         let mut location = send(MessageType::Location, "");
-        location.location = Some(LocationPayload {
+        location.location = Some(Box::new(LocationPayload {
             latitude: 48.85,
             longitude: 2.35,
             title: "Paris".into(),
-        });
+        }));
         assert!(validate(&location, &LIMITS).is_ok());
     }
 
@@ -234,69 +234,69 @@ mod tests {
             (send(MessageType::Image, ""), "needs media"),
             (
                 SendMessageRequest {
-                    media: Some(media("ftp://x", 10, "image/png")),
+                    media: Some(Box::new(media("ftp://x", 10, "image/png"))),
                     ..send(MessageType::Image, "")
                 },
                 "media.url",
             ),
             (
                 SendMessageRequest {
-                    media: Some(media("https://cdn/x", 5000, "image/png")),
+                    media: Some(Box::new(media("https://cdn/x", 5000, "image/png"))),
                     ..send(MessageType::Image, "")
                 },
                 "media.size_bytes",
             ),
             (
                 SendMessageRequest {
-                    media: Some(media("https://cdn/x", 10, "text/html")),
+                    media: Some(Box::new(media("https://cdn/x", 10, "text/html"))),
                     ..send(MessageType::Image, "")
                 },
                 "media.mime",
             ),
             (
                 SendMessageRequest {
-                    media: Some(media("https://cdn/x", 10, "image/png")),
+                    media: Some(Box::new(media("https://cdn/x", 10, "image/png"))),
                     ..send(MessageType::Image, "")
                 },
                 "media.width",
             ),
             (
                 SendMessageRequest {
-                    media: Some(media("https://cdn/x", 10, "audio/ogg")),
+                    media: Some(Box::new(media("https://cdn/x", 10, "audio/ogg"))),
                     ..send(MessageType::Voice, "")
                 },
                 "media.duration_ms",
             ),
             (
                 SendMessageRequest {
-                    media: Some(media("https://cdn/x", 10, "application/zip")),
+                    media: Some(Box::new(media("https://cdn/x", 10, "application/zip"))),
                     ..send(MessageType::File, "")
                 },
                 "media.file_name",
             ),
             (
                 SendMessageRequest {
-                    location: Some(LocationPayload {
+                    location: Some(Box::new(LocationPayload {
                         latitude: 91.0,
                         ..Default::default()
-                    }),
+                    })),
                     ..send(MessageType::Location, "")
                 },
                 "location.latitude",
             ),
             (
                 SendMessageRequest {
-                    location: Some(LocationPayload {
+                    location: Some(Box::new(LocationPayload {
                         longitude: f64::NAN,
                         ..Default::default()
-                    }),
+                    })),
                     ..send(MessageType::Location, "")
                 },
                 "location.longitude",
             ),
             (
                 SendMessageRequest {
-                    media: Some(media("https://cdn/x", 10, "image/png")),
+                    media: Some(Box::new(media("https://cdn/x", 10, "image/png"))),
                     ..send(MessageType::Text, "hi")
                 },
                 "carries no media",

@@ -319,14 +319,14 @@ fn payloads_read_cursors_recall_and_the_conversation_list_on(backend: &dyn Backe
     let mut writer = backend.writer().unwrap();
     let mut image = message("si_1_2", 1, 1, 1);
     image.message_type = 1;
-    image.media = Some(ourchat_protocol::pb::MediaPayload {
+    image.media = Some(Box::new(ourchat_protocol::pb::MediaPayload {
         url: "https://cdn/x.png".into(),
         size_bytes: 10,
         mime: "image/png".into(),
         width: 3,
         height: 4,
         ..Default::default()
-    });
+    }));
     let mut later = message("si_1_3", 1, 1, 2);
     later.receiver_id = 3;
     later.sent_at_ms = 1_000;
