@@ -1,10 +1,10 @@
 //! The patched glommio's timers (`vendor/glommio/OURCHAT-PATCH.md`): it
 //! keeps its latency ring's preemption timer pending across turns of its
-//! loop and removes it only when the executor goes to sleep, and it takes
-//! due user timers off its timer map one by one. This checks what those
-//! must keep: a task queue that never yields is still preempted, turn
-//! after turn; a sleeping executor still wakes for its own timers, not for
-//! a leftover preemption timer; timers fire in order, none early.
+//! loop and through its sleeps, and it takes due user timers off its timer
+//! map one by one. This checks what those must keep: a task queue that
+//! never yields is still preempted, turn after turn; a sleeping executor
+//! still wakes for its own timers, arming one timeout per sleep; timers
+//! fire in order, none early.
 
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,40 @@ fn a_busy_task_queue_is_preempted_every_turn_and_timers_still_wake_a_sleep() {
     assert!(
         timer_waits.iter().all(|w| *w >= Duration::from_millis(2)),
         "{timer_waits:?}"
+    );
+}
+
+/// The patched glommio keeps its preemption timer armed through a sleep
+/// (it had removed it before each sleep and armed it again after: two
+/// timeouts, and their `io_uring_enter` calls, per sleep): an executor
+/// that sleeps for a timer again and again arms about one timeout per
+/// sleep, the one that wakes it, and still wakes on time.
+#[test]
+fn sleeping_for_timers_arms_one_timeout_per_sleep() {
+    const SLEEPS: u64 = 50;
+    let (armed, waits) = glommio::LocalExecutorBuilder::default()
+        .spawn(|| async {
+            let before = glommio::timer::latency_timers_armed();
+            let mut waits = Vec::new();
+            for _ in 0..SLEEPS {
+                let sleeping = Instant::now();
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+                waits.push(sleeping.elapsed());
+            }
+            (glommio::timer::latency_timers_armed() - before, waits)
+        })
+        .expect("an executor")
+        .join()
+        .expect("the executor ran");
+    assert!(
+        waits.iter().all(|w| *w >= Duration::from_millis(1)),
+        "{waits:?}"
+    );
+    // One per sleep, and a preemption timer now and then (one per 100 ms
+    // period at most): the old way armed two per sleep.
+    assert!(
+        (SLEEPS..=SLEEPS + SLEEPS / 5).contains(&armed),
+        "{armed} timeouts armed for {SLEEPS} sleeps"
     );
 }
 

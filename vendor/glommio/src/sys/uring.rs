@@ -991,6 +991,7 @@ impl SleepableRing {
     /// that it will be the first SQE submitted the next time we enter the
     /// latency ring
     fn prepare_latency_preemption_timer(&mut self, d: Duration) -> Source {
+        LATENCY_TIMERS_ARMED.with(|armed| armed.set(armed.get() + 1));
         let source = Source::new(
             IoRequirements::default(),
             -1,
@@ -1281,6 +1282,19 @@ impl UringCommon for SleepableRing {
     }
 }
 
+thread_local! {
+    /// OurChat patch: timeouts armed on this thread's latency ring (to
+    /// preempt a task queue or to wake a sleep for a user timer).
+    static LATENCY_TIMERS_ARMED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// OurChat patch: how many timeouts this thread has armed on its latency
+/// ring so far (tests and measurements: with the preemption timer kept
+/// through sleeps, about one per sleep that waits for a user timer).
+pub fn latency_timers_armed() -> u64 {
+    LATENCY_TIMERS_ARMED.with(Cell::get)
+}
+
 pub(crate) struct Reactor {
     // FIXME: it is starting to feel we should clean this up to a Inner pattern
     main_ring: RefCell<SleepableRing>,
@@ -1291,6 +1305,11 @@ pub(crate) struct Reactor {
     // OurChat patch: whether that timer was armed to preempt (and may be
     // kept while pending) rather than to wake a sleep for a user timer.
     latency_timer_preempts: Cell<bool>,
+    // OurChat patch: the timer that wakes a sleep for the next user timer,
+    // with its deadline, kept apart from the preemption timer (which now
+    // stays armed through a sleep) and kept from sleep to sleep while it
+    // is due no later than the next user timer.
+    sleep_timer_src: Cell<Option<(Source, Instant)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1423,6 +1442,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             latency_timer_preempts: Cell::new(false),
+            sleep_timer_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1908,11 +1928,11 @@ impl Reactor {
         // to be removed otherwise we'll wake up when it expires.
         // OurChat patch: a preempt timer still pending is kept instead of
         // being removed here and armed again: two ring submissions on
-        // every turn of the executor's loop. It is removed only when the
-        // executor goes to sleep (below). It then fires up to one preempt
-        // period after it was armed, not after this turn: a task queue may
-        // be preempted sooner, never later.
-        let mut kept_preempt = self
+        // every turn of the executor's loop, and through the executor's
+        // sleeps (below). It then fires up to one preempt period after it
+        // was armed, not after this turn: a task queue may be preempted
+        // sooner, never later.
+        let kept_preempt = self
             .latency_preemption_timeout_src
             .take()
             .filter(|timer| self.latency_timer_preempts.get() && timer.result().is_none());
@@ -1945,33 +1965,38 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let mut should_sleep = preempt_timer().is_none()
+        let should_sleep = preempt_timer().is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
-        // OurChat patch: a kept preempt timer would wake the sleep.
-        if should_sleep {
-            if let Some(timer) = kept_preempt.take() {
-                drop(timer);
-                flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
-                flush_rings!(lat_ring, poll_ring, main_ring)?;
-                consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
-                should_sleep = (woke == 0)
-                    && poll_ring.can_sleep()
-                    && main_ring.can_sleep()
-                    && lat_ring.can_sleep();
-            }
-        }
+        // OurChat patch: a kept preempt timer stays armed through the sleep.
+        // It wakes the sleep at most once per preempt period (100 ms by
+        // default) where removing it before each sleep and arming it again
+        // after cost two ring operations and their `io_uring_enter` calls
+        // per sleep, a thousand and more a second on a core that sleeps
+        // between messages.
 
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
+            // OurChat patch: in a slot of its own, and one still pending
+            // that is due no later than this timer is kept (it wakes the
+            // sleep in time; an early wake just finds nothing due).
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                self.latency_timer_preempts.set(false); // OurChat patch
-                assert!(flush_rings!(lat_ring)? > 0);
+                let deadline = Instant::now() + dur;
+                let pending = self
+                    .sleep_timer_src
+                    .take()
+                    .filter(|(timer, due)| timer.result().is_none() && *due <= deadline);
+                match pending {
+                    Some(kept) => self.sleep_timer_src.set(Some(kept)),
+                    None => {
+                        let timer = lat_ring.prepare_latency_preemption_timer(dur);
+                        self.sleep_timer_src.set(Some((timer, deadline)));
+                        assert!(flush_rings!(lat_ring)? > 0);
+                    }
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since

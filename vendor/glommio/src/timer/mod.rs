@@ -9,6 +9,9 @@ mod timer_impl;
 use std::{future::Future, time::Duration};
 pub use timer_impl::{Timer, TimerActionOnce, TimerActionRepeat};
 
+/// OurChat patch: timeouts armed on this thread's latency ring so far.
+pub use crate::sys::latency_timers_armed;
+
 type Result<T> = crate::Result<T, ()>;
 
 /// Sleep for some time.
