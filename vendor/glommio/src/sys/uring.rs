@@ -1302,9 +1302,6 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    // OurChat patch: whether that timer was armed to preempt (and may be
-    // kept while pending) rather than to wake a sleep for a user timer.
-    latency_timer_preempts: Cell<bool>,
     // OurChat patch: the timer that wakes a sleep for the next user timer,
     // with its deadline, kept apart from the preemption timer (which now
     // stays armed through a sleep) and kept from sleep to sleep while it
@@ -1441,7 +1438,6 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_timer_preempts: Cell::new(false),
             sleep_timer_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
@@ -1935,7 +1931,7 @@ impl Reactor {
         let kept_preempt = self
             .latency_preemption_timeout_src
             .take()
-            .filter(|timer| self.latency_timer_preempts.get() && timer.result().is_none());
+            .filter(|timer| timer.result().is_none());
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
@@ -2024,7 +2020,6 @@ impl Reactor {
 
         if let Some(preempt) = preempt_timer() {
             // OurChat patch: the pending one, if kept (see above).
-            self.latency_timer_preempts.set(true);
             if let Some(timer) = kept_preempt {
                 self.latency_preemption_timeout_src.set(Some(timer));
             } else {
@@ -2033,7 +2028,7 @@ impl Reactor {
                 flush_rings!(lat_ring, main_ring)?;
             }
         } else if let Some(timer) = kept_preempt {
-            // OurChat patch: not sleeping, so still pending for the next turn.
+            // OurChat patch: still pending for the next turn, slept or not.
             self.latency_preemption_timeout_src.set(Some(timer));
         }
 
