@@ -65,6 +65,7 @@ impl Envelope {
         Self::new(req_id, Body::Error(pb::Error::new(code, message)))
     }
 }
+
 #[cfg(test)]
 mod layout {
     /// Frames and messages are moved by value through decode, sequencing,

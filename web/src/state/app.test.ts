@@ -149,5 +149,4 @@ describe("app", () => {
     expect(node.syncs.at(-1)).toEqual([{ conversationId: node.conversation, seq: 2n }]);
     expect(reloaded.state.timelines[node.conversation].items.map((i) => i.seq)).toEqual([1n, 2n, 3n, 4n]);
   });
-
 });

@@ -1972,7 +1972,6 @@ impl Reactor {
         // after cost two ring operations and their `io_uring_enter` calls
         // per sleep, a thousand and more a second on a core that sleeps
         // between messages.
-
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
