@@ -24,6 +24,7 @@ pub mod redis;
 pub mod sharded;
 pub mod slotted;
 pub mod sqlite;
+mod upkeep;
 
 pub use error::StoreError;
 pub use ourchat_protocol::pb::ChatMessage;

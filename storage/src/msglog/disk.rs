@@ -98,6 +98,7 @@ impl MarksWriter {
         let thread = std::thread::Builder::new()
             .name("log-marks".into())
             .spawn(move || {
+                crate::upkeep::yield_to_requests();
                 for MarksWrite { bytes, done } in queued {
                     let written = replace_marks(&dir, &bytes());
                     match (done, written) {
@@ -355,6 +356,7 @@ impl Disk for FileDisk {
         let making = self.dir.join(format!("{segment:012}.sum.making"));
         let path = self.summary_path(segment);
         let write = move || {
+            crate::upkeep::yield_to_requests();
             let written =
                 std::fs::write(&making, summary()).and_then(|()| std::fs::rename(&making, path));
             if let Err(err) = written {
