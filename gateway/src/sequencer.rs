@@ -27,6 +27,7 @@ use ourchat_storage::slotted::{Place, Slotted};
 use ourchat_storage::{fingerprint_of, ConversationHead, RecentSend as StoredSend, WriteOp};
 
 use crate::group_state::{self, GroupCommand, GroupState};
+use recent::{RecentSend, RecentWindow};
 use tickets::Tickets;
 
 /// A send's answer: where it was stored, or why not.
@@ -162,6 +163,9 @@ pub(crate) struct Sequencer<R> {
 /// table (at 200,000 conversations such a pass held the core 14–18 ms).
 const EVICTION_LOOKS: usize = 8;
 
+// A ready state is what the table holds nearly always, read on every
+// send: boxed, it would cost each send one more cold line.
+#[allow(clippy::large_enum_variant)]
 enum Slot<R> {
     /// Head being read from the store; sends wait here in order.
     Loading(Vec<Job<R>>),
@@ -190,8 +194,7 @@ struct ConvState<R> {
     asking: Vec<(Staged<R>, Accepted)>,
     /// Cluster mode: a seq request for this conversation is in flight.
     allocating: bool,
-    /// Oldest first.
-    recent: VecDeque<RecentSend>,
+    recent: RecentWindow,
     /// One side blocks the other: new sends are refused.
     blocked: bool,
     /// A group conversation's membership (`None`: not a group, or no such
@@ -205,15 +208,6 @@ struct ConvState<R> {
     /// A send came since eviction last looked at it: it gets another
     /// round before it can be dropped.
     sent_lately: bool,
-}
-
-struct RecentSend {
-    sender_id: i64,
-    client_message_id: i64,
-    fingerprint: u64,
-    accepted: Accepted,
-    /// `Some` while its write is in flight: resends wait for its answer.
-    ticket: Option<Ticket>,
 }
 
 /// The answer to a send whose sequencing was cut short (its conversation's
@@ -554,9 +548,9 @@ impl<R> Sequencer<R> {
             ..
         } = job;
         let fingerprint = fingerprint_of(&message);
-        let resend = state.recent.iter().rev().find(|r| {
-            r.sender_id == message.sender_id && r.client_message_id == message.client_message_id
-        });
+        let resend = state
+            .recent
+            .find(message.sender_id, message.client_message_id);
         if let Some(previous) = resend {
             if previous.fingerprint != fingerprint {
                 return out.answer(reply, Err(reused_id(message.client_message_id)));
@@ -687,7 +681,7 @@ impl<R> Sequencer<R> {
             place,
         });
         state.last_seq = state.last_seq.max(accepted.seq);
-        state.recent.push_back(RecentSend {
+        state.recent.push(RecentSend {
             sender_id,
             client_message_id,
             fingerprint,
@@ -806,12 +800,7 @@ impl<R> ConvState<R> {
     fn mark_committed(&mut self, ticket: Ticket, accepted: Accepted) {
         self.last_seq = self.last_seq.max(accepted.seq);
         // In flight means among the newest.
-        if let Some(entry) = self
-            .recent
-            .iter_mut()
-            .rev()
-            .find(|r| r.ticket == Some(ticket))
-        {
+        if let Some(entry) = self.recent.in_flight_mut(ticket) {
             entry.accepted = accepted;
             entry.ticket = None;
         }
@@ -825,24 +814,19 @@ impl<R> ConvState<R> {
     fn in_flight(&self, waiting: &Tickets<InFlight<R>>) -> bool {
         self.allocating
             || !self.awaiting.is_empty()
-            || self
-                .recent
-                .iter()
-                .any(|r| r.ticket.is_some_and(|t| waiting.contains(t)))
+            || self.recent.any_in_flight(|t| waiting.contains(t))
     }
 
     /// Drops the oldest committed entries beyond the window; in-flight ones
     /// stay so their resends still find them.
     fn trim(&mut self, window: usize) {
-        while self.recent.len() > window && self.recent.front().is_some_and(|r| r.ticket.is_none())
-        {
-            self.recent.pop_front();
-        }
+        self.recent.trim(window);
     }
 }
 
 #[cfg(test)]
 pub(crate) mod fake;
+mod recent;
 #[cfg(test)]
 mod simulation;
 mod tickets;

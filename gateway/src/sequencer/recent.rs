@@ -1,0 +1,160 @@
+//! A conversation's window of recent sends, which tells a resend (same
+//! sender, same client id) from a new message. Every send asks it, and a
+//! new message, nearly every send, is in none of its entries, so the
+//! question reads the whole window: 128 entries of 64 bytes were 128 cache
+//! lines per send, cold when thousands of conversations take turns. A
+//! 32-bit tag per entry, kept apart, makes that read 512 bytes; an entry
+//! itself is read only when its tag matches.
+
+use std::collections::VecDeque;
+
+use super::{Accepted, Ticket};
+
+/// One send in the window.
+pub(super) struct RecentSend {
+    pub(super) sender_id: i64,
+    pub(super) client_message_id: i64,
+    /// Of the message's payload, to tell a resend from a reused id.
+    pub(super) fingerprint: u64,
+    pub(super) accepted: Accepted,
+    /// `Some` while its write is in flight: resends wait for its answer.
+    pub(super) ticket: Option<Ticket>,
+}
+
+/// Oldest first; `tags[i]` is `sends[i]`'s.
+#[derive(Default)]
+pub(super) struct RecentWindow {
+    tags: VecDeque<u32>,
+    sends: VecDeque<RecentSend>,
+}
+
+/// A send's key folded to 32 bits (equal keys, equal tags).
+fn tag(sender_id: i64, client_message_id: i64) -> u32 {
+    let mixed = (sender_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (client_message_id as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    (mixed >> 32) as u32
+}
+
+impl RecentWindow {
+    /// Adds the newest send.
+    pub(super) fn push(&mut self, send: RecentSend) {
+        self.tags
+            .push_back(tag(send.sender_id, send.client_message_id));
+        self.sends.push_back(send);
+    }
+
+    /// The newest send with this sender and client id.
+    pub(super) fn find(&self, sender_id: i64, client_message_id: i64) -> Option<&RecentSend> {
+        let wanted = tag(sender_id, client_message_id);
+        self.tags
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, tag)| **tag == wanted)
+            .filter_map(|(index, _)| self.sends.get(index))
+            .find(|send| send.sender_id == sender_id && send.client_message_id == client_message_id)
+    }
+
+    /// The send whose write is in flight under `ticket` (among the
+    /// newest, so looked for from the end).
+    pub(super) fn in_flight_mut(&mut self, ticket: Ticket) -> Option<&mut RecentSend> {
+        self.sends
+            .iter_mut()
+            .rev()
+            .find(|send| send.ticket == Some(ticket))
+    }
+
+    /// Whether any send's write is in flight by `still_waiting`.
+    pub(super) fn any_in_flight(&self, still_waiting: impl Fn(Ticket) -> bool) -> bool {
+        self.sends
+            .iter()
+            .any(|send| send.ticket.is_some_and(&still_waiting))
+    }
+
+    /// Drops the oldest committed sends beyond `window`; in-flight ones
+    /// stay so their resends still find them.
+    pub(super) fn trim(&mut self, window: usize) {
+        while self.sends.len() > window && self.sends.front().is_some_and(|s| s.ticket.is_none()) {
+            self.sends.pop_front();
+            self.tags.pop_front();
+        }
+    }
+
+    /// Sends held.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.sends.len()
+    }
+}
+
+impl FromIterator<RecentSend> for RecentWindow {
+    fn from_iter<I: IntoIterator<Item = RecentSend>>(sends: I) -> Self {
+        let mut window = RecentWindow::default();
+        for send in sends {
+            window.push(send);
+        }
+        window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(sender_id: i64, client_message_id: i64, seq: i64) -> RecentSend {
+        RecentSend {
+            sender_id,
+            client_message_id,
+            fingerprint: 0,
+            accepted: Accepted {
+                seq,
+                server_msg_id: seq,
+                sent_at_ms: 0,
+            },
+            ticket: None,
+        }
+    }
+
+    #[test]
+    fn a_send_is_found_by_its_sender_and_client_id_and_nothing_else() {
+        let window: RecentWindow = (1..=200).map(|i| send(i % 7, i, i)).collect();
+        assert_eq!(window.find(5, 5).map(|s| s.accepted.seq), Some(5));
+        assert!(window.find(6, 5).is_none(), "another sender's id");
+        assert!(window.find(5, 201).is_none(), "never sent");
+        // Every key of the window finds its own send, collisions or not.
+        for i in 1..=200 {
+            assert_eq!(window.find(i % 7, i).map(|s| s.accepted.seq), Some(i));
+        }
+    }
+
+    #[test]
+    fn the_newest_of_a_repeated_key_is_found() {
+        let mut window = RecentWindow::default();
+        window.push(send(1, 9, 1));
+        window.push(send(1, 9, 2));
+        assert_eq!(window.find(1, 9).map(|s| s.accepted.seq), Some(2));
+    }
+
+    #[test]
+    fn trimming_drops_the_oldest_committed_and_keeps_tags_in_step() {
+        let mut window = RecentWindow::default();
+        let mut in_flight = send(1, 1, 1);
+        in_flight.ticket = Some(7);
+        window.push(in_flight);
+        for i in 2..=5 {
+            window.push(send(1, i, i));
+        }
+        window.trim(2);
+        assert_eq!(window.len(), 5, "an in-flight send at the front holds it");
+        assert!(window.any_in_flight(|ticket| ticket == 7));
+        if let Some(send) = window.in_flight_mut(7) {
+            send.ticket = None;
+        }
+        assert!(!window.any_in_flight(|_| true));
+        window.trim(2);
+        assert_eq!(window.len(), 2);
+        assert!(window.find(1, 3).is_none(), "trimmed");
+        assert_eq!(window.find(1, 4).map(|s| s.accepted.seq), Some(4));
+        assert_eq!(window.find(1, 5).map(|s| s.accepted.seq), Some(5));
+    }
+}
