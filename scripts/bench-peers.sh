@@ -69,6 +69,10 @@ fi
 want idle && for n in $IDLE; do
   both "idle-$n" idle "$n" --procs "$(procs_for "$n")" --ramp 20000 --duration "$IDLE_HOLD" --drain 0
 done
+# The disk's own fsync tail and CPU per fsync before and after the sweep:
+# a durable row's p99 follows the disk's spell, so the table says which
+# spell it met (BENCHMARKS.md, "1:1 side by side on `af24763`").
+want p2p && scripts/fsync-tail.py "${TMPDIR:-/tmp}" 5 written >"$OUT/disk-before" 2>&1 || true
 want p2p && for rate in $RATES; do
   both "p2p-$rate" p2p "$USERS" --procs 2 --rate "$rate" --duration "$SECS" --drain 3 --ramp 20000
   if [[ -n ${UNSYNCED:-} ]]; then
@@ -76,6 +80,7 @@ want p2p && for rate in $RATES; do
       oc "unsynced-p2p-$rate" p2p "$USERS" --procs 2 --rate "$rate" --duration "$SECS" --drain 3 --ramp 20000
   fi
 done
+want p2p && scripts/fsync-tail.py "${TMPDIR:-/tmp}" 5 written >"$OUT/disk-after" 2>&1 || true
 want fanout && for size in $FANOUT; do
   # Sends per second so that every size delivers about FAN_DELIVERIES/s.
   rate=$(( FAN_DELIVERIES / (size - 1) )); rate=$(( rate > 0 ? rate : 1 ))
@@ -126,6 +131,11 @@ def ratio(o, m, key):
 print("\nMosquitto: MQTT 3.1.1 QoS 1, acks in memory. OurChat: acks durable (fsync per batch). Both ack every delivery.")
 print("commit max: the node's slowest store commit in the run (histogram bound) and, in brackets, how many took over 10 ms:")
 print("a send waits for its batch's fsync, so one slow fsync of the disk holds every send behind it.")
+for when in ("before", "after"):
+    path = os.path.join(out, f"disk-{when}")
+    if os.path.exists(path):
+        lines = open(path).read().strip().splitlines()
+        print(f"disk {when} the 1:1 rows (scripts/fsync-tail.py, 5 s): {lines[-1] if lines else '-'}")
 print("lg: the loadgen's share of the CPUs it may run on over the run (the machine's; with PIN=1, its one CPU).")
 if os.environ.get("PIN") == "1":
     print("PIN=1: one CPU each. Mosquitto, or the node on one reactor core with its worker threads, on CPU 0; the loadgen on CPU 1.")
