@@ -4,10 +4,10 @@
 # each second, and each 50 ms in which a thread other than the reactor and
 # the writer took CPU, with each thread's share in ms (the kernel counts
 # in 10 ms ticks, so a slice reads 0, 10, 20, …); then the log's files
-# and the slowest commit. For finding
-# what a p99 that jumps at one moment of a run met there (a segment filled
-# at ~12 s of a 30,000/s run: BENCHMARKS.md, "A segment's upkeep at the
-# lowest priority"). BIN: the binaries' folder; PIN=1 as in bench-lib.sh.
+# and the slowest commit. For finding what a p99 that jumps at one moment
+# of a run met there (a segment filled at ~12 s of a 30,000/s run:
+# BENCHMARKS.md, "A segment's upkeep at the lowest priority"). BIN: the
+# binaries' folder; PIN=1 as in bench-lib.sh.
 #   PIN=1 BIN=target/release RATE=30000 scripts/timeline.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -163,9 +163,6 @@ pub(crate) struct Sequencer<R> {
 /// table (at 200,000 conversations such a pass held the core 14–18 ms).
 const EVICTION_LOOKS: usize = 8;
 
-// A ready state is what the table holds nearly always, read on every
-// send: boxed, it would cost each send one more cold line.
-#[allow(clippy::large_enum_variant)]
 enum Slot<R> {
     /// Head being read from the store; sends wait here in order.
     Loading(Vec<Job<R>>),
@@ -688,7 +685,7 @@ impl<R> Sequencer<R> {
             accepted,
             ticket: Some(ticket),
         });
-        state.trim(self.limits.window);
+        state.recent.trim(self.limits.window);
     }
 
     /// Drops a conversation's state that another node changed, once its
@@ -815,12 +812,6 @@ impl<R> ConvState<R> {
         self.allocating
             || !self.awaiting.is_empty()
             || self.recent.any_in_flight(|t| waiting.contains(t))
-    }
-
-    /// Drops the oldest committed entries beyond the window; in-flight ones
-    /// stay so their resends still find them.
-    fn trim(&mut self, window: usize) {
-        self.recent.trim(window);
     }
 }
 

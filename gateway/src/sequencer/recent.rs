@@ -1,10 +1,10 @@
 //! A conversation's window of recent sends, which tells a resend (same
-//! sender, same client id) from a new message. Every send asks it, and a
-//! new message, nearly every send, is in none of its entries, so the
-//! question reads the whole window: 128 entries of 64 bytes were 128 cache
-//! lines per send, cold when thousands of conversations take turns. A
-//! 32-bit tag per entry, kept apart, makes that read 512 bytes; an entry
-//! itself is read only when its tag matches.
+//! sender, same client id) from a new message and holds the sends whose
+//! writes are in flight, so their resends wait for the same answer. One
+//! ring, oldest first: a 32-bit tag per entry kept apart to spare the
+//! lookup its reads was tried and cost as much in its own ring's
+//! allocations as it saved (BENCHMARKS.md, "The resend window looked up by
+//! tag, tried and not kept").
 
 use std::collections::VecDeque;
 
@@ -21,37 +21,23 @@ pub(super) struct RecentSend {
     pub(super) ticket: Option<Ticket>,
 }
 
-/// Oldest first; `tags[i]` is `sends[i]`'s.
+/// Oldest first.
 #[derive(Default)]
 pub(super) struct RecentWindow {
-    tags: VecDeque<u32>,
     sends: VecDeque<RecentSend>,
-}
-
-/// A send's key folded to 32 bits (equal keys, equal tags).
-fn tag(sender_id: i64, client_message_id: i64) -> u32 {
-    let mixed = (sender_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (client_message_id as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    (mixed >> 32) as u32
 }
 
 impl RecentWindow {
     /// Adds the newest send.
     pub(super) fn push(&mut self, send: RecentSend) {
-        self.tags
-            .push_back(tag(send.sender_id, send.client_message_id));
         self.sends.push_back(send);
     }
 
     /// The newest send with this sender and client id.
     pub(super) fn find(&self, sender_id: i64, client_message_id: i64) -> Option<&RecentSend> {
-        let wanted = tag(sender_id, client_message_id);
-        self.tags
+        self.sends
             .iter()
-            .enumerate()
             .rev()
-            .filter(|(_, tag)| **tag == wanted)
-            .filter_map(|(index, _)| self.sends.get(index))
             .find(|send| send.sender_id == sender_id && send.client_message_id == client_message_id)
     }
 
@@ -76,7 +62,6 @@ impl RecentWindow {
     pub(super) fn trim(&mut self, window: usize) {
         while self.sends.len() > window && self.sends.front().is_some_and(|s| s.ticket.is_none()) {
             self.sends.pop_front();
-            self.tags.pop_front();
         }
     }
 
@@ -89,11 +74,9 @@ impl RecentWindow {
 
 impl FromIterator<RecentSend> for RecentWindow {
     fn from_iter<I: IntoIterator<Item = RecentSend>>(sends: I) -> Self {
-        let mut window = RecentWindow::default();
-        for send in sends {
-            window.push(send);
+        RecentWindow {
+            sends: sends.into_iter().collect(),
         }
-        window
     }
 }
 
@@ -121,7 +104,7 @@ mod tests {
         assert_eq!(window.find(5, 5).map(|s| s.accepted.seq), Some(5));
         assert!(window.find(6, 5).is_none(), "another sender's id");
         assert!(window.find(5, 201).is_none(), "never sent");
-        // Every key of the window finds its own send, collisions or not.
+        // Every key of the window finds its own send.
         for i in 1..=200 {
             assert_eq!(window.find(i % 7, i).map(|s| s.accepted.seq), Some(i));
         }
@@ -136,7 +119,7 @@ mod tests {
     }
 
     #[test]
-    fn trimming_drops_the_oldest_committed_and_keeps_tags_in_step() {
+    fn trimming_drops_the_oldest_committed_and_keeps_those_in_flight() {
         let mut window = RecentWindow::default();
         let mut in_flight = send(1, 1, 1);
         in_flight.ticket = Some(7);
