@@ -9,6 +9,7 @@
 #   scripts/bench-peers.sh          # short (~3 min), what `make bench-peers` runs
 #   scripts/bench-peers.sh full     # the BENCHMARKS.md figures (~15 min)
 #   ONLY="idle storm" scripts/bench-peers.sh full   # some rows: idle p2p fanout storm
+#   RATES="40000 50000 60000" ONLY=p2p ...  # the 1:1 rows at these rates instead
 #   BIN=/tmp/build-a ...            # run those binaries instead of building
 #   CORES=1 ...                     # the node on one reactor core (default 2)
 #   PIN=1 ...                       # one CPU each: the server (Mosquitto, or the node
@@ -59,10 +60,12 @@ both() { mq "mosquitto-$1" "${@:2}"; oc "ourchat-$1" "${@:2}"; }
 if [[ $MODE == full ]]; then
   # Up to twice the rate Mosquitto holds here: a knee at the sweep's top
   # is only a lower bound, and the goal is a ratio of knees.
-  IDLE="1000 5000 19000"; USERS=10000; RATES="1000 2000 5000 10000 20000 30000 40000"; SECS=15
+  IDLE="1000 5000 19000"; USERS=10000; SECS=15
+  RATES=${RATES:-"1000 2000 5000 10000 20000 30000 40000"}
   FANOUT="1000 5000"; FAN_DELIVERIES=100000; STORM=19000
 else
-  IDLE="1000 5000"; USERS=2000; RATES="2000 5000"; SECS=5; FANOUT="1000"; FAN_DELIVERIES=20000
+  IDLE="1000 5000"; USERS=2000; RATES=${RATES:-"2000 5000"}; SECS=5; FANOUT="1000"
+  FAN_DELIVERIES=20000
   STORM=5000
 fi
 
