@@ -9,19 +9,21 @@
 //! written by the writing half of the connection's one task, so a slow
 //! peer never stalls the core. A close lets the peer read its last frames
 //! before the socket goes (`close_gracefully`).
+//!
+//! Here: the connection's state and its reading half. `accept` admits a
+//! socket (its TLS handshake too) and serves it, `framing` reads frames,
+//! `writing` is the writing half and the close, `parked` keeps an idle
+//! connection without a task, `handover` moves one to its user's core.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures::channel::oneshot;
-use futures::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
+use futures::io::{AsyncRead, AsyncWrite};
 use ourchat_protocol::codec::FrameError;
 use ourchat_protocol::ids::now_ms;
 use ourchat_protocol::pb;
@@ -30,18 +32,23 @@ use ourchat_protocol::{Body, ConversationId, Envelope, ErrorCode};
 use crate::account::LoginGrant;
 use crate::core::{encode_frame, ConnReply, Core, CoreMsg, Reply};
 use crate::handlers::{refusal_for, refused_send, Caller, Session};
-use crate::limits::{FrameLimiter, IpSlot, Limit, Verdict};
+use crate::limits::{FrameLimiter, Limit, Verdict};
 use crate::messages::SubmittedNow;
 use crate::metrics::CoreMetrics;
-use crate::outbox::{Next, Outbox, Overflow, Parking, Pushed, LINGER};
+use crate::outbox::{Outbox, Overflow, Parking, Pushed};
 
+mod accept;
 mod framing;
 mod handover;
 mod parked;
+mod writing;
+pub use accept::{accept, accept_local};
+pub(crate) use accept::{admit, serve, tls_handshake};
 use framing::{Asked, FrameReader, ReadEnd};
 pub use handover::{adopt, Handover};
-use parked::serve_plain;
 pub use parked::{resume_parked, Lot, Parked};
+use writing::{write_loop, Shared};
+
 /// Failed logins tolerated on one connection before it is closed.
 const MAX_LOGIN_FAILURES: u32 = 3;
 
@@ -70,142 +77,6 @@ enum Step<'a> {
     Park,
 }
 
-/// A socket over the per-address connection limit (counted).
-pub(crate) struct OverLimit;
-
-/// An accepted socket's fd and peer, with Nagle off, and its place under
-/// its address's connection limit.
-pub(crate) fn admit(
-    core: &Core,
-    stream: &TcpStream,
-) -> Result<(RawFd, Option<IpAddr>, Option<IpSlot>), OverLimit> {
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
-    let slot = match peer {
-        Some(ip) => match core.shared.limits.open_connection(ip) {
-            Some(slot) => Some(slot),
-            None => {
-                core.metrics().limited(Limit::ConnectionsPerIp);
-                return Err(OverLimit);
-            }
-        },
-        None => None,
-    };
-    Ok((stream.as_raw_fd(), peer, slot))
-}
-
-/// Takes one accepted socket: plain, or TLS once its handshake completes.
-/// The handshake runs in this task, interleaved with every other task of
-/// the core, and must finish within the login deadline (a peer that stalls
-/// it holds nothing but its socket meanwhile).
-pub async fn accept(
-    core: Rc<Core>,
-    mut stream: Box<TcpStream>,
-    tls: Option<futures_rustls::TlsAcceptor>,
-    lot: Option<Rc<Lot>>,
-) {
-    let Ok((fd, peer, slot)) = admit(&core, &stream) else {
-        if tls.is_none() {
-            let refusal = encode_frame(&Envelope::error(
-                0,
-                ErrorCode::RateLimited,
-                "too many connections from your address",
-            ));
-            let _ = stream.write_all(&refusal).await;
-        }
-        return;
-    };
-    let Some(acceptor) = tls else {
-        let conn = Connection::open(core, peer, lot.is_some());
-        return serve_plain(conn, *stream, slot, lot).await;
-    };
-    // Boxed: this function's future is as large as its largest state, and
-    // the handshake's timer and TLS session are large; unboxed, every plain
-    // connection would carry room for them.
-    Box::pin(handshake_then_serve(core, stream, acceptor, fd, peer, slot)).await
-}
-
-/// Takes a connection a gRPC `Subscribe` stream opened to this core over
-/// its local socket: from here it is a client connection like a TCP one
-/// (same handlers, limits, deadlines, metrics and presence). Per-address
-/// limits were not applied: the gRPC server owns the peer.
-pub async fn accept_local(core: Rc<Core>, stream: Box<glommio::net::UnixStream>) {
-    let fd = stream.as_raw_fd();
-    serve(core, stream, fd, None, None).await
-}
-
-/// The TLS path of [`accept`]: the handshake under the login deadline, then
-/// the connection.
-async fn handshake_then_serve(
-    core: Rc<Core>,
-    stream: Box<TcpStream>,
-    acceptor: futures_rustls::TlsAcceptor,
-    fd: RawFd,
-    peer: Option<IpAddr>,
-    slot: Option<IpSlot>,
-) {
-    if let Some(stream) = tls_handshake(&core, *stream, acceptor).await {
-        Box::pin(serve(core, Box::new(stream), fd, peer, slot)).await
-    }
-}
-
-/// A server-side TLS handshake under the login deadline (a peer that
-/// stalls it holds nothing but its socket meanwhile); `None`: it failed or
-/// ran out of time (counted).
-pub(crate) async fn tls_handshake(
-    core: &Core,
-    stream: TcpStream,
-    acceptor: futures_rustls::TlsAcceptor,
-) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
-    let deadline = std::time::Duration::from_millis(core.shared.config.server.login_timeout_ms);
-    // Boxed: its TLS session in the making is kilobytes, and the caller's
-    // future lives as long as the connection; the box goes with the
-    // handshake.
-    let handshake = Box::pin(async {
-        acceptor
-            .accept(stream)
-            .await
-            .map_err(glommio::GlommioError::IoError)
-    });
-    match glommio::timer::timeout(deadline, handshake).await {
-        Ok(stream) => Some(stream),
-        Err(e) => {
-            CoreMetrics::inc(&core.metrics().tls_handshake_failures);
-            tracing::debug!(error = %e, "TLS handshake failed");
-            None
-        }
-    }
-}
-
-/// Serves one connection that never parks (TLS, WebSocket, a gRPC
-/// stream) until it closes. `fd` is its socket, under whatever `stream`
-/// wraps it in; `_slot` counts it against its address until it ends.
-pub(crate) async fn serve<S>(
-    core: Rc<Core>,
-    stream: Box<S>,
-    fd: RawFd,
-    peer: Option<IpAddr>,
-    _slot: Option<IpSlot>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
-    let mut conn = Connection::open(core, peer, false);
-    let mut stream = RefCell::new(*stream);
-    // Whatever wraps the socket (TLS, WebSocket) writes to it: no frame
-    // goes to the socket directly.
-    let ended = conn.run(&stream, None).await;
-    debug_assert_eq!(
-        ended,
-        Ended::Closed,
-        "only a parkable outbox is asked to park"
-    );
-    conn.caller.core.remove_connection(conn.caller.conn_id);
-    let peer_ended = conn.peer_ended;
-    drop(conn);
-    // Boxed: only a closing connection carries its state.
-    Box::pin(close_gracefully(stream.get_mut(), fd, peer_ended)).await;
-}
-
 /// How a connection's task ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
@@ -214,176 +85,6 @@ enum Ended {
     /// Both halves are at rest and it was asked to park: the socket is
     /// still open and the session on.
     Parked,
-}
-
-/// A connection's stream as its reading and its writing half each see it:
-/// borrowed for one poll at a time, never across an await.
-struct Shared<'a, S>(&'a RefCell<S>);
-
-impl<S: AsyncRead + Unpin> AsyncRead for Shared<'_, S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<'_, S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
-    }
-}
-
-/// The writing half as the writer sees it: its writes fail once the close
-/// is given up ([`Outbox::give_up`]: the peer reads nothing), and a write
-/// the socket keeps waiting leaves the task's waker with the outbox, so
-/// that giving up reaches a writer stuck on a full socket.
-struct UnlessGivenUp<'a, W> {
-    writer: W,
-    outbox: &'a Outbox,
-}
-
-impl<W: AsyncWrite + Unpin> UnlessGivenUp<'_, W> {
-    fn poll_with(
-        &mut self,
-        cx: &mut Context<'_>,
-        write: impl FnOnce(Pin<&mut W>, &mut Context<'_>) -> Poll<std::io::Result<usize>>,
-    ) -> Poll<std::io::Result<usize>> {
-        if self.outbox.is_given_up() {
-            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
-        }
-        let written = write(Pin::new(&mut self.writer), cx);
-        if written.is_pending() {
-            self.outbox.register(cx);
-        }
-        written
-    }
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for UnlessGivenUp<'_, W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.poll_with(cx, |writer, cx| writer.poll_write(cx, buf))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.poll_with(cx, |writer, cx| writer.poll_flush(cx).map_ok(|()| 0))
-            .map_ok(|_| ())
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.writer).poll_close(cx)
-    }
-}
-
-/// Writes whatever is queued, in batches, until the outbox closes (what
-/// was queued is then written: the socket is closed after the task, by
-/// [`close_gracefully`]) or the connection is to park. `socket`: the plain
-/// socket under `writer`, which frames pushed while this waits idle are
-/// written to directly ([`Outbox::push_now`]).
-async fn write_loop<W: AsyncWrite + Unpin>(
-    writer: W,
-    outbox: Rc<Outbox>,
-    core: Rc<Core>,
-    socket: Option<RawFd>,
-) -> Ended {
-    let mut writer = UnlessGivenUp {
-        writer,
-        outbox: &outbox,
-    };
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut buffer: Vec<u8> = Vec::new();
-    loop {
-        match outbox.take_batch(&mut batch, socket).await {
-            Next::Write => {}
-            Next::Park => return Ended::Parked,
-            Next::Close => break,
-        }
-        core.metrics()
-            .frames_out
-            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let bytes = if batch.len() == 1 {
-            &batch[0][..]
-        } else {
-            buffer.clear();
-            for frame in &batch {
-                buffer.extend_from_slice(frame);
-            }
-            &buffer[..]
-        };
-        let result = writer.write_all(bytes).await;
-        // TLS keeps records it could not write yet in its own buffer (the
-        // socket said "later"); only a flush pushes them out. Plain TCP
-        // has nothing to flush.
-        let result = match result {
-            Ok(()) => writer.flush().await,
-            error => error,
-        };
-        batch.clear();
-        if buffer.capacity() > 64 * 1024 {
-            buffer = Vec::new();
-        }
-        if result.is_err() {
-            outbox.close_with(None);
-            break;
-        }
-    }
-    Ended::Closed
-}
-
-/// Ends a connection so that its last frames (the reason for the close,
-/// the last acks) reach the peer. Closing a socket with received bytes
-/// unread makes the kernel answer with a reset, and a reset makes the
-/// peer's kernel drop what it had not yet handed to the client: a flooding
-/// client lost the flood error and the acks before it (`limits.rs`,
-/// `a_flood_close_acks_every_message_it_stored_first`). So this sends the
-/// end of the stream after what is queued (TLS's close_notify first), then
-/// reads and drops until the peer closes too, for at most [`LINGER`].
-/// A peer that ended first (`peer_ended`) left nothing unread: the drain
-/// and the last shutdown would be two system calls that find nothing, and
-/// in a reconnect storm every connection closes that way.
-/// The connection is gone from its core by then; only the socket lingers.
-async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    fd: RawFd,
-    peer_ended: bool,
-) {
-    let drained = async {
-        let _ = stream.flush().await;
-        let _ = stream.close().await;
-        if !peer_ended {
-            loop {
-                match std::future::poll_fn(|cx| framing::poll_discard(cx, stream)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        }
-        Ok(())
-    };
-    let _ = glommio::timer::timeout(LINGER, drained).await;
-    if !peer_ended {
-        // A stream whose own close does not shut the socket (a WebSocket's)
-        // still ends here, before the socket is dropped.
-        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
-    }
 }
 
 /// One client connection's state: where its requests run (its core, its
@@ -870,6 +571,8 @@ fn error_in(body: &Body) -> Option<&pb::Error> {
 
 #[cfg(test)]
 mod tests {
+    use glommio::net::TcpStream;
+
     use super::*;
 
     fn future_size<A, B, C, D, F>(_: &impl Fn(A, B, C, D) -> F) -> usize {

@@ -20,7 +20,8 @@ use ourchat_protocol::pb;
 use ourchat_protocol::{Body, Envelope};
 
 use super::handover::hand_over;
-use super::{close_gracefully, Connection, Ended};
+use super::writing::close_gracefully;
+use super::{Connection, Ended};
 use crate::core::encode_frame;
 use crate::limits::{IpSlot, Verdict};
 use crate::metrics::CoreMetrics;
