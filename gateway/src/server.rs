@@ -5,6 +5,9 @@
 //! accepting, tell every connection and close it, let in-flight commits
 //! finish (bounded by a grace period), stop the gRPC server, then flush the
 //! writer queue and close the store.
+//!
+//! `store` opens the configured store; `ports` checks the client ports
+//! before and after the cores bind them.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,19 +19,20 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
-use ourchat_storage::embedded::EmbeddedBackend;
-use ourchat_storage::mysql::MysqlBackend;
-use ourchat_storage::sqlite::{self, SqliteBackend};
-use ourchat_storage::{Backend, ReadStore, StoreError};
+use ourchat_storage::{ReadStore, StoreError};
 use ourchat_workers::{JobPool, WriterConfig, WriterPool};
 
 use crate::auth::TokenKeys;
 use crate::cluster::{ClusterNode, InboxEnds};
-use crate::config::{Config, Durability, StorageConfig, StoreKind};
+use crate::config::Config;
 use crate::core::{Core, CoreMsg, Shared};
-use crate::data_dir;
 use crate::grpc::{Bridge, BridgeCall};
 use crate::metrics::Metrics;
+
+mod ports;
+mod store;
+use ports::{bind, client_listeners, refuse_shared_listeners, refuse_taken_ports};
+pub use store::{durability_of, open_account_store, open_store};
 
 /// io_uring memory each executor registers. Sockets do not use it (only
 /// file I/O does), and the machine allows 8 MiB of locked memory per
@@ -269,199 +273,6 @@ fn placement(config: &Config, cores: usize) -> Result<PoolPlacement, ServeError>
     } else {
         PoolPlacement::Unbound(cores)
     })
-}
-
-/// The configured store, and for SQLite its WAL checkpointer (kept alive
-/// for as long as the node runs).
-pub fn open_store(
-    storage: &StorageConfig,
-) -> Result<(Box<dyn Backend>, Option<sqlite::Checkpointer>), ServeError> {
-    let dir = &storage.data_dir;
-    let durability = durability_of(storage.durability);
-    let (backend, sqlite): (Box<dyn Backend>, SqliteBackend) = match storage.backend {
-        StoreKind::Embedded => {
-            let expected = data_dir::check_before_open(dir, sqlite::DB_FILE)?;
-            let backend = EmbeddedBackend::open(dir, durability)
-                .map_err(|e| damaged_store(&dir.join(sqlite::DB_FILE), e))?;
-            let sqlite = backend.sqlite().clone();
-            confirm_identity(dir, &expected, &sqlite)?;
-            (Box::new(backend), sqlite)
-        }
-        StoreKind::Sqlite => {
-            let sqlite = open_sqlite(storage)?;
-            let moved = sqlite
-                .messages_in_log()
-                .map_err(|e| damaged_store(sqlite.path(), e))?;
-            if moved {
-                return Err(ServeError::Core(format!(
-                    "the messages of {} are in its message log: start it with \
-                     storage.backend = \"embedded\"",
-                    dir.display()
-                )));
-            }
-            (Box::new(sqlite.clone()), sqlite)
-        }
-        StoreKind::Mysql => return open_mysql(storage),
-    };
-    // A damaged page fails the start, not every later login.
-    backend
-        .reader()
-        .and_then(|mut reader| reader.check_health())
-        .map_err(|e| damaged_store(sqlite.path(), e))?;
-    let checkpointer = sqlite.start_checkpointer()?;
-    Ok((backend, Some(checkpointer)))
-}
-
-/// The SQLite store of the data directory, checked against its marker.
-fn open_sqlite(storage: &StorageConfig) -> Result<SqliteBackend, ServeError> {
-    let dir = &storage.data_dir;
-    let expected = data_dir::check_before_open(dir, sqlite::DB_FILE)?;
-    let backend = SqliteBackend::open(dir, durability_of(storage.durability))
-        .map_err(|e| damaged_store(&dir.join(sqlite::DB_FILE), e))?;
-    confirm_identity(dir, &expected, &backend)?;
-    Ok(backend)
-}
-
-fn confirm_identity(
-    dir: &Path,
-    expected: &data_dir::Expected,
-    backend: &SqliteBackend,
-) -> Result<(), ServeError> {
-    let identity = backend
-        .identity()
-        .map_err(|e| damaged_store(backend.path(), e))?;
-    Ok(data_dir::confirm_store(
-        dir,
-        sqlite::DB_FILE,
-        expected,
-        &identity,
-    )?)
-}
-
-/// The part of the configured store that keeps accounts and devices, for
-/// the admin commands: with the embedded store that is its SQLite half,
-/// which (unlike the message log) may be opened while the node runs.
-pub fn open_account_store(storage: &StorageConfig) -> Result<Box<dyn Backend>, ServeError> {
-    match storage.backend {
-        StoreKind::Embedded | StoreKind::Sqlite => Ok(Box::new(open_sqlite(storage)?)),
-        StoreKind::Mysql => open_mysql(storage).map(|(backend, _)| backend),
-    }
-}
-
-fn open_mysql(
-    storage: &StorageConfig,
-) -> Result<(Box<dyn Backend>, Option<sqlite::Checkpointer>), ServeError> {
-    let backend = MysqlBackend::connect(&storage.mysql_shards, &storage.mysql_replicas)?;
-    tracing::info!(shards = storage.mysql_shards.len(), "MySQL store connected");
-    Ok((Box::new(backend), None))
-}
-
-/// Refuses to start when another process already listens on a client
-/// port. The cores bind with SO_REUSEPORT (one listener each), which the
-/// kernel also grants to another process of the same user: it would then
-/// split the connections between the two nodes without a word. Whether
-/// something listens is asked by connecting (a plain bind would also trip
-/// over the sockets a killed node left behind, and refuse a restart).
-/// Two nodes started at the same instant both pass it; once bound, they
-/// are caught by [`refuse_shared_listeners`].
-fn refuse_taken_ports(config: &Config) -> Result<(), ServeError> {
-    let client_ports = client_listeners(
-        config.server.listen,
-        config.tls.listen.parse().ok(),
-        config.server.ws_listen.parse().ok(),
-    );
-    for (what, addr) in client_ports {
-        let Some(addr) = addr.filter(|addr| addr.port() != 0) else {
-            continue;
-        };
-        let mut probe = addr;
-        if addr.ip().is_unspecified() {
-            probe.set_ip(match addr {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(300)).is_ok() {
-            let source = std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "Address already in use: another process listens on it",
-            );
-            return Err(ServeError::Listen { what, addr, source });
-        }
-    }
-    Ok(())
-}
-
-/// Refuses to go on when the kernel lists more sockets listening on one
-/// of the cores' client addresses than the cores opened there: another
-/// process bound it too, between the connect probe of
-/// [`refuse_taken_ports`] and now (`shared_port`).
-fn refuse_shared_listeners(bound: &[CoreAddrs]) -> Result<(), ServeError> {
-    // Each address once, with how many of the cores listen on it.
-    let mut ours: Vec<(&'static str, SocketAddr, usize)> = Vec::new();
-    let listeners = bound.iter().flat_map(CoreAddrs::client_listeners);
-    for (what, addr) in listeners.filter_map(|(what, addr)| Some((what, addr?))) {
-        match ours.iter_mut().find(|(_, seen, _)| *seen == addr) {
-            Some((_, _, cores)) => *cores += 1,
-            None => ours.push((what, addr, 1)),
-        }
-    }
-    let tables = crate::shared_port::ListenTables::read();
-    for (what, addr, cores) in ours {
-        if let Some(listening) = tables.listeners_on(addr).filter(|n| *n > cores) {
-            let source = std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!(
-                    "another process listens on it too ({listening} listening sockets, \
-                     {cores} of them this node's)"
-                ),
-            );
-            return Err(ServeError::Listen { what, addr, source });
-        }
-    }
-    Ok(())
-}
-
-/// A node's client listeners, each named as its setting is.
-fn client_listeners(
-    plain: SocketAddr,
-    tls: Option<SocketAddr>,
-    ws: Option<SocketAddr>,
-) -> [(&'static str, Option<SocketAddr>); 3] {
-    [
-        ("the client listener (server.listen)", Some(plain)),
-        ("the TLS listener (tls.listen)", tls),
-        ("the WebSocket listener (server.ws_listen)", ws),
-    ]
-}
-
-/// Binds a listener of the node's own (admin, gRPC), naming it and its
-/// address when the port is taken.
-fn bind(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
-    std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen { what, addr, source })
-}
-
-/// Names the database file and the way out in a store that cannot open.
-fn damaged_store(db: &Path, err: StoreError) -> ServeError {
-    match err {
-        StoreError::Corrupt(message) => ServeError::Core(format!(
-            "{} is damaged ({message}): restore it from a backup; the node will not start \
-             on it",
-            db.display()
-        )),
-        damaged @ StoreError::Damaged { .. } => {
-            ServeError::Core(format!("{damaged}; the node will not start on it"))
-        }
-        other => ServeError::Store(other),
-    }
-}
-
-/// The store's durability for a configured one.
-pub fn durability_of(durability: Durability) -> sqlite::Durability {
-    match durability {
-        Durability::Full => sqlite::Durability::Full,
-        Durability::Normal => sqlite::Durability::Normal,
-    }
 }
 
 fn run_cores(
