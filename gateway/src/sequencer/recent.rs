@@ -1,10 +1,10 @@
 //! A conversation's window of recent sends, which tells a resend (same
 //! sender, same client id) from a new message and holds the sends whose
 //! writes are in flight, so their resends wait for the same answer. One
-//! ring, oldest first: a 32-bit tag per entry kept apart to spare the
-//! lookup its reads was tried and cost as much in its own ring's
-//! allocations as it saved (BENCHMARKS.md, "The resend window looked up by
-//! tag, tried and not kept").
+//! ring, oldest first. A 32-bit tag per entry in a ring of its own, so a
+//! lookup would read the tags rather than the entries, was tried: its
+//! ring's allocations cost as much as it saved (BENCHMARKS.md, "The resend
+//! window looked up by tag, tried and not kept").
 
 use std::collections::VecDeque;
 
